@@ -1,0 +1,99 @@
+"""journal-archivist: archive chat message records durably, through a SQLite journal.
+
+Every append is committed to a local journal first; per-backend writer loops then
+deliver it in coalesced batches, so nothing acknowledged is lost to a crash, a
+restart or a backend outage. See docs/guarantees.md for the contract.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from ._archivist import DEFAULT_CLOSE_TIMEOUT, Archivist, OpeningArchivist
+from ._config import DEFAULT_FREE_SPACE_RESERVE, DEFAULT_MAX_RECORD_BYTES, Registration
+from ._errors import (
+    ArchivistClosed,
+    ArchivistError,
+    ArchivistFailed,
+    BackendError,
+    DeliveryFailed,
+    JournalCorrupt,
+    JournalError,
+    JournalFull,
+    JournalIncompatible,
+    JournalLocked,
+    JournalWriteFailed,
+    QueueFull,
+    ReadFailed,
+    ValidationError,
+)
+from ._health import BackendHealth, HealthReport, HealthStatus, JournalHealth
+from ._policies import (
+    DEFAULT_BATCH_WINDOW_MS,
+    DEFAULT_CAPACITY,
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_BATCH_BYTES,
+    DEFAULT_SYNC_TIMEOUT,
+    Durability,
+    FailureMode,
+    OverflowPolicy,
+    Queued,
+    RetryPolicy,
+    Sync,
+    WritePolicy,
+)
+from ._records import Attachment, JsonValue, MessageRecord, uuid7
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_BATCH_WINDOW_MS",
+    "DEFAULT_CAPACITY",
+    "DEFAULT_CLOSE_TIMEOUT",
+    "DEFAULT_FREE_SPACE_RESERVE",
+    "DEFAULT_MAX_BATCH",
+    "DEFAULT_MAX_BATCH_BYTES",
+    "DEFAULT_MAX_RECORD_BYTES",
+    "DEFAULT_SYNC_TIMEOUT",
+    "Archivist",
+    "ArchivistClosed",
+    "ArchivistError",
+    "ArchivistFailed",
+    "Attachment",
+    "BackendError",
+    "BackendHealth",
+    "DeliveryFailed",
+    "Durability",
+    "FailureMode",
+    "HealthReport",
+    "HealthStatus",
+    "JournalCorrupt",
+    "JournalError",
+    "JournalFull",
+    "JournalHealth",
+    "JournalIncompatible",
+    "JournalLocked",
+    "JournalWriteFailed",
+    "JsonValue",
+    "MessageRecord",
+    "OpeningArchivist",
+    "OverflowPolicy",
+    "QueueFull",
+    "Queued",
+    "ReadFailed",
+    "Registration",
+    "RetryPolicy",
+    "Sync",
+    "ValidationError",
+    "WritePolicy",
+    "__version__",
+    "uuid7",
+]
+
+# Tracebacks and reprs show the public path, not the private module.
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type) or (callable(_obj) and hasattr(_obj, "__module__")):
+        with contextlib.suppress(AttributeError, TypeError):
+            _obj.__module__ = __name__
+del _name, _obj

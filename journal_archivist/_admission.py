@@ -1,0 +1,132 @@
+"""Sans-IO admission: which appends of a group are journaled, and for whom.
+
+Rules and theory:
+- The committer calls ``plan_admission`` with the appends waiting for the next
+  transaction (in arrival order) and a working copy of every enabled backend's
+  backlog. Nothing here awaits, so the decision and the transaction that applies
+  it see the same backlog (the committer is the only writer of the journal).
+- An entry *fits* a backlog when one more entry stays within ``capacity`` and its
+  bytes within ``capacity_bytes`` -- except that an entry larger than the whole
+  byte capacity still fits an empty backlog, so it cannot block forever.
+- Appends are decided in order. For every backend the entry does not fit:
+  ``REJECT`` refuses the whole append (nothing journaled for anyone), ``BLOCK``
+  stops admission at this append (head of line, so later appends cannot overtake
+  it), ``DROP_NEWEST`` leaves the backend out of the entry's targets, and
+  ``DROP_OLDEST`` admits it and records how much must be freed from the oldest
+  entries not yet handed to the backend (``oldest_excess``); the committer frees
+  it inside the same transaction, falling back to this group's own earlier
+  entries (``drop_from_front``) when the journal has too few undispatched ones.
+- Entries a writer has already taken (in flight) are never dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ._policies import OverflowPolicy
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ["Backlog", "Plan", "drop_from_front", "plan_admission"]
+
+
+@dataclass(slots=True)
+class Backlog:
+    """What admission needs to know of one enabled backend."""
+
+    name: str
+    mask: int
+    overflow: OverflowPolicy
+    capacity: int
+    capacity_bytes: int | None
+    pending: int
+    pending_bytes: int
+
+    def fits(self, size: int) -> bool:
+        """Whether one more entry of ``size`` bytes stays within the limits."""
+        if self.pending + 1 > self.capacity:
+            return False
+        if self.capacity_bytes is None or self.pending == 0:
+            return True
+        return self.pending_bytes + size <= self.capacity_bytes
+
+    def excess(self) -> tuple[int, int]:
+        """How many entries and bytes are over the limits right now."""
+        count = max(0, self.pending - self.capacity)
+        if self.capacity_bytes is None:
+            return count, 0
+        return count, max(0, self.pending_bytes - self.capacity_bytes)
+
+
+@dataclass(slots=True)
+class Plan:
+    """The outcome of admission for one group.
+
+    ``admitted`` pairs each admitted append's index with its target mask;
+    ``rejected`` pairs refused appends with the backend that refused them;
+    ``blocked`` is the index of the first append that must wait, with the backend
+    it waits for. Indexes at or after ``blocked`` were not decided.
+    """
+
+    admitted: list[tuple[int, int]] = field(default_factory=list)
+    rejected: list[tuple[int, str]] = field(default_factory=list)
+    blocked: tuple[int, str] | None = None
+    dropped_newest: dict[str, int] = field(default_factory=dict)
+    oldest_excess: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+def plan_admission(sizes: Sequence[int], backlogs: Sequence[Backlog]) -> Plan:
+    """Decide the appends of sizes ``sizes`` (arrival order) against ``backlogs``.
+
+    ``backlogs`` are updated in place to what they will be after the group commits
+    (before ``DROP_OLDEST`` trimming, which ``oldest_excess`` describes).
+    """
+    plan = Plan()
+    for index, size in enumerate(sizes):
+        full = [b for b in backlogs if not b.fits(size)]
+        full_names = {b.name for b in full}
+        refusing = next((b for b in full if b.overflow is OverflowPolicy.REJECT), None)
+        if refusing is not None:
+            plan.rejected.append((index, refusing.name))
+            continue
+        blocking = next((b for b in full if b.overflow is OverflowPolicy.BLOCK), None)
+        if blocking is not None:
+            plan.blocked = (index, blocking.name)
+            break
+        targets = 0
+        for backlog in backlogs:
+            if (
+                backlog.name in full_names
+                and backlog.overflow is OverflowPolicy.DROP_NEWEST
+            ):
+                plan.dropped_newest[backlog.name] = (
+                    plan.dropped_newest.get(backlog.name, 0) + 1
+                )
+                continue
+            targets |= backlog.mask
+            backlog.pending += 1
+            backlog.pending_bytes += size
+        plan.admitted.append((index, targets))
+    for backlog in backlogs:
+        if backlog.overflow is OverflowPolicy.DROP_OLDEST:
+            count, nbytes = backlog.excess()
+            if count or nbytes:
+                plan.oldest_excess[backlog.name] = (count, nbytes)
+    return plan
+
+
+def drop_from_front(sizes: Sequence[int], count: int, nbytes: int) -> int:
+    """How many entries from the front of ``sizes`` to drop to free the excess.
+
+    Drops until at least ``count`` entries and ``nbytes`` bytes are freed, or all of
+    ``sizes`` is dropped.
+    """
+    dropped = freed = 0
+    for size in sizes:
+        if dropped >= count and freed >= nbytes:
+            break
+        dropped += 1
+        freed += size
+    return dropped

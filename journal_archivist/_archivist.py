@@ -1,0 +1,550 @@
+"""The Archivist: opens the journal, runs the loops, and is what users call.
+
+Rules and theory:
+- One anyio task group (``_serve``) owns the committer and every writer loop.
+  Under ``async with Archivist.open(...)`` it runs in the caller's task; under
+  ``await Archivist.open(...)`` it runs in one host task the archivist keeps and
+  awaits at shutdown. Either way no loop outlives ``shutdown``.
+- Writers run in a nested group so shutdown can stop them first, then let the
+  committer flush their last settlements, then stop the committer.
+- ``read_session`` reads the journal before the backend: an entry that is settled
+  between the two reads is then found by the second, so nothing acknowledged is
+  missed (read your writes, contract 10).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import warnings
+from typing import TYPE_CHECKING, Any, Final, final
+from uuid import UUID
+
+import anyio
+
+from ._committer import Committer, PendingAppend
+from ._config import (
+    DEFAULT_FREE_SPACE_RESERVE,
+    DEFAULT_MAX_RECORD_BYTES,
+    MAX_BACKENDS,
+    Registration,
+)
+from ._errors import (
+    ArchivistClosed,
+    ArchivistFailed,
+    DeliveryFailed,
+    ReadFailed,
+)
+from ._health import HealthReport, HealthStatus, JournalHealth
+from ._journal import Journal, Reader
+from ._policies import Durability, FailureMode, Sync
+from ._records import MessageRecord, decode_entry, encode_append
+from ._space import SpaceGuard
+from ._writer import Writer
+
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Awaitable, Callable, Generator, Sequence
+    from types import TracebackType
+
+    from anyio.abc import TaskStatus
+
+__all__ = ["DEFAULT_CLOSE_TIMEOUT", "Archivist"]
+
+logger = logging.getLogger("journal_archivist")
+
+#: Seconds ``async with`` gives the writers to drain when the block exits.
+DEFAULT_CLOSE_TIMEOUT: Final = 10.0
+#: Seconds shutdown waits for the last done-marks to commit once writers stopped.
+FINAL_FLUSH_TIMEOUT: Final = 5.0
+
+
+def _check_registrations(registrations: Sequence[Registration]) -> list[Registration]:
+    regs = list(registrations)
+    for reg in regs:
+        if not isinstance(reg, Registration):
+            raise TypeError(f"expected Registration objects, got {type(reg).__name__}")
+    names = [reg.name for reg in regs]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"registration names must be unique, repeated: {duplicates}")
+    if not any(reg.enabled for reg in regs):
+        raise ValueError("at least one registration must be enabled")
+    if len(regs) > MAX_BACKENDS:
+        raise ValueError(f"at most {MAX_BACKENDS} registrations, got {len(regs)}")
+    return regs
+
+
+@final
+class Archivist:
+    """Archives message records durably to every registered backend.
+
+    Open with ``async with Archivist.open(path, registrations) as archivist:`` or
+    ``archivist = await Archivist.open(...)`` (then call ``shutdown()``). Every
+    append is committed to the journal at ``path`` before it is acknowledged, then
+    delivered by one writer loop per backend; undelivered entries survive crashes
+    and restarts and are delivered when the journal is opened again.
+    """
+
+    def __init__(
+        self,
+        journal: Journal,
+        registrations: list[Registration],
+        writers: list[Writer],
+        query: Reader,
+        space: SpaceGuard,
+        *,
+        max_record_bytes: int,
+        close_timeout: float | None,
+    ) -> None:
+        self._journal = journal
+        self._registrations = registrations
+        self._writers = writers
+        self._by_name = {w.name: w for w in writers}
+        self._query = query
+        self._space = space
+        self._committer = Committer(journal, writers, space)
+        for writer in writers:
+            writer.attach(self._committer.settled)
+        self._max_record_bytes = max_record_bytes
+        self._close_timeout = close_timeout
+        self._stop = anyio.Event()
+        self._stopped = anyio.Event()
+        self._shutdown_started = False
+        self._host: asyncio.Task[None] | None = None
+        self._outer: anyio.abc.TaskGroup | None = None
+        self._serve_error: BaseException | None = None
+
+    # -- opening -------------------------------------------------------------------
+
+    @staticmethod
+    def open(
+        journal_path: str | os.PathLike[str],
+        registrations: Sequence[Registration],
+        *,
+        durability: Durability = Durability.FULL,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+        free_space_reserve: int = DEFAULT_FREE_SPACE_RESERVE,
+        close_timeout: float | None = DEFAULT_CLOSE_TIMEOUT,
+    ) -> OpeningArchivist:
+        """Open (creating if needed) the journal at ``journal_path`` and start.
+
+        Args:
+            journal_path: the journal file; its directory is created if missing.
+            registrations: the backends to deliver to (at least one enabled).
+            durability: ``FULL`` (default: survives power loss) or ``NORMAL``.
+            max_record_bytes: the largest encoded record an append may carry.
+            free_space_reserve: appends are refused (``JournalFull``) while free
+                space on the journal's filesystem is below this many bytes.
+            close_timeout: seconds the writers may drain when an ``async with``
+                block exits (None: until drained).
+
+        Raises:
+            JournalLocked, JournalCorrupt, JournalIncompatible, JournalError: see
+                each; nothing was changed.
+            ValueError, TypeError: bad arguments, named in the message.
+        """
+        regs = _check_registrations(registrations)
+        if max_record_bytes < 1:
+            raise ValueError(f"max_record_bytes must be >= 1, got {max_record_bytes}")
+        if free_space_reserve < 0:
+            raise ValueError(
+                f"free_space_reserve must be >= 0, got {free_space_reserve}"
+            )
+        if close_timeout is not None and close_timeout < 0:
+            raise ValueError(f"close_timeout must be >= 0 or None, got {close_timeout}")
+        if not isinstance(durability, Durability):
+            raise TypeError(f"durability must be a Durability, got {durability!r}")
+
+        async def create() -> Archivist:
+            return await Archivist._create(
+                journal_path,
+                regs,
+                durability=durability,
+                max_record_bytes=max_record_bytes,
+                free_space_reserve=free_space_reserve,
+                close_timeout=close_timeout,
+            )
+
+        return OpeningArchivist(create)
+
+    @classmethod
+    async def _create(
+        cls,
+        journal_path: str | os.PathLike[str],
+        registrations: list[Registration],
+        *,
+        durability: Durability,
+        max_record_bytes: int,
+        free_space_reserve: int,
+        close_timeout: float | None,
+    ) -> Archivist:
+        journal = await Journal.open(journal_path, durability)
+        try:
+            _, released = await journal.reconcile([r.name for r in registrations])
+            for name, count in released.items():
+                logger.warning(
+                    "backend %r is no longer registered: released its %d pending"
+                    " entries from journal %s",
+                    name,
+                    count,
+                    journal.path,
+                )
+            query = await journal.open_reader()
+            writers = []
+            for reg in registrations:
+                row = journal.backends[reg.name]
+                reader = await journal.open_reader() if reg.enabled else query
+                oldest = (
+                    await query.oldest_pending(row.mask, row.cursor)
+                    if row.pending
+                    else None
+                )
+                writers.append(
+                    Writer(
+                        reg,
+                        row,
+                        reader,
+                        tail=journal.last_seq,
+                        oldest_pending_at=oldest,
+                    )
+                )
+            space = SpaceGuard(journal.path, free_space_reserve)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await journal.close()
+            raise
+        return cls(
+            journal,
+            registrations,
+            writers,
+            query,
+            space,
+            max_record_bytes=max_record_bytes,
+            close_timeout=close_timeout,
+        )
+
+    async def _serve(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run the committer and the writers until ``shutdown``."""
+        try:
+            async with anyio.create_task_group() as group:
+                await group.start(self._committer.run)
+                async with anyio.create_task_group() as writers:
+                    for writer in self._writers:
+                        if writer.enabled:
+                            await writers.start(writer.run)
+                    task_status.started()
+                    await self._stop.wait()
+                    writers.cancel_scope.cancel()
+                # The writers are stopped; commit their last done-marks.
+                with anyio.move_on_after(FINAL_FLUSH_TIMEOUT, shield=True):
+                    await self._committer.flush()
+                group.cancel_scope.cancel()
+        finally:
+            self._committer.close()
+            with anyio.CancelScope(shield=True):
+                await self._journal.close()
+            self._stopped.set()
+
+    async def _start_detached(self) -> Archivist:
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+
+        async def host() -> None:
+            try:
+                async with anyio.create_task_group() as group:
+                    await group.start(self._serve)
+                    ready.set_result(None)
+            except BaseException as exc:
+                if not ready.done():
+                    ready.set_exception(exc)
+                else:
+                    self._serve_error = exc
+                    logger.critical(
+                        "journal_archivist: background loop failed", exc_info=exc
+                    )
+                    if not isinstance(exc, Exception):
+                        raise
+
+        self._host = loop.create_task(
+            host(), name=f"journal_archivist {self._journal.path}"
+        )
+        await ready
+        return self
+
+    async def _enter(self) -> Archivist:
+        outer = anyio.create_task_group()
+        await outer.__aenter__()
+        try:
+            await outer.start(self._serve)
+        except BaseException as exc:
+            await outer.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        self._outer = outer
+        return self
+
+    async def _exit(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._outer is not None
+        timeout = self._close_timeout if exc is None else 0.0
+        try:
+            await self.shutdown(timeout=timeout)
+        finally:
+            result = await self._outer.__aexit__(exc_type, exc, tb)
+        return result
+
+    def __del__(self, _warn: Any = warnings.warn) -> None:
+        if not getattr(self, "_shutdown_started", True):
+            _warn(
+                f"Archivist for {self._journal.path} was never shut down",
+                ResourceWarning,
+                source=self,
+                stacklevel=1,
+            )
+
+    # -- appending -------------------------------------------------------------------
+
+    async def append_messages(
+        self, session: UUID, records: Sequence[MessageRecord]
+    ) -> None:
+        """Journal ``records`` of ``session`` for every enabled backend.
+
+        Returns only after the entry is committed to the journal (contract 1) and,
+        for each ``Sync`` backend, delivered there. An empty ``records`` is a no-op.
+
+        Raises:
+            ValidationError: a bad record (named by index and field); nothing of
+                the call was journaled.
+            QueueFull: a backlog is full under ``REJECT`` (or ``BLOCK`` waited past
+                its ``block_timeout``); nothing journaled for anyone.
+            JournalFull: free space is below the reserve; nothing journaled.
+            JournalWriteFailed: the commit failed; nothing acknowledged.
+            DeliveryFailed: a ``Sync``, ``REQUIRED`` backend did not deliver in
+                time; the entry IS journaled and will be retried.
+            ArchivistClosed, ArchivistFailed: the archivist is shut down or failed.
+        """
+        self._check_open()
+        if not isinstance(session, UUID):
+            raise TypeError(
+                f"session must be a uuid.UUID, got {type(session).__name__}"
+            )
+        records = list(records)
+        if not records:
+            return
+        payload = encode_append(
+            session, records, max_record_bytes=self._max_record_bytes
+        )
+        append = PendingAppend(session, payload, records, time.time())
+        await self._committer.submit(append)
+        if append.waiters:
+            await self._wait_synced(append)
+
+    async def _wait_synced(self, append: PendingAppend) -> None:
+        start = time.monotonic()
+        try:
+            for writer, waiter in append.waiters:
+                policy = writer.policy
+                assert isinstance(policy, Sync)
+                remaining = policy.timeout - (time.monotonic() - start)
+                with anyio.move_on_after(max(0.0, remaining)):
+                    await waiter.event.wait()
+                error = waiter.error
+                if not waiter.event.is_set():
+                    error = f"not delivered within {policy.timeout}s"
+                required = writer.registration.failure_mode is FailureMode.REQUIRED
+                if error is not None and required:
+                    raise DeliveryFailed(
+                        writer.name, f"{error} (entry stays journaled)"
+                    )
+        finally:
+            for writer, waiter in append.waiters:
+                writer.remove_waiter(waiter)
+
+    # -- reading ---------------------------------------------------------------------
+
+    async def read_session(self, session: UUID) -> list[MessageRecord]:
+        """The records of ``session``: archived ones plus those still journaled.
+
+        Reads from the highest-``priority`` readable backend that is healthy,
+        falling back in priority order (healthy backends first) when one fails,
+        and merges the entries still pending for that backend in the journal, in
+        order and without duplicates (contract 10).
+
+        Raises:
+            ReadFailed: no readable backend is registered, or none answered.
+        """
+        self._check_open()
+        readable = [w for w in self._writers if w.registration.readable and w.enabled]
+        readable.sort(
+            key=lambda w: (
+                w.health().status is not HealthStatus.HEALTHY,
+                -w.registration.priority,
+            )
+        )
+        errors: dict[str, BaseException] = {}
+        for writer in readable:
+            pending = await self._pending_records(session, writer)
+            try:
+                timeout = writer.registration.retry.attempt_timeout
+                with anyio.fail_after(math.inf if timeout is None else timeout):
+                    archived = await writer.registration.backend.read_session(session)
+            except Exception as exc:
+                errors[writer.name] = exc
+                logger.warning("read_session: backend %r failed: %r", writer.name, exc)
+                continue
+            seen = {record.message_id for record in archived}
+            merged = list(archived)
+            merged.extend(r for r in pending if r.message_id not in seen)
+            return merged
+        raise ReadFailed(session, errors)
+
+    async def _pending_records(
+        self, session: UUID, writer: Writer
+    ) -> list[MessageRecord]:
+        entries = await self._query.pending_for_session(
+            session, writer.mask, writer.settled_upto
+        )
+        records: list[MessageRecord] = []
+        for entry in entries:
+            if entry.damage is None:
+                records.extend(decode_entry(entry.payload))
+        return records
+
+    # -- introspection and waiting -----------------------------------------------------
+
+    def health(self) -> HealthReport:
+        """Frozen snapshots of the journal and of every backend (contract 7)."""
+        backends = {w.name: w.health() for w in self._writers}
+        return HealthReport(
+            journal=JournalHealth(
+                path=self._journal.path,
+                quarantined=sum(h.quarantined for h in backends.values()),
+                lost_entries=self._journal.lost_entries,
+                free_bytes=self._space.free,
+                low_space=self._space.low,
+                commit_failures=self._committer.commit_failures,
+                failed=self._committer.failure is not None,
+            ),
+            backends=backends,
+        )
+
+    async def wait_drained(self, backend: str | None = None) -> None:
+        """Wait until nothing is pending for ``backend`` (default: every enabled one).
+
+        Also waits for the done-marks to be committed, so the journal no longer
+        holds the delivered entries. Use under ``anyio.fail_after`` when a backend
+        may be down.
+
+        Raises:
+            ValueError: ``backend`` is not registered, or is disabled.
+            ArchivistClosed: the archivist is shut down.
+        """
+        self._check_open()
+        if backend is None:
+            writers = [w for w in self._writers if w.enabled]
+        else:
+            writer = self._by_name.get(backend)
+            if writer is None:
+                raise ValueError(f"no backend named {backend!r} is registered")
+            if not writer.enabled:
+                raise ValueError(f"backend {backend!r} is disabled and will not drain")
+            writers = [writer]
+        for writer in writers:
+            await writer.wait_settled()
+        await self._committer.flush()
+
+    @property
+    def is_closed(self) -> bool:
+        """Whether ``shutdown`` has begun."""
+        return self._shutdown_started
+
+    @property
+    def journal_path(self) -> str:
+        """The absolute path of the journal file."""
+        return self._journal.path
+
+    def _check_open(self) -> None:
+        if self._shutdown_started:
+            raise ArchivistClosed()
+        if self._committer.failure is not None:
+            raise ArchivistFailed(
+                str(self._committer.failure)
+            ) from self._committer.failure
+        if self._serve_error is not None:
+            raise ArchivistFailed(repr(self._serve_error)) from self._serve_error
+
+    # -- shutting down -------------------------------------------------------------------
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        """Stop intake, drain within ``timeout`` seconds, and close (contract 8).
+
+        Appends not yet committed when shutdown begins raise ``ArchivistClosed``.
+        Writers then deliver what they can until everything is delivered or the
+        deadline passes (None: no deadline); the rest stays journaled for the next
+        open. A second call waits for the first and returns.
+        """
+        if self._shutdown_started:
+            await self._stopped.wait()
+            return
+        self._shutdown_started = True
+        self._committer.close()
+        try:
+            if not self._stopped.is_set():
+                for writer in self._writers:
+                    writer.start_draining()
+                with anyio.move_on_after(math.inf if timeout is None else timeout):
+                    for writer in self._writers:
+                        if writer.enabled:
+                            await writer.wait_settled()
+        finally:
+            self._stop.set()
+            with anyio.CancelScope(shield=True):
+                await self._stopped.wait()
+                if self._host is not None:
+                    await asyncio.wait([self._host])
+        if self._serve_error is not None and isinstance(self._serve_error, Exception):
+            raise ArchivistFailed(repr(self._serve_error)) from self._serve_error
+
+    async def aclose(self) -> None:
+        """Shut down without waiting for delivery (``shutdown(timeout=0)``)."""
+        await self.shutdown(timeout=0)
+
+
+@final
+class OpeningArchivist:
+    """What ``Archivist.open`` returns: await it, or use it with ``async with``."""
+
+    def __init__(self, create: Callable[[], Awaitable[Archivist]]) -> None:
+        self._create = create
+        self._archivist: Archivist | None = None
+
+    def __await__(self) -> Generator[Any, None, Archivist]:
+        return self._open_detached().__await__()
+
+    async def _open_detached(self) -> Archivist:
+        archivist = await self._create()
+        return await archivist._start_detached()
+
+    async def __aenter__(self) -> Archivist:
+        if self._archivist is not None:
+            raise RuntimeError("this Archivist.open(...) was already entered")
+        archivist = await self._create()
+        self._archivist = await archivist._enter()
+        return self._archivist
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._archivist is not None
+        return await self._archivist._exit(exc_type, exc, tb)

@@ -1,0 +1,234 @@
+"""Exceptions raised by journal_archivist.
+
+ArchivistError              base of everything we raise on purpose
+├── ValidationError         bad record or argument (also a ValueError); nothing journaled
+├── QueueFull               a backlog is full under REJECT, or BLOCK waited past its timeout
+├── DeliveryFailed          a Sync write was not delivered; the entry stays journaled
+├── BackendError            raised by backends; ``retryable`` says whether to try again
+├── ReadFailed              read_session found no readable backend that answered
+├── ArchivistClosed         used after shutdown() or outside its ``async with``
+├── ArchivistFailed         a background loop died; the archivist accepts nothing more
+└── JournalError            about the journal file itself
+    ├── JournalLocked       another owner holds the journal
+    ├── JournalCorrupt      the file is not a journal, or is damaged
+    ├── JournalIncompatible the file was written by a newer schema
+    ├── JournalFull         free space is below the reserve; nothing journaled
+    └── JournalWriteFailed  a commit failed; nothing of that group was acknowledged
+
+Every class says when it is raised and what state it leaves behind. The facts that
+make up each message are kept as attributes.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from uuid import UUID
+
+__all__ = [
+    "ArchivistClosed",
+    "ArchivistError",
+    "ArchivistFailed",
+    "BackendError",
+    "DeliveryFailed",
+    "JournalCorrupt",
+    "JournalError",
+    "JournalFull",
+    "JournalIncompatible",
+    "JournalLocked",
+    "JournalWriteFailed",
+    "QueueFull",
+    "ReadFailed",
+    "ValidationError",
+]
+
+
+class ArchivistError(Exception):
+    """Base class of every error journal_archivist raises on purpose."""
+
+
+class ValidationError(ArchivistError, ValueError):
+    """A record or argument was rejected before anything was journaled.
+
+    Raised by ``append_messages`` for a bad record; nothing of that call was
+    journaled, for any backend. ``index`` is the record's position in the call
+    (``None`` when the problem is not one record's), ``field`` the offending field.
+    """
+
+    def __init__(
+        self, problem: str, *, index: int | None = None, field: str | None = None
+    ) -> None:
+        where = []
+        if index is not None:
+            where.append(f"record {index}")
+        if field is not None:
+            where.append(f"field {field!r}")
+        prefix = f"{', '.join(where)}: " if where else ""
+        super().__init__(f"{prefix}{problem}")
+        self.problem = problem
+        self.index = index
+        self.field = field
+
+
+class QueueFull(ArchivistError):
+    """The append was refused because a backend's backlog is full.
+
+    Raised under ``OverflowPolicy.REJECT``, or under ``BLOCK`` once the wait passes
+    its ``block_timeout``. Nothing from the refused call was journaled, for any
+    backend.
+    """
+
+    def __init__(self, backend: str, capacity: int, *, waited: float | None = None):
+        detail = f" after waiting {waited:.3f}s" if waited is not None else ""
+        super().__init__(
+            f"backlog of backend {backend!r} is full ({capacity} entries){detail}"
+        )
+        self.backend = backend
+        self.capacity = capacity
+        self.waited = waited
+
+
+class DeliveryFailed(ArchivistError):
+    """A ``Sync`` write to a ``REQUIRED`` backend was not delivered in time.
+
+    The entry *is* journaled: it stays queued for that backend and is retried in the
+    background, so the caller must not append it again (doing so is harmless for
+    idempotent backends, but not needed).
+    """
+
+    def __init__(self, backend: str, reason: str) -> None:
+        super().__init__(f"delivery to backend {backend!r} failed: {reason}")
+        self.backend = backend
+        self.reason = reason
+
+
+class BackendError(ArchivistError):
+    """Raised by an archive backend when a call fails.
+
+    ``retryable=True`` means the same call may succeed later (a timeout, a lost
+    connection); ``False`` means it will keep failing (a rejected record). Writers
+    treat any other exception from a backend as retryable.
+    """
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class ReadFailed(ArchivistError):
+    """``read_session`` found no readable backend that could answer.
+
+    ``errors`` maps each backend that was tried to the error it raised. Nothing was
+    changed by the attempt.
+    """
+
+    def __init__(self, session: UUID, errors: dict[str, BaseException]) -> None:
+        if errors:
+            tried = "; ".join(f"{name}: {exc!r}" for name, exc in errors.items())
+            message = f"no readable backend answered for session {session}: {tried}"
+        else:
+            message = f"no backend is registered as readable (session {session})"
+        super().__init__(message)
+        self.session = session
+        self.errors = errors
+
+
+class ArchivistClosed(ArchivistError):
+    """The archivist is shut down (or shutting down) and accepts no more calls.
+
+    An append refused with this error was not journaled.
+    """
+
+    def __init__(self, message: str = "the archivist is closed") -> None:
+        super().__init__(message)
+
+
+class ArchivistFailed(ArchivistError):
+    """A background loop of the archivist died and it accepts nothing more.
+
+    Everything acknowledged before is still in the journal; reopen it to continue.
+    The original error is the ``__cause__``.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the archivist has failed: {reason}")
+        self.reason = reason
+
+
+class JournalError(ArchivistError):
+    """Base class of errors about the journal file itself."""
+
+    def __init__(self, path: str | os.PathLike[str], message: str) -> None:
+        super().__init__(f"{message}: {os.fspath(path)}")
+        self.path = os.fspath(path)
+
+
+class JournalLocked(JournalError):
+    """Another ``Archivist`` (in this process or another) owns the journal.
+
+    Nothing was opened or changed. The lock is an OS file lock, so it is released
+    when its owner exits, even by a crash.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__(path, "journal is locked by another owner")
+
+
+class JournalCorrupt(JournalError):
+    """The file is not a journal, or SQLite reports it damaged.
+
+    The file was not changed: it is never overwritten or recreated silently. Move it
+    aside (keep it for inspection) and open a new journal, or restore a copy.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], detail: str) -> None:
+        super().__init__(path, f"journal is corrupt or not a journal ({detail})")
+        self.detail = detail
+
+
+class JournalIncompatible(JournalError):
+    """The journal was written by a newer version of journal_archivist.
+
+    Nothing was changed; open it with the version that wrote it (schema ``found``;
+    this version understands up to ``supported``).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], found: int, supported: int):
+        super().__init__(
+            path,
+            f"journal schema version {found} is newer than the supported {supported}",
+        )
+        self.found = found
+        self.supported = supported
+
+
+class JournalFull(JournalError):
+    """Free space on the journal's filesystem is below the configured reserve.
+
+    Nothing of the refused call was journaled. Delivery, mark-done and checkpoints
+    keep running in the reserve, and appends are accepted again by themselves once
+    free space rises above it.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], free: int, reserve: int) -> None:
+        super().__init__(
+            path,
+            f"free space {free} bytes is below the reserve of {reserve} bytes;"
+            " appends are refused until space returns",
+        )
+        self.free = free
+        self.reserve = reserve
+
+
+class JournalWriteFailed(JournalError):
+    """The commit of an append failed (I/O error, failed fsync, disk full).
+
+    Nothing of the failed group was acknowledged; the journal rolled back to its
+    previous commit. The SQLite error is the ``__cause__``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], detail: str) -> None:
+        super().__init__(path, f"journal commit failed ({detail})")
+        self.detail = detail

@@ -1,0 +1,670 @@
+"""The SQLite journal: opening and checking the file, its connections, and the SQL.
+
+Rules and theory:
+- One owner: ``Journal.open`` takes the lock file first, then creates the journal
+  file owner-only (0600) before SQLite opens it, so ``-wal`` and ``-shm`` inherit the
+  mode. A file that is not a journal or fails ``PRAGMA quick_check`` raises
+  ``JournalCorrupt`` before anything is written to it.
+- Writes happen only inside ``Journal.transaction``, used by the committer alone.
+  Every write transaction begins with ``BEGIN IMMEDIATE`` (issued by sqlite3 before
+  the first statement, as ``isolation_level="IMMEDIATE"`` asks) and is rolled back
+  explicitly on any error.
+- Two write connections, never used at the same time: ``durable`` transactions
+  (ones that journal appends) use ``synchronous=FULL`` under ``Durability.FULL``;
+  settle-only transactions (done-marks) use ``synchronous=NORMAL``, because a lost
+  done-mark only means an idempotent redelivery. A later FULL commit fsyncs the
+  shared WAL, covering the NORMAL commits before it.
+- Reads use ``Reader`` connections (``query_only``), one per writer loop, so reads
+  run in parallel with commits. Every row read is checked against its checksum.
+- Each aiosqlite call is a thread round trip, so the SQL is shaped to need few:
+  one ``executemany`` per kind of change per transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import zlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+from uuid import UUID
+
+import aiosqlite
+
+from ._batching import Entry
+from ._errors import (
+    JournalCorrupt,
+    JournalError,
+    JournalIncompatible,
+    JournalWriteFailed,
+)
+from ._lockfile import LockFile
+from ._policies import Durability
+from ._records import Op
+from ._schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+    from types import TracebackType
+
+__all__ = [
+    "BackendRow",
+    "Journal",
+    "Reader",
+    "Transaction",
+    "entry_crc",
+]
+
+logger = logging.getLogger("journal_archivist.journal")
+
+#: The WAL is truncated back to this size after a checkpoint that outgrew it.
+JOURNAL_SIZE_LIMIT: Final = 64 * 1024 * 1024
+
+_ENTRY_COLUMNS: Final = "seq, session, op, payload, size, crc, enqueued_at"
+
+
+def entry_crc(seq: int, session: bytes, op: int, payload: bytes) -> int:
+    """The checksum stored with an entry: crc32 of its seq, session, op, payload."""
+    return zlib.crc32(
+        payload, zlib.crc32(seq.to_bytes(8, "big") + session + bytes((op,)))
+    )
+
+
+@dataclass(slots=True)
+class BackendRow:
+    """A backend's persistent state, as stored in the ``backends`` table."""
+
+    bit: int
+    name: str
+    cursor: int
+    pending: int
+    pending_bytes: int
+    delivered: int
+    dropped: int
+    dead_lettered: int
+    quarantined: int
+
+    @property
+    def mask(self) -> int:
+        """This backend's bit in an entry's ``targets``."""
+        return 1 << self.bit
+
+
+def _is_corruption(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB) or (
+        "malformed" in str(exc) or "not a database" in str(exc)
+    )
+
+
+def _prepare_file(path: str) -> None:
+    """Create the journal's directory and an empty owner-only file if missing."""
+    directory = os.path.dirname(path)
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise JournalError(
+            path, f"cannot create the journal directory {directory!r} ({exc})"
+        ) from exc
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise JournalError(path, f"the journal directory {directory!r} is not writable")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise JournalError(path, "the journal file is not readable and writable")
+        return
+    except OSError as exc:
+        raise JournalError(path, f"cannot create the journal file ({exc})") from exc
+    os.close(fd)
+
+
+async def _connect(
+    path: str, *, synchronous: str, query_only: bool = False
+) -> aiosqlite.Connection:
+    conn = await aiosqlite.connect(path, isolation_level="IMMEDIATE")
+    try:
+        # Another connection of ours may be checkpointing; wait rather than fail.
+        await conn.execute("PRAGMA busy_timeout = 10000")
+        await conn.execute(f"PRAGMA synchronous = {synchronous}")
+        if query_only:
+            await conn.execute("PRAGMA query_only = 1")
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
+
+
+class Journal:
+    """An open, locked journal. Create with ``await Journal.open(path, ...)``."""
+
+    def __init__(
+        self,
+        path: str,
+        lock: LockFile,
+        durability: Durability,
+        durable_conn: aiosqlite.Connection,
+        lazy_conn: aiosqlite.Connection,
+    ) -> None:
+        self.path = path
+        self.durability = durability
+        self._lock = lock
+        self._durable = durable_conn
+        self._lazy = lazy_conn
+        self._readers: list[Reader] = []
+        self.backends: dict[str, BackendRow] = {}
+        self.last_seq = 0
+        self.lost_entries = 0
+        self.quarantined = 0
+        self.closed = False
+
+    # -- opening ---------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls, path: str | os.PathLike[str], durability: Durability
+    ) -> Journal:
+        """Lock, check, migrate and load the journal at ``path``.
+
+        Raises:
+            JournalLocked: another owner holds it; nothing was touched.
+            JournalCorrupt: not a journal, or damaged; the file was not changed.
+            JournalIncompatible: written by a newer schema; nothing was changed.
+            JournalError: the directory or file cannot be created or written.
+        """
+        full = os.path.abspath(os.fspath(path))
+        _prepare_file(full)
+        lock = LockFile(os.path.realpath(full) + ".lock", full)
+        conns: list[aiosqlite.Connection] = []
+        try:
+            sync = "FULL" if durability is Durability.FULL else "NORMAL"
+            durable = await _connect(full, synchronous=sync)
+            conns.append(durable)
+            await _check_and_migrate(durable, full)
+            lazy = durable
+            if durability is Durability.FULL:
+                lazy = await _connect(full, synchronous="NORMAL")
+                conns.append(lazy)
+            journal = cls(full, lock, durability, durable, lazy)
+            await journal._load()
+        except BaseException:
+            for conn in conns:
+                await conn.close()
+            lock.release()
+            raise
+        return journal
+
+    async def _load(self) -> None:
+        conn = self._durable
+        rows = await conn.execute_fetchall(
+            "SELECT bit, name, cursor, pending, pending_bytes, delivered, dropped,"
+            " dead_lettered, quarantined FROM backends"
+        )
+        self.backends = {row[1]: BackendRow(*row) for row in rows}
+        meta = dict(await conn.execute_fetchall("SELECT key, value FROM meta"))
+        self.lost_entries = int(meta.get("lost_entries", 0))
+        (self.quarantined,) = next(
+            iter(await conn.execute_fetchall("SELECT count(*) FROM quarantine"))
+        )
+        seq_rows = list(
+            await conn.execute_fetchall(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'entries'"
+            )
+        )
+        self.last_seq = int(seq_rows[0][0]) if seq_rows else 0
+        recorded = self._lock.read_high_water()
+        if recorded is not None and recorded > self.last_seq:
+            lost = recorded - self.last_seq
+            logger.error(
+                "journal %s: %d acknowledged entries (seq %d..%d) are missing; the"
+                " WAL tail was lost or damaged. Counted in health().journal.lost_entries.",
+                self.path,
+                lost,
+                self.last_seq + 1,
+                recorded,
+            )
+            await self._record_lost(lost, recorded)
+        self._lock.write_high_water(self.last_seq)
+
+    async def _record_lost(self, lost: int, recorded: int) -> None:
+        conn = self._durable
+        try:
+            await conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('lost_entries', ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = value + excluded.value",
+                (lost,),
+            )
+            # Never reuse the lost seqs: the next entry continues after them.
+            await conn.execute(
+                "INSERT OR REPLACE INTO sqlite_sequence (name, seq) VALUES ('entries', ?)",
+                (recorded,),
+            )
+            await conn.commit()
+        except BaseException:
+            await conn.rollback()
+            raise
+        self.lost_entries += lost
+        self.last_seq = recorded
+
+    async def reconcile(self, names: Sequence[str]) -> tuple[list[str], dict[str, int]]:
+        """Make the ``backends`` table match the registered ``names``.
+
+        A new name gets a free bit and starts at the current tail (it owes nothing
+        journaled before it was registered). A name no longer registered is
+        removed: its pending entries are released. Returns the added names and the
+        count of entries released per removed name.
+        """
+        added = [name for name in names if name not in self.backends]
+        removed = {
+            name: row for name, row in self.backends.items() if name not in names
+        }
+        if not added and not removed:
+            return [], {}
+        free_bits = sorted(
+            set(range(62))
+            - {row.bit for name, row in self.backends.items() if name not in removed}
+        )
+        if len(added) > len(free_bits):
+            raise ValueError(
+                f"a journal holds at most 62 backends, {len(names)} registered"
+            )
+        new_rows = [
+            BackendRow(free_bits[i], name, self.last_seq, 0, 0, 0, 0, 0, 0)
+            for i, name in enumerate(added)
+        ]
+        conn = self._durable
+        try:
+            for row in removed.values():
+                await conn.execute(
+                    "UPDATE entries SET targets = targets & ~? WHERE targets & ?",
+                    (row.mask, row.mask),
+                )
+                await conn.execute("DELETE FROM backends WHERE bit = ?", (row.bit,))
+            if removed:
+                await conn.execute("DELETE FROM entries WHERE targets = 0")
+            await conn.executemany(
+                "INSERT INTO backends (bit, name, cursor) VALUES (?, ?, ?)",
+                [(row.bit, row.name, row.cursor) for row in new_rows],
+            )
+            await conn.commit()
+        except sqlite3.Error as exc:
+            await conn.rollback()
+            raise JournalWriteFailed(self.path, str(exc)) from exc
+        for name in removed:
+            del self.backends[name]
+        for row in new_rows:
+            self.backends[row.name] = row
+        return added, {name: row.pending for name, row in removed.items()}
+
+    # -- writing ---------------------------------------------------------------
+
+    def transaction(self, *, durable: bool) -> Transaction:
+        """A write transaction; commit on clean exit, roll back on any error.
+
+        ``durable`` transactions journal appends and honour the configured
+        durability; others only settle entries and skip the fsync.
+        """
+        return Transaction(self, self._durable if durable else self._lazy)
+
+    def record_high_water(self, seq: int) -> None:
+        """Note in the lock file that entries up to ``seq`` are committed."""
+        self.last_seq = seq
+        self._lock.write_high_water(seq)
+
+    async def compact(self, max_pages: int) -> int:
+        """Return up to ``max_pages`` free pages to the filesystem; pages still free.
+
+        ``PRAGMA incremental_vacuum`` frees one page per result row, so every row is
+        fetched. Once no free page is left, the WAL is truncated as well.
+        """
+        conn = self._lazy
+        try:
+            await conn.execute_fetchall(f"PRAGMA incremental_vacuum({int(max_pages)})")
+            await conn.commit()
+            (left,) = next(iter(await conn.execute_fetchall("PRAGMA freelist_count")))
+            if not left:
+                await conn.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                await conn.rollback()
+            logger.warning("journal %s: compaction failed: %s", self.path, exc)
+            return 0
+        return int(left)
+
+    async def free_page_bytes(self) -> int:
+        """Bytes held by free pages (what ``compact`` would give back)."""
+        conn = self._lazy
+        (count,) = next(iter(await conn.execute_fetchall("PRAGMA freelist_count")))
+        (size,) = next(iter(await conn.execute_fetchall("PRAGMA page_size")))
+        return int(count) * int(size)
+
+    # -- reading ---------------------------------------------------------------
+
+    async def open_reader(self) -> Reader:
+        """A new read-only connection, closed with the journal."""
+        conn = await _connect(self.path, synchronous="NORMAL", query_only=True)
+        reader = Reader(self.path, conn)
+        self._readers.append(reader)
+        return reader
+
+    async def close(self) -> None:
+        """Close every connection and release the lock; harmless twice."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            for reader in self._readers:
+                await reader.close()
+            if self._lazy is not self._durable:
+                await self._lazy.close()
+            await self._durable.close()
+        finally:
+            self._lock.release()
+
+
+class Transaction:
+    """One write transaction of the committer. Use as ``async with``."""
+
+    def __init__(self, journal: Journal, conn: aiosqlite.Connection) -> None:
+        self._journal = journal
+        self._conn = conn
+
+    async def __aenter__(self) -> Transaction:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        conn = self._conn
+        if exc is None:
+            try:
+                await conn.commit()
+                return
+            except sqlite3.Error as commit_exc:
+                exc = commit_exc
+        try:
+            await conn.rollback()
+        except sqlite3.Error:
+            logger.exception("journal %s: rollback failed", self._journal.path)
+        if isinstance(exc, sqlite3.Error):
+            raise JournalWriteFailed(self._journal.path, str(exc)) from exc
+
+    async def insert(
+        self, rows: Iterable[tuple[int, bytes, int, bytes, int, int, float, int]]
+    ) -> None:
+        """Insert entries ``(seq, session, op, payload, size, crc, enqueued_at, targets)``."""
+        await self._conn.executemany(
+            "INSERT INTO entries (seq, session, op, payload, size, crc, enqueued_at,"
+            " targets) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+
+    async def drop_oldest(
+        self, mask: int, after: int, count: int, nbytes: int
+    ) -> list[tuple[int, int]]:
+        """Untarget the oldest entries owed to ``mask`` with ``seq > after``.
+
+        Drops at least ``count`` entries and ``nbytes`` bytes, or all there are.
+        Returns ``(seq, size)`` of each dropped entry, oldest first.
+        """
+        dropped: list[tuple[int, int]] = []
+        freed = 0
+        position = after
+        while len(dropped) < count or freed < nbytes:
+            rows = await self._conn.execute_fetchall(
+                "SELECT seq, size FROM entries WHERE seq > ? AND targets & ?"
+                " ORDER BY seq LIMIT ?",
+                (position, mask, max(count - len(dropped), 64)),
+            )
+            if not rows:
+                break
+            for seq, size in rows:
+                if len(dropped) >= count and freed >= nbytes:
+                    break
+                dropped.append((int(seq), int(size)))
+                freed += int(size)
+            position = dropped[-1][0]
+        if dropped:
+            # The dropped entries are consecutive among this backend's, so one
+            # range covers exactly them.
+            first, last = dropped[0][0], dropped[-1][0]
+            await self._conn.execute(
+                "UPDATE entries SET targets = targets & ~?1 WHERE seq BETWEEN ?2 AND ?3"
+                " AND targets & ?1",
+                (mask, first, last),
+            )
+            await self._conn.execute(
+                "DELETE FROM entries WHERE seq BETWEEN ? AND ? AND targets = 0",
+                (first, last),
+            )
+        return dropped
+
+    async def untarget(self, mask: int, seqs: Sequence[int]) -> None:
+        """Clear ``mask`` from the given entries, deleting any left with no target."""
+        await self._conn.executemany(
+            "UPDATE entries SET targets = targets & ~? WHERE seq = ?",
+            [(mask, seq) for seq in seqs],
+        )
+        await self._conn.executemany(
+            "DELETE FROM entries WHERE seq = ? AND targets = 0",
+            [(seq,) for seq in seqs],
+        )
+
+    async def dead_letter(
+        self, backend: str, rows: Sequence[tuple[int, str, int]], failed_at: float
+    ) -> None:
+        """Copy entries ``(seq, error, attempts)`` into ``dead_letters`` for ``backend``."""
+        await self._conn.executemany(
+            "INSERT INTO dead_letters (backend, seq, session, op, payload, crc,"
+            " enqueued_at, error, attempts, failed_at)"
+            " SELECT ?, seq, session, op, payload, crc, enqueued_at, ?, ?, ?"
+            " FROM entries WHERE seq = ?",
+            [
+                (backend, error, attempts, failed_at, seq)
+                for seq, error, attempts in rows
+            ],
+        )
+
+    async def quarantine(
+        self, backend: str, rows: Sequence[tuple[int, str]], at: float
+    ) -> None:
+        """Copy damaged entries ``(seq, reason)`` into ``quarantine`` for ``backend``."""
+        await self._conn.executemany(
+            "INSERT INTO quarantine (backend, seq, session, op, payload, size, crc,"
+            " reason, quarantined_at)"
+            " SELECT ?, seq, session, op, payload, size, crc, ?, ?"
+            " FROM entries WHERE seq = ?",
+            [(backend, reason, at, seq) for seq, reason in rows],
+        )
+
+    async def settle(
+        self, ranges: Sequence[tuple[int, int, int]], *, shared: bool
+    ) -> None:
+        """Mark entries done: for each ``(mask, after, upto)`` clear ``mask`` from the
+        entries with ``after < seq <= upto`` and delete those owed to no one.
+
+        ``shared`` says whether any entry may have another target; without it, a
+        single range delete is all it takes.
+        """
+        await self._conn.executemany(
+            "DELETE FROM entries WHERE seq > ? AND seq <= ? AND targets = ?",
+            [(after, upto, mask) for mask, after, upto in ranges],
+        )
+        if shared:
+            await self._conn.executemany(
+                "UPDATE entries SET targets = targets & ~? WHERE seq > ? AND seq <= ?"
+                " AND targets & ?",
+                [(mask, after, upto, mask) for mask, after, upto in ranges],
+            )
+
+    async def update_backends(
+        self, rows: Sequence[tuple[int, int, int, int, int, int, int, int]]
+    ) -> None:
+        """Apply counter deltas ``(pending, pending_bytes, delivered, dropped,
+        dead_lettered, quarantined, cursor, bit)``; the cursor only moves forward."""
+        await self._conn.executemany(
+            "UPDATE backends SET pending = pending + ?, pending_bytes = pending_bytes + ?,"
+            " delivered = delivered + ?, dropped = dropped + ?,"
+            " dead_lettered = dead_lettered + ?, quarantined = quarantined + ?,"
+            " cursor = max(cursor, ?) WHERE bit = ?",
+            rows,
+        )
+
+
+class Reader:
+    """A read-only journal connection. Rows are checked against their checksums."""
+
+    def __init__(self, path: str, conn: aiosqlite.Connection) -> None:
+        self._path = path
+        self._conn = conn
+        self._closed = False
+
+    async def close(self) -> None:
+        """Close the connection; harmless twice."""
+        if not self._closed:
+            self._closed = True
+            await self._conn.close()
+
+    async def pending(
+        self, mask: int, start: int, stop: int, limit: int
+    ) -> list[Entry]:
+        """Entries owed to ``mask`` with ``start <= seq < stop``, oldest first.
+
+        An entry whose checksum or size does not match comes back with ``damage``
+        set; the caller must quarantine it rather than deliver it.
+        """
+        rows = await self._conn.execute_fetchall(
+            f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE seq >= ? AND seq < ?"
+            " AND targets & ? ORDER BY seq LIMIT ?",
+            (start, stop, mask, limit),
+        )
+        return _check_rows(rows)
+
+    async def pending_for_session(
+        self, session: UUID, mask: int, after: int
+    ) -> list[Entry]:
+        """Entries of ``session`` owed to ``mask`` with ``seq > after``, oldest first."""
+        rows = await self._conn.execute_fetchall(
+            f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE session = ? AND seq > ?"
+            " AND targets & ? ORDER BY seq",
+            (session.bytes, after, mask),
+        )
+        return _check_rows(rows)
+
+    async def oldest_pending(self, mask: int, after: int) -> float | None:
+        """When the oldest entry owed to ``mask`` after ``after`` was journaled."""
+        rows = list(
+            await self._conn.execute_fetchall(
+                "SELECT enqueued_at FROM entries WHERE seq > ? AND targets & ?"
+                " ORDER BY seq LIMIT 1",
+                (after, mask),
+            )
+        )
+        return float(rows[0][0]) if rows else None
+
+
+def _check_rows(rows: Iterable[sqlite3.Row]) -> list[Entry]:
+    entries: list[Entry] = []
+    for seq, session, op, payload, size, crc, enqueued_at in rows:
+        damage = _damage(seq, session, op, payload, size, crc)
+        if damage is None:
+            entries.append(
+                Entry(seq, UUID(bytes=session), Op(op), payload, size, enqueued_at)
+            )
+        else:
+            # Keep the stored size so the backlog's byte count stays balanced.
+            stored = size if isinstance(size, int) else 0
+            entries.append(
+                Entry(
+                    seq,
+                    _UNKNOWN_SESSION,
+                    Op.APPEND,
+                    b"",
+                    stored,
+                    enqueued_at,
+                    damage=damage,
+                )
+            )
+    return entries
+
+
+_UNKNOWN_SESSION: Final = UUID(int=0)
+
+
+def _damage(
+    seq: int, session: object, op: object, payload: object, size: object, crc: object
+) -> str | None:
+    """Why a row cannot be trusted, or None if its checksum and shape are right."""
+    if (
+        not isinstance(payload, bytes)
+        or not isinstance(session, bytes)
+        or len(session) != 16
+    ):
+        return "payload or session is not a blob of the right length"
+    if not isinstance(op, int) or op not in Op.__members__.values():
+        return f"unknown operation {op!r}"
+    if size != len(payload):
+        return f"size {size!r} != payload length {len(payload)}"
+    actual = entry_crc(seq, session, op, payload)
+    if actual != crc:
+        return f"checksum mismatch (stored {crc!r}, computed {actual})"
+    return None
+
+
+async def _check_and_migrate(conn: aiosqlite.Connection, path: str) -> None:
+    """Refuse files that are not healthy journals, then bring the schema up to date.
+
+    Reads first and writes only once the file is known to be ours (or empty).
+    """
+    try:
+        (app_id,) = next(iter(await conn.execute_fetchall("PRAGMA application_id")))
+        (version,) = next(iter(await conn.execute_fetchall("PRAGMA user_version")))
+        tables = [
+            row[0]
+            for row in await conn.execute_fetchall(
+                "SELECT name FROM sqlite_schema WHERE type = 'table'"
+            )
+        ]
+        if app_id != APPLICATION_ID and (app_id != 0 or tables or version):
+            raise JournalCorrupt(
+                path,
+                f"not a journal: application_id is {app_id:#x} with tables {tables[:5]}",
+            )
+        if version > SCHEMA_VERSION:
+            raise JournalIncompatible(path, version, SCHEMA_VERSION)
+        problems = [
+            row[0] for row in await conn.execute_fetchall("PRAGMA quick_check(5)")
+        ]
+        if problems != ["ok"]:
+            raise JournalCorrupt(path, "; ".join(map(str, problems)))
+    except sqlite3.DatabaseError as exc:
+        if _is_corruption(exc):
+            raise JournalCorrupt(path, str(exc)) from exc
+        raise JournalError(path, f"cannot read the journal ({exc})") from exc
+
+    try:
+        (mode,) = next(iter(await conn.execute_fetchall("PRAGMA journal_mode = WAL")))
+        if str(mode).lower() != "wal":
+            raise JournalError(path, f"cannot switch the journal to WAL (got {mode})")
+        await conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
+        if version == 0:
+            # auto_vacuum takes effect only before the first table is created.
+            await conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        while version < SCHEMA_VERSION:
+            await conn.executescript(
+                "BEGIN IMMEDIATE;"
+                + MIGRATIONS[version]
+                + f";PRAGMA application_id = {APPLICATION_ID};"
+                + f"PRAGMA user_version = {version + 1};COMMIT;"
+            )
+            version += 1
+    except sqlite3.Error as exc:
+        if conn.in_transaction:
+            await conn.rollback()
+        if _is_corruption(exc):
+            raise JournalCorrupt(path, str(exc)) from exc
+        raise JournalError(path, f"cannot prepare the journal ({exc})") from exc

@@ -1,0 +1,69 @@
+"""The single-owner lock file beside the journal, which also keeps the high-water.
+
+Rules:
+- ``<journal>.lock`` is locked with ``flock(LOCK_EX | LOCK_NB)``; the OS releases it
+  when the owner exits, even by SIGKILL. A second owner (another process, or another
+  open in this process) gets ``JournalLocked``. SQLite's own locks are POSIX record
+  locks on the journal file and are unaffected.
+- The file also records the highest sequence number ever committed, rewritten after
+  each commit without an fsync. It lets open detect a lost WAL tail (committed
+  entries that SQLite silently dropped because a WAL frame was damaged): if the
+  journal's own high-water is lower, the difference was lost. Without the fsync the
+  record may be stale after a power loss, which can hide a loss but never invent one
+  under ``Durability.FULL``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import struct
+import zlib
+
+from ._errors import JournalLocked
+
+__all__ = ["LockFile"]
+
+_MAGIC = b"JALOCK01"
+_RECORD = struct.Struct(">8sQI")  # magic, high-water, crc32 of the first two
+
+
+class LockFile:
+    """An exclusive, process-lifetime lock on a journal, holding its high-water."""
+
+    def __init__(self, path: str, journal_path: str) -> None:
+        self.path = path
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise JournalLocked(journal_path) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd: int | None = fd
+
+    def read_high_water(self) -> int | None:
+        """The recorded high-water, or None if there is none or it is damaged."""
+        assert self._fd is not None
+        data = os.pread(self._fd, _RECORD.size, 0)
+        if len(data) != _RECORD.size:
+            return None
+        magic, value, crc = _RECORD.unpack(data)
+        if magic != _MAGIC or zlib.crc32(data[:16]) != crc:
+            return None
+        return int(value)
+
+    def write_high_water(self, value: int) -> None:
+        """Record ``value`` (one small pwrite into the page cache, no fsync)."""
+        if self._fd is None:
+            return
+        head = _MAGIC + value.to_bytes(8, "big")
+        os.pwrite(self._fd, head + zlib.crc32(head).to_bytes(4, "big"), 0)
+
+    def release(self) -> None:
+        """Unlock and close; harmless to call twice."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing the last descriptor releases the flock

@@ -1,0 +1,90 @@
+"""The journal's SQL schema and its migrations.
+
+Rules:
+- ``PRAGMA application_id`` marks a file as ours; ``PRAGMA user_version`` is the
+  schema version. ``MIGRATIONS[n]`` upgrades a journal from version ``n`` to
+  ``n + 1`` and runs inside one transaction with the version bump.
+- ``auto_vacuum`` must be chosen before the first table exists, so it is set by the
+  first migration's caller, not by a migration.
+- Tables:
+  ``entries``       one row per journaled operation; ``targets`` is a bit set of the
+                    backends that still owe it; ``crc`` covers seq, session, op and
+                    payload. AUTOINCREMENT keeps the highest seq ever used in
+                    ``sqlite_sequence``, so seqs are never reused.
+  ``backends``      one row per registered backend: its bit, its ``cursor`` (every
+                    entry it owed with ``seq <= cursor`` is settled) and counters.
+  ``dead_letters``  entries a BEST_EFFORT backend gave up on, kept for inspection.
+  ``quarantine``    rows whose checksum did not match, moved aside per backend.
+  ``meta``          journal-wide counters (``lost_entries``).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = ["APPLICATION_ID", "MIGRATIONS", "SCHEMA_VERSION"]
+
+#: "JRNL" in ASCII: marks a SQLite file as a journal_archivist journal.
+APPLICATION_ID: Final = 0x4A524E4C
+
+_V1: Final = """
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE backends (
+    bit           INTEGER PRIMARY KEY CHECK (bit BETWEEN 0 AND 61),
+    name          TEXT NOT NULL UNIQUE,
+    cursor        INTEGER NOT NULL,
+    pending       INTEGER NOT NULL DEFAULT 0,
+    pending_bytes INTEGER NOT NULL DEFAULT 0,
+    delivered     INTEGER NOT NULL DEFAULT 0,
+    dropped       INTEGER NOT NULL DEFAULT 0,
+    dead_lettered INTEGER NOT NULL DEFAULT 0,
+    quarantined   INTEGER NOT NULL DEFAULT 0
+);
+
+CREATE TABLE entries (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    session     BLOB NOT NULL,
+    op          INTEGER NOT NULL,
+    payload     BLOB NOT NULL,
+    size        INTEGER NOT NULL,
+    crc         INTEGER NOT NULL,
+    enqueued_at REAL NOT NULL,
+    targets     INTEGER NOT NULL
+);
+CREATE INDEX entries_by_session ON entries (session, seq);
+
+CREATE TABLE dead_letters (
+    id          INTEGER PRIMARY KEY,
+    backend     TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    session     BLOB NOT NULL,
+    op          INTEGER NOT NULL,
+    payload     BLOB NOT NULL,
+    crc         INTEGER NOT NULL,
+    enqueued_at REAL NOT NULL,
+    error       TEXT NOT NULL,
+    attempts    INTEGER NOT NULL,
+    failed_at   REAL NOT NULL
+);
+
+CREATE TABLE quarantine (
+    id             INTEGER PRIMARY KEY,
+    backend        TEXT NOT NULL,
+    seq            INTEGER NOT NULL,
+    session        BLOB,
+    op             INTEGER,
+    payload        BLOB,
+    size           INTEGER,
+    crc            INTEGER,
+    reason         TEXT NOT NULL,
+    quarantined_at REAL NOT NULL
+);
+"""
+
+#: Statements that take a journal from version ``n`` (the key) to ``n + 1``.
+MIGRATIONS: Final[dict[int, str]] = {0: _V1}
+SCHEMA_VERSION: Final = len(MIGRATIONS)

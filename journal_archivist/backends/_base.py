@@ -1,0 +1,80 @@
+"""The backend protocol: what a writer loop calls, and what it hands over.
+
+Required: ``append_messages`` and ``health_check``. Optional, with defaults:
+``write_batch`` (one ``append_messages`` per group, in order) and ``read_session``
+(not readable). A writer calls one backend method at a time, so a backend needs no
+locking of its own for calls from one archivist.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import TYPE_CHECKING
+from uuid import UUID
+
+import msgspec
+
+from .._errors import BackendError
+from .._records import MessageRecord
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ["ArchiveBackend", "SessionGroup"]
+
+
+class SessionGroup(msgspec.Struct, frozen=True):
+    """Consecutive appends to one session, merged into one backend call.
+
+    ``records`` are in append order. Groups of different sessions in one batch may
+    be applied in any order; groups of the same session must be applied in the
+    order given.
+    """
+
+    session: UUID
+    records: tuple[MessageRecord, ...]
+
+
+class ArchiveBackend(abc.ABC):
+    """Base class of archive backends.
+
+    A writer loop delivers each batch with ``write_batch`` and retries it on
+    failure, so a backend must tolerate receiving a record again: the built-in
+    backends are idempotent on ``message_id``. A backend must acknowledge (return)
+    only once the records are durable on its side, because the journal forgets an
+    entry as soon as it is acknowledged.
+
+    Raise ``BackendError(retryable=False)`` for a failure that repeating cannot
+    fix (a record the backend will never accept); any other exception is treated
+    as retryable.
+    """
+
+    @abc.abstractmethod
+    async def append_messages(
+        self, session: UUID, records: Sequence[MessageRecord]
+    ) -> None:
+        """Archive ``records`` (all of ``session``, in append order)."""
+
+    @abc.abstractmethod
+    async def health_check(self) -> None:
+        """Return if the backend can take writes; raise (``BackendError``) if not.
+
+        Called while the backend is ``UNHEALTHY``, before the next delivery attempt.
+        """
+
+    async def write_batch(self, groups: Sequence[SessionGroup]) -> None:
+        """Apply a whole coalesced batch, ideally in one round trip or transaction.
+
+        The default calls ``append_messages`` once per group, in order. On failure
+        the writer retries the whole batch, so groups applied before the failure
+        are delivered again.
+        """
+        for group in groups:
+            await self.append_messages(group.session, group.records)
+
+    async def read_session(self, session: UUID) -> list[MessageRecord]:
+        """Return the archived records of ``session`` in append order.
+
+        The default raises ``BackendError``: the backend is not readable.
+        """
+        raise BackendError(f"{type(self).__name__} is not readable", retryable=False)
