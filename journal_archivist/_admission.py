@@ -14,8 +14,8 @@ Rules and theory:
   it), ``DROP_NEWEST`` leaves the backend out of the entry's targets, and
   ``DROP_OLDEST`` admits it and records how much must be freed from the oldest
   entries not yet handed to the backend (``oldest_excess``); the committer frees
-  it inside the same transaction, falling back to this group's own earlier
-  entries (``drop_from_front``) when the journal has too few undispatched ones.
+  it inside the same transaction, after inserting the group, so the group's own
+  entries are dropped too once the older ones run out.
 - Entries a writer has already taken (in flight) are never dropped.
 """
 
@@ -29,7 +29,7 @@ from ._policies import OverflowPolicy
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["Backlog", "Plan", "drop_from_front", "plan_admission"]
+__all__ = ["Backlog", "Plan", "plan_admission"]
 
 
 @dataclass(slots=True)
@@ -84,6 +84,16 @@ def plan_admission(sizes: Sequence[int], backlogs: Sequence[Backlog]) -> Plan:
     (before ``DROP_OLDEST`` trimming, which ``oldest_excess`` describes).
     """
     plan = Plan()
+    if _all_fit(sizes, backlogs):
+        # The common case: every backlog has room for the whole group.
+        mask = 0
+        total = sum(sizes)
+        for backlog in backlogs:
+            mask |= backlog.mask
+            backlog.pending += len(sizes)
+            backlog.pending_bytes += total
+        plan.admitted = [(index, mask) for index in range(len(sizes))]
+        return plan
     for index, size in enumerate(sizes):
         full = [b for b in backlogs if not b.fits(size)]
         full_names = {b.name for b in full}
@@ -117,16 +127,11 @@ def plan_admission(sizes: Sequence[int], backlogs: Sequence[Backlog]) -> Plan:
     return plan
 
 
-def drop_from_front(sizes: Sequence[int], count: int, nbytes: int) -> int:
-    """How many entries from the front of ``sizes`` to drop to free the excess.
-
-    Drops until at least ``count`` entries and ``nbytes`` bytes are freed, or all of
-    ``sizes`` is dropped.
-    """
-    dropped = freed = 0
-    for size in sizes:
-        if dropped >= count and freed >= nbytes:
-            break
-        dropped += 1
-        freed += size
-    return dropped
+def _all_fit(sizes: Sequence[int], backlogs: Sequence[Backlog]) -> bool:
+    count = len(sizes)
+    total = sum(sizes)
+    return all(
+        b.pending + count <= b.capacity
+        and (b.capacity_bytes is None or b.pending_bytes + total <= b.capacity_bytes)
+        for b in backlogs
+    )

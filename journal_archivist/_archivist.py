@@ -342,7 +342,7 @@ class Archivist:
         payload = encode_append(
             session, records, max_record_bytes=self._max_record_bytes
         )
-        append = PendingAppend(session, payload, records, time.time())
+        append = PendingAppend(session, payload, records)
         await self._committer.submit(append)
         if append.waiters:
             await self._wait_synced(append)

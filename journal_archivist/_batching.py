@@ -13,38 +13,62 @@ No anyio, no aiosqlite here.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
+from uuid import UUID
 
 from .backends._base import SessionGroup
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Sequence
-    from uuid import UUID
 
     from ._records import MessageRecord, Op
 
 __all__ = ["Entry", "bisect", "coalesce", "cut"]
 
 
-@dataclass(slots=True)
 class Entry:
     """One journal entry as a writer sees it.
 
-    ``records`` is filled in once the payload is decoded (entries handed over in
-    memory by the committer arrive with it already set). ``damage`` says why an
-    entry read from the journal cannot be trusted (checksum mismatch); such an
-    entry is quarantined instead of delivered.
+    ``session`` is the 16 bytes of the session UUID, as stored. ``records`` is
+    filled in once the payload is decoded (entries handed over in memory by the
+    committer arrive with it already set). ``damage`` says why an entry read from
+    the journal cannot be trusted (checksum mismatch); such an entry is quarantined
+    instead of delivered.
     """
 
-    seq: int
-    session: UUID
-    op: Op
-    payload: bytes
-    size: int
-    enqueued_at: float
-    records: list[MessageRecord] | None = None
-    damage: str | None = None
+    __slots__ = (
+        "damage",
+        "enqueued_at",
+        "op",
+        "payload",
+        "records",
+        "seq",
+        "session",
+        "size",
+    )
+
+    def __init__(
+        self,
+        seq: int,
+        session: bytes,
+        op: Op,
+        payload: bytes,
+        size: int,
+        enqueued_at: float,
+        records: list[MessageRecord] | None = None,
+        damage: str | None = None,
+    ) -> None:
+        self.seq = seq
+        self.session = session
+        self.op = op
+        self.payload = payload
+        self.size = size
+        self.enqueued_at = enqueued_at
+        self.records = records
+        self.damage = damage
+
+    def __repr__(self) -> str:
+        return f"Entry(seq={self.seq}, size={self.size}, damage={self.damage!r})"
 
 
 def cut(entries: Collection[Entry], *, max_rows: int, max_bytes: int) -> int:
@@ -69,18 +93,19 @@ def coalesce(entries: Sequence[Entry]) -> list[SessionGroup]:
     Records of one session keep their append order; empty groups are never
     returned.
     """
-    merged: dict[UUID, list[MessageRecord]] = {}
+    merged: dict[bytes, list[MessageRecord]] = {}
+    get = merged.get
     for entry in entries:
-        if entry.damage is not None:
+        records = entry.records
+        if entry.damage is not None or records is None:
             continue
-        assert entry.records is not None, "coalesce needs decoded entries"
-        records = merged.get(entry.session)
-        if records is None:
-            merged[entry.session] = list(entry.records)
+        group = get(entry.session)
+        if group is None:
+            merged[entry.session] = list(records)
         else:
-            records.extend(entry.records)
+            group += records
     return [
-        SessionGroup(session, tuple(records))
+        SessionGroup(UUID(bytes=session), tuple(records))
         for session, records in merged.items()
         if records
     ]

@@ -2,38 +2,47 @@
 
 Rules and theory:
 - Appends queue here and wait. Each round takes the queued appends (up to
-  ``MAX_GROUP``) and every settlement the writers reported since the last round, and
-  applies them in ONE transaction: appends that arrive while a transaction is in
-  flight join the next one, so one fsync serves many appends.
+  ``MAX_GROUP``) and journals them in ONE transaction: appends that arrive while a
+  transaction is in flight join the next one, so one fsync serves many appends.
 - Admission (which appends are journaled, for which backends, what is dropped) is
-  decided in memory by ``plan_admission`` before the transaction, without awaiting
-  in between. ``REJECT`` and ``BLOCK`` refuse or hold an append for every backend
-  at once; an append blocked at the head of the queue holds back the ones behind
-  it, so waiting appends are journaled in arrival order.
-- An append is acknowledged (its caller returns) only after its transaction
-  committed. If the commit fails, every append of the group gets an error and the
-  settlements are kept for the next round: nothing is acknowledged that is not
-  durable, and nothing delivered is forgotten.
-- Transactions with appends are ``durable`` (fsync under ``Durability.FULL``);
-  settle-only ones are not: a lost done-mark only means an idempotent redelivery.
-- After the commit, the new entries go to the writers in memory (the fast path)
-  before any appender resumes, so ``Sync`` waiters are registered in time.
+  decided in memory by ``plan_admission`` without awaiting in between, so the
+  decision and the transaction see the same backlogs. ``REJECT`` and ``BLOCK``
+  refuse or hold an append for every backend at once; an append blocked at the
+  head of the queue holds back the ones behind it (arrival order is kept).
+- An append is acknowledged only after its transaction committed. If the commit
+  fails, every append of the group gets an error: nothing is acknowledged that is
+  not durable.
+- Bookkeeping is written lazily. Settlements (done-marks, dead letters,
+  quarantines) and counter changes accumulate in ``_deltas`` and are written by a
+  *persisting* round at most every ``PERSIST_INTERVAL`` seconds, at once when
+  something waits for them (``flush``) or when a round drops entries (drop counts
+  must survive a crash). Other rounds are just INSERT + COMMIT. A lost done-mark
+  only means an idempotent redelivery; counters stay exact because open adds the
+  entries journaled after ``counted_through``. If a persisting round fails, its
+  deltas are kept for the next one.
+- Transactions with appends are durable (fsync under ``Durability.FULL``);
+  persisting rounds without appends are not.
+- After the commit, the new entries go to the writers in memory (the fast path),
+  and ``Sync`` waiters are registered, before any appender resumes.
 """
 
 from __future__ import annotations
 
-import enum
+import asyncio
 import logging
 import math
 import sqlite3
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import Final
+from uuid import UUID
 
 import anyio
+from anyio.abc import TaskStatus
 
-from ._admission import plan_admission
+from ._admission import Plan, plan_admission
 from ._batching import Entry
 from ._errors import (
     ArchivistClosed,
@@ -45,15 +54,8 @@ from ._errors import (
 from ._journal import Journal, Transaction, entry_crc
 from ._policies import Sync
 from ._records import MessageRecord, Op
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
-    from uuid import UUID
-
-    from anyio.abc import TaskStatus
-
-    from ._space import SpaceGuard
-    from ._writer import Settlement, SyncWaiter, Writer
+from ._space import SpaceGuard
+from ._writer import Settlement, SyncWaiter, Writer
 
 __all__ = ["Committer", "PendingAppend"]
 
@@ -61,67 +63,80 @@ logger = logging.getLogger("journal_archivist.committer")
 
 #: The most appends one transaction journals.
 MAX_GROUP: Final = 1024
+#: Seconds between persisting rounds while there is bookkeeping to write.
+PERSIST_INTERVAL: Final = 0.05
 #: Consecutive failed I/O commits after which the archivist gives up.
 MAX_IO_FAILURES: Final = 3
-#: Seconds between retries of a failed settle-only transaction.
-SETTLE_RETRY_DELAY: Final = 0.5
 #: Free pages worth returning to the filesystem once the journal is drained.
 COMPACT_THRESHOLD: Final = 64 * 1024 * 1024
 COMPACT_PAGES_PER_ROUND: Final = 4096
 
-
-class _State(enum.Enum):
-    QUEUED = "queued"  # waiting for a round; may still be withdrawn
-    IN_FLIGHT = "in_flight"  # part of a transaction
-    DONE = "done"  # committed, refused or failed; ``error`` says which
+_APPEND: Final = int(Op.APPEND)
 
 
-@dataclass(slots=True, eq=False)
-class PendingAppend:
-    """One ``append_messages`` call waiting for its commit."""
+class PendingAppend(Entry):
+    """One ``append_messages`` call waiting for its commit; then, its entry.
 
-    session: UUID
-    payload: bytes
-    records: list[MessageRecord]
-    enqueued_at: float
-    done: anyio.Event = field(default_factory=anyio.Event)
-    state: _State = _State.QUEUED
-    error: BaseException | None = None
-    seq: int = 0
-    blocked_on: Writer | None = None
-    blocked_since: float = 0.0
-    waiters: list[tuple[Writer, SyncWaiter]] = field(default_factory=list)
+    ``done`` resolves to None once committed, or to the error that refused it.
+    ``queued`` is true until a round takes the append; until then the caller may
+    withdraw it. Once committed, the same object goes to the writers as the
+    journal ``Entry`` (no second copy per append).
+    """
 
-    @property
-    def size(self) -> int:
-        """Payload bytes."""
-        return len(self.payload)
+    __slots__ = ("blocked_on", "blocked_since", "done", "queued", "waiters")
+
+    def __init__(self, session: UUID, payload: bytes, records: list[MessageRecord]):
+        self.seq = 0
+        self.session = session.bytes
+        self.op = Op.APPEND
+        self.payload = payload
+        self.size = len(payload)
+        self.enqueued_at = time.time()
+        self.records = records
+        self.damage = None
+        self.done: asyncio.Future[BaseException | None] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self.queued = True
+        self.blocked_on: Writer | None = None
+        self.blocked_since = 0.0
+        self.waiters: list[tuple[Writer, SyncWaiter]] = []
 
     def finish(self, error: BaseException | None = None) -> None:
         """Resolve the call: acknowledged if ``error`` is None."""
-        self.state = _State.DONE
-        self.error = error
-        self.done.set()
+        self.queued = False
+        if not self.done.done():
+            self.done.set_result(error)
 
 
 @dataclass(slots=True)
-class _Ledger:
-    """A writer's settlements not yet committed to the journal."""
+class _Delta:
+    """A backend's bookkeeping not yet written to the journal."""
 
-    upto: int = 0
-    count: int = 0
-    nbytes: int = 0
+    pending: int = 0
+    pending_bytes: int = 0
     delivered: int = 0
+    dropped: int = 0
+    upto: int = 0  # settled through this seq
     dead: list[tuple[int, str, int]] = field(default_factory=list)
     damaged: list[tuple[int, str]] = field(default_factory=list)
 
-    def add(self, other: Settlement | _Ledger) -> None:
-        self.upto = max(self.upto, other.upto)
-        self.count += other.count
-        self.nbytes += other.nbytes
-        self.delivered += other.delivered
-        self.dead.extend(other.dead)
-        self.damaged.extend(other.damaged)
+    def settle(self, settlement: Settlement) -> None:
+        self.pending -= settlement.count
+        self.pending_bytes -= settlement.nbytes
+        self.delivered += settlement.delivered
+        self.upto = max(self.upto, settlement.upto)
+        self.dead.extend(settlement.dead)
+        self.damaged.extend(settlement.damaged)
+
+    def merge(self, newer: _Delta) -> None:
+        self.pending += newer.pending
+        self.pending_bytes += newer.pending_bytes
+        self.delivered += newer.delivered
+        self.dropped += newer.dropped
+        self.upto = max(self.upto, newer.upto)
+        self.dead.extend(newer.dead)
+        self.damaged.extend(newer.damaged)
 
 
 def _io_failure(exc: BaseException) -> bool:
@@ -132,23 +147,25 @@ def _io_failure(exc: BaseException) -> bool:
 
 
 class Committer:
-    """Journals appends in groups and marks settled entries done."""
+    """Journals appends in groups and writes the writers' bookkeeping."""
 
     def __init__(self, journal: Journal, writers: list[Writer], space: SpaceGuard):
         self._journal = journal
         self._writers = writers
         self._active = [w for w in writers if w.enabled]
+        self._sync = [w for w in self._active if isinstance(w.policy, Sync)]
         # Whether an entry may owe more than one backend (then done-marks must
         # clear bits instead of deleting rows outright).
         self._shared = len(journal.backends) > 1
         self._space = space
         self._queue: deque[PendingAppend] = deque()
-        self._ledgers: dict[int, _Ledger] = {}
+        self._deltas: dict[int, _Delta] = {}
         self._kick = anyio.Event()
+        self._persist_at = 0.0
+        self._flush_wanted = False
         self._settle_gen = 0
         self._flushed_gen = 0
         self._flushed = anyio.Event()
-        self._retry_settle_at = 0.0
         self._compact_due = False
         self._compacting = False
         self.commit_failures = 0
@@ -163,7 +180,7 @@ class Committer:
         Raises the error that refused it (``QueueFull``, ``JournalFull``,
         ``JournalWriteFailed``, ``ArchivistClosed``, ``ArchivistFailed``). If the
         caller is cancelled while the append is still queued, it is withdrawn and
-        nothing is journaled; once in flight it may still commit.
+        nothing is journaled; once a round has taken it, it may still commit.
         """
         if self.failure is not None:
             raise ArchivistFailed(str(self.failure)) from self.failure
@@ -173,27 +190,29 @@ class Committer:
         self._queue.append(append)
         self._kick.set()
         try:
-            await append.done.wait()
+            error = await append.done
         except BaseException:
-            if append.state is _State.QUEUED:
+            if append.queued:
                 self._queue.remove(append)
                 self._kick.set()  # it may have been blocking the head
             raise
-        if append.error is not None:
-            raise append.error
+        if error is not None:
+            raise error
 
     # -- called by writers -----------------------------------------------------------
 
     def settled(self, writer: Writer, settlement: Settlement) -> None:
-        """Record a settled batch; the next round marks it done in the journal."""
-        self._ledgers.setdefault(writer.bit, _Ledger()).add(settlement)
+        """Record a settled batch; a persisting round marks it done."""
+        self._delta(writer).settle(settlement)
         self._settle_gen += 1
-        self._kick.set()
+        self._kick.set()  # room in the backlog may unblock an append
 
     async def flush(self) -> None:
-        """Wait until every settlement reported so far is committed."""
+        """Wait until every settlement reported so far is written."""
         target = self._settle_gen
         while self._flushed_gen < target:
+            self._flush_wanted = True
+            self._kick.set()
             flushed = self._flushed
             await flushed.wait()
 
@@ -202,7 +221,7 @@ class Committer:
     def close(self) -> None:
         """Refuse new appends and withdraw the queued ones (``ArchivistClosed``).
 
-        Appends already in a transaction still commit.
+        Appends a round has already taken still commit.
         """
         self.closing = True
         self._fail_queued(
@@ -228,7 +247,7 @@ class Committer:
                 await self._idle()
 
     async def _idle(self) -> None:
-        """Wait for a kick, or for the next blocked-append deadline or retry."""
+        """Wait for a kick, a blocked append's deadline, or the next persist."""
         deadline = math.inf
         if self._queue and self._queue[0].blocked_on is not None:
             head = self._queue[0]
@@ -236,212 +255,234 @@ class Committer:
             timeout = head.blocked_on.policy.block_timeout
             if timeout is not None:
                 deadline = head.blocked_since + timeout
-        if self._ledgers:
-            deadline = min(deadline, self._retry_settle_at)
+        if self._deltas:
+            deadline = min(deadline, self._persist_at)
         with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
             await self._kick.wait()
 
-    async def _round(self) -> bool:
-        """Run one transaction if there is anything to commit; whether it did."""
-        now = time.monotonic()
+    def _delta(self, writer: Writer) -> _Delta:
+        delta = self._deltas.get(writer.bit)
+        if delta is None:
+            delta = self._deltas[writer.bit] = _Delta()
+        return delta
+
+    def _admit(self, now: float) -> tuple[list[tuple[PendingAppend, int]], Plan]:
+        """Decide the queued appends: refuse, hold or admit them (no awaiting)."""
         self._expire_blocked(now)
-        group = [self._queue[i] for i in range(min(len(self._queue), MAX_GROUP))]
+        queue = self._queue
+        group = [queue[i] for i in range(min(len(queue), MAX_GROUP))]
         plan = plan_admission(
             [a.size for a in group], [w.backlog() for w in self._active]
         )
-        by_name = {w.name: w for w in self._active}
         decided = plan.blocked[0] if plan.blocked is not None else len(group)
         for _ in range(decided):
-            self._queue.popleft()
+            queue.popleft().queued = False
+        by_name = {w.name: w for w in self._active}
         for index, name in plan.rejected:
-            writer = by_name[name]
-            group[index].finish(QueueFull(name, writer.policy.capacity))
+            group[index].finish(QueueFull(name, by_name[name].policy.capacity))
         if plan.blocked is not None:
             head = group[plan.blocked[0]]
             writer = by_name[plan.blocked[1]]
             if head.blocked_on is not writer:
                 head.blocked_on, head.blocked_since = writer, now
-        admitted = [(group[index], targets) for index, targets in plan.admitted]
-        ledgers = self._ledgers
-        settle_now = bool(ledgers) and (bool(admitted) or now >= self._retry_settle_at)
-        if not admitted and not settle_now:
-            if not plan.rejected and self._compact_due:
+        return [(group[index], targets) for index, targets in plan.admitted], plan
+
+    async def _round(self) -> bool:
+        """Run one transaction if there is anything to write; whether it did work."""
+        now = time.monotonic()
+        admitted, plan = self._admit(now)
+        trimming = [w for w in self._active if w.name in plan.oldest_excess]
+        persist = bool(
+            trimming
+            or plan.dropped_newest
+            or (self._deltas and (self._flush_wanted or now >= self._persist_at))
+        )
+        if not admitted and not persist:
+            if self._compact_due:
                 await self._compact()
                 return True
             return bool(plan.rejected)
-        self._ledgers = {} if settle_now else ledgers
-        if not settle_now:
-            ledgers = {}
-        gen = self._settle_gen if settle_now else self._flushed_gen
 
         # Sequence numbers go to appends that still owe someone; an append every
         # backend dropped is acknowledged without a row.
         seq = self._journal.last_seq
         inserts: list[tuple[int, bytes, int, bytes, int, int, float, int]] = []
-        new_entries: list[tuple[Entry, int]] = []
+        entries: list[tuple[Entry, int]] = []
         for append, targets in admitted:
-            append.state = _State.IN_FLIGHT
             if not targets:
                 continue
             seq += 1
             append.seq = seq
-            sid = append.session.bytes
-            crc = entry_crc(seq, sid, Op.APPEND, append.payload)
+            sid = append.session
+            payload = append.payload
+            crc = entry_crc(seq, sid, _APPEND, payload)
             inserts.append(
                 (
                     seq,
                     sid,
-                    Op.APPEND,
-                    append.payload,
+                    _APPEND,
+                    payload,
                     append.size,
                     crc,
                     append.enqueued_at,
                     targets,
                 )
             )
-            entry = Entry(
-                seq,
-                append.session,
-                Op.APPEND,
-                append.payload,
-                append.size,
-                append.enqueued_at,
-                append.records,
-            )
-            new_entries.append((entry, targets))
-
-        trimming = [w for w in self._active if w.name in plan.oldest_excess]
+            entries.append((append, targets))
+        added = self._added_by_writer(entries)
+        gen = self._settle_gen
+        deltas: dict[int, _Delta] = {}
+        if persist:
+            self._flush_wanted = False
+            deltas, self._deltas = self._deltas, {}
         for writer in trimming:
             writer.close_gate()
         try:
             # Once started, finish the transaction even if we are cancelled, so
             # every appender of the group gets a definite answer.
             with anyio.CancelScope(shield=True):
-                dropped_oldest = await self._transact(
-                    bool(inserts),
-                    inserts,
-                    new_entries,
-                    ledgers,
-                    plan.dropped_newest,
-                    trimming,
-                )
+                async with self._journal.transaction(durable=bool(inserts)) as tx:
+                    if inserts:
+                        await tx.insert(inserts)
+                    dropped = {}
+                    if persist:
+                        dropped = await self._persist(
+                            tx, deltas, added, plan.dropped_newest, trimming, seq
+                        )
         except JournalWriteFailed as exc:
             for writer in trimming:
                 writer.open_gate()
-            self._on_failure(exc, admitted, ledgers)
+            self._on_failure(exc, admitted, deltas)
             return True
 
         # Committed: hand entries to the writers, then wake the appenders.
         self.commit_failures = 0
         if inserts:
             self._journal.record_high_water(seq)
-        tail = self._journal.last_seq
         for writer in self._active:
-            dropped = dropped_oldest.get(writer.name, [])
-            in_group = {s for s, _ in dropped if s > tail - len(inserts)}
-            writer.on_dropped_oldest([d for d in dropped if d[0] not in in_group])
-            writer.count_dropped(
-                plan.dropped_newest.get(writer.name, 0) + len(in_group)
-            )
-            writer.on_commit(
-                [
-                    e
-                    for e, t in new_entries
-                    if t & writer.mask and e.seq not in in_group
-                ],
-                tail,
-            )
-            if writer.bit in ledgers:
-                writer.cursor = max(writer.cursor, ledgers[writer.bit].upto)
-            writer.open_gate()
+            self._apply(writer, entries, added, dropped, plan, seq, persist, deltas)
         for append, targets in admitted:
-            for writer in self._active:
-                if targets & writer.mask and isinstance(writer.policy, Sync):
+            for writer in self._sync:
+                if targets & writer.mask:
                     append.waiters.append((writer, writer.add_waiter(append.seq)))
             append.finish()
-        if ledgers:
+        if persist:
+            self._persist_at = now + PERSIST_INTERVAL
             self._flushed_gen = max(self._flushed_gen, gen)
             flushed, self._flushed = self._flushed, anyio.Event()
             flushed.set()
-            if all(w.pending == 0 for w in self._writers):
+            if not self._compacting and all(w.pending == 0 for w in self._writers):
                 self._compact_due = True
         return True
 
-    async def _transact(
+    def _added_by_writer(
+        self, entries: list[tuple[Entry, int]]
+    ) -> dict[int, tuple[int, int]]:
+        """Entries and bytes this round journals for each active backend."""
+        added: dict[int, tuple[int, int]] = {}
+        for writer in self._active:
+            mask = writer.mask
+            mine = [e.size for e, targets in entries if targets & mask]
+            if mine:
+                added[writer.bit] = (len(mine), sum(mine))
+        return added
+
+    async def _persist(
         self,
-        durable: bool,
-        inserts: list[tuple[int, bytes, int, bytes, int, int, float, int]],
-        new_entries: list[tuple[Entry, int]],
-        ledgers: dict[int, _Ledger],
+        tx: Transaction,
+        deltas: dict[int, _Delta],
+        added: dict[int, tuple[int, int]],
         dropped_newest: dict[str, int],
         trimming: list[Writer],
+        tail: int,
     ) -> dict[str, list[tuple[int, int]]]:
-        """The one transaction of a round; returns the DROP_OLDEST drops by backend."""
-        writers = {w.bit: w for w in self._writers}
-        dropped_oldest: dict[str, list[tuple[int, int]]] = {}
-        async with self._journal.transaction(durable=durable) as tx:
-            if inserts:
-                await tx.insert(inserts)
-            await self._apply_ledgers(tx, ledgers, writers)
-            for writer in trimming:
-                new_count = sum(1 for e, t in new_entries if t & writer.mask)
-                new_bytes = sum(e.size for e, t in new_entries if t & writer.mask)
-                # Measured now, not at planning: deliveries may have made room.
-                excess = writer.backlog()
-                excess.pending += new_count
-                excess.pending_bytes += new_bytes
-                count, nbytes = excess.excess()
-                if count or nbytes:
-                    dropped_oldest[writer.name] = await tx.drop_oldest(
-                        writer.mask, writer.last_taken, count, nbytes
-                    )
-            counters = []
-            for writer in self._active:
-                ledger = ledgers.get(writer.bit, _Ledger())
-                dropped = dropped_oldest.get(writer.name, [])
-                new_count = sum(1 for e, t in new_entries if t & writer.mask)
-                new_bytes = sum(e.size for e, t in new_entries if t & writer.mask)
-                row = (
-                    new_count - len(dropped) - ledger.count,
-                    new_bytes - sum(size for _, size in dropped) - ledger.nbytes,
-                    ledger.delivered,
-                    len(dropped) + dropped_newest.get(writer.name, 0),
-                    len(ledger.dead),
-                    len(ledger.damaged),
-                    ledger.upto,
-                    writer.bit,
-                )
-                if any(row[:7]):
-                    counters.append(row)
-            if counters:
-                await tx.update_backends(counters)
-        return dropped_oldest
-
-    async def _apply_ledgers(
-        self, tx: Transaction, ledgers: dict[int, _Ledger], writers: dict[int, Writer]
-    ) -> None:
-        if not ledgers:
-            return
-        now = time.time()
-        for bit, ledger in ledgers.items():
-            name = writers[bit].name
-            if ledger.dead:
-                await tx.dead_letter(name, ledger.dead, now)
-            if ledger.damaged:
-                await tx.quarantine(name, ledger.damaged, now)
+        """Write settlements, drops and counters; return DROP_OLDEST drops by name."""
+        by_bit = {w.bit: w for w in self._writers}
+        at = time.time()
+        for bit, delta in deltas.items():
+            name = by_bit[bit].name
+            if delta.dead:
+                await tx.dead_letter(name, delta.dead, at)
+            if delta.damaged:
+                await tx.quarantine(name, delta.damaged, at)
         ranges = [
-            (writers[bit].mask, writers[bit].cursor, ledger.upto)
-            for bit, ledger in ledgers.items()
-            if ledger.upto > writers[bit].cursor
+            (by_bit[bit].mask, by_bit[bit].cursor, delta.upto)
+            for bit, delta in deltas.items()
+            if delta.upto > by_bit[bit].cursor
         ]
         if ranges:
             await tx.settle(ranges, shared=self._shared)
+        dropped: dict[str, list[tuple[int, int]]] = {}
+        for writer in trimming:
+            # Measured now, not when planned: deliveries may have made room.
+            backlog = writer.backlog()
+            count, nbytes = added.get(writer.bit, (0, 0))
+            backlog.pending += count
+            backlog.pending_bytes += nbytes
+            excess_count, excess_bytes = backlog.excess()
+            if excess_count or excess_bytes:
+                dropped[writer.name] = await tx.drop_oldest(
+                    writer.mask, writer.last_taken, excess_count, excess_bytes
+                )
+        rows = []
+        for writer in self._writers:
+            delta = deltas.get(writer.bit, _Delta())
+            count, nbytes = added.get(writer.bit, (0, 0))
+            drops = dropped.get(writer.name, [])
+            rows.append(
+                (
+                    delta.pending + count - len(drops),
+                    delta.pending_bytes + nbytes - sum(size for _, size in drops),
+                    delta.delivered,
+                    delta.dropped + len(drops) + dropped_newest.get(writer.name, 0),
+                    len(delta.dead),
+                    len(delta.damaged),
+                    delta.upto,
+                    tail,
+                    writer.bit,
+                )
+            )
+        await tx.update_backends(rows)
+        return dropped
+
+    def _apply(
+        self,
+        writer: Writer,
+        entries: list[tuple[Entry, int]],
+        added: dict[int, tuple[int, int]],
+        dropped: dict[str, list[tuple[int, int]]],
+        plan: Plan,
+        tail: int,
+        persisted: bool,
+        deltas: dict[int, _Delta],
+    ) -> None:
+        """Bring one writer's memory in line with what was just committed."""
+        drops = dropped.get(writer.name, [])
+        first_new = tail - len(entries) + 1 if entries else tail + 1
+        in_group = {s for s, _ in drops if s >= first_new}
+        writer.on_dropped_oldest([d for d in drops if d[0] not in in_group])
+        newest = plan.dropped_newest.get(writer.name, 0)
+        writer.count_dropped(newest + len(in_group))
+        mine = [e for e, t in entries if t & writer.mask and e.seq not in in_group]
+        writer.on_commit(mine, tail)
+        if persisted:
+            delta = deltas.get(writer.bit)
+            if delta is not None:
+                writer.cursor = max(writer.cursor, delta.upto)
+        elif writer.bit in added or newest:
+            # Not written yet: carry the new entries and drops into the deltas.
+            count, nbytes = added.get(writer.bit, (0, 0))
+            delta = self._delta(writer)
+            delta.pending += count
+            delta.pending_bytes += nbytes
+            delta.dropped += newest
+        writer.open_gate()
 
     def _on_failure(
         self,
         exc: JournalWriteFailed,
         admitted: list[tuple[PendingAppend, int]],
-        ledgers: dict[int, _Ledger],
+        deltas: dict[int, _Delta],
     ) -> None:
         self.commit_failures += 1
         logger.error(
@@ -454,13 +495,13 @@ class Committer:
             error = JournalWriteFailed(exc.path, exc.detail)
             error.__cause__ = exc.__cause__
             append.finish(error)
-        # Keep the settlements: they are retried with the next round.
-        for bit, ledger in ledgers.items():
-            newer = self._ledgers.get(bit)
+        # Keep the bookkeeping: the next persisting round writes it.
+        for bit, delta in deltas.items():
+            newer = self._deltas.get(bit)
             if newer is not None:
-                ledger.add(newer)
-            self._ledgers[bit] = ledger
-        self._retry_settle_at = time.monotonic() + SETTLE_RETRY_DELAY
+                delta.merge(newer)
+            self._deltas[bit] = delta
+        self._persist_at = time.monotonic() + PERSIST_INTERVAL * 10
         if _io_failure(exc) and self.commit_failures >= MAX_IO_FAILURES:
             self.failure = exc
             logger.critical(
@@ -483,12 +524,8 @@ class Committer:
         timeout = writer.policy.block_timeout
         if timeout is not None and now - head.blocked_since >= timeout:
             self._queue.popleft()
-            head.finish(
-                QueueFull(
-                    writer.name, writer.policy.capacity, waited=now - head.blocked_since
-                )
-            )
-            self._kick.set()
+            waited = now - head.blocked_since
+            head.finish(QueueFull(writer.name, writer.policy.capacity, waited=waited))
 
     async def _compact(self) -> None:
         """Give free pages back to the filesystem, a slice per round, while drained."""
@@ -498,8 +535,8 @@ class Committer:
                 return
             self._compacting = True
             logger.info("journal %s: drained; returning free pages", self._journal.path)
-        remaining = await self._journal.compact(COMPACT_PAGES_PER_ROUND)
-        if remaining and all(w.pending == 0 for w in self._writers):
+        freed, remaining = await self._journal.compact(COMPACT_PAGES_PER_ROUND)
+        if freed and remaining and all(w.pending == 0 for w in self._writers):
             self._compact_due = True
         else:
             self._compacting = False

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import struct
 import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -64,11 +65,12 @@ JOURNAL_SIZE_LIMIT: Final = 64 * 1024 * 1024
 _ENTRY_COLUMNS: Final = "seq, session, op, payload, size, crc, enqueued_at"
 
 
+_CRC_HEADER: Final = struct.Struct(">Q16sB")
+
+
 def entry_crc(seq: int, session: bytes, op: int, payload: bytes) -> int:
     """The checksum stored with an entry: crc32 of its seq, session, op, payload."""
-    return zlib.crc32(
-        payload, zlib.crc32(seq.to_bytes(8, "big") + session + bytes((op,)))
-    )
+    return zlib.crc32(payload, zlib.crc32(_CRC_HEADER.pack(seq, session, op)))
 
 
 @dataclass(slots=True)
@@ -84,6 +86,7 @@ class BackendRow:
     dropped: int
     dead_lettered: int
     quarantined: int
+    counted_through: int
 
     @property
     def mask(self) -> int:
@@ -156,7 +159,6 @@ class Journal:
         self.backends: dict[str, BackendRow] = {}
         self.last_seq = 0
         self.lost_entries = 0
-        self.quarantined = 0
         self.closed = False
 
     # -- opening ---------------------------------------------------------------
@@ -199,53 +201,76 @@ class Journal:
         conn = self._durable
         rows = await conn.execute_fetchall(
             "SELECT bit, name, cursor, pending, pending_bytes, delivered, dropped,"
-            " dead_lettered, quarantined FROM backends"
+            " dead_lettered, quarantined, counted_through FROM backends"
         )
         self.backends = {row[1]: BackendRow(*row) for row in rows}
-        meta = dict(await conn.execute_fetchall("SELECT key, value FROM meta"))
-        self.lost_entries = int(meta.get("lost_entries", 0))
-        (self.quarantined,) = next(
-            iter(await conn.execute_fetchall("SELECT count(*) FROM quarantine"))
+        meta = {
+            str(key): int(value)
+            for key, value in await conn.execute_fetchall("SELECT key, value FROM meta")
+        }
+        self.lost_entries = meta.get("lost_entries", 0)
+        (max_seq,) = next(
+            iter(await conn.execute_fetchall("SELECT max(seq) FROM entries"))
         )
-        seq_rows = list(
-            await conn.execute_fetchall(
-                "SELECT seq FROM sqlite_sequence WHERE name = 'entries'"
-            )
-        )
-        self.last_seq = int(seq_rows[0][0]) if seq_rows else 0
+        counted = [row.counted_through for row in self.backends.values()]
+        self.last_seq = max([int(max_seq or 0), *counted])
         recorded = self._lock.read_high_water()
+        lost = 0
         if recorded is not None and recorded > self.last_seq:
             lost = recorded - self.last_seq
             logger.error(
-                "journal %s: %d acknowledged entries (seq %d..%d) are missing; the"
-                " WAL tail was lost or damaged. Counted in health().journal.lost_entries.",
+                "journal %s: %d acknowledged entries (seq %d..%d) are missing; the WAL"
+                " tail was lost or damaged (health().journal.lost_entries counts them)",
                 self.path,
                 lost,
                 self.last_seq + 1,
                 recorded,
             )
-            await self._record_lost(lost, recorded)
+            self.last_seq = recorded  # never reuse a seq that was acknowledged
+        await self._settle_counters(lost)
         self._lock.write_high_water(self.last_seq)
 
-    async def _record_lost(self, lost: int, recorded: int) -> None:
+    async def _settle_counters(self, lost: int) -> None:
+        """Bring every backend's counters up to ``last_seq`` and persist them.
+
+        Counters are written lazily, so entries journaled after a backend's
+        ``counted_through`` are added here, with one scan of that tail.
+        """
         conn = self._durable
+        for row in self.backends.values():
+            if row.counted_through < self.last_seq:
+                (count, nbytes) = next(
+                    iter(
+                        await conn.execute_fetchall(
+                            "SELECT count(*), total(size) FROM entries"
+                            " WHERE seq > ? AND targets & ?",
+                            (row.counted_through, row.mask),
+                        )
+                    )
+                )
+                row.pending += int(count)
+                row.pending_bytes += int(nbytes)
+                row.counted_through = self.last_seq
         try:
-            await conn.execute(
-                "INSERT INTO meta (key, value) VALUES ('lost_entries', ?)"
-                " ON CONFLICT (key) DO UPDATE SET value = value + excluded.value",
-                (lost,),
+            await conn.executemany(
+                "UPDATE backends SET pending = ?, pending_bytes = ?, counted_through = ?"
+                " WHERE bit = ?",
+                [
+                    (row.pending, row.pending_bytes, row.counted_through, row.bit)
+                    for row in self.backends.values()
+                ],
             )
-            # Never reuse the lost seqs: the next entry continues after them.
-            await conn.execute(
-                "INSERT OR REPLACE INTO sqlite_sequence (name, seq) VALUES ('entries', ?)",
-                (recorded,),
-            )
+            if lost:
+                await conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('lost_entries', ?)"
+                    " ON CONFLICT (key) DO UPDATE SET value = value + excluded.value",
+                    (lost,),
+                )
             await conn.commit()
-        except BaseException:
+        except sqlite3.Error as exc:
             await conn.rollback()
-            raise
+            raise JournalWriteFailed(self.path, str(exc)) from exc
         self.lost_entries += lost
-        self.last_seq = recorded
 
     async def reconcile(self, names: Sequence[str]) -> tuple[list[str], dict[str, int]]:
         """Make the ``backends`` table match the registered ``names``.
@@ -270,7 +295,9 @@ class Journal:
                 f"a journal holds at most 62 backends, {len(names)} registered"
             )
         new_rows = [
-            BackendRow(free_bits[i], name, self.last_seq, 0, 0, 0, 0, 0, 0)
+            BackendRow(
+                free_bits[i], name, self.last_seq, 0, 0, 0, 0, 0, 0, self.last_seq
+            )
             for i, name in enumerate(added)
         ]
         conn = self._durable
@@ -284,8 +311,12 @@ class Journal:
             if removed:
                 await conn.execute("DELETE FROM entries WHERE targets = 0")
             await conn.executemany(
-                "INSERT INTO backends (bit, name, cursor) VALUES (?, ?, ?)",
-                [(row.bit, row.name, row.cursor) for row in new_rows],
+                "INSERT INTO backends (bit, name, cursor, counted_through)"
+                " VALUES (?, ?, ?, ?)",
+                [
+                    (row.bit, row.name, row.cursor, row.counted_through)
+                    for row in new_rows
+                ],
             )
             await conn.commit()
         except sqlite3.Error as exc:
@@ -312,14 +343,17 @@ class Journal:
         self.last_seq = seq
         self._lock.write_high_water(seq)
 
-    async def compact(self, max_pages: int) -> int:
-        """Return up to ``max_pages`` free pages to the filesystem; pages still free.
+    async def compact(self, max_pages: int) -> tuple[int, int]:
+        """Return up to ``max_pages`` free pages to the filesystem.
 
-        ``PRAGMA incremental_vacuum`` frees one page per result row, so every row is
-        fetched. Once no free page is left, the WAL is truncated as well.
+        Returns the pages freed and the pages still free. ``PRAGMA
+        incremental_vacuum`` frees one page per result row, so every row is
+        fetched. Once no free page is left, the WAL is truncated as well. A journal
+        created without incremental auto-vacuum frees nothing.
         """
         conn = self._lazy
         try:
+            (before,) = next(iter(await conn.execute_fetchall("PRAGMA freelist_count")))
             await conn.execute_fetchall(f"PRAGMA incremental_vacuum({int(max_pages)})")
             await conn.commit()
             (left,) = next(iter(await conn.execute_fetchall("PRAGMA freelist_count")))
@@ -329,8 +363,8 @@ class Journal:
             if conn.in_transaction:
                 await conn.rollback()
             logger.warning("journal %s: compaction failed: %s", self.path, exc)
-            return 0
-        return int(left)
+            return 0, 0
+        return int(before) - int(left), int(left)
 
     async def free_page_bytes(self) -> int:
         """Bytes held by free pages (what ``compact`` would give back)."""
@@ -502,15 +536,17 @@ class Transaction:
             )
 
     async def update_backends(
-        self, rows: Sequence[tuple[int, int, int, int, int, int, int, int]]
+        self, rows: Sequence[tuple[int, int, int, int, int, int, int, int, int]]
     ) -> None:
         """Apply counter deltas ``(pending, pending_bytes, delivered, dropped,
-        dead_lettered, quarantined, cursor, bit)``; the cursor only moves forward."""
+        dead_lettered, quarantined, cursor, counted_through, bit)``; the cursor and
+        ``counted_through`` only move forward."""
         await self._conn.executemany(
-            "UPDATE backends SET pending = pending + ?, pending_bytes = pending_bytes + ?,"
-            " delivered = delivered + ?, dropped = dropped + ?,"
-            " dead_lettered = dead_lettered + ?, quarantined = quarantined + ?,"
-            " cursor = max(cursor, ?) WHERE bit = ?",
+            "UPDATE backends SET pending = pending + ?,"
+            " pending_bytes = pending_bytes + ?, delivered = delivered + ?,"
+            " dropped = dropped + ?, dead_lettered = dead_lettered + ?,"
+            " quarantined = quarantined + ?, cursor = max(cursor, ?),"
+            " counted_through = max(counted_through, ?) WHERE bit = ?",
             rows,
         )
 
@@ -548,10 +584,12 @@ class Reader:
         self, session: UUID, mask: int, after: int
     ) -> list[Entry]:
         """Entries of ``session`` owed to ``mask`` with ``seq > after``, oldest first."""
+        # No index on session (it would slow every insert and delete), so this
+        # scans the backlog: cheap while the backlog is small, as it usually is.
         rows = await self._conn.execute_fetchall(
-            f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE session = ? AND seq > ?"
-            " AND targets & ? ORDER BY seq",
-            (session.bytes, after, mask),
+            f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE seq > ? AND targets & ?"
+            " AND session = ? ORDER BY seq",
+            (after, mask, session.bytes),
         )
         return _check_rows(rows)
 
@@ -569,50 +607,42 @@ class Reader:
 
 def _check_rows(rows: Iterable[sqlite3.Row]) -> list[Entry]:
     entries: list[Entry] = []
+    append = entries.append
     for seq, session, op, payload, size, crc, enqueued_at in rows:
-        damage = _damage(seq, session, op, payload, size, crc)
-        if damage is None:
-            entries.append(
-                Entry(seq, UUID(bytes=session), Op(op), payload, size, enqueued_at)
-            )
+        if (
+            type(payload) is bytes
+            and type(session) is bytes
+            and size == len(payload)
+            and op in _OPS
+            and crc == entry_crc(seq, session, op, payload)
+        ):
+            append(Entry(seq, session, op, payload, size, enqueued_at))
         else:
             # Keep the stored size so the backlog's byte count stays balanced.
             stored = size if isinstance(size, int) else 0
-            entries.append(
-                Entry(
-                    seq,
-                    _UNKNOWN_SESSION,
-                    Op.APPEND,
-                    b"",
-                    stored,
-                    enqueued_at,
-                    damage=damage,
-                )
-            )
+            damage = _damage(seq, session, op, payload, size, crc)
+            sid = session if isinstance(session, bytes) else b""
+            append(Entry(seq, sid, Op.APPEND, b"", stored, enqueued_at, damage=damage))
     return entries
 
 
-_UNKNOWN_SESSION: Final = UUID(int=0)
+_OPS: Final = frozenset(int(op) for op in Op)
 
 
 def _damage(
     seq: int, session: object, op: object, payload: object, size: object, crc: object
-) -> str | None:
-    """Why a row cannot be trusted, or None if its checksum and shape are right."""
-    if (
-        not isinstance(payload, bytes)
-        or not isinstance(session, bytes)
-        or len(session) != 16
-    ):
-        return "payload or session is not a blob of the right length"
-    if not isinstance(op, int) or op not in Op.__members__.values():
+) -> str:
+    """Why a row cannot be trusted."""
+    if not isinstance(payload, bytes) or not isinstance(session, bytes):
+        return "payload or session is not a blob"
+    if len(session) != 16:
+        return f"session is {len(session)} bytes, not 16"
+    if op not in _OPS:
         return f"unknown operation {op!r}"
     if size != len(payload):
         return f"size {size!r} != payload length {len(payload)}"
-    actual = entry_crc(seq, session, op, payload)
-    if actual != crc:
-        return f"checksum mismatch (stored {crc!r}, computed {actual})"
-    return None
+    assert isinstance(op, int)
+    return f"checksum mismatch (stored {crc!r}, computed {entry_crc(seq, session, op, payload)})"
 
 
 async def _check_and_migrate(conn: aiosqlite.Connection, path: str) -> None:
@@ -647,13 +677,14 @@ async def _check_and_migrate(conn: aiosqlite.Connection, path: str) -> None:
         raise JournalError(path, f"cannot read the journal ({exc})") from exc
 
     try:
+        if version == 0:
+            # auto_vacuum takes effect only before the first table is created and
+            # before WAL mode writes the header, so it comes first.
+            await conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         (mode,) = next(iter(await conn.execute_fetchall("PRAGMA journal_mode = WAL")))
         if str(mode).lower() != "wal":
             raise JournalError(path, f"cannot switch the journal to WAL (got {mode})")
         await conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
-        if version == 0:
-            # auto_vacuum takes effect only before the first table is created.
-            await conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         while version < SCHEMA_VERSION:
             await conn.executescript(
                 "BEGIN IMMEDIATE;"

@@ -9,10 +9,14 @@ Rules:
 - Tables:
   ``entries``       one row per journaled operation; ``targets`` is a bit set of the
                     backends that still owe it; ``crc`` covers seq, session, op and
-                    payload. AUTOINCREMENT keeps the highest seq ever used in
-                    ``sqlite_sequence``, so seqs are never reused.
+                    payload. No secondary index: every index would be paid for on
+                    each insert and each delete of a queue that is mostly both.
   ``backends``      one row per registered backend: its bit, its ``cursor`` (every
                     entry it owed with ``seq <= cursor`` is settled) and counters.
+                    The counters are written lazily; they are exact as of
+                    ``counted_through`` (the last seq they account for), and open
+                    adds the entries journaled after it. The highest seq ever used is
+                    the larger of ``max(counted_through)`` and ``max(entries.seq)``.
   ``dead_letters``  entries a BEST_EFFORT backend gave up on, kept for inspection.
   ``quarantine``    rows whose checksum did not match, moved aside per backend.
   ``meta``          journal-wide counters (``lost_entries``).
@@ -42,11 +46,12 @@ CREATE TABLE backends (
     delivered     INTEGER NOT NULL DEFAULT 0,
     dropped       INTEGER NOT NULL DEFAULT 0,
     dead_lettered INTEGER NOT NULL DEFAULT 0,
-    quarantined   INTEGER NOT NULL DEFAULT 0
+    quarantined   INTEGER NOT NULL DEFAULT 0,
+    counted_through INTEGER NOT NULL
 );
 
 CREATE TABLE entries (
-    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq         INTEGER PRIMARY KEY,
     session     BLOB NOT NULL,
     op          INTEGER NOT NULL,
     payload     BLOB NOT NULL,
@@ -55,7 +60,6 @@ CREATE TABLE entries (
     enqueued_at REAL NOT NULL,
     targets     INTEGER NOT NULL
 );
-CREATE INDEX entries_by_session ON entries (session, seq);
 
 CREATE TABLE dead_letters (
     id          INTEGER PRIMARY KEY,

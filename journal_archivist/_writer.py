@@ -189,9 +189,9 @@ class Writer:
         """Entries newly journaled for this backend (in seq order) are committed."""
         if not entries:
             return
+        added = sum([e.size for e in entries])
         self.pending += len(entries)
-        self.pending_bytes += sum(e.size for e in entries)
-        added = sum(e.size for e in entries)
+        self.pending_bytes += added
         if (
             len(self._mem) + len(entries) > MEM_MAX_ENTRIES
             or self._mem_bytes + added > MEM_MAX_BYTES
@@ -355,18 +355,21 @@ class Writer:
             if source is self._mem:
                 self._mem_bytes -= dropped.size
         count = cut(source, max_rows=max_rows, max_bytes=self.policy.max_batch_bytes)
-        batch = [source.popleft() for _ in range(count)]
-        if source is self._mem:
-            self._mem_bytes -= sum(e.size for e in batch)
-        if not batch:
-            return batch
+        if not count:
+            return []
+        pop = source.popleft
+        batch = [pop() for _ in range(count)]
         self.last_taken = batch[-1].seq
-        for entry in batch:
-            if entry.records is None and entry.damage is None:
-                try:
-                    entry.records = decode_entry(entry.payload)
-                except msgspec.DecodeError as exc:
-                    entry.damage = f"undecodable payload: {exc}"
+        if source is self._mem:
+            # In-memory entries carry their records already.
+            self._mem_bytes -= sum([e.size for e in batch])
+        else:
+            for entry in batch:
+                if entry.damage is None:
+                    try:
+                        entry.records = decode_entry(entry.payload)
+                    except msgspec.DecodeError as exc:
+                        entry.damage = f"undecodable payload: {exc}"
         self._inflight = batch
         return batch
 
