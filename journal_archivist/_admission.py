@@ -13,7 +13,8 @@ Rules and theory:
   stops admission at this append (head of line, so later appends cannot overtake
   it), ``DROP_NEWEST`` leaves the backend out of the entry's targets, and
   ``DROP_OLDEST`` admits it and records how much must be freed from the oldest
-  entries not yet handed to the backend (``oldest_excess``); the committer frees
+  entries not yet handed to the backend (``oldest_excess``: down to capacity,
+  and only for backends this group adds to); the committer frees
   it inside the same transaction, after inserting the group, so the group's own
   entries are dropped too once the older ones run out.
 - Entries a writer has already taken (in flight) are never dropped.
@@ -119,8 +120,13 @@ def plan_admission(sizes: Sequence[int], backlogs: Sequence[Backlog]) -> Plan:
             backlog.pending += 1
             backlog.pending_bytes += size
         plan.admitted.append((index, targets))
+    # Only an arriving entry makes room: a backlog already over a lowered capacity
+    # is trimmed when the next append comes, never by itself.
+    targeted = 0
+    for _, mask in plan.admitted:
+        targeted |= mask
     for backlog in backlogs:
-        if backlog.overflow is OverflowPolicy.DROP_OLDEST:
+        if backlog.overflow is OverflowPolicy.DROP_OLDEST and targeted & backlog.mask:
             count, nbytes = backlog.excess()
             if count or nbytes:
                 plan.oldest_excess[backlog.name] = (count, nbytes)

@@ -295,10 +295,18 @@ class Archivist:
     ) -> bool | None:
         assert self._outer is not None
         timeout = self._close_timeout if exc is None else 0.0
+        cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
         try:
             await self.shutdown(timeout=timeout)
         finally:
-            result = await self._outer.__aexit__(exc_type, exc, tb)
+            if cancelled:
+                # Let the task group see its own cancellation (it may carry the
+                # error of a failed loop) and decide what propagates.
+                result = await self._outer.__aexit__(exc_type, exc, tb)
+            else:
+                # The body's own error propagates unchanged, not in an
+                # ExceptionGroup: the loops were stopped by shutdown above.
+                result = await self._outer.__aexit__(None, None, None)
         return result
 
     def __del__(self, _warn: Any = warnings.warn) -> None:
@@ -460,6 +468,17 @@ class Archivist:
         for writer in writers:
             await writer.wait_settled()
         await self._committer.flush()
+
+    async def compact(self) -> None:
+        """Return the journal's free pages to the filesystem now.
+
+        The journal reuses the space of delivered entries, so its file keeps the
+        size of its largest backlog; the archivist gives free pages back by itself
+        once the backlog is drained and more than 64 MiB is free. This does it now,
+        in slices between commits (appends are not held up for long).
+        """
+        self._check_open()
+        await self._committer.compact()
 
     @property
     def is_closed(self) -> bool:

@@ -168,6 +168,7 @@ class Committer:
         self._flushed = anyio.Event()
         self._compact_due = False
         self._compacting = False
+        self._compaction_done: anyio.Event | None = None
         self.commit_failures = 0
         self.failure: BaseException | None = None
         self.closing = False
@@ -224,6 +225,7 @@ class Committer:
         Appends a round has already taken still commit.
         """
         self.closing = True
+        self._finish_compaction()
         self._fail_queued(
             lambda: ArchivistClosed(
                 "the archivist shut down before this append was journaled"
@@ -527,16 +529,45 @@ class Committer:
             waited = now - head.blocked_since
             head.finish(QueueFull(writer.name, writer.policy.capacity, waited=waited))
 
+    async def compact(self) -> None:
+        """Return every free page to the filesystem, between commit rounds."""
+        done = self._compaction_done
+        if done is None:
+            done = self._compaction_done = anyio.Event()
+        self._compact_due = True
+        self._kick.set()
+        await done.wait()
+
     async def _compact(self) -> None:
-        """Give free pages back to the filesystem, a slice per round, while drained."""
+        """Give free pages back to the filesystem, a slice per round.
+
+        Runs by itself once the journal is drained and holds more than
+        ``COMPACT_THRESHOLD`` bytes of free pages, or when ``compact()`` asks.
+        """
         self._compact_due = False
         if not self._compacting:
-            if await self._journal.free_page_bytes() < COMPACT_THRESHOLD:
+            free = await self._journal.free_page_bytes()
+            # Read after the await: compact() may have asked meanwhile.
+            asked = self._compaction_done is not None
+            if not free:
+                self._finish_compaction()
+                return
+            if not asked and free < COMPACT_THRESHOLD:
                 return
             self._compacting = True
-            logger.info("journal %s: drained; returning free pages", self._journal.path)
+            logger.info(
+                "journal %s: returning %d bytes of free pages", self._journal.path, free
+            )
         freed, remaining = await self._journal.compact(COMPACT_PAGES_PER_ROUND)
-        if freed and remaining and all(w.pending == 0 for w in self._writers):
+        asked = self._compaction_done is not None
+        drained = all(w.pending == 0 for w in self._writers)
+        if freed and remaining and (asked or drained):
             self._compact_due = True
         else:
-            self._compacting = False
+            self._finish_compaction()
+
+    def _finish_compaction(self) -> None:
+        self._compacting = False
+        done, self._compaction_done = self._compaction_done, None
+        if done is not None:
+            done.set()

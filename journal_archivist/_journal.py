@@ -190,10 +190,14 @@ class Journal:
                 conns.append(lazy)
             journal = cls(full, lock, durability, durable, lazy)
             await journal._load()
-        except BaseException:
+        except BaseException as exc:
             for conn in conns:
                 await conn.close()
             lock.release()
+            if isinstance(exc, sqlite3.Error):
+                if _is_corruption(exc):
+                    raise JournalCorrupt(full, str(exc)) from exc
+                raise JournalError(full, f"cannot open the journal ({exc})") from exc
             raise
         return journal
 

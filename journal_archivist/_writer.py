@@ -54,6 +54,8 @@ __all__ = ["Settlement", "SyncWaiter", "Writer"]
 
 logger = logging.getLogger("journal_archivist.writer")
 
+#: Seconds between WARNING lines about dropped entries, per backend.
+DROP_LOG_INTERVAL: Final = 10.0
 #: Entries a writer keeps in memory beyond what it has taken, at most.
 MEM_MAX_ENTRIES: Final = 16_384
 MEM_MAX_BYTES: Final = 32 * 1024 * 1024
@@ -126,6 +128,9 @@ class Writer:
         self.dead_lettered = row.dead_lettered
         self.quarantined = row.quarantined
         self.cursor = row.cursor  # as last committed to the journal
+        self._dropped_at_open = row.dropped
+        self._unlogged_drops = 0
+        self._drops_logged_at = -math.inf
 
         # Where the untaken entries are (see the module docstring).
         self.last_taken = row.cursor
@@ -207,7 +212,9 @@ class Writer:
 
     def count_dropped(self, count: int) -> None:
         """``count`` new entries were dropped before they were ever queued here."""
-        self.dropped += count
+        if count:
+            self.dropped += count
+            self._log_drops(count)
 
     def on_dropped_oldest(self, dropped: Sequence[tuple[int, int]]) -> None:
         """Untaken entries ``(seq, size)`` were dropped (DROP_OLDEST), oldest first."""
@@ -216,12 +223,30 @@ class Writer:
         self.pending -= len(dropped)
         self.pending_bytes -= sum(size for _, size in dropped)
         self.dropped += len(dropped)
+        self._log_drops(len(dropped))
         self._drop_floor = max(self._drop_floor, dropped[-1][0])
         seqs = {seq for seq, _ in dropped}
         self._finish_waiters(
             lambda w: w.seq in seqs, lambda w: "dropped by DROP_OLDEST"
         )
         self._signal_progress()
+
+    def _log_drops(self, count: int) -> None:
+        """Log drops at WARNING, at most once per ``DROP_LOG_INTERVAL`` seconds."""
+        self._unlogged_drops += count
+        now = time.monotonic()
+        if now - self._drops_logged_at >= DROP_LOG_INTERVAL:
+            logger.warning(
+                "backend %r: backlog full (%s, capacity %d): dropped %d entries"
+                " (%d since open)",
+                self.name,
+                self.policy.overflow.name,
+                self.policy.capacity,
+                self._unlogged_drops,
+                self.dropped - self._dropped_at_open,
+            )
+            self._unlogged_drops = 0
+            self._drops_logged_at = now
 
     def add_waiter(self, seq: int) -> SyncWaiter:
         """Register an appender waiting for entry ``seq`` to be settled here."""
@@ -383,25 +408,24 @@ class Writer:
     async def _deliver_part(
         self, entries: Sequence[Entry], dead: list[tuple[Entry, str, int]]
     ) -> None:
+        groups = coalesce(entries)
         attempt = 0
         while True:
-            if self.consecutive_failures >= UNHEALTHY_AFTER:
-                try:
-                    await self._call(self._backend.health_check)
-                except Exception as exc:
-                    self._record_failure(exc, entries, probe=True)
-                    await anyio.sleep(self._retry.delay(self.consecutive_failures))
-                    continue
+            unhealthy = self.consecutive_failures >= UNHEALTHY_AFTER
+            if unhealthy and not await self._probe(entries):
+                await anyio.sleep(self._retry.delay(self.consecutive_failures))
+                continue
             attempt += 1
             try:
-                groups = coalesce(entries)
                 await self._call(lambda: self._backend.write_batch(groups))
             except Exception as exc:
                 self._record_failure(exc, entries)
                 retryable = not (isinstance(exc, BackendError) and not exc.retryable)
-                if self._best_effort and (
-                    not retryable or attempt >= self._retry.max_attempts
-                ):
+                give_up = not retryable or attempt >= self._retry.max_attempts
+                # Only a batch that fails while the backend passes its health
+                # check is poison; a failing check means an outage, and then the
+                # batch waits (it never dead-letters during an outage).
+                if self._best_effort and give_up and await self._probe(entries):
                     if len(entries) == 1:
                         dead.append((entries[0], _describe(exc), attempt))
                         return
@@ -413,6 +437,15 @@ class Writer:
                 continue
             self._record_success()
             return
+
+    async def _probe(self, entries: Sequence[Entry]) -> bool:
+        """Whether the backend passes its health check (a failure is recorded)."""
+        try:
+            await self._call(self._backend.health_check)
+        except Exception as exc:
+            self._record_failure(exc, entries, probe=True)
+            return False
+        return True
 
     async def _call(self, fn: Callable[[], Awaitable[None]]) -> None:
         timeout = self._retry.attempt_timeout

@@ -31,6 +31,10 @@ class MockBackend(ArchiveBackend):
     ``fail_next(n)`` fails the next ``n`` calls; ``poison(message_id)`` fails every
     call that carries that record. ``hold()`` makes calls wait at a gate until
     ``release()``; ``wait_held()`` returns once a call is waiting there.
+
+    Counters: ``batch_calls`` (``write_batch``), ``attempted_calls`` and
+    ``failed_calls`` (``append_messages``; failed health checks count as failed
+    calls too), ``health_checks``, ``read_calls``.
     """
 
     def __init__(self, *, readable: bool = True) -> None:
@@ -39,13 +43,16 @@ class MockBackend(ArchiveBackend):
         self._archive: dict[UUID, dict[UUID, MessageRecord]] = {}
         self._calls: dict[UUID, int] = {}
         self.batch_calls = 0
+        self.attempted_calls = 0
         self.failed_calls = 0
+        self.health_checks = 0
+        self.read_calls = 0
         self._delay = 0.0
         self._fail_next: list[BackendError] = []
         self._down: str | None = None
         self._poison: dict[UUID, bool] = {}
         self._gate: anyio.Event | None = None
-        self._held = anyio.Event()
+        self._arrivals = 0
         self._changed = anyio.Event()
 
     # -- configuring ---------------------------------------------------------------
@@ -77,7 +84,7 @@ class MockBackend(ArchiveBackend):
         """Make calls wait at a gate until ``release()``."""
         if self._gate is None:
             self._gate = anyio.Event()
-            self._held = anyio.Event()
+            self._arrivals = 0
 
     def release(self) -> None:
         """Open the gate; held calls proceed."""
@@ -85,9 +92,10 @@ class MockBackend(ArchiveBackend):
         if gate is not None:
             gate.set()
 
-    async def wait_held(self) -> None:
-        """Wait until a call is waiting at the gate set by ``hold()``."""
-        await self._held.wait()
+    async def wait_held(self, count: int = 1) -> None:
+        """Wait until ``count`` calls have reached the gate since ``hold()``."""
+        while self._arrivals < count:
+            await self._changed.wait()
 
     # -- inspecting -----------------------------------------------------------------
 
@@ -114,8 +122,16 @@ class MockBackend(ArchiveBackend):
     async def wait_for_records(self, session: UUID, count: int) -> None:
         """Wait until ``session`` has at least ``count`` distinct records."""
         while self.appended_count(session) < count:
-            changed = self._changed
-            await changed.wait()
+            await self._changed.wait()
+
+    async def wait_failures(self, count: int) -> None:
+        """Wait until at least ``count`` calls (appends or health checks) failed."""
+        while self.failed_calls < count:
+            await self._changed.wait()
+
+    def _signal(self) -> None:
+        changed, self._changed = self._changed, anyio.Event()
+        changed.set()
 
     # -- the backend protocol --------------------------------------------------------
 
@@ -130,21 +146,23 @@ class MockBackend(ArchiveBackend):
         """Archive ``records``, after any injected gate, delay or failure."""
         if self._gate is not None:
             gate = self._gate
-            self._held.set()
+            self._arrivals += 1
+            self._signal()
             await gate.wait()
         if self._delay:
             await anyio.sleep(self._delay)
+        self.attempted_calls += 1
         error = self._failure_for(records)
         if error is not None:
             self.failed_calls += 1
+            self._signal()
             raise error
         self._calls[session] = self._calls.get(session, 0) + 1
         self._deliveries.setdefault(session, []).extend(records)
         archive = self._archive.setdefault(session, {})
         for record in records:
             archive.setdefault(record.message_id, record)
-        changed, self._changed = self._changed, anyio.Event()
-        changed.set()
+        self._signal()
 
     def _failure_for(self, records: Sequence[MessageRecord]) -> BackendError | None:
         if self._down is not None:
@@ -161,11 +179,15 @@ class MockBackend(ArchiveBackend):
 
     async def health_check(self) -> None:
         """Raise while the backend is down."""
+        self.health_checks += 1
         if self._down is not None:
+            self.failed_calls += 1
+            self._signal()
             raise BackendError(self._down, retryable=True)
 
     async def read_session(self, session: UUID) -> list[MessageRecord]:
         """The archived records of ``session`` (raises while down or unreadable)."""
+        self.read_calls += 1
         if not self._readable:
             return await super().read_session(session)
         if self._down is not None:

@@ -1,0 +1,366 @@
+"""The Archivist's lifecycle and API: open, append, read, health, drain, shutdown."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from uuid import UUID, uuid4
+
+import anyio
+import pytest
+
+from journal_archivist import (
+    Archivist,
+    ArchivistClosed,
+    HealthStatus,
+    MessageRecord,
+    Queued,
+    ReadFailed,
+    ValidationError,
+)
+from journal_archivist.testing import MockBackend
+from tests.helpers import record, records, registration
+
+
+async def test_await_open_delivers_and_shuts_down(journal_path: Path, session: UUID) -> None:
+    mock = MockBackend()
+    archivist = await Archivist.open(journal_path, [registration(mock)])
+    try:
+        await archivist.append_messages(session, records(session, 3))
+        with anyio.fail_after(5):
+            await archivist.wait_drained()
+    finally:
+        await archivist.shutdown()
+    assert mock.appended_count(session) == 3
+    assert archivist.is_closed
+
+
+async def test_async_with_exit_drains_what_was_appended(
+    journal_path: Path, session: UUID
+) -> None:
+    mock = MockBackend()
+    async with Archivist.open(journal_path, [registration(mock)]) as archivist:
+        await archivist.append_messages(session, records(session, 4))
+    assert mock.appended_count(session) == 4
+
+
+async def test_entering_the_same_open_twice_is_refused(journal_path: Path) -> None:
+    opening = Archivist.open(journal_path, [registration()])
+    async with opening:
+        with pytest.raises(RuntimeError, match="already entered"):
+            await opening.__aenter__()
+
+
+async def test_calls_after_shutdown_raise_archivist_closed(
+    journal_path: Path, session: UUID
+) -> None:
+    archivist = await Archivist.open(journal_path, [registration()])
+    await archivist.shutdown()
+    await archivist.shutdown()  # a second call is harmless
+    with pytest.raises(ArchivistClosed, match="closed"):
+        await archivist.append_messages(session, [record(session)])
+    with pytest.raises(ArchivistClosed):
+        await archivist.read_session(session)
+    with pytest.raises(ArchivistClosed):
+        await archivist.wait_drained()
+
+
+async def test_concurrent_shutdowns_both_return(journal_path: Path) -> None:
+    archivist = await Archivist.open(journal_path, [registration()])
+    async with anyio.create_task_group() as group:
+        group.start_soon(archivist.shutdown)
+        group.start_soon(archivist.shutdown, 0)
+    assert archivist.is_closed
+
+
+async def test_shutdown_without_deadline_waits_for_delivery(
+    journal_path: Path, session: UUID
+) -> None:
+    mock = MockBackend()
+    archivist = await Archivist.open(journal_path, [registration(mock)])
+    mock.hold()
+    await archivist.append_messages(session, records(session, 2))
+    with anyio.fail_after(5):
+        await mock.wait_held()
+
+    async def release_later() -> None:
+        await anyio.wait_all_tasks_blocked()
+        mock.release()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(release_later)
+        with anyio.fail_after(5):
+            await archivist.shutdown()
+    assert mock.appended_count(session) == 2
+
+
+async def test_shutdown_deadline_leaves_undelivered_entries_journaled(
+    journal_path: Path, session: UUID
+) -> None:
+    held = MockBackend()
+    archivist = await Archivist.open(journal_path, [registration(held)])
+    held.hold()
+    await archivist.append_messages(session, records(session, 3))
+    with anyio.fail_after(5):
+        await archivist.shutdown(timeout=0.05)
+    assert held.appended_count(session) == 0
+
+    fresh = MockBackend()
+    async with Archivist.open(journal_path, [registration(fresh)]) as archivist:
+        with anyio.fail_after(5):
+            await archivist.wait_drained()
+    assert [r.content_md for r in fresh.records(session)] == ["m0", "m1", "m2"]
+
+
+async def test_append_refused_while_shutting_down_is_not_journaled(
+    journal_path: Path, session: UUID
+) -> None:
+    mock = MockBackend()
+    reg = registration(mock, write_policy=Queued(capacity=1, batch_window_ms=0))
+    archivist = await Archivist.open(journal_path, [reg])
+    mock.hold()
+    await archivist.append_messages(session, [record(session, "first")])
+    outcome: list[BaseException] = []
+
+    async def blocked_append() -> None:
+        try:
+            await archivist.append_messages(session, [record(session, "blocked")])
+        except ArchivistClosed as exc:
+            outcome.append(exc)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(blocked_append)
+        await anyio.wait_all_tasks_blocked()
+        await archivist.shutdown(timeout=0)
+    assert len(outcome) == 1
+    assert "before this append was journaled" in str(outcome[0])
+
+    fresh = MockBackend()
+    async with Archivist.open(journal_path, [registration(fresh)]) as archivist:
+        with anyio.fail_after(5):
+            await archivist.wait_drained()
+    assert [r.content_md for r in fresh.records(session)] == ["first"]
+
+
+@pytest.mark.parametrize(
+    ("registrations", "error", "match"),
+    [
+        # Two registrations may not share a name: it is their identity.
+        (lambda: [registration(name="a"), registration(name="a")], ValueError, "unique"),
+        # Nothing to deliver to.
+        (lambda: [registration(enabled=False)], ValueError, "at least one"),
+        # Something that is not a Registration.
+        (lambda: [object()], TypeError, "Registration"),
+    ],
+)
+def test_open_refuses_bad_registrations(
+    journal_path: Path, registrations: object, error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        Archivist.open(journal_path, registrations())  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"max_record_bytes": 0}, "max_record_bytes must be >= 1"),
+        ({"free_space_reserve": -1}, "free_space_reserve must be >= 0"),
+        ({"close_timeout": -1.0}, "close_timeout must be >= 0"),
+        ({"durability": "full"}, "durability must be a Durability"),
+    ],
+)
+def test_open_refuses_bad_options(
+    journal_path: Path, kwargs: dict[str, object], match: str
+) -> None:
+    with pytest.raises((ValueError, TypeError), match=match):
+        Archivist.open(journal_path, [registration()], **kwargs)  # type: ignore[arg-type]
+
+
+def test_registration_names_are_validated() -> None:
+    with pytest.raises(ValueError, match="registration name"):
+        registration(name="no spaces")
+    with pytest.raises(TypeError, match="must be an ArchiveBackend"):
+        registration(backend=object())  # type: ignore[arg-type]
+
+
+async def test_empty_append_is_a_no_op(journal_path: Path, session: UUID) -> None:
+    mock = MockBackend()
+    async with Archivist.open(journal_path, [registration(mock)]) as archivist:
+        await archivist.append_messages(session, [])
+        assert archivist.health().backends["mock"].lag_entries == 0
+    assert mock.batch_calls == 0
+
+
+async def test_session_must_be_a_uuid(journal_path: Path, session: UUID) -> None:
+    async with Archivist.open(journal_path, [registration()]) as archivist:
+        with pytest.raises(TypeError, match="session must be a uuid.UUID"):
+            await archivist.append_messages(str(session), [record(session)])  # type: ignore[arg-type]
+
+
+async def test_invalid_record_journals_nothing_of_the_call(
+    journal_path: Path, session: UUID
+) -> None:
+    mock = MockBackend()
+    async with Archivist.open(journal_path, [registration(mock)]) as archivist:
+        good = record(session, "good")
+        bad = MessageRecord(session=uuid4(), role="user")
+        with pytest.raises(ValidationError, match="record 1") as info:
+            await archivist.append_messages(session, [good, bad])
+        assert (info.value.index, info.value.field) == (1, "session")
+        assert archivist.health().backends["mock"].lag_entries == 0
+        await archivist.wait_drained()
+    assert mock.appended_count(session) == 0
+
+
+async def test_max_record_bytes_is_configurable(journal_path: Path, session: UUID) -> None:
+    async with Archivist.open(
+        journal_path, [registration()], max_record_bytes=400
+    ) as archivist:
+        await archivist.append_messages(session, [record(session, "x" * 100)])
+        with pytest.raises(ValidationError, match=r"exceeds max_record_bytes \(400\)"):
+            await archivist.append_messages(session, [record(session, "x" * 400)])
+
+
+async def test_health_reports_lag_age_and_counts(journal_path: Path, session: UUID) -> None:
+    mock = MockBackend()
+    async with Archivist.open(journal_path, [registration(mock)]) as archivist:
+        mock.hold()
+        await archivist.append_messages(session, records(session, 2))
+        await archivist.append_messages(session, records(session, 1, prefix="x"))
+        report = archivist.health()
+        health = report.backends["mock"]
+        assert health.status is HealthStatus.HEALTHY
+        assert health.lag_entries == 2  # entries are appends, not records
+        assert health.lag_bytes > 0
+        assert health.oldest_pending_age is not None
+        assert health.oldest_pending_age >= 0
+        assert health.delivered == 0
+        assert report.journal.path == str(journal_path)
+        assert report.journal.free_bytes is not None
+        mock.release()
+        with anyio.fail_after(5):
+            await archivist.wait_drained()
+        health = archivist.health().backends["mock"]
+        assert (health.lag_entries, health.lag_bytes, health.delivered) == (0, 0, 2)
+        assert health.oldest_pending_age is None
+
+
+async def test_counters_survive_a_restart(journal_path: Path, session: UUID) -> None:
+    async with Archivist.open(journal_path, [registration()]) as archivist:
+        for i in range(3):
+            await archivist.append_messages(session, [record(session, str(i))])
+        await archivist.wait_drained()
+    async with Archivist.open(journal_path, [registration()]) as archivist:
+        assert archivist.health().backends["mock"].delivered == 3
+
+
+async def test_wait_drained_names_unknown_and_disabled_backends(journal_path: Path) -> None:
+    regs = [registration(name="on"), registration(name="off", enabled=False)]
+    async with Archivist.open(journal_path, regs) as archivist:
+        with pytest.raises(ValueError, match="no backend named 'nope'"):
+            await archivist.wait_drained("nope")
+        with pytest.raises(ValueError, match="'off' is disabled"):
+            await archivist.wait_drained("off")
+        await archivist.wait_drained("on")
+
+
+async def test_wait_drained_for_one_backend_ignores_a_stuck_one(
+    journal_path: Path, session: UUID
+) -> None:
+    fast, stuck = MockBackend(), MockBackend()
+    regs = [registration(fast, name="fast"), registration(stuck, name="stuck")]
+    async with Archivist.open(journal_path, regs, close_timeout=0) as archivist:
+        stuck.hold()
+        await archivist.append_messages(session, records(session, 3))
+        with anyio.fail_after(5):
+            await archivist.wait_drained("fast")  # isolation: contract 5
+        assert fast.appended_count(session) == 3
+        assert archivist.health().backends["stuck"].lag_entries == 1
+
+
+class TestReadSession:
+    async def test_merges_archived_and_pending_records_in_order(
+        self, journal_path: Path, session: UUID
+    ) -> None:
+        mock = MockBackend()
+        async with Archivist.open(journal_path, [registration(mock)], close_timeout=0) as archivist:
+            await archivist.append_messages(session, records(session, 2))
+            await archivist.wait_drained()
+            mock.hold()
+            await archivist.append_messages(session, records(session, 2, prefix="p"))
+            with anyio.fail_after(5):
+                await mock.wait_held()
+            await archivist.append_messages(session, records(session, 1, prefix="q"))
+            got = await archivist.read_session(session)
+        assert [r.content_md for r in got] == ["m0", "m1", "p0", "p1", "q0"]
+
+    async def test_falls_back_to_the_next_readable_backend(
+        self, journal_path: Path, session: UUID
+    ) -> None:
+        primary, secondary = MockBackend(), MockBackend()
+        regs = [
+            registration(primary, name="primary", priority=10),
+            registration(secondary, name="secondary", priority=1),
+        ]
+        async with Archivist.open(journal_path, regs) as archivist:
+            await archivist.append_messages(session, records(session, 2))
+            await archivist.wait_drained()
+            primary.go_down()
+            got = await archivist.read_session(session)
+        assert [r.content_md for r in got] == ["m0", "m1"]
+
+    async def test_prefers_the_highest_priority_healthy_backend(
+        self, journal_path: Path, session: UUID
+    ) -> None:
+        low, high = MockBackend(), MockBackend()
+        regs = [
+            registration(low, name="low", priority=1),
+            registration(high, name="high", priority=5),
+        ]
+        async with Archivist.open(journal_path, regs) as archivist:
+            await archivist.append_messages(session, [record(session)])
+            await archivist.wait_drained()
+            got = await archivist.read_session(session)
+        assert (high.read_calls, low.read_calls) == (1, 0)
+        assert len(got) == 1
+
+    async def test_unreadable_registrations_are_skipped(
+        self, journal_path: Path, session: UUID
+    ) -> None:
+        regs = [registration(MockBackend(), readable=False)]
+        async with Archivist.open(journal_path, regs) as archivist:
+            with pytest.raises(ReadFailed, match="no backend is registered as readable"):
+                await archivist.read_session(session)
+
+    async def test_raises_when_every_readable_backend_fails(
+        self, journal_path: Path, session: UUID
+    ) -> None:
+        mock = MockBackend()
+        async with Archivist.open(journal_path, [registration(mock)]) as archivist:
+            mock.go_down("offline for maintenance")
+            with pytest.raises(ReadFailed, match="offline for maintenance") as info:
+                await archivist.read_session(session)
+        assert set(info.value.errors) == {"mock"}
+
+    async def test_a_backend_without_read_support_falls_through(
+        self, journal_path: Path, session: UUID
+    ) -> None:
+        writer_only, readable = MockBackend(readable=False), MockBackend()
+        regs = [
+            registration(writer_only, name="write-only", priority=9),
+            registration(readable, name="readable", priority=1),
+        ]
+        async with Archivist.open(journal_path, regs) as archivist:
+            await archivist.append_messages(session, [record(session)])
+            await archivist.wait_drained()
+            got = await archivist.read_session(session)
+        assert len(got) == 1
+
+
+async def test_other_sessions_are_not_read(journal_path: Path) -> None:
+    a, b = uuid4(), uuid4()
+    mock = MockBackend()
+    async with Archivist.open(journal_path, [registration(mock)], close_timeout=0) as archivist:
+        mock.hold()
+        await archivist.append_messages(a, [record(a, "a")])
+        await archivist.append_messages(b, [record(b, "b")])
+        assert [r.content_md for r in await archivist.read_session(b)] == ["b"]

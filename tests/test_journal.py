@@ -1,0 +1,404 @@
+"""The journal file: ownership, bad files, checksums, space, registrations.
+
+These tests damage real SQLite files on purpose and check that the damage is
+reported, never silently delivered or silently lost (contract 2, 9).
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import closing
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from uuid import UUID
+
+import anyio
+import pytest
+
+from journal_archivist import (
+    Archivist,
+    JournalCorrupt,
+    JournalError,
+    JournalFull,
+    JournalIncompatible,
+    JournalLocked,
+    JournalWriteFailed,
+    Queued,
+)
+from journal_archivist import _space
+from journal_archivist.testing import MockBackend
+from tests.helpers import record, records, registration
+
+
+def query(path: Path, sql: str) -> list[tuple[object, ...]]:
+    """Run one query on its own connection, closed before returning."""
+    with closing(sqlite3.connect(path)) as db:
+        return db.execute(sql).fetchall()
+
+
+async def journal_with_backlog(path: Path, session: UUID, count: int) -> None:
+    """Leave ``count`` undelivered entries of ``session`` in the journal at ``path``."""
+    held = MockBackend()
+    archivist = await Archivist.open(path, [registration(held)])
+    held.hold()
+    await archivist.append_messages(session, [record(session, "first")])
+    for i in range(1, count):
+        await archivist.append_messages(session, [record(session, f"entry-{i:04d}")])
+    await archivist.shutdown(timeout=0)
+
+
+class TestOwnership:
+    async def test_a_second_open_in_this_process_is_locked_out(
+        self, journal_path: Path
+    ) -> None:
+        async with Archivist.open(journal_path, [registration()]):
+            with pytest.raises(JournalLocked, match="locked by another owner") as info:
+                await Archivist.open(journal_path, [registration()])
+        assert info.value.path == str(journal_path)
+        async with Archivist.open(journal_path, [registration()]):
+            pass  # released at shutdown
+
+    async def test_another_process_is_locked_out(self, journal_path: Path) -> None:
+        script = textwrap.dedent(
+            f"""
+            import anyio, sys
+            from journal_archivist import Archivist, JournalLocked, Registration
+            from journal_archivist.testing import MockBackend
+            async def main():
+                reg = Registration(name="mock", backend=MockBackend())
+                try:
+                    await Archivist.open({str(journal_path)!r}, [reg])
+                except JournalLocked as exc:
+                    print("locked:", exc)
+                    sys.exit(3)
+            anyio.run(main)
+            """
+        )
+        async with Archivist.open(journal_path, [registration()]):
+            result = await anyio.run_process(
+                [sys.executable, "-c", script], check=False
+            )
+        assert result.returncode == 3, result.stderr.decode()
+        assert str(journal_path) in result.stdout.decode()
+
+    async def test_a_symlink_to_the_journal_shares_its_lock(
+        self, journal_path: Path, tmp_path: Path
+    ) -> None:
+        alias = tmp_path / "alias.db"
+        async with Archivist.open(journal_path, [registration()]):
+            alias.symlink_to(journal_path)
+            with pytest.raises(JournalLocked):
+                await Archivist.open(alias, [registration()])
+
+
+class TestFiles:
+    async def test_files_are_owner_only(self, journal_path: Path) -> None:
+        async with Archivist.open(journal_path, [registration()]) as archivist:
+            await archivist.append_messages(*_one())
+            for suffix in ("", "-wal", "-shm", ".lock"):
+                mode = stat.S_IMODE(os.stat(f"{journal_path}{suffix}").st_mode)
+                assert mode == 0o600, f"{suffix or 'journal'} has mode {mode:o}"
+
+    async def test_a_missing_directory_is_created(self, tmp_path: Path) -> None:
+        path = tmp_path / "a" / "b" / "journal.db"
+        async with Archivist.open(path, [registration()]):
+            pass
+        assert path.exists()
+
+    async def test_a_directory_that_cannot_exist_is_a_clear_error(
+        self, tmp_path: Path
+    ) -> None:
+        blocker = tmp_path / "file"
+        blocker.write_text("not a directory")
+        with pytest.raises(JournalError, match="cannot create the journal directory"):
+            await Archivist.open(blocker / "journal.db", [registration()])
+
+    @pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+    async def test_a_read_only_directory_is_a_clear_error(self, tmp_path: Path) -> None:
+        locked = tmp_path / "ro"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(JournalError, match="is not writable"):
+            await Archivist.open(locked / "journal.db", [registration()])
+
+    async def test_garbage_is_refused_and_left_untouched(self, journal_path: Path) -> None:
+        garbage = os.urandom(8192)
+        journal_path.write_bytes(garbage)
+        with pytest.raises(JournalCorrupt, match="corrupt or not a journal") as info:
+            await Archivist.open(journal_path, [registration()])
+        assert info.value.path == str(journal_path)
+        assert journal_path.read_bytes() == garbage
+        async with Archivist.open(journal_path.with_name("new.db"), [registration()]):
+            pass  # the lock of the refused journal was released
+
+    async def test_another_applications_database_is_not_a_journal(
+        self, journal_path: Path
+    ) -> None:
+        with closing(sqlite3.connect(journal_path)) as db:
+            db.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+        before = journal_path.read_bytes()
+        with pytest.raises(JournalCorrupt, match="not a journal"):
+            await Archivist.open(journal_path, [registration()])
+        assert journal_path.read_bytes() == before
+
+    async def test_a_truncated_journal_is_refused(
+        self, journal_path: Path, session: UUID
+    ) -> None:
+        await journal_with_backlog(journal_path, session, 300)
+        data = journal_path.read_bytes()
+        journal_path.write_bytes(data[: len(data) // 2])
+        with pytest.raises(JournalCorrupt):
+            await Archivist.open(journal_path, [registration()])
+        assert journal_path.read_bytes() == data[: len(data) // 2]
+
+    async def test_a_journal_from_a_newer_version_is_refused(
+        self, journal_path: Path
+    ) -> None:
+        async with Archivist.open(journal_path, [registration()]):
+            pass
+        with closing(sqlite3.connect(journal_path)) as db:
+            db.execute("PRAGMA user_version = 99")
+        with pytest.raises(JournalIncompatible, match="version 99 is newer") as info:
+            await Archivist.open(journal_path, [registration()])
+        assert (info.value.found, info.value.supported) == (99, 1)
+
+
+class TestChecksums:
+    async def test_a_flipped_bit_in_a_payload_is_quarantined_not_delivered(
+        self, journal_path: Path, session: UUID, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        await journal_with_backlog(journal_path, session, 3)
+        data = bytearray(journal_path.read_bytes())
+        at = data.find(b"entry-0001")
+        assert at > 0, "the payload is stored in the main file after a clean close"
+        data[at] ^= 0x01  # "entry-0001" becomes "dntry-0001": SQLite cannot tell
+        journal_path.write_bytes(bytes(data))
+
+        mock = MockBackend()
+        with caplog.at_level(logging.ERROR, logger="journal_archivist"):
+            async with Archivist.open(journal_path, [registration(mock)]) as archivist:
+                with anyio.fail_after(5):
+                    await archivist.wait_drained()
+                report = archivist.health()
+        assert [r.content_md for r in mock.records(session)] == ["first", "entry-0002"]
+        assert report.backends["mock"].quarantined == 1
+        assert report.journal.quarantined == 1
+        assert any("quarantined: checksum mismatch" in r.getMessage() for r in caplog.records)
+        [(seq, reason)] = query(journal_path, "SELECT seq, reason FROM quarantine")
+        assert seq == 2
+        assert "checksum mismatch" in reason
+
+
+class TestLostTail:
+    async def test_a_high_water_above_the_journal_is_reported_as_lost(
+        self, journal_path: Path, session: UUID, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        await journal_with_backlog(journal_path, session, 2)
+        # What a damaged WAL frame leaves behind: the lock file remembers seq 5,
+        # the journal only has 2 entries.
+        from journal_archivist._lockfile import LockFile
+
+        lock = LockFile(f"{journal_path}.lock", str(journal_path))
+        lock.write_high_water(5)
+        lock.release()
+        mock = MockBackend()
+        with caplog.at_level(logging.ERROR, logger="journal_archivist"):
+            async with Archivist.open(journal_path, [registration(mock)]) as archivist:
+                assert archivist.health().journal.lost_entries == 3
+                await archivist.append_messages(session, [record(session, "after")])
+                await archivist.wait_drained()
+        assert any("3 acknowledged entries (seq 3..5)" in r.getMessage() for r in caplog.records)
+        assert len(mock.records(session)) == 3
+        assert query(journal_path, "SELECT max(counted_through) FROM backends") == [(6,)]
+        async with Archivist.open(journal_path, [registration()]) as archivist:
+            assert archivist.health().journal.lost_entries == 3  # persisted, not re-counted
+
+    async def test_a_damaged_wal_frame_after_a_crash_is_detected(
+        self, journal_path: Path, session: UUID
+    ) -> None:
+        # A real lost tail: a process commits entries and dies (they live only in
+        # the WAL), then the last WAL frame is damaged. SQLite replays the WAL up
+        # to the bad frame and silently drops the commits after it.
+        script = textwrap.dedent(
+            f"""
+            import anyio, os, uuid
+            from journal_archivist import Archivist, MessageRecord, Registration
+            from journal_archivist.testing import MockBackend
+            async def main():
+                mock = MockBackend()
+                mock.hold()
+                reg = Registration(name="mock", backend=mock)
+                archivist = await Archivist.open({str(journal_path)!r}, [reg])
+                session = uuid.UUID({str(session)!r})
+                for i in range(5):
+                    await archivist.append_messages(session, [MessageRecord(session=session, role="user", content_md=f"m{{i}}")])
+                os._exit(0)  # die without closing: no checkpoint
+            anyio.run(main)
+            """
+        )
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, check=False)
+        assert result.returncode == 0, result.stderr.decode()
+        wal = Path(f"{journal_path}-wal")
+        data = bytearray(wal.read_bytes())
+        assert len(data) > 4096
+        data[-100] ^= 0xFF  # inside the last frame of the last commit
+        wal.write_bytes(bytes(data))
+        mock = MockBackend()
+        async with Archivist.open(journal_path, [registration(mock)]) as archivist:
+            lost = archivist.health().journal.lost_entries
+            with anyio.fail_after(5):
+                await archivist.wait_drained()
+        assert lost >= 1
+        assert len(mock.records(session)) == 5 - lost
+
+
+class TestSpace:
+    async def test_appends_are_refused_below_the_reserve_and_resume_by_themselves(
+        self, journal_path: Path, session: UUID, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        free = {"bytes": 10 * 1024 * 1024}
+        monkeypatch.setattr(_space, "free_bytes", lambda directory: free["bytes"])
+        mock = MockBackend()
+        async with Archivist.open(
+            journal_path, [registration(mock)], free_space_reserve=64 * 1024 * 1024
+        ) as archivist:
+            with pytest.raises(JournalFull, match="below the reserve") as info:
+                await archivist.append_messages(session, [record(session, "refused")])
+            assert (info.value.free, info.value.reserve) == (10 * 1024 * 1024, 64 * 1024 * 1024)
+            assert archivist.health().journal.low_space
+            free["bytes"] = 1 << 40
+            await archivist.append_messages(session, [record(session, "accepted")])
+            assert not archivist.health().journal.low_space
+            with anyio.fail_after(5):
+                await archivist.wait_drained()
+        assert [r.content_md for r in mock.records(session)] == ["accepted"]
+
+    async def test_delivery_continues_while_appends_are_refused(
+        self, journal_path: Path, session: UUID, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        free = {"bytes": 1 << 40}
+        monkeypatch.setattr(_space, "free_bytes", lambda directory: free["bytes"])
+        mock = MockBackend()
+        async with Archivist.open(
+            journal_path, [registration(mock)], free_space_reserve=1024
+        ) as archivist:
+            mock.hold()
+            await archivist.append_messages(session, records(session, 3))
+            monkeypatch.setattr(_space, "CHECK_INTERVAL", 0.0)
+            free["bytes"] = 0
+            with pytest.raises(JournalFull):
+                await archivist.append_messages(session, [record(session)])
+            mock.release()
+            with anyio.fail_after(5):
+                await archivist.wait_drained()
+        assert mock.appended_count(session) == 3
+
+    async def test_a_failed_commit_acknowledges_nothing_of_its_group(
+        self, journal_path: Path, session: UUID
+    ) -> None:
+        # SQLITE_FULL, the way a full disk reports it: cap the file's page count.
+        mock = MockBackend()
+        async with Archivist.open(journal_path, [registration(mock)]) as archivist:
+            await archivist.append_messages(session, [record(session, "before")])
+            await archivist.wait_drained()
+            conn = archivist._journal._durable  # white box: inject the fault
+            (pages,) = next(iter(await conn.execute_fetchall("PRAGMA page_count")))
+            await conn.execute(f"PRAGMA max_page_count = {pages}")
+            with pytest.raises(JournalWriteFailed, match="full") as info:
+                await archivist.append_messages(session, [record(session, "x" * 20_000)])
+            assert isinstance(info.value.__cause__, sqlite3.Error)
+            assert archivist.health().journal.commit_failures == 1
+            await conn.execute("PRAGMA max_page_count = 1073741823")
+            await archivist.append_messages(session, [record(session, "after")])
+            with anyio.fail_after(5):
+                await archivist.wait_drained()
+            assert archivist.health().journal.commit_failures == 0
+        assert [r.content_md for r in mock.records(session)] == ["before", "after"]
+
+
+class TestRegistrations:
+    async def test_a_new_backend_starts_at_the_tail(
+        self, journal_path: Path, session: UUID
+    ) -> None:
+        await journal_with_backlog(journal_path, session, 2)
+        old, new = MockBackend(), MockBackend()
+        regs = [registration(old, name="mock"), registration(new, name="new")]
+        async with Archivist.open(journal_path, regs) as archivist:
+            await archivist.append_messages(session, [record(session, "later")])
+            with anyio.fail_after(5):
+                await archivist.wait_drained()
+        assert [r.content_md for r in old.records(session)] == ["first", "entry-0001", "later"]
+        assert [r.content_md for r in new.records(session)] == ["later"]
+
+    async def test_a_removed_backend_releases_its_pending_entries(
+        self, journal_path: Path, session: UUID, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        await journal_with_backlog(journal_path, session, 4)
+        other = MockBackend()
+        with caplog.at_level(logging.WARNING, logger="journal_archivist"):
+            async with Archivist.open(journal_path, [registration(other, name="other")]):
+                pass
+        assert any(
+            "'mock' is no longer registered: released its 4 pending" in r.getMessage()
+            for r in caplog.records
+        )
+        assert other.records(session) == []
+        assert query(journal_path, "SELECT count(*) FROM entries") == [(0,)]
+
+    async def test_a_renamed_backend_is_a_removal_plus_an_addition(
+        self, journal_path: Path, session: UUID
+    ) -> None:
+        await journal_with_backlog(journal_path, session, 2)
+        renamed = MockBackend()
+        async with Archivist.open(journal_path, [registration(renamed, name="renamed")]) as a:
+            await a.append_messages(session, [record(session, "new")])
+            await a.wait_drained()
+        assert [r.content_md for r in renamed.records(session)] == ["new"]
+
+    async def test_a_disabled_backend_keeps_its_backlog_for_later(
+        self, journal_path: Path, session: UUID
+    ) -> None:
+        await journal_with_backlog(journal_path, session, 2)
+        regs = [registration(name="mock", enabled=False), registration(name="other")]
+        async with Archivist.open(journal_path, regs) as archivist:
+            await archivist.append_messages(session, [record(session, "while disabled")])
+            assert archivist.health().backends["mock"].lag_entries == 2
+        mock = MockBackend()
+        async with Archivist.open(journal_path, [registration(mock)]) as archivist:
+            with anyio.fail_after(5):
+                await archivist.wait_drained()
+        assert [r.content_md for r in mock.records(session)] == ["first", "entry-0001"]
+
+
+class TestSpaceReuse:
+    async def test_delivered_entries_are_deleted_and_compact_shrinks_the_file(
+        self, journal_path: Path, session: UUID
+    ) -> None:
+        mock = MockBackend()
+        reg = registration(mock, write_policy=Queued(batch_window_ms=0))
+        async with Archivist.open(journal_path, [reg]) as archivist:
+            mock.hold()
+            for i in range(200):
+                await archivist.append_messages(session, [record(session, f"{i}" + "x" * 4000)])
+            await archivist.append_messages(session, [])
+            grown = journal_path.stat().st_size + Path(f"{journal_path}-wal").stat().st_size
+            mock.release()
+            with anyio.fail_after(10):
+                await archivist.wait_drained()
+            assert query(journal_path, "SELECT count(*) FROM entries") == [(0,)]
+            await archivist.compact()
+            assert query(journal_path, "PRAGMA freelist_count") == [(0,)]
+            size = journal_path.stat().st_size
+        assert size < grown / 4, (size, grown)
+        assert mock.appended_count(session) == 200
+
+
+def _one() -> tuple[UUID, list[object]]:
+    from uuid import uuid4
+
+    s = uuid4()
+    return s, [record(s)]
