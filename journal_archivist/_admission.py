@@ -54,9 +54,12 @@ class Backlog:
         return self.pending_bytes + size <= self.capacity_bytes
 
     def excess(self) -> tuple[int, int]:
-        """How many entries and bytes are over the limits right now."""
+        """How many entries and bytes are over the limits right now.
+
+        A single entry is never over the byte limit (it fits an empty backlog).
+        """
         count = max(0, self.pending - self.capacity)
-        if self.capacity_bytes is None:
+        if self.capacity_bytes is None or self.pending <= 1:
             return count, 0
         return count, max(0, self.pending_bytes - self.capacity_bytes)
 

@@ -117,7 +117,7 @@ class Archivist:
         self._outer: anyio.abc.TaskGroup | None = None
         self._serve_error: BaseException | None = None
 
-    # -- opening -------------------------------------------------------------------
+    # -- opening -------------------------------------------------------------
 
     @staticmethod
     def open(
@@ -318,7 +318,7 @@ class Archivist:
                 stacklevel=1,
             )
 
-    # -- appending -------------------------------------------------------------------
+    # -- appending -----------------------------------------------------------
 
     async def append_messages(
         self, session: UUID, records: Sequence[MessageRecord]
@@ -376,7 +376,7 @@ class Archivist:
             for writer, waiter in append.waiters:
                 writer.remove_waiter(waiter)
 
-    # -- reading ---------------------------------------------------------------------
+    # -- reading -------------------------------------------------------------
 
     async def read_session(self, session: UUID) -> list[MessageRecord]:
         """The records of ``session``: archived ones plus those still journaled.
@@ -426,7 +426,7 @@ class Archivist:
                 records.extend(decode_entry(entry.payload))
         return records
 
-    # -- introspection and waiting -----------------------------------------------------
+    # -- introspection and waiting -------------------------------------------
 
     def health(self) -> HealthReport:
         """Frozen snapshots of the journal and of every backend (contract 7)."""
@@ -500,9 +500,9 @@ class Archivist:
         if self._serve_error is not None:
             raise ArchivistFailed(repr(self._serve_error)) from self._serve_error
 
-    # -- shutting down -------------------------------------------------------------------
+    # -- shutting down -------------------------------------------------------
 
-    async def shutdown(self, timeout: float | None = None) -> None:
+    async def shutdown(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
         """Stop intake, drain within ``timeout`` seconds, and close (contract 8).
 
         Appends not yet committed when shutdown begins raise ``ArchivistClosed``.

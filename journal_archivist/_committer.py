@@ -34,13 +34,10 @@ import math
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final
-from uuid import UUID
+from typing import TYPE_CHECKING, Final
 
 import anyio
-from anyio.abc import TaskStatus
 
 from ._admission import Plan, plan_admission
 from ._batching import Entry
@@ -54,8 +51,15 @@ from ._errors import (
 from ._journal import Journal, Transaction, entry_crc
 from ._policies import Sync
 from ._records import MessageRecord, Op
-from ._space import SpaceGuard
-from ._writer import Settlement, SyncWaiter, Writer
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from uuid import UUID
+
+    from anyio.abc import TaskStatus
+
+    from ._space import SpaceGuard
+    from ._writer import Settlement, SyncWaiter, Writer
 
 __all__ = ["Committer", "PendingAppend"]
 
@@ -173,7 +177,7 @@ class Committer:
         self.failure: BaseException | None = None
         self.closing = False
 
-    # -- called by appenders -------------------------------------------------------
+    # -- called by appenders -------------------------------------------------
 
     async def submit(self, append: PendingAppend) -> None:
         """Queue ``append`` and return once it is committed.
@@ -200,7 +204,7 @@ class Committer:
         if error is not None:
             raise error
 
-    # -- called by writers -----------------------------------------------------------
+    # -- called by writers ---------------------------------------------------
 
     def settled(self, writer: Writer, settlement: Settlement) -> None:
         """Record a settled batch; a persisting round marks it done."""
@@ -217,7 +221,7 @@ class Committer:
             flushed = self._flushed
             await flushed.wait()
 
-    # -- lifecycle -------------------------------------------------------------------
+    # -- lifecycle -----------------------------------------------------------
 
     def close(self) -> None:
         """Refuse new appends and withdraw the queued ones (``ArchivistClosed``).
@@ -236,7 +240,7 @@ class Committer:
         while self._queue:
             self._queue.popleft().finish(make())
 
-    # -- the loop ----------------------------------------------------------------------
+    # -- the loop ------------------------------------------------------------
 
     async def run(
         self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -423,8 +427,15 @@ class Committer:
             backlog.pending_bytes += nbytes
             excess_count, excess_bytes = backlog.excess()
             if excess_count or excess_bytes:
+                # With nothing in flight the newest entry stays, however large:
+                # alone, it fits (as an oversized entry fits an empty backlog).
+                keep = tail if not writer.in_flight else tail + 1
                 dropped[writer.name] = await tx.drop_oldest(
-                    writer.mask, writer.last_taken, excess_count, excess_bytes
+                    writer.mask,
+                    writer.last_taken,
+                    excess_count,
+                    excess_bytes,
+                    before=keep,
                 )
         rows = []
         for writer in self._writers:

@@ -1,8 +1,8 @@
 """Exceptions raised by journal_archivist.
 
 ArchivistError              base of everything we raise on purpose
-├── ValidationError         bad record or argument (also a ValueError); nothing journaled
-├── QueueFull               a backlog is full under REJECT, or BLOCK waited past its timeout
+├── ValidationError         bad record (also a ValueError); nothing journaled
+├── QueueFull               a backlog is full (REJECT, or BLOCK past its timeout)
 ├── DeliveryFailed          a Sync write was not delivered; the entry stays journaled
 ├── BackendError            raised by backends; ``retryable`` says whether to try again
 ├── ReadFailed              read_session found no readable backend that answered

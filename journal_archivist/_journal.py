@@ -29,7 +29,6 @@ import struct
 import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
-from uuid import UUID
 
 import aiosqlite
 
@@ -48,6 +47,7 @@ from ._schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
     from types import TracebackType
+    from uuid import UUID
 
 __all__ = [
     "BackendRow",
@@ -116,7 +116,9 @@ def _prepare_file(path: str) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     except FileExistsError:
         if not os.access(path, os.R_OK | os.W_OK):
-            raise JournalError(path, "the journal file is not readable and writable")
+            raise JournalError(
+                path, "the journal file is not readable and writable"
+            ) from None
         return
     except OSError as exc:
         raise JournalError(path, f"cannot create the journal file ({exc})") from exc
@@ -161,7 +163,7 @@ class Journal:
         self.lost_entries = 0
         self.closed = False
 
-    # -- opening ---------------------------------------------------------------
+    # -- opening -------------------------------------------------------------
 
     @classmethod
     async def open(
@@ -175,9 +177,10 @@ class Journal:
             JournalIncompatible: written by a newer schema; nothing was changed.
             JournalError: the directory or file cannot be created or written.
         """
-        full = os.path.abspath(os.fspath(path))
+        # Path arithmetic and one readlink: not worth a thread.
+        full = os.path.abspath(os.fspath(path))  # noqa: ASYNC240
         _prepare_file(full)
-        lock = LockFile(os.path.realpath(full) + ".lock", full)
+        lock = LockFile(os.path.realpath(full) + ".lock", full)  # noqa: ASYNC240
         conns: list[aiosqlite.Connection] = []
         try:
             sync = "FULL" if durability is Durability.FULL else "NORMAL"
@@ -257,8 +260,8 @@ class Journal:
                 row.counted_through = self.last_seq
         try:
             await conn.executemany(
-                "UPDATE backends SET pending = ?, pending_bytes = ?, counted_through = ?"
-                " WHERE bit = ?",
+                "UPDATE backends SET pending = ?, pending_bytes = ?,"
+                " counted_through = ? WHERE bit = ?",
                 [
                     (row.pending, row.pending_bytes, row.counted_through, row.bit)
                     for row in self.backends.values()
@@ -332,7 +335,7 @@ class Journal:
             self.backends[row.name] = row
         return added, {name: row.pending for name, row in removed.items()}
 
-    # -- writing ---------------------------------------------------------------
+    # -- writing -------------------------------------------------------------
 
     def transaction(self, *, durable: bool) -> Transaction:
         """A write transaction; commit on clean exit, roll back on any error.
@@ -377,7 +380,7 @@ class Journal:
         (size,) = next(iter(await conn.execute_fetchall("PRAGMA page_size")))
         return int(count) * int(size)
 
-    # -- reading ---------------------------------------------------------------
+    # -- reading -------------------------------------------------------------
 
     async def open_reader(self) -> Reader:
         """A new read-only connection, closed with the journal."""
@@ -434,7 +437,8 @@ class Transaction:
     async def insert(
         self, rows: Iterable[tuple[int, bytes, int, bytes, int, int, float, int]]
     ) -> None:
-        """Insert entries ``(seq, session, op, payload, size, crc, enqueued_at, targets)``."""
+        """Insert entries: ``(seq, session, op, payload, size, crc, enqueued_at,
+        targets)`` each."""
         await self._conn.executemany(
             "INSERT INTO entries (seq, session, op, payload, size, crc, enqueued_at,"
             " targets) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -442,9 +446,9 @@ class Transaction:
         )
 
     async def drop_oldest(
-        self, mask: int, after: int, count: int, nbytes: int
+        self, mask: int, after: int, count: int, nbytes: int, *, before: int
     ) -> list[tuple[int, int]]:
-        """Untarget the oldest entries owed to ``mask`` with ``seq > after``.
+        """Untarget the oldest entries owed to ``mask`` with ``after < seq < before``.
 
         Drops at least ``count`` entries and ``nbytes`` bytes, or all there are.
         Returns ``(seq, size)`` of each dropped entry, oldest first.
@@ -454,9 +458,9 @@ class Transaction:
         position = after
         while len(dropped) < count or freed < nbytes:
             rows = await self._conn.execute_fetchall(
-                "SELECT seq, size FROM entries WHERE seq > ? AND targets & ?"
-                " ORDER BY seq LIMIT ?",
-                (position, mask, max(count - len(dropped), 64)),
+                "SELECT seq, size FROM entries WHERE seq > ? AND seq < ?"
+                " AND targets & ? ORDER BY seq LIMIT ?",
+                (position, before, mask, max(count - len(dropped), 64)),
             )
             if not rows:
                 break
@@ -495,7 +499,7 @@ class Transaction:
     async def dead_letter(
         self, backend: str, rows: Sequence[tuple[int, str, int]], failed_at: float
     ) -> None:
-        """Copy entries ``(seq, error, attempts)`` into ``dead_letters`` for ``backend``."""
+        """Copy entries ``(seq, error, attempts)`` to ``backend``'s dead letters."""
         await self._conn.executemany(
             "INSERT INTO dead_letters (backend, seq, session, op, payload, crc,"
             " enqueued_at, error, attempts, failed_at)"
@@ -510,7 +514,7 @@ class Transaction:
     async def quarantine(
         self, backend: str, rows: Sequence[tuple[int, str]], at: float
     ) -> None:
-        """Copy damaged entries ``(seq, reason)`` into ``quarantine`` for ``backend``."""
+        """Copy damaged entries ``(seq, reason)`` to ``quarantine`` for ``backend``."""
         await self._conn.executemany(
             "INSERT INTO quarantine (backend, seq, session, op, payload, size, crc,"
             " reason, quarantined_at)"
@@ -587,7 +591,7 @@ class Reader:
     async def pending_for_session(
         self, session: UUID, mask: int, after: int
     ) -> list[Entry]:
-        """Entries of ``session`` owed to ``mask`` with ``seq > after``, oldest first."""
+        """Entries of ``session`` owed to ``mask`` after ``after``, oldest first."""
         # No index on session (it would slow every insert and delete), so this
         # scans the backlog: cheap while the backlog is small, as it usually is.
         rows = await self._conn.execute_fetchall(
@@ -646,7 +650,8 @@ def _damage(
     if size != len(payload):
         return f"size {size!r} != payload length {len(payload)}"
     assert isinstance(op, int)
-    return f"checksum mismatch (stored {crc!r}, computed {entry_crc(seq, session, op, payload)})"
+    actual = entry_crc(seq, session, op, payload)
+    return f"checksum mismatch (stored {crc!r}, computed {actual})"
 
 
 async def _check_and_migrate(conn: aiosqlite.Connection, path: str) -> None:
@@ -666,7 +671,7 @@ async def _check_and_migrate(conn: aiosqlite.Connection, path: str) -> None:
         if app_id != APPLICATION_ID and (app_id != 0 or tables or version):
             raise JournalCorrupt(
                 path,
-                f"not a journal: application_id is {app_id:#x} with tables {tables[:5]}",
+                f"not a journal: application_id {app_id:#x}, tables {tables[:5]}",
             )
         if version > SCHEMA_VERSION:
             raise JournalIncompatible(path, version, SCHEMA_VERSION)

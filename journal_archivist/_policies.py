@@ -9,6 +9,7 @@ constants below; the docs quote the same names.
 from __future__ import annotations
 
 import enum
+import math
 import random
 from typing import Final, TypeAlias
 
@@ -86,7 +87,7 @@ def _check_limits(policy: Queued | Sync) -> None:
         raise ValueError(
             f"max_batch_bytes must be at least 1, got {policy.max_batch_bytes}"
         )
-    if policy.block_timeout is not None and policy.block_timeout < 0:
+    if policy.block_timeout is not None and not policy.block_timeout >= 0:
         raise ValueError(
             f"block_timeout must be >= 0 or None, got {policy.block_timeout}"
         )
@@ -174,14 +175,15 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
     attempt_timeout: float | None = 60.0
 
     def __post_init__(self) -> None:
-        if self.initial_delay < 0:
+        # Written as "not (x >= bound)" so that NaN is refused too.
+        if not self.initial_delay >= 0:
             raise ValueError(f"initial_delay must be >= 0, got {self.initial_delay}")
-        if self.max_delay < self.initial_delay:
+        if not self.max_delay >= self.initial_delay:
             raise ValueError(
                 f"max_delay ({self.max_delay}) must be >= initial_delay"
                 f" ({self.initial_delay})"
             )
-        if self.multiplier < 1:
+        if not self.multiplier >= 1:
             raise ValueError(f"multiplier must be >= 1, got {self.multiplier}")
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
@@ -192,11 +194,16 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
 
     def ceiling(self, attempt: int) -> float:
         """The largest delay before retry number ``attempt`` (1-based)."""
-        # Cap the exponent so a long outage cannot overflow the float.
-        exponent = min(attempt - 1, 64)
-        return float(
-            min(self.max_delay, self.initial_delay * self.multiplier**exponent)
+        if attempt <= 1 or self.initial_delay == 0 or self.multiplier == 1:
+            return float(min(self.max_delay, self.initial_delay))
+        # Compare in log space: multiplier ** (attempt - 1) overflows a float
+        # long before a long outage ends.
+        log_delay = math.log(self.initial_delay) + (attempt - 1) * math.log(
+            self.multiplier
         )
+        if log_delay >= math.log(self.max_delay):
+            return float(self.max_delay)
+        return math.exp(log_delay)
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """A full-jitter delay before retry number ``attempt`` (1-based)."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 import math
-import random
+import os
 import threading
 import time
 from datetime import UTC, datetime
@@ -53,6 +53,18 @@ else:
 
 _uuid7_lock = threading.Lock()
 _uuid7_last = (0, 0)  # (unix ms, 12-bit counter) of the last id handed out
+_entropy = b""  # bytes of os.urandom, 10 per id, used from _entropy_at on
+_entropy_at = 0
+_ENTROPY_CHUNK: Final = 10 * 256
+
+
+def _forget_entropy() -> None:
+    # A forked child must not hand out the ids its parent's pool would.
+    global _entropy, _entropy_at, _uuid7_last
+    _entropy, _entropy_at, _uuid7_last = b"", 0, (0, 0)
+
+
+os.register_at_fork(after_in_child=_forget_entropy)
 
 
 def uuid7() -> UUID:
@@ -60,14 +72,18 @@ def uuid7() -> UUID:
 
     Ids from one process are strictly increasing, even within one millisecond (the
     12-bit ``rand_a`` field counts up from a random start each millisecond). The
-    random bits come from ``random``, which is reseeded after ``fork``.
+    random bits come from ``os.urandom``, read in chunks to keep the cost low.
     """
-    global _uuid7_last
+    global _uuid7_last, _entropy, _entropy_at
     with _uuid7_lock:
+        if _entropy_at >= len(_entropy):
+            _entropy, _entropy_at = os.urandom(_ENTROPY_CHUNK), 0
+        bits = _entropy[_entropy_at : _entropy_at + 10]
+        _entropy_at += 10
         ms = time.time_ns() // 1_000_000
         last_ms, last_counter = _uuid7_last
         if ms > last_ms:
-            counter = _getrandbits(10)  # leave room to count up within the ms
+            counter = int.from_bytes(bits[:2]) & 0x3FF  # leave room to count up
         else:
             ms, counter = last_ms, last_counter + 1
             if counter > 0xFFF:
@@ -77,15 +93,15 @@ def uuid7() -> UUID:
     # UUID(int=...) re-validates a value built valid above; setting the slots
     # directly (as UUID.__init__ itself does) costs a third of it.
     uuid = _new_uuid(UUID)
-    _set(uuid, "int", value | _getrandbits(62))
+    _set(uuid, "int", value | int.from_bytes(bits[2:]) & _RAND_B)
     _set(uuid, "is_safe", SafeUUID.unknown)
     return uuid
 
 
-_getrandbits = random.getrandbits
 _new_uuid = object.__new__
 _set = object.__setattr__
 _MS_MASK: Final = (1 << 48) - 1
+_RAND_B: Final = (1 << 62) - 1
 _VERSION_7: Final = 0x7 << 76
 _VARIANT: Final = 0b10 << 62
 
@@ -290,7 +306,12 @@ def encode_append(
                     index=index,
                     field="message_id",
                 )
-        encoded = _record_encoder.encode(record)
+        try:
+            encoded = _record_encoder.encode(record)
+        except (msgspec.EncodeError, OverflowError, UnicodeEncodeError) as exc:
+            # Well-typed but not representable: an int beyond 64 bits, a lone
+            # surrogate in a string, a timestamp outside years 1..9999 in UTC.
+            raise ValidationError(f"cannot be encoded: {exc}", index=index) from exc
         if len(encoded) > max_record_bytes:
             raise ValidationError(
                 f"encoded size {len(encoded)} bytes exceeds max_record_bytes"

@@ -175,6 +175,11 @@ class Writer:
         )
 
     @property
+    def in_flight(self) -> int:
+        """Entries taken by the writer and not yet settled."""
+        return len(self._inflight)
+
+    @property
     def undispatched(self) -> int:
         """Entries owed and not yet taken (the ones DROP_OLDEST may drop)."""
         return self.pending - len(self._inflight)
@@ -236,12 +241,16 @@ class Writer:
         self._unlogged_drops += count
         now = time.monotonic()
         if now - self._drops_logged_at >= DROP_LOG_INTERVAL:
+            policy = self.policy
+            limit = f"{policy.capacity} entries"
+            if policy.capacity_bytes is not None:
+                limit += f" or {policy.capacity_bytes} bytes"
             logger.warning(
-                "backend %r: backlog full (%s, capacity %d): dropped %d entries"
+                "backend %r: backlog full (%s, capacity %s): dropped %d entries"
                 " (%d since open)",
                 self.name,
-                self.policy.overflow.name,
-                self.policy.capacity,
+                policy.overflow.name,
+                limit,
                 self._unlogged_drops,
                 self.dropped - self._dropped_at_open,
             )
@@ -267,7 +276,7 @@ class Writer:
         self.draining = True
         self._wake()
 
-    # -- introspection ---------------------------------------------------------
+    # -- introspection -------------------------------------------------------
 
     def health(self) -> BackendHealth:
         """A snapshot of this backend's delivery state."""
@@ -310,7 +319,7 @@ class Writer:
             progress = self._progress
             await progress.wait()
 
-    # -- the loop ----------------------------------------------------------------
+    # -- the loop ------------------------------------------------------------
 
     async def run(
         self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED

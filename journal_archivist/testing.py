@@ -7,14 +7,18 @@ by waiting on events rather than sleeping.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from uuid import UUID
+from typing import TYPE_CHECKING
 
 import anyio
 
 from ._errors import BackendError
-from ._records import MessageRecord
 from .backends import ArchiveBackend, SessionGroup
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from uuid import UUID
+
+    from ._records import MessageRecord
 
 __all__ = ["MockBackend"]
 

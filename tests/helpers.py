@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-from uuid import UUID
+from typing import TYPE_CHECKING, Any
 
 from journal_archivist import MessageRecord, Queued, Registration, RetryPolicy
 from journal_archivist.testing import MockBackend
+
+if TYPE_CHECKING:
+    from uuid import UUID
 
 #: Retries fast enough for tests; a failing backend still goes UNHEALTHY after 3.
 FAST_RETRY = RetryPolicy(initial_delay=0.001, max_delay=0.01, max_attempts=3)

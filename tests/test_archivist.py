@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
 from uuid import UUID, uuid4
 
 import anyio
@@ -20,8 +20,13 @@ from journal_archivist import (
 from journal_archivist.testing import MockBackend
 from tests.helpers import record, records, registration
 
+if TYPE_CHECKING:
+    from pathlib import Path
 
-async def test_await_open_delivers_and_shuts_down(journal_path: Path, session: UUID) -> None:
+
+async def test_await_open_delivers_and_shuts_down(
+    journal_path: Path, session: UUID
+) -> None:
     mock = MockBackend()
     archivist = await Archivist.open(journal_path, [registration(mock)])
     try:
@@ -145,7 +150,11 @@ async def test_append_refused_while_shutting_down_is_not_journaled(
     ("registrations", "error", "match"),
     [
         # Two registrations may not share a name: it is their identity.
-        (lambda: [registration(name="a"), registration(name="a")], ValueError, "unique"),
+        (
+            lambda: [registration(name="a"), registration(name="a")],
+            ValueError,
+            "unique",
+        ),
         # Nothing to deliver to.
         (lambda: [registration(enabled=False)], ValueError, "at least one"),
         # Something that is not a Registration.
@@ -192,7 +201,7 @@ async def test_empty_append_is_a_no_op(journal_path: Path, session: UUID) -> Non
 
 async def test_session_must_be_a_uuid(journal_path: Path, session: UUID) -> None:
     async with Archivist.open(journal_path, [registration()]) as archivist:
-        with pytest.raises(TypeError, match="session must be a uuid.UUID"):
+        with pytest.raises(TypeError, match=r"session must be a uuid\.UUID"):
             await archivist.append_messages(str(session), [record(session)])  # type: ignore[arg-type]
 
 
@@ -211,7 +220,9 @@ async def test_invalid_record_journals_nothing_of_the_call(
     assert mock.appended_count(session) == 0
 
 
-async def test_max_record_bytes_is_configurable(journal_path: Path, session: UUID) -> None:
+async def test_max_record_bytes_is_configurable(
+    journal_path: Path, session: UUID
+) -> None:
     async with Archivist.open(
         journal_path, [registration()], max_record_bytes=400
     ) as archivist:
@@ -220,7 +231,9 @@ async def test_max_record_bytes_is_configurable(journal_path: Path, session: UUI
             await archivist.append_messages(session, [record(session, "x" * 400)])
 
 
-async def test_health_reports_lag_age_and_counts(journal_path: Path, session: UUID) -> None:
+async def test_health_reports_lag_age_and_counts(
+    journal_path: Path, session: UUID
+) -> None:
     mock = MockBackend()
     async with Archivist.open(journal_path, [registration(mock)]) as archivist:
         mock.hold()
@@ -253,7 +266,9 @@ async def test_counters_survive_a_restart(journal_path: Path, session: UUID) -> 
         assert archivist.health().backends["mock"].delivered == 3
 
 
-async def test_wait_drained_names_unknown_and_disabled_backends(journal_path: Path) -> None:
+async def test_wait_drained_names_unknown_and_disabled_backends(
+    journal_path: Path,
+) -> None:
     regs = [registration(name="on"), registration(name="off", enabled=False)]
     async with Archivist.open(journal_path, regs) as archivist:
         with pytest.raises(ValueError, match="no backend named 'nope'"):
@@ -282,7 +297,9 @@ class TestReadSession:
         self, journal_path: Path, session: UUID
     ) -> None:
         mock = MockBackend()
-        async with Archivist.open(journal_path, [registration(mock)], close_timeout=0) as archivist:
+        async with Archivist.open(
+            journal_path, [registration(mock)], close_timeout=0
+        ) as archivist:
             await archivist.append_messages(session, records(session, 2))
             await archivist.wait_drained()
             mock.hold()
@@ -328,7 +345,9 @@ class TestReadSession:
     ) -> None:
         regs = [registration(MockBackend(), readable=False)]
         async with Archivist.open(journal_path, regs) as archivist:
-            with pytest.raises(ReadFailed, match="no backend is registered as readable"):
+            with pytest.raises(
+                ReadFailed, match="no backend is registered as readable"
+            ):
                 await archivist.read_session(session)
 
     async def test_raises_when_every_readable_backend_fails(
@@ -359,7 +378,9 @@ class TestReadSession:
 async def test_other_sessions_are_not_read(journal_path: Path) -> None:
     a, b = uuid4(), uuid4()
     mock = MockBackend()
-    async with Archivist.open(journal_path, [registration(mock)], close_timeout=0) as archivist:
+    async with Archivist.open(
+        journal_path, [registration(mock)], close_timeout=0
+    ) as archivist:
         mock.hold()
         await archivist.append_messages(a, [record(a, "a")])
         await archivist.append_messages(b, [record(b, "b")])

@@ -7,15 +7,15 @@ reported, never silently delivered or silently lost (contract 2, 9).
 from __future__ import annotations
 
 import logging
-from contextlib import closing
 import os
 import sqlite3
 import stat
 import subprocess
 import sys
 import textwrap
+from contextlib import closing
 from pathlib import Path
-from uuid import UUID
+from typing import TYPE_CHECKING
 
 import anyio
 import pytest
@@ -29,10 +29,13 @@ from journal_archivist import (
     JournalLocked,
     JournalWriteFailed,
     Queued,
+    _space,
 )
-from journal_archivist import _space
 from journal_archivist.testing import MockBackend
 from tests.helpers import record, records, registration
+
+if TYPE_CHECKING:
+    from uuid import UUID
 
 
 def query(path: Path, sql: str) -> list[tuple[object, ...]]:
@@ -125,7 +128,9 @@ class TestFiles:
         with pytest.raises(JournalError, match="is not writable"):
             await Archivist.open(locked / "journal.db", [registration()])
 
-    async def test_garbage_is_refused_and_left_untouched(self, journal_path: Path) -> None:
+    async def test_garbage_is_refused_and_left_untouched(
+        self, journal_path: Path
+    ) -> None:
         garbage = os.urandom(8192)
         journal_path.write_bytes(garbage)
         with pytest.raises(JournalCorrupt, match="corrupt or not a journal") as info:
@@ -187,7 +192,9 @@ class TestChecksums:
         assert [r.content_md for r in mock.records(session)] == ["first", "entry-0002"]
         assert report.backends["mock"].quarantined == 1
         assert report.journal.quarantined == 1
-        assert any("quarantined: checksum mismatch" in r.getMessage() for r in caplog.records)
+        assert any(
+            "quarantined: checksum mismatch" in r.getMessage() for r in caplog.records
+        )
         [(seq, reason)] = query(journal_path, "SELECT seq, reason FROM quarantine")
         assert seq == 2
         assert "checksum mismatch" in reason
@@ -211,11 +218,18 @@ class TestLostTail:
                 assert archivist.health().journal.lost_entries == 3
                 await archivist.append_messages(session, [record(session, "after")])
                 await archivist.wait_drained()
-        assert any("3 acknowledged entries (seq 3..5)" in r.getMessage() for r in caplog.records)
+        assert any(
+            "3 acknowledged entries (seq 3..5)" in r.getMessage()
+            for r in caplog.records
+        )
         assert len(mock.records(session)) == 3
-        assert query(journal_path, "SELECT max(counted_through) FROM backends") == [(6,)]
+        assert query(journal_path, "SELECT max(counted_through) FROM backends") == [
+            (6,)
+        ]
         async with Archivist.open(journal_path, [registration()]) as archivist:
-            assert archivist.health().journal.lost_entries == 3  # persisted, not re-counted
+            assert (
+                archivist.health().journal.lost_entries == 3
+            )  # persisted, not re-counted
 
     async def test_a_damaged_wal_frame_after_a_crash_is_detected(
         self, journal_path: Path, session: UUID
@@ -235,12 +249,17 @@ class TestLostTail:
                 archivist = await Archivist.open({str(journal_path)!r}, [reg])
                 session = uuid.UUID({str(session)!r})
                 for i in range(5):
-                    await archivist.append_messages(session, [MessageRecord(session=session, role="user", content_md=f"m{{i}}")])
+                    rec = MessageRecord(
+                        session=session, role="user", content_md=f"m{{i}}"
+                    )
+                    await archivist.append_messages(session, [rec])
                 os._exit(0)  # die without closing: no checkpoint
             anyio.run(main)
             """
         )
-        result = subprocess.run([sys.executable, "-c", script], capture_output=True, check=False)
+        result = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, check=False
+        )
         assert result.returncode == 0, result.stderr.decode()
         wal = Path(f"{journal_path}-wal")
         data = bytearray(wal.read_bytes())
@@ -268,7 +287,10 @@ class TestSpace:
         ) as archivist:
             with pytest.raises(JournalFull, match="below the reserve") as info:
                 await archivist.append_messages(session, [record(session, "refused")])
-            assert (info.value.free, info.value.reserve) == (10 * 1024 * 1024, 64 * 1024 * 1024)
+            assert (info.value.free, info.value.reserve) == (
+                10 * 1024 * 1024,
+                64 * 1024 * 1024,
+            )
             assert archivist.health().journal.low_space
             free["bytes"] = 1 << 40
             await archivist.append_messages(session, [record(session, "accepted")])
@@ -309,7 +331,9 @@ class TestSpace:
             (pages,) = next(iter(await conn.execute_fetchall("PRAGMA page_count")))
             await conn.execute(f"PRAGMA max_page_count = {pages}")
             with pytest.raises(JournalWriteFailed, match="full") as info:
-                await archivist.append_messages(session, [record(session, "x" * 20_000)])
+                await archivist.append_messages(
+                    session, [record(session, "x" * 20_000)]
+                )
             assert isinstance(info.value.__cause__, sqlite3.Error)
             assert archivist.health().journal.commit_failures == 1
             await conn.execute("PRAGMA max_page_count = 1073741823")
@@ -331,7 +355,11 @@ class TestRegistrations:
             await archivist.append_messages(session, [record(session, "later")])
             with anyio.fail_after(5):
                 await archivist.wait_drained()
-        assert [r.content_md for r in old.records(session)] == ["first", "entry-0001", "later"]
+        assert [r.content_md for r in old.records(session)] == [
+            "first",
+            "entry-0001",
+            "later",
+        ]
         assert [r.content_md for r in new.records(session)] == ["later"]
 
     async def test_a_removed_backend_releases_its_pending_entries(
@@ -340,7 +368,9 @@ class TestRegistrations:
         await journal_with_backlog(journal_path, session, 4)
         other = MockBackend()
         with caplog.at_level(logging.WARNING, logger="journal_archivist"):
-            async with Archivist.open(journal_path, [registration(other, name="other")]):
+            async with Archivist.open(
+                journal_path, [registration(other, name="other")]
+            ):
                 pass
         assert any(
             "'mock' is no longer registered: released its 4 pending" in r.getMessage()
@@ -354,7 +384,9 @@ class TestRegistrations:
     ) -> None:
         await journal_with_backlog(journal_path, session, 2)
         renamed = MockBackend()
-        async with Archivist.open(journal_path, [registration(renamed, name="renamed")]) as a:
+        async with Archivist.open(
+            journal_path, [registration(renamed, name="renamed")]
+        ) as a:
             await a.append_messages(session, [record(session, "new")])
             await a.wait_drained()
         assert [r.content_md for r in renamed.records(session)] == ["new"]
@@ -365,7 +397,9 @@ class TestRegistrations:
         await journal_with_backlog(journal_path, session, 2)
         regs = [registration(name="mock", enabled=False), registration(name="other")]
         async with Archivist.open(journal_path, regs) as archivist:
-            await archivist.append_messages(session, [record(session, "while disabled")])
+            await archivist.append_messages(
+                session, [record(session, "while disabled")]
+            )
             assert archivist.health().backends["mock"].lag_entries == 2
         mock = MockBackend()
         async with Archivist.open(journal_path, [registration(mock)]) as archivist:
@@ -383,9 +417,13 @@ class TestSpaceReuse:
         async with Archivist.open(journal_path, [reg]) as archivist:
             mock.hold()
             for i in range(200):
-                await archivist.append_messages(session, [record(session, f"{i}" + "x" * 4000)])
+                await archivist.append_messages(
+                    session, [record(session, f"{i}" + "x" * 4000)]
+                )
             await archivist.append_messages(session, [])
-            grown = journal_path.stat().st_size + Path(f"{journal_path}-wal").stat().st_size
+            grown = (
+                journal_path.stat().st_size + Path(f"{journal_path}-wal").stat().st_size
+            )
             mock.release()
             with anyio.fail_after(10):
                 await archivist.wait_drained()

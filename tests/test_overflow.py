@@ -8,15 +8,18 @@ the one the writer is delivering.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+from typing import TYPE_CHECKING
 from uuid import UUID, uuid4
 
 import anyio
 import pytest
 
-from journal_archivist import Archivist, OverflowPolicy, QueueFull, Queued
+from journal_archivist import Archivist, OverflowPolicy, Queued, QueueFull
 from journal_archivist.testing import MockBackend
 from tests.helpers import record, registration
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def policy(overflow: OverflowPolicy, capacity: int = 2, **fields: object) -> Queued:
@@ -27,7 +30,9 @@ def contents(mock: MockBackend, session: UUID) -> list[str]:
     return [r.content_md for r in mock.records(session)]
 
 
-async def fill(archivist: Archivist, mock: MockBackend, session: UUID, count: int) -> None:
+async def fill(
+    archivist: Archivist, mock: MockBackend, session: UUID, count: int
+) -> None:
     """Append ``count`` entries while the first one is stuck in delivery."""
     mock.hold()
     for i in range(count):
@@ -43,12 +48,16 @@ class TestReject:
     ) -> None:
         strict, roomy = MockBackend(), MockBackend()
         regs = [
-            registration(strict, name="strict", write_policy=policy(OverflowPolicy.REJECT)),
+            registration(
+                strict, name="strict", write_policy=policy(OverflowPolicy.REJECT)
+            ),
             registration(roomy, name="roomy"),
         ]
         async with Archivist.open(journal_path, regs) as archivist:
             await fill(archivist, strict, session, 2)
-            with pytest.raises(QueueFull, match=r"'strict' is full \(2 entries\)") as info:
+            with pytest.raises(
+                QueueFull, match=r"'strict' is full \(2 entries\)"
+            ) as info:
                 await archivist.append_messages(session, [record(session, "refused")])
             assert (info.value.backend, info.value.capacity) == ("strict", 2)
             # Nothing of the refused call was journaled, for anyone.
@@ -101,7 +110,10 @@ class TestBlock:
         ]
         async with Archivist.open(journal_path, regs) as archivist:
             await fill(archivist, mock, session, 2)
-            with anyio.fail_after(5), pytest.raises(QueueFull, match="after waiting") as info:
+            with (
+                anyio.fail_after(5),
+                pytest.raises(QueueFull, match="after waiting") as info,
+            ):
                 await archivist.append_messages(session, [record(session, "late")])
             assert info.value.waited is not None
             assert info.value.waited >= 0.05
@@ -168,7 +180,9 @@ class TestDropNewest:
     ) -> None:
         lossy, roomy = MockBackend(), MockBackend()
         regs = [
-            registration(lossy, name="lossy", write_policy=policy(OverflowPolicy.DROP_NEWEST)),
+            registration(
+                lossy, name="lossy", write_policy=policy(OverflowPolicy.DROP_NEWEST)
+            ),
             registration(roomy, name="roomy"),
         ]
         with caplog.at_level(logging.WARNING, logger="journal_archivist"):
@@ -227,7 +241,9 @@ class TestDropOldest:
 
         mock = MockBackend()
         tight = policy(OverflowPolicy.DROP_OLDEST, capacity=3, max_batch=1)
-        async with Archivist.open(journal_path, [registration(mock, write_policy=tight)]) as archivist:
+        async with Archivist.open(
+            journal_path, [registration(mock, write_policy=tight)]
+        ) as archivist:
             mock.hold()
             with anyio.fail_after(5):
                 await mock.wait_held()  # m0 is in flight

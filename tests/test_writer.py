@@ -6,9 +6,9 @@ Contracts 3 (order), 5 (isolation), 6 (failure modes) and 7 (health).
 from __future__ import annotations
 
 import logging
-from contextlib import closing
 import sqlite3
-from pathlib import Path
+from contextlib import closing
+from typing import TYPE_CHECKING
 from uuid import UUID, uuid4
 
 import anyio
@@ -24,9 +24,13 @@ from journal_archivist import (
     RetryPolicy,
     Sync,
 )
-from journal_archivist.backends import SessionGroup
 from journal_archivist.testing import MockBackend
 from tests.helpers import record, records, registration
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from journal_archivist.backends import SessionGroup
 
 
 def contents(mock: MockBackend, session: UUID) -> list[str]:
@@ -204,7 +208,9 @@ async def test_a_hanging_call_times_out_and_is_retried(
 ) -> None:
     mock = MockBackend()
     retry = RetryPolicy(initial_delay=0.0, max_delay=0.0, attempt_timeout=0.05)
-    async with Archivist.open(journal_path, [registration(mock, retry=retry)]) as archivist:
+    async with Archivist.open(
+        journal_path, [registration(mock, retry=retry)]
+    ) as archivist:
         mock.hold()
         await archivist.append_messages(session, [record(session)])
         with anyio.fail_after(5):
@@ -219,7 +225,9 @@ async def test_a_hanging_call_times_out_and_is_retried(
 
 
 class TestSync:
-    async def test_append_returns_after_delivery(self, journal_path: Path, session: UUID) -> None:
+    async def test_append_returns_after_delivery(
+        self, journal_path: Path, session: UUID
+    ) -> None:
         mock = MockBackend()
         reg = registration(mock, write_policy=Sync(timeout=5))
         async with Archivist.open(journal_path, [reg]) as archivist:
@@ -303,7 +311,9 @@ async def test_per_session_order_survives_retries(journal_path: Path) -> None:
 class BadRecords(MockBackend):
     """Refuses any record whose content says so, non-retryably."""
 
-    async def append_messages(self, session: UUID, records: list[MessageRecord]) -> None:  # type: ignore[override]
+    async def append_messages(
+        self, session: UUID, records: list[MessageRecord]
+    ) -> None:  # type: ignore[override]
         if any(r.content_md == "refuse" for r in records):
             raise BackendError("record refused", retryable=False)
         await super().append_messages(session, records)

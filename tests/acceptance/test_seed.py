@@ -8,7 +8,7 @@ the tests wait on the library's own hooks instead of sleeping.
 from __future__ import annotations
 
 import time
-from pathlib import Path
+from typing import TYPE_CHECKING
 from uuid import UUID, uuid4
 
 import anyio
@@ -17,8 +17,13 @@ from journal_archivist import Archivist, FailureMode, OverflowPolicy, Queued
 from journal_archivist.testing import MockBackend
 from tests.helpers import record, registration
 
+if TYPE_CHECKING:
+    from pathlib import Path
 
-def queued(overflow: OverflowPolicy, *, capacity: int = 8, window_ms: int = 25) -> Queued:
+
+def queued(
+    overflow: OverflowPolicy, *, capacity: int = 8, window_ms: int = 25
+) -> Queued:
     """The seed's registration: Queued(batch_window_ms=25, capacity=8, overflow)."""
     return Queued(batch_window_ms=window_ms, capacity=capacity, overflow=overflow)
 
@@ -87,7 +92,9 @@ async def test_overflow_block_applies_backpressure(journal_path: Path) -> None:
     mock = MockBackend()
     mock.set_per_op_delay(0.05)
     reg = registration(
-        mock, name="queued", write_policy=queued(OverflowPolicy.BLOCK, capacity=2, window_ms=0)
+        mock,
+        name="queued",
+        write_policy=queued(OverflowPolicy.BLOCK, capacity=2, window_ms=0),
     )
     async with Archivist.open(journal_path, [reg], close_timeout=0) as archivist:
         # Prime the writer and wait until it is inside its first dispatch.
