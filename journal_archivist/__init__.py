@@ -7,7 +7,7 @@ restart or a backend outage. See docs/guarantees.md for the contract.
 
 from __future__ import annotations
 
-import contextlib
+import msgspec
 
 from ._archivist import DEFAULT_CLOSE_TIMEOUT, Archivist, OpeningArchivist
 from ._config import DEFAULT_FREE_SPACE_RESERVE, DEFAULT_MAX_RECORD_BYTES, Registration
@@ -90,10 +90,10 @@ __all__ = [
     "uuid7",
 ]
 
-# Tracebacks and reprs show the public path, not the private module.
+# Tracebacks and reprs show the public path, not the private module. Not for
+# msgspec Structs: msgspec resolves their annotations in their own module.
 for _name in __all__:
     _obj = globals()[_name]
-    if isinstance(_obj, type) or (callable(_obj) and hasattr(_obj, "__module__")):
-        with contextlib.suppress(AttributeError, TypeError):
-            _obj.__module__ = __name__
+    if isinstance(_obj, type) and not issubclass(_obj, msgspec.Struct):
+        _obj.__module__ = __name__
 del _name, _obj

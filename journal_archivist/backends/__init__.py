@@ -7,5 +7,5 @@ from ._base import ArchiveBackend, SessionGroup
 
 __all__ = ["ArchiveBackend", "BackendError", "SessionGroup"]
 
-for _name in ("ArchiveBackend", "SessionGroup"):
-    globals()[_name].__module__ = __name__
+# Not SessionGroup: msgspec resolves a Struct's annotations in its own module.
+ArchiveBackend.__module__ = __name__

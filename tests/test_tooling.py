@@ -1,0 +1,49 @@
+"""The code stays lint-clean, formatted and strictly typed (run as part of the suite).
+
+Needs the ``dev`` extra (ruff, mypy). Without it these skip, except in CI
+(``CI=true``), where a missing tool is a failure.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PATHS = ["journal_archivist", "tests", "tools"]
+
+
+def _require(module: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{module} is not installed (pip install -e '.[dev]')")
+        pytest.skip(f"{module} is not installed; pip install -e '.[dev]'")
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True
+    )
+
+
+def test_ruff_check_is_clean() -> None:
+    _require("ruff")
+    result = _run("ruff", "check", *PATHS)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ruff_format_is_clean() -> None:
+    _require("ruff")
+    result = _run("ruff", "format", "--check", *PATHS)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy_strict_is_clean() -> None:
+    _require("mypy")
+    result = _run("mypy", "--strict", "journal_archivist")
+    assert result.returncode == 0, result.stdout + result.stderr
