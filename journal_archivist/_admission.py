@@ -71,7 +71,8 @@ class Plan:
     ``admitted`` pairs each admitted append's index with its target mask;
     ``rejected`` pairs refused appends with the backend that refused them;
     ``blocked`` is the index of the first append that must wait, with the backend
-    it waits for. Indexes at or after ``blocked`` were not decided.
+    it waits for. Indexes at or after ``blocked`` were not decided. ``uniform``
+    says every append was admitted for every backend (the common case).
     """
 
     admitted: list[tuple[int, int]] = field(default_factory=list)
@@ -79,6 +80,7 @@ class Plan:
     blocked: tuple[int, str] | None = None
     dropped_newest: dict[str, int] = field(default_factory=dict)
     oldest_excess: dict[str, tuple[int, int]] = field(default_factory=dict)
+    uniform: bool = field(default=False, compare=False)  # a hint, derived
 
 
 def plan_admission(sizes: Sequence[int], backlogs: Sequence[Backlog]) -> Plan:
@@ -97,6 +99,7 @@ def plan_admission(sizes: Sequence[int], backlogs: Sequence[Backlog]) -> Plan:
             backlog.pending += len(sizes)
             backlog.pending_bytes += total
         plan.admitted = [(index, mask) for index in range(len(sizes))]
+        plan.uniform = True
         return plan
     for index, size in enumerate(sizes):
         full = [b for b in backlogs if not b.fits(size)]

@@ -322,20 +322,10 @@ class Committer:
             sid = append.session
             payload = append.payload
             crc = entry_crc(seq, sid, _APPEND, payload)
-            inserts.append(
-                (
-                    seq,
-                    sid,
-                    _APPEND,
-                    payload,
-                    append.size,
-                    crc,
-                    append.enqueued_at,
-                    targets,
-                )
-            )
+            at = append.enqueued_at
+            inserts.append((seq, sid, _APPEND, payload, append.size, crc, at, targets))
             entries.append((append, targets))
-        added = self._added_by_writer(entries)
+        added = self._added_by_writer(entries, plan.uniform)
         gen = self._settle_gen
         deltas: dict[int, _Delta] = {}
         if persist:
@@ -371,7 +361,9 @@ class Committer:
             for writer in self._sync:
                 if targets & writer.mask:
                     append.waiters.append((writer, writer.add_waiter(append.seq)))
-            append.finish()
+            # PendingAppend.finish, inlined: this runs for every append.
+            append.queued = False
+            append.done.set_result(None)
         if persist:
             self._persist_at = now + PERSIST_INTERVAL
             self._flushed_gen = max(self._flushed_gen, gen)
@@ -382,10 +374,14 @@ class Committer:
         return True
 
     def _added_by_writer(
-        self, entries: list[tuple[Entry, int]]
+        self, entries: list[tuple[Entry, int]], uniform: bool
     ) -> dict[int, tuple[int, int]]:
         """Entries and bytes this round journals for each active backend."""
         added: dict[int, tuple[int, int]] = {}
+        if uniform and entries:
+            # Every entry targets every active backend.
+            total = (len(entries), sum([e.size for e, _ in entries]))
+            return {writer.bit: total for writer in self._active}
         for writer in self._active:
             mask = writer.mask
             mine = [e.size for e, targets in entries if targets & mask]
@@ -476,8 +472,13 @@ class Committer:
         writer.on_dropped_oldest([d for d in drops if d[0] not in in_group])
         newest = plan.dropped_newest.get(writer.name, 0)
         writer.count_dropped(newest + len(in_group))
-        mine = [e for e, t in entries if t & writer.mask and e.seq not in in_group]
-        writer.on_commit(mine, tail)
+        if plan.uniform and not in_group:
+            mine = [e for e, _ in entries]
+            nbytes = added.get(writer.bit, (0, 0))[1]
+        else:
+            mine = [e for e, t in entries if t & writer.mask and e.seq not in in_group]
+            nbytes = sum([e.size for e in mine])
+        writer.on_commit(mine, tail, nbytes)
         if persisted:
             delta = deltas.get(writer.bit)
             if delta is not None:

@@ -147,6 +147,7 @@ class MessageRecord(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _record_encoder: Final = msgspec.msgpack.Encoder(uuid_format="bytes")
+_encode: Final = _record_encoder.encode
 _entry_decoder: Final = msgspec.msgpack.Decoder(list[MessageRecord])
 
 
@@ -284,6 +285,7 @@ def encode_append(
     """
     parts: list[bytes] = []
     seen: dict[UUID, int] = {}
+    several = len(records) > 1
     for index, record in enumerate(records):
         if not isinstance(record, MessageRecord):
             raise ValidationError(
@@ -292,13 +294,14 @@ def encode_append(
         problem = _record_problem(record)
         if problem is not None:
             raise ValidationError(problem[1], index=index, field=problem[0])
-        if record.session != session:
+        # Compare the ints: UUID.__eq__ is a Python-level method.
+        if record.session.int != session.int:
             raise ValidationError(
                 f"record belongs to session {record.session}, not {session}",
                 index=index,
                 field="session",
             )
-        if len(records) > 1:
+        if several:
             first = seen.setdefault(record.message_id, index)
             if first != index:
                 raise ValidationError(
@@ -307,7 +310,7 @@ def encode_append(
                     field="message_id",
                 )
         try:
-            encoded = _record_encoder.encode(record)
+            encoded = _encode(record)
         except (msgspec.EncodeError, OverflowError, UnicodeEncodeError) as exc:
             # Well-typed but not representable: an int beyond 64 bits, a lone
             # surrogate in a string, a timestamp outside years 1..9999 in UTC.
@@ -319,6 +322,8 @@ def encode_append(
                 index=index,
             )
         parts.append(encoded)
+    if not several:
+        return _array_header(len(parts)) + (parts[0] if parts else b"")
     return _array_header(len(parts)) + b"".join(parts)
 
 

@@ -195,16 +195,16 @@ class Writer:
         if gate is not None:
             gate.set()
 
-    def on_commit(self, entries: list[Entry], tail: int) -> None:
-        """Entries newly journaled for this backend (in seq order) are committed."""
+    def on_commit(self, entries: list[Entry], tail: int, nbytes: int) -> None:
+        """Entries newly journaled for this backend (in seq order, ``nbytes`` in
+        all) are committed; ``tail`` is the newest seq in the journal."""
         if not entries:
             return
-        added = sum([e.size for e in entries])
         self.pending += len(entries)
-        self.pending_bytes += added
+        self.pending_bytes += nbytes
         if (
             len(self._mem) + len(entries) > MEM_MAX_ENTRIES
-            or self._mem_bytes + added > MEM_MAX_BYTES
+            or self._mem_bytes + nbytes > MEM_MAX_BYTES
         ):
             # Fallen behind: forget the in-memory copies and read from the journal.
             self._mem.clear()
@@ -212,7 +212,7 @@ class Writer:
             self._mem_from = tail + 1
         else:
             self._mem.extend(entries)
-            self._mem_bytes += added
+            self._mem_bytes += nbytes
         self._wake()
 
     def count_dropped(self, count: int) -> None:

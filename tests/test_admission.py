@@ -271,6 +271,7 @@ def test_when_everything_fits_every_append_goes_to_every_backend() -> None:
     ]
     plan = plan_admission([10, 10, 10], backlogs)
     assert plan == Plan(admitted=[(0, 11), (1, 11), (2, 11)])
+    assert plan.uniform
     assert [(b.pending, b.pending_bytes) for b in backlogs] == [
         (5, 50),
         (3, 30),

@@ -10,6 +10,8 @@ appends  Durable appends/s and p50/p99 append latency with 1, 64 and 512 produce
 e2e      Records/s from the first append until all ``--e2e`` records (64 producers)
          were delivered to a no-op backend and marked done (``wait_drained``) or,
          for the reference, deleted.
+         Both alternate library and reference runs ``--repeat`` times and report
+         the median of each, since a shared machine drifts between runs.
 backlog  Library only. ``--backlog`` entries are journaled while the backend is held
          at a gate, the archivist is shut down, then a child process (a clean RSS)
          reopens the journal with a no-op backend under the same registration name
@@ -47,6 +49,7 @@ import random
 import shlex
 import shutil
 import sqlite3
+import statistics
 import sys
 import tempfile
 import time
@@ -178,6 +181,11 @@ async def drive(
         for index in range(producers):
             group.start_soon(producer, index)
     return Run(len(latencies), perf_counter() - start, latencies)
+
+
+def median_run(runs: Sequence[Run]) -> Run:
+    """The run with the median rate."""
+    return sorted(runs, key=lambda run: run.rate)[len(runs) // 2]
 
 
 # -- the library's side -----------------------------------------------------------
@@ -333,34 +341,51 @@ class Bench:
     async def appends(self) -> None:
         duration = self.args.duration
         for n in self.args.producers:
-            async with library_open(
-                self.fresh(f"lib-appends-{n}"), NoopBackend(), self.window
-            ) as a:
-                lib = await drive(
-                    library_append(a), n, self.sessions, duration=duration
-                )
-            async with open_reference(self.fresh(f"ref-appends-{n}")) as ref:
-                reference = await drive(ref.append, n, self.sessions, duration=duration)
+            # Alternate library and reference runs and keep the median of each:
+            # this machine's speed drifts by tens of percent between seconds.
+            libs, refs = [], []
+            for i in range(self.args.repeat):
+                async with library_open(
+                    self.fresh(f"lib-appends-{n}-{i}"), NoopBackend(), self.window
+                ) as a:
+                    libs.append(
+                        await drive(
+                            library_append(a), n, self.sessions, duration=duration
+                        )
+                    )
+                async with open_reference(self.fresh(f"ref-appends-{n}-{i}")) as ref:
+                    refs.append(
+                        await drive(ref.append, n, self.sessions, duration=duration)
+                    )
+            lib, reference = median_run(libs), median_run(refs)
             self.results[f"appends-{n}"] = (lib, reference)
             print(f"appends  {n:>3} producers  library   {lib.summary()}")
             print(f"appends  {n:>3} producers  reference {reference.summary()}")
 
     async def e2e(self) -> None:
-        total, backend = self.args.e2e, NoopBackend()
-        async with library_open(self.fresh("lib-e2e"), backend, self.window) as a:
-            start = perf_counter()
-            await drive(library_append(a), E2E_PRODUCERS, self.sessions, total=total)
-            await a.wait_drained()
-            lib = total / (perf_counter() - start)
-        assert backend.records == total, (backend.records, total)
-        async with open_reference(self.fresh("ref-e2e")) as ref:
-            start = perf_counter()
-            await drive(ref.append, E2E_PRODUCERS, self.sessions, total=total)
-            await ref.wait_deleted(total)
-            reference = total / (perf_counter() - start)
+        total = self.args.e2e
+        libs, refs = [], []
+        for i in range(self.args.repeat):
+            backend = NoopBackend()
+            path = self.fresh(f"lib-e2e-{i}")
+            async with library_open(path, backend, self.window) as a:
+                start = perf_counter()
+                await drive(
+                    library_append(a), E2E_PRODUCERS, self.sessions, total=total
+                )
+                await a.wait_drained()
+                libs.append(total / (perf_counter() - start))
+            assert backend.records == total, (backend.records, total)
+            async with open_reference(self.fresh(f"ref-e2e-{i}")) as ref:
+                start = perf_counter()
+                await drive(ref.append, E2E_PRODUCERS, self.sessions, total=total)
+                await ref.wait_deleted(total)
+                refs.append(total / (perf_counter() - start))
+        lib, reference = statistics.median(libs), statistics.median(refs)
         self.results["e2e"] = (lib, reference)
         print(
             f"e2e      {total:,} records: library {lib:,.0f}/s, ref {reference:,.0f}/s"
+            f" (medians of {self.args.repeat})"
         )
 
     async def naive(self) -> None:
@@ -515,6 +540,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--producers", default="1,64,512", help="appends: producer counts")
     add("--duration", type=float, default=5.0, help="appends/naive: seconds each")
     add("--e2e", type=int, default=100_000, help="e2e: records (default 100000)")
+    add("--repeat", type=int, default=3,
+        help="appends/e2e: runs of each, alternating; medians")  # fmt: skip
     add("--backlog", type=int, default=1_000_000, help="backlog: entries to drain")
     add("--batch-window-ms", type=int, default=DEFAULT_BATCH_WINDOW_MS,
         help="the library's Queued(batch_window_ms=...)")  # fmt: skip
