@@ -38,7 +38,7 @@ from ._errors import (
     ReadFailed,
 )
 from ._health import HealthReport, HealthStatus, JournalHealth
-from ._journal import Journal, Reader
+from ._journal import Journal
 from ._policies import Durability, FailureMode, Sync
 from ._records import MessageRecord, decode_entry, encode_append
 from ._space import SpaceGuard
@@ -50,6 +50,8 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from anyio.abc import TaskStatus
+
+    from ._reader import Reader
 
 __all__ = ["DEFAULT_CLOSE_TIMEOUT", "Archivist"]
 

@@ -48,9 +48,9 @@ from ._errors import (
     JournalWriteFailed,
     QueueFull,
 )
-from ._journal import Journal, Transaction, entry_crc
 from ._policies import Sync
 from ._records import MessageRecord, Op
+from ._schema import entry_crc
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 
     from anyio.abc import TaskStatus
 
+    from ._journal import Journal, Transaction
     from ._space import SpaceGuard
     from ._writer import Settlement, SyncWaiter, Writer
 

@@ -1,4 +1,4 @@
-"""The SQLite journal: opening and checking the file, its connections, and the SQL.
+"""The SQLite journal: its connections, its state, and the SQL of every write.
 
 Rules and theory:
 - One owner: ``Journal.open`` takes the lock file first, then creates the journal
@@ -14,8 +14,8 @@ Rules and theory:
   settle-only transactions (done-marks) use ``synchronous=NORMAL``, because a lost
   done-mark only means an idempotent redelivery. A later FULL commit fsyncs the
   shared WAL, covering the NORMAL commits before it.
-- Reads use ``Reader`` connections (``query_only``), one per writer loop, so reads
-  run in parallel with commits. Every row read is checked against its checksum.
+- Reads use ``Reader`` connections (``_reader``, ``query_only``), one per writer
+  loop, so reads run in parallel with commits.
 - Each aiosqlite call is a thread round trip, so the SQL is shaped to need few:
   one ``executemany`` per kind of change per transaction.
 """
@@ -25,52 +25,28 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-import struct
-import zlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
-import aiosqlite
-
-from ._batching import Entry
 from ._errors import (
     JournalCorrupt,
     JournalError,
-    JournalIncompatible,
     JournalWriteFailed,
 )
+from ._journal_file import check_and_migrate, connect, is_corruption, prepare_file
 from ._lockfile import LockFile
 from ._policies import Durability
-from ._records import Op
-from ._schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
+from ._reader import Reader
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
     from types import TracebackType
-    from uuid import UUID
 
-__all__ = [
-    "BackendRow",
-    "Journal",
-    "Reader",
-    "Transaction",
-    "entry_crc",
-]
+    import aiosqlite
+
+__all__ = ["BackendRow", "Journal", "Transaction"]
 
 logger = logging.getLogger("journal_archivist.journal")
-
-#: The WAL is truncated back to this size after a checkpoint that outgrew it.
-JOURNAL_SIZE_LIMIT: Final = 64 * 1024 * 1024
-
-_ENTRY_COLUMNS: Final = "seq, session, op, payload, size, crc, enqueued_at"
-
-
-_CRC_HEADER: Final = struct.Struct(">Q16sB")
-
-
-def entry_crc(seq: int, session: bytes, op: int, payload: bytes) -> int:
-    """The checksum stored with an entry: crc32 of its seq, session, op, payload."""
-    return zlib.crc32(payload, zlib.crc32(_CRC_HEADER.pack(seq, session, op)))
 
 
 @dataclass(slots=True)
@@ -92,53 +68,6 @@ class BackendRow:
     def mask(self) -> int:
         """This backend's bit in an entry's ``targets``."""
         return 1 << self.bit
-
-
-def _is_corruption(exc: sqlite3.Error) -> bool:
-    code = getattr(exc, "sqlite_errorcode", None)
-    return code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB) or (
-        "malformed" in str(exc) or "not a database" in str(exc)
-    )
-
-
-def _prepare_file(path: str) -> None:
-    """Create the journal's directory and an empty owner-only file if missing."""
-    directory = os.path.dirname(path)
-    try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-    except OSError as exc:
-        raise JournalError(
-            path, f"cannot create the journal directory {directory!r} ({exc})"
-        ) from exc
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise JournalError(path, f"the journal directory {directory!r} is not writable")
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    except FileExistsError:
-        if not os.access(path, os.R_OK | os.W_OK):
-            raise JournalError(
-                path, "the journal file is not readable and writable"
-            ) from None
-        return
-    except OSError as exc:
-        raise JournalError(path, f"cannot create the journal file ({exc})") from exc
-    os.close(fd)
-
-
-async def _connect(
-    path: str, *, synchronous: str, query_only: bool = False
-) -> aiosqlite.Connection:
-    conn = await aiosqlite.connect(path, isolation_level="IMMEDIATE")
-    try:
-        # Another connection of ours may be checkpointing; wait rather than fail.
-        await conn.execute("PRAGMA busy_timeout = 10000")
-        await conn.execute(f"PRAGMA synchronous = {synchronous}")
-        if query_only:
-            await conn.execute("PRAGMA query_only = 1")
-    except BaseException:
-        await conn.close()
-        raise
-    return conn
 
 
 class Journal:
@@ -179,17 +108,17 @@ class Journal:
         """
         # Path arithmetic and one readlink: not worth a thread.
         full = os.path.abspath(os.fspath(path))  # noqa: ASYNC240
-        _prepare_file(full)
+        prepare_file(full)
         lock = LockFile(os.path.realpath(full) + ".lock", full)  # noqa: ASYNC240
         conns: list[aiosqlite.Connection] = []
         try:
             sync = "FULL" if durability is Durability.FULL else "NORMAL"
-            durable = await _connect(full, synchronous=sync)
+            durable = await connect(full, synchronous=sync)
             conns.append(durable)
-            await _check_and_migrate(durable, full)
+            await check_and_migrate(durable, full)
             lazy = durable
             if durability is Durability.FULL:
-                lazy = await _connect(full, synchronous="NORMAL")
+                lazy = await connect(full, synchronous="NORMAL")
                 conns.append(lazy)
             journal = cls(full, lock, durability, durable, lazy)
             await journal._load()
@@ -198,7 +127,7 @@ class Journal:
                 await conn.close()
             lock.release()
             if isinstance(exc, sqlite3.Error):
-                if _is_corruption(exc):
+                if is_corruption(exc):
                     raise JournalCorrupt(full, str(exc)) from exc
                 raise JournalError(full, f"cannot open the journal ({exc})") from exc
             raise
@@ -384,7 +313,7 @@ class Journal:
 
     async def open_reader(self) -> Reader:
         """A new read-only connection, closed with the journal."""
-        conn = await _connect(self.path, synchronous="NORMAL", query_only=True)
+        conn = await connect(self.path, synchronous="NORMAL", query_only=True)
         reader = Reader(self.path, conn)
         self._readers.append(reader)
         return reader
@@ -557,154 +486,3 @@ class Transaction:
             " counted_through = max(counted_through, ?) WHERE bit = ?",
             rows,
         )
-
-
-class Reader:
-    """A read-only journal connection. Rows are checked against their checksums."""
-
-    def __init__(self, path: str, conn: aiosqlite.Connection) -> None:
-        self._path = path
-        self._conn = conn
-        self._closed = False
-
-    async def close(self) -> None:
-        """Close the connection; harmless twice."""
-        if not self._closed:
-            self._closed = True
-            await self._conn.close()
-
-    async def pending(
-        self, mask: int, start: int, stop: int, limit: int
-    ) -> list[Entry]:
-        """Entries owed to ``mask`` with ``start <= seq < stop``, oldest first.
-
-        An entry whose checksum or size does not match comes back with ``damage``
-        set; the caller must quarantine it rather than deliver it.
-        """
-        rows = await self._conn.execute_fetchall(
-            f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE seq >= ? AND seq < ?"
-            " AND targets & ? ORDER BY seq LIMIT ?",
-            (start, stop, mask, limit),
-        )
-        return _check_rows(rows)
-
-    async def pending_for_session(
-        self, session: UUID, mask: int, after: int
-    ) -> list[Entry]:
-        """Entries of ``session`` owed to ``mask`` after ``after``, oldest first."""
-        # No index on session (it would slow every insert and delete), so this
-        # scans the backlog: cheap while the backlog is small, as it usually is.
-        rows = await self._conn.execute_fetchall(
-            f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE seq > ? AND targets & ?"
-            " AND session = ? ORDER BY seq",
-            (after, mask, session.bytes),
-        )
-        return _check_rows(rows)
-
-    async def oldest_pending(self, mask: int, after: int) -> float | None:
-        """When the oldest entry owed to ``mask`` after ``after`` was journaled."""
-        rows = list(
-            await self._conn.execute_fetchall(
-                "SELECT enqueued_at FROM entries WHERE seq > ? AND targets & ?"
-                " ORDER BY seq LIMIT 1",
-                (after, mask),
-            )
-        )
-        return float(rows[0][0]) if rows else None
-
-
-def _check_rows(rows: Iterable[sqlite3.Row]) -> list[Entry]:
-    entries: list[Entry] = []
-    append = entries.append
-    for seq, session, op, payload, size, crc, enqueued_at in rows:
-        if (
-            type(payload) is bytes
-            and type(session) is bytes
-            and size == len(payload)
-            and op in _OPS
-            and crc == entry_crc(seq, session, op, payload)
-        ):
-            append(Entry(seq, session, op, payload, size, enqueued_at))
-        else:
-            # Keep the stored size so the backlog's byte count stays balanced.
-            stored = size if isinstance(size, int) else 0
-            damage = _damage(seq, session, op, payload, size, crc)
-            sid = session if isinstance(session, bytes) else b""
-            append(Entry(seq, sid, Op.APPEND, b"", stored, enqueued_at, damage=damage))
-    return entries
-
-
-_OPS: Final = frozenset(int(op) for op in Op)
-
-
-def _damage(
-    seq: int, session: object, op: object, payload: object, size: object, crc: object
-) -> str:
-    """Why a row cannot be trusted."""
-    if not isinstance(payload, bytes) or not isinstance(session, bytes):
-        return "payload or session is not a blob"
-    if len(session) != 16:
-        return f"session is {len(session)} bytes, not 16"
-    if op not in _OPS:
-        return f"unknown operation {op!r}"
-    if size != len(payload):
-        return f"size {size!r} != payload length {len(payload)}"
-    assert isinstance(op, int)
-    actual = entry_crc(seq, session, op, payload)
-    return f"checksum mismatch (stored {crc!r}, computed {actual})"
-
-
-async def _check_and_migrate(conn: aiosqlite.Connection, path: str) -> None:
-    """Refuse files that are not healthy journals, then bring the schema up to date.
-
-    Reads first and writes only once the file is known to be ours (or empty).
-    """
-    try:
-        (app_id,) = next(iter(await conn.execute_fetchall("PRAGMA application_id")))
-        (version,) = next(iter(await conn.execute_fetchall("PRAGMA user_version")))
-        tables = [
-            row[0]
-            for row in await conn.execute_fetchall(
-                "SELECT name FROM sqlite_schema WHERE type = 'table'"
-            )
-        ]
-        if app_id != APPLICATION_ID and (app_id != 0 or tables or version):
-            raise JournalCorrupt(
-                path,
-                f"not a journal: application_id {app_id:#x}, tables {tables[:5]}",
-            )
-        if version > SCHEMA_VERSION:
-            raise JournalIncompatible(path, version, SCHEMA_VERSION)
-        problems = [
-            row[0] for row in await conn.execute_fetchall("PRAGMA quick_check(5)")
-        ]
-        if problems != ["ok"]:
-            raise JournalCorrupt(path, "; ".join(map(str, problems)))
-    except sqlite3.DatabaseError as exc:
-        if _is_corruption(exc):
-            raise JournalCorrupt(path, str(exc)) from exc
-        raise JournalError(path, f"cannot read the journal ({exc})") from exc
-
-    try:
-        if version == 0:
-            # auto_vacuum takes effect only before the first table is created and
-            # before WAL mode writes the header, so it comes first.
-            await conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
-        (mode,) = next(iter(await conn.execute_fetchall("PRAGMA journal_mode = WAL")))
-        if str(mode).lower() != "wal":
-            raise JournalError(path, f"cannot switch the journal to WAL (got {mode})")
-        await conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
-        while version < SCHEMA_VERSION:
-            await conn.executescript(
-                "BEGIN IMMEDIATE;"
-                + MIGRATIONS[version]
-                + f";PRAGMA application_id = {APPLICATION_ID};"
-                + f"PRAGMA user_version = {version + 1};COMMIT;"
-            )
-            version += 1
-    except sqlite3.Error as exc:
-        if conn.in_transaction:
-            await conn.rollback()
-        if _is_corruption(exc):
-            raise JournalCorrupt(path, str(exc)) from exc
-        raise JournalError(path, f"cannot prepare the journal ({exc})") from exc

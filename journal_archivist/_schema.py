@@ -1,4 +1,4 @@
-"""The journal's SQL schema and its migrations.
+"""The journal's stored format: SQL schema, migrations, and the entry checksum.
 
 Rules:
 - ``PRAGMA application_id`` marks a file as ours; ``PRAGMA user_version`` is the
@@ -8,8 +8,8 @@ Rules:
   first migration's caller, not by a migration.
 - Tables:
   ``entries``       one row per journaled operation; ``targets`` is a bit set of the
-                    backends that still owe it; ``crc`` covers seq, session, op and
-                    payload. No secondary index: every index would be paid for on
+                    backends that still owe it; ``crc`` is ``entry_crc`` of its seq,
+                    session, op and payload. No secondary index: every index would be paid for on
                     each insert and each delete of a queue that is mostly both.
   ``backends``      one row per registered backend: its bit, its ``cursor`` (every
                     entry it owed with ``seq <= cursor`` is settled) and counters.
@@ -24,9 +24,11 @@ Rules:
 
 from __future__ import annotations
 
+import struct
+import zlib
 from typing import Final
 
-__all__ = ["APPLICATION_ID", "MIGRATIONS", "SCHEMA_VERSION"]
+__all__ = ["APPLICATION_ID", "MIGRATIONS", "SCHEMA_VERSION", "entry_crc"]
 
 #: "JRNL" in ASCII: marks a SQLite file as a journal_archivist journal.
 APPLICATION_ID: Final = 0x4A524E4C
@@ -92,3 +94,11 @@ CREATE TABLE quarantine (
 #: Statements that take a journal from version ``n`` (the key) to ``n + 1``.
 MIGRATIONS: Final[dict[int, str]] = {0: _V1}
 SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+
+_CRC_HEADER: Final = struct.Struct(">Q16sB")
+
+
+def entry_crc(seq: int, session: bytes, op: int, payload: bytes) -> int:
+    """The checksum stored with an entry: crc32 of its seq, session, op, payload."""
+    return zlib.crc32(payload, zlib.crc32(_CRC_HEADER.pack(seq, session, op)))

@@ -18,9 +18,10 @@ Rules and theory:
   entry is never both dropped and delivered.
 - A delivery attempt that fails is retried with backoff. While the backend is
   UNHEALTHY, ``health_check`` is probed first; a failing probe is an outage and
-  does not use up the batch's attempts, so an outage never dead-letters entries.
-  BEST_EFFORT batches that exhaust their attempts (or fail with a non-retryable
-  error) are bisected until the poison entry is alone, and it is dead-lettered.
+  does not use up the batch's attempts. A BEST_EFFORT batch that exhausts its
+  attempts (or fails with a non-retryable error) is given up on only if the probe
+  then passes -- so an outage never dead-letters entries -- and is bisected until
+  the poison entry is alone, which is dead-lettered.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ if TYPE_CHECKING:
     from anyio.abc import TaskStatus
 
     from ._config import Registration
-    from ._journal import BackendRow, Reader
+    from ._journal import BackendRow
+    from ._reader import Reader
 
 __all__ = ["Settlement", "SyncWaiter", "Writer"]
 

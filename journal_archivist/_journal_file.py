@@ -1,0 +1,131 @@
+"""Opening a journal file: create it owner-only, connect, refuse what is not a
+healthy journal, and migrate its schema.
+
+Nothing here writes to a file before it is known to be a journal (or empty): a file
+that is not one, or is damaged, raises ``JournalCorrupt`` and is left untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from typing import Final
+
+import aiosqlite
+
+from ._errors import JournalCorrupt, JournalError, JournalIncompatible
+from ._schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
+
+__all__ = [
+    "JOURNAL_SIZE_LIMIT",
+    "check_and_migrate",
+    "connect",
+    "is_corruption",
+    "prepare_file",
+]
+
+#: The WAL is truncated back to this size after a checkpoint that outgrew it.
+JOURNAL_SIZE_LIMIT: Final = 64 * 1024 * 1024
+
+
+def is_corruption(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB) or (
+        "malformed" in str(exc) or "not a database" in str(exc)
+    )
+
+
+def prepare_file(path: str) -> None:
+    """Create the journal's directory and an empty owner-only file if missing."""
+    directory = os.path.dirname(path)
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise JournalError(
+            path, f"cannot create the journal directory {directory!r} ({exc})"
+        ) from exc
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise JournalError(path, f"the journal directory {directory!r} is not writable")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise JournalError(
+                path, "the journal file is not readable and writable"
+            ) from None
+        return
+    except OSError as exc:
+        raise JournalError(path, f"cannot create the journal file ({exc})") from exc
+    os.close(fd)
+
+
+async def connect(
+    path: str, *, synchronous: str, query_only: bool = False
+) -> aiosqlite.Connection:
+    conn = await aiosqlite.connect(path, isolation_level="IMMEDIATE")
+    try:
+        # Another connection of ours may be checkpointing; wait rather than fail.
+        await conn.execute("PRAGMA busy_timeout = 10000")
+        await conn.execute(f"PRAGMA synchronous = {synchronous}")
+        if query_only:
+            await conn.execute("PRAGMA query_only = 1")
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
+
+
+async def check_and_migrate(conn: aiosqlite.Connection, path: str) -> None:
+    """Refuse files that are not healthy journals, then bring the schema up to date.
+
+    Reads first and writes only once the file is known to be ours (or empty).
+    """
+    try:
+        (app_id,) = next(iter(await conn.execute_fetchall("PRAGMA application_id")))
+        (version,) = next(iter(await conn.execute_fetchall("PRAGMA user_version")))
+        tables = [
+            row[0]
+            for row in await conn.execute_fetchall(
+                "SELECT name FROM sqlite_schema WHERE type = 'table'"
+            )
+        ]
+        if app_id != APPLICATION_ID and (app_id != 0 or tables or version):
+            raise JournalCorrupt(
+                path,
+                f"not a journal: application_id {app_id:#x}, tables {tables[:5]}",
+            )
+        if version > SCHEMA_VERSION:
+            raise JournalIncompatible(path, version, SCHEMA_VERSION)
+        problems = [
+            row[0] for row in await conn.execute_fetchall("PRAGMA quick_check(5)")
+        ]
+        if problems != ["ok"]:
+            raise JournalCorrupt(path, "; ".join(map(str, problems)))
+    except sqlite3.DatabaseError as exc:
+        if is_corruption(exc):
+            raise JournalCorrupt(path, str(exc)) from exc
+        raise JournalError(path, f"cannot read the journal ({exc})") from exc
+
+    try:
+        if version == 0:
+            # auto_vacuum takes effect only before the first table is created and
+            # before WAL mode writes the header, so it comes first.
+            await conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        (mode,) = next(iter(await conn.execute_fetchall("PRAGMA journal_mode = WAL")))
+        if str(mode).lower() != "wal":
+            raise JournalError(path, f"cannot switch the journal to WAL (got {mode})")
+        await conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
+        while version < SCHEMA_VERSION:
+            await conn.executescript(
+                "BEGIN IMMEDIATE;"
+                + MIGRATIONS[version]
+                + f";PRAGMA application_id = {APPLICATION_ID};"
+                + f"PRAGMA user_version = {version + 1};COMMIT;"
+            )
+            version += 1
+    except sqlite3.Error as exc:
+        if conn.in_transaction:
+            await conn.rollback()
+        if is_corruption(exc):
+            raise JournalCorrupt(path, str(exc)) from exc
+        raise JournalError(path, f"cannot prepare the journal ({exc})") from exc
