@@ -8,9 +8,10 @@ Rules:
   first migration's caller, not by a migration.
 - Tables:
   ``entries``       one row per journaled operation; ``targets`` is a bit set of the
-                    backends that still owe it; ``crc`` is ``entry_crc`` of its seq,
-                    session, op and payload. No secondary index: every index would be paid for on
-                    each insert and each delete of a queue that is mostly both.
+                    backends that still owe it; ``crc`` is ``entry_crc`` of its
+                    seq, session, op and payload. No secondary index: an index is
+                    paid for on each insert and each delete of a queue that does
+                    little else.
   ``backends``      one row per registered backend: its bit, its ``cursor`` (every
                     entry it owed with ``seq <= cursor`` is settled) and counters.
                     The counters are written lazily; they are exact as of
