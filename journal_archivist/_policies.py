@@ -129,8 +129,9 @@ class Sync(msgspec.Struct, frozen=True, kw_only=True, tag="sync"):
     """Acknowledge after the journal commit *and* this backend's delivery.
 
     ``append_messages`` waits up to ``timeout`` seconds for the writer to deliver
-    the entry. For a ``REQUIRED`` backend a failed attempt or the timeout raises
-    ``DeliveryFailed`` (the entry stays journaled and is retried); for a
+    the entry. For a ``REQUIRED`` backend the first failed attempt while it waits
+    (its entry's, or one ahead of it) or the timeout raises ``DeliveryFailed``
+    (the entry stays journaled and is retried); for a
     ``BEST_EFFORT`` one the append returns quietly. The backlog limits work as in
     ``Queued``; the writer never lingers.
     """
@@ -175,9 +176,10 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
     attempt_timeout: float | None = 60.0
 
     def __post_init__(self) -> None:
-        # Written as "not (x >= bound)" so that NaN is refused too.
-        if not self.initial_delay >= 0:
-            raise ValueError(f"initial_delay must be >= 0, got {self.initial_delay}")
+        # Written as "not (x > bound)" so that NaN is refused too. A zero delay
+        # would retry a backend that is down in a busy loop, starving the rest.
+        if not self.initial_delay > 0:
+            raise ValueError(f"initial_delay must be > 0, got {self.initial_delay}")
         if not self.max_delay >= self.initial_delay:
             raise ValueError(
                 f"max_delay ({self.max_delay}) must be >= initial_delay"
@@ -194,7 +196,7 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
 
     def ceiling(self, attempt: int) -> float:
         """The largest delay before retry number ``attempt`` (1-based)."""
-        if attempt <= 1 or self.initial_delay == 0 or self.multiplier == 1:
+        if attempt <= 1 or self.multiplier == 1:
             return float(min(self.max_delay, self.initial_delay))
         # Compare in log space: multiplier ** (attempt - 1) overflows a float
         # long before a long outage ends.

@@ -489,10 +489,11 @@ class Writer:
                 self.consecutive_failures,
                 self.last_error,
             )
-        if not self._best_effort and not probe:
-            seqs = {e.seq for e in entries}
+        if not self._best_effort:
+            # Every waiting Sync appender hears of it: its entry is in this batch
+            # or queued behind it, so its delivery is held up by this failure.
             error = self.last_error
-            self._finish_waiters(lambda w: w.seq in seqs, lambda w: error)
+            self._finish_waiters(lambda w: True, lambda w: error)
 
     def _record_success(self) -> None:
         if self.consecutive_failures:

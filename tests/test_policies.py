@@ -83,7 +83,9 @@ def test_a_bad_backlog_limit_is_refused_naming_field_and_value(
         # Sync: a NaN timeout is not > 0.
         (Sync, {"timeout": NAN}, "timeout must be > 0, got nan"),
         # RetryPolicy: a negative first delay.
-        (RetryPolicy, {"initial_delay": -1.0}, "initial_delay must be >= 0, got -1.0"),
+        (RetryPolicy, {"initial_delay": -1.0}, "initial_delay must be > 0, got -1.0"),
+        # RetryPolicy: no delay would retry a dead backend in a busy loop.
+        (RetryPolicy, {"initial_delay": 0.0}, "initial_delay must be > 0, got 0.0"),
         # RetryPolicy: a cap below the first delay.
         (
             RetryPolicy,
@@ -132,12 +134,12 @@ def test_a_bad_setting_is_refused_naming_field_and_value(
         ),
         # Sync: the smallest limits and a tiny timeout.
         (Sync, {"timeout": 1e-9, "capacity": 1, "capacity_bytes": 1}),
-        # RetryPolicy: no delay at all, a constant backoff, one attempt, no bound.
+        # RetryPolicy: a tiny constant backoff, one attempt, no bound.
         (
             RetryPolicy,
             {
-                "initial_delay": 0.0,
-                "max_delay": 0.0,
+                "initial_delay": 1e-9,
+                "max_delay": 1e-9,
                 "multiplier": 1.0,
                 "max_attempts": 1,
                 "attempt_timeout": None,
@@ -380,7 +382,7 @@ def test_the_ceiling_of_a_steep_backoff_is_capped_without_overflow() -> None:
 @st.composite
 def retry_policies(draw: st.DrawFn, max_multiplier: float = 16.0) -> RetryPolicy:
     """Valid retry policies with finite settings."""
-    initial = draw(st.floats(min_value=0.0, max_value=1e6))
+    initial = draw(st.floats(min_value=1e-300, max_value=1e6))
     extra = draw(st.floats(min_value=0.0, max_value=1e6))
     return RetryPolicy(
         initial_delay=initial,

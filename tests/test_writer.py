@@ -143,7 +143,7 @@ async def test_best_effort_retryable_poison_uses_its_attempts_before_bisecting(
     mock = MockBackend()
     poison = record(session, "poison")
     mock.poison(poison.message_id, retryable=True)
-    retry = RetryPolicy(initial_delay=0.0, max_delay=0.0, max_attempts=2)
+    retry = RetryPolicy(initial_delay=0.001, max_delay=0.001, max_attempts=2)
     reg = registration(mock, failure_mode=FailureMode.BEST_EFFORT, retry=retry)
     async with Archivist.open(journal_path, [reg]) as archivist:
         await archivist.append_messages(session, [poison])
@@ -159,7 +159,7 @@ async def test_best_effort_outage_dead_letters_nothing(
     # While health_check fails, the backend is down, not poisoned: the batch keeps
     # its attempts and nothing is dead-lettered.
     mock = MockBackend()
-    retry = RetryPolicy(initial_delay=0.0, max_delay=0.001, max_attempts=1)
+    retry = RetryPolicy(initial_delay=0.001, max_delay=0.001, max_attempts=1)
     reg = registration(mock, failure_mode=FailureMode.BEST_EFFORT, retry=retry)
     async with Archivist.open(journal_path, [reg]) as archivist:
         mock.go_down()
@@ -207,7 +207,7 @@ async def test_a_hanging_call_times_out_and_is_retried(
     journal_path: Path, session: UUID
 ) -> None:
     mock = MockBackend()
-    retry = RetryPolicy(initial_delay=0.0, max_delay=0.0, attempt_timeout=0.05)
+    retry = RetryPolicy(initial_delay=0.001, max_delay=0.001, attempt_timeout=0.05)
     async with Archivist.open(
         journal_path, [registration(mock, retry=retry)]
     ) as archivist:
@@ -338,3 +338,25 @@ async def test_many_poison_entries_in_one_batch_are_all_isolated(
         assert archivist.health().backends["mock"].dead_lettered == 3
     assert contents(mock, session) == ["ok"] * 4
     assert [seq for _, seq, _, _ in dead_letters(journal_path)] == [2, 5, 6]
+
+
+async def test_sync_append_behind_a_failing_batch_fails_fast(
+    journal_path: Path, session: UUID
+) -> None:
+    mock = MockBackend()
+    reg = registration(mock, write_policy=Sync(timeout=30))
+    async with Archivist.open(journal_path, [reg], close_timeout=0) as archivist:
+        mock.go_down()
+        with pytest.raises(DeliveryFailed):
+            await archivist.append_messages(session, [record(session, "first")])
+        # The writer is still retrying "first"; "second" waits behind it and must
+        # hear of the next failure rather than wait out its 30 s timeout.
+        with (
+            anyio.fail_after(5),
+            pytest.raises(DeliveryFailed, match="backend is down"),
+        ):
+            await archivist.append_messages(session, [record(session, "second")])
+        mock.come_back()
+        with anyio.fail_after(5):
+            await archivist.wait_drained()
+    assert [r.content_md for r in mock.records(session)] == ["first", "second"]

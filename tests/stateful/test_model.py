@@ -42,7 +42,7 @@ from journal_archivist import (
 )
 from journal_archivist.testing import MockBackend
 
-RETRY = RetryPolicy(initial_delay=0.0, max_delay=0.002, max_attempts=3)
+RETRY = RetryPolicy(initial_delay=0.001, max_delay=0.004, max_attempts=3)
 POLICIES: dict[str, Queued | Sync] = {
     # One entry at a time, no lingering: many small batches.
     "single": Queued(batch_window_ms=0, max_batch=1),
