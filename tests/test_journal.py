@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sqlite3
 import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
+import warnings
 from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,6 +38,7 @@ from journal_archivist.testing import MockBackend
 from tests.helpers import record, records, registration
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from uuid import UUID
 
 
@@ -121,12 +125,19 @@ class TestFiles:
         with pytest.raises(JournalError, match="cannot create the journal directory"):
             await Archivist.open(blocker / "journal.db", [registration()])
 
-    @pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
-    async def test_a_read_only_directory_is_a_clear_error(self, tmp_path: Path) -> None:
-        locked = tmp_path / "ro"
-        locked.mkdir(mode=0o500)
-        with pytest.raises(JournalError, match="is not writable"):
-            await Archivist.open(locked / "journal.db", [registration()])
+    def test_a_read_only_directory_is_a_clear_error(self) -> None:
+        # Root may write anywhere, so the open runs in a forked child that has
+        # dropped to the unprivileged "nobody" user (and as is, when not root).
+        base = Path(tempfile.mkdtemp(prefix="ja-ro-"))
+        try:
+            locked = base / "ro"
+            locked.mkdir(mode=0o555)
+            base.chmod(0o755)
+            code, message = _in_child_as_nobody(_open_reporting, locked / "j.db")
+        finally:
+            shutil.rmtree(base)
+        assert code == 3, message
+        assert f"the journal directory {str(locked)!r} is not writable" in message
 
     async def test_garbage_is_refused_and_left_untouched(
         self, journal_path: Path
@@ -433,6 +444,44 @@ class TestSpaceReuse:
             size = journal_path.stat().st_size
         assert size < grown / 4, (size, grown)
         assert mock.appended_count(session) == 200
+
+
+def _open_reporting(path: Path) -> None:
+    """Open a journal at ``path``; exit 3 with the message of a JournalError."""
+
+    async def main() -> None:
+        await Archivist.open(path, [registration()])
+
+    try:
+        anyio.run(main)
+    except JournalError as exc:
+        raise SystemExit((3, str(exc))) from exc
+
+
+def _in_child_as_nobody(fn: Callable[[Path], None], path: Path) -> tuple[int, str]:
+    """Run ``fn(path)`` in a forked child (as ``nobody`` if we are root)."""
+    read, write = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
+        pid = os.fork()
+    if pid == 0:  # the child: report through the pipe, never return
+        code, message = 0, "returned"
+        try:
+            if os.geteuid() == 0:
+                os.setgid(65534)
+                os.setuid(65534)
+            fn(path)
+        except SystemExit as exc:
+            code, message = exc.args[0] if isinstance(exc.args[0], tuple) else (1, "")
+        except BaseException as exc:
+            code, message = 4, repr(exc)
+        os.write(write, message.encode())
+        os._exit(code)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        message = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), message
 
 
 def _one() -> tuple[UUID, list[object]]:
