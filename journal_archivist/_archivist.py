@@ -247,10 +247,14 @@ class Archivist:
                     await self._committer.flush()
                 group.cancel_scope.cancel()
         finally:
-            self._committer.close()
-            with anyio.CancelScope(shield=True):
-                await self._journal.close()
-            self._stopped.set()
+            for writer in self._writers:
+                writer.close()
+            self._committer.stop()
+            try:
+                with anyio.CancelScope(shield=True):
+                    await self._journal.close()
+            finally:
+                self._stopped.set()
 
     async def _start_detached(self) -> Archivist:
         loop = asyncio.get_running_loop()
@@ -260,7 +264,8 @@ class Archivist:
             try:
                 async with anyio.create_task_group() as group:
                     await group.start(self._serve)
-                    ready.set_result(None)
+                    if not ready.done():
+                        ready.set_result(None)
             except BaseException as exc:
                 if not ready.done():
                     ready.set_exception(exc)
@@ -275,7 +280,14 @@ class Archivist:
         self._host = loop.create_task(
             host(), name=f"journal_archivist {self._journal.path}"
         )
-        await ready
+        try:
+            await asyncio.shield(ready)
+        except BaseException:
+            # The caller gave up (or the start failed): stop what was started,
+            # so nothing keeps the journal locked behind its back.
+            with anyio.CancelScope(shield=True):
+                await self.shutdown(timeout=0)
+            raise
         return self
 
     async def _enter(self) -> Archivist:
@@ -337,8 +349,9 @@ class Archivist:
                 its ``block_timeout``); nothing journaled for anyone.
             JournalFull: free space is below the reserve; nothing journaled.
             JournalWriteFailed: the commit failed; nothing acknowledged.
-            DeliveryFailed: a ``Sync``, ``REQUIRED`` backend did not deliver in
-                time; the entry IS journaled and will be retried.
+            DeliveryFailed: a ``Sync``, ``REQUIRED`` backend did not deliver; the
+                entry is journaled and retried, unless the message says it was
+                dropped or quarantined for that backend.
             ArchivistClosed, ArchivistFailed: the archivist is shut down or failed.
         """
         self._check_open()
@@ -371,9 +384,9 @@ class Archivist:
                     error = f"not delivered within {policy.timeout}s"
                 required = writer.registration.failure_mode is FailureMode.REQUIRED
                 if error is not None and required:
-                    raise DeliveryFailed(
-                        writer.name, f"{error} (entry stays journaled)"
-                    )
+                    if not waiter.final:
+                        error += " (the entry stays journaled and is retried)"
+                    raise DeliveryFailed(writer.name, error)
         finally:
             for writer, waiter in append.waiters:
                 writer.remove_waiter(waiter)
@@ -436,7 +449,7 @@ class Archivist:
         return HealthReport(
             journal=JournalHealth(
                 path=self._journal.path,
-                quarantined=sum(h.quarantined for h in backends.values()),
+                quarantined=len(self._journal.quarantined),
                 lost_entries=self._journal.lost_entries,
                 free_bytes=self._space.free,
                 low_space=self._space.low,

@@ -48,9 +48,10 @@ from ._errors import (
     JournalWriteFailed,
     QueueFull,
 )
-from ._policies import Sync
+from ._policies import OverflowPolicy, Sync
 from ._records import MessageRecord, Op
 from ._schema import entry_crc
+from ._writer import SyncWaiter
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -60,7 +61,7 @@ if TYPE_CHECKING:
 
     from ._journal import Journal, Transaction
     from ._space import SpaceGuard
-    from ._writer import Settlement, SyncWaiter, Writer
+    from ._writer import Settlement, Writer
 
 __all__ = ["Committer", "PendingAppend"]
 
@@ -177,6 +178,7 @@ class Committer:
         self.commit_failures = 0
         self.failure: BaseException | None = None
         self.closing = False
+        self.stopped = False
 
     # -- called by appenders -------------------------------------------------
 
@@ -210,13 +212,19 @@ class Committer:
     def settled(self, writer: Writer, settlement: Settlement) -> None:
         """Record a settled batch; a persisting round marks it done."""
         self._delta(writer).settle(settlement)
+        self._journal.quarantined.update(seq for seq, _ in settlement.damaged)
         self._settle_gen += 1
         self._kick.set()  # room in the backlog may unblock an append
 
     async def flush(self) -> None:
-        """Wait until every settlement reported so far is written."""
+        """Wait until every settlement reported so far is written.
+
+        Raises ``ArchivistClosed`` if the committer stops first.
+        """
         target = self._settle_gen
         while self._flushed_gen < target:
+            if self.stopped:
+                raise ArchivistClosed()
             self._flush_wanted = True
             self._kick.set()
             flushed = self._flushed
@@ -237,6 +245,13 @@ class Committer:
             )
         )
 
+    def stop(self) -> None:
+        """The loop has stopped: wake everyone still waiting on it."""
+        self.close()
+        self.stopped = True
+        flushed, self._flushed = self._flushed, anyio.Event()
+        flushed.set()
+
     def _fail_queued(self, make: Callable[[], ArchivistError]) -> None:
         while self._queue:
             self._queue.popleft().finish(make())
@@ -250,7 +265,11 @@ class Committer:
         task_status.started()
         while True:
             self._kick = anyio.Event()
-            if not await self._round():
+            worked = await self._round()
+            # Compaction runs between rounds: when idle, or at once if asked.
+            if self._compact_due and (not worked or self._compaction_done):
+                await self._compact()
+            elif not worked:
                 await self._idle()
 
     async def _idle(self) -> None:
@@ -275,7 +294,6 @@ class Committer:
 
     def _admit(self, now: float) -> tuple[list[tuple[PendingAppend, int]], Plan]:
         """Decide the queued appends: refuse, hold or admit them (no awaiting)."""
-        self._expire_blocked(now)
         queue = self._queue
         group = [queue[i] for i in range(min(len(queue), MAX_GROUP))]
         plan = plan_admission(
@@ -292,6 +310,9 @@ class Committer:
             writer = by_name[plan.blocked[1]]
             if head.blocked_on is not writer:
                 head.blocked_on, head.blocked_since = writer, now
+            # Judged after planning, so an append that room was just made for
+            # is admitted rather than timed out.
+            self._expire_blocked(now)
         return [(group[index], targets) for index, targets in plan.admitted], plan
 
     async def _round(self) -> bool:
@@ -305,11 +326,29 @@ class Committer:
             or (self._deltas and (self._flush_wanted or now >= self._persist_at))
         )
         if not admitted and not persist:
-            if self._compact_due:
-                await self._compact()
-                return True
             return bool(plan.rejected)
+        try:
+            await self._commit(now, admitted, plan, trimming, persist)
+        except BaseException as exc:
+            # A bug, not a journal error (those are handled in _commit): never
+            # leave an appender of this group waiting for an answer.
+            failure = ArchivistFailed(f"the committer failed: {exc!r}")
+            failure.__cause__ = exc
+            for append, _ in admitted:
+                append.finish(failure)
+            if not isinstance(exc, anyio.get_cancelled_exc_class()):
+                self.failure = exc
+            raise
+        return True
 
+    async def _commit(
+        self,
+        now: float,
+        admitted: list[tuple[PendingAppend, int]],
+        plan: Plan,
+        trimming: list[Writer],
+        persist: bool,
+    ) -> None:
         # Sequence numbers go to appends that still owe someone; an append every
         # backend dropped is acknowledged without a row.
         seq = self._journal.last_seq
@@ -350,29 +389,45 @@ class Committer:
             for writer in trimming:
                 writer.open_gate()
             self._on_failure(exc, admitted, deltas)
-            return True
+            return
 
         # Committed: hand entries to the writers, then wake the appenders.
         self.commit_failures = 0
         if inserts:
             self._journal.record_high_water(seq)
+        lost: dict[str, set[int]] = {}
         for writer in self._active:
-            self._apply(writer, entries, added, dropped, plan, seq, persist, deltas)
+            lost[writer.name] = self._apply(
+                writer, entries, added, dropped, plan, seq, persist, deltas
+            )
         for append, targets in admitted:
             for writer in self._sync:
-                if targets & writer.mask:
-                    append.waiters.append((writer, writer.add_waiter(append.seq)))
-            # PendingAppend.finish, inlined: this runs for every append.
+                append.waiters.append(
+                    (writer, self._sync_waiter(writer, append, targets, lost))
+                )
+            # PendingAppend.finish, inlined: this runs for every append. The
+            # future is already done if its caller was cancelled meanwhile.
             append.queued = False
-            append.done.set_result(None)
+            if not append.done.done():
+                append.done.set_result(None)
         if persist:
             self._persist_at = now + PERSIST_INTERVAL
             self._flushed_gen = max(self._flushed_gen, gen)
             flushed, self._flushed = self._flushed, anyio.Event()
             flushed.set()
-            if not self._compacting and all(w.pending == 0 for w in self._writers):
+            if not self._compacting and all(w.pending == 0 for w in self._active):
                 self._compact_due = True
-        return True
+
+    @staticmethod
+    def _sync_waiter(
+        writer: Writer, append: PendingAppend, targets: int, lost: dict[str, set[int]]
+    ) -> SyncWaiter:
+        """The waiter of a Sync append: settled already if its entry was dropped."""
+        if not targets & writer.mask:
+            return SyncWaiter.dropped(writer.policy.overflow)
+        if append.seq in lost[writer.name]:
+            return SyncWaiter.dropped(OverflowPolicy.DROP_OLDEST)
+        return writer.add_waiter(append.seq)
 
     def _added_by_writer(
         self, entries: list[tuple[Entry, int]], uniform: bool
@@ -465,8 +520,11 @@ class Committer:
         tail: int,
         persisted: bool,
         deltas: dict[int, _Delta],
-    ) -> None:
-        """Bring one writer's memory in line with what was just committed."""
+    ) -> set[int]:
+        """Bring one writer's memory in line with what was just committed.
+
+        Returns the seqs of this round's own entries that DROP_OLDEST dropped.
+        """
         drops = dropped.get(writer.name, [])
         first_new = tail - len(entries) + 1 if entries else tail + 1
         in_group = {s for s, _ in drops if s >= first_new}
@@ -492,6 +550,7 @@ class Committer:
             delta.pending_bytes += nbytes
             delta.dropped += newest
         writer.open_gate()
+        return in_group
 
     def _on_failure(
         self,
@@ -541,6 +600,7 @@ class Committer:
             self._queue.popleft()
             waited = now - head.blocked_since
             head.finish(QueueFull(writer.name, writer.policy.capacity, waited=waited))
+            self._kick.set()  # the appends behind it get their turn
 
     async def compact(self) -> None:
         """Return every free page to the filesystem, between commit rounds."""

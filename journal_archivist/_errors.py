@@ -91,11 +91,13 @@ class QueueFull(ArchivistError):
 
 
 class DeliveryFailed(ArchivistError):
-    """A ``Sync`` write to a ``REQUIRED`` backend was not delivered in time.
+    """A ``Sync`` write to a ``REQUIRED`` backend was not delivered.
 
-    The entry *is* journaled: it stays queued for that backend and is retried in the
-    background, so the caller must not append it again (doing so is harmless for
-    idempotent backends, but not needed).
+    Usually the entry *is* journaled: a delivery attempt failed or the timeout
+    passed, and it stays queued for that backend and is retried in the background,
+    so the caller need not append it again (the message says "stays journaled").
+    If the backend's overflow policy dropped the entry, or it was quarantined, it
+    will not be delivered to that backend (the message says so).
     """
 
     def __init__(self, backend: str, reason: str) -> None:

@@ -78,7 +78,8 @@ class BackendHealth(msgspec.Struct, frozen=True, kw_only=True):
 class JournalHealth(msgspec.Struct, frozen=True, kw_only=True):
     """A snapshot of the journal's own state.
 
-    ``quarantined`` counts damaged rows moved aside (checksum mismatch);
+    ``quarantined`` counts damaged entries moved aside (checksum mismatch), each
+    once whichever backends read it;
     ``lost_entries`` counts acknowledged entries found missing at open (a lost WAL
     tail). ``low_space`` is true while appends are refused for lack of free space;
     ``failed`` once repeated I/O errors stopped the archivist.

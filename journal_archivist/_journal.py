@@ -28,6 +28,8 @@ import sqlite3
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import anyio
+
 from ._errors import (
     JournalCorrupt,
     JournalError,
@@ -90,6 +92,8 @@ class Journal:
         self.backends: dict[str, BackendRow] = {}
         self.last_seq = 0
         self.lost_entries = 0
+        #: Seqs of entries quarantined (by any backend), to count each once.
+        self.quarantined: set[int] = set()
         self.closed = False
 
     # -- opening -------------------------------------------------------------
@@ -123,8 +127,11 @@ class Journal:
             journal = cls(full, lock, durability, durable, lazy)
             await journal._load()
         except BaseException as exc:
-            for conn in conns:
-                await conn.close()
+            # Cancellation must not stop the cleanup: a leaked connection or
+            # lock would keep the journal locked until the process exits.
+            with anyio.CancelScope(shield=True):
+                for conn in conns:
+                    await _close_quietly(conn, full)
             lock.release()
             if isinstance(exc, sqlite3.Error):
                 if is_corruption(exc):
@@ -145,6 +152,12 @@ class Journal:
             for key, value in await conn.execute_fetchall("SELECT key, value FROM meta")
         }
         self.lost_entries = meta.get("lost_entries", 0)
+        self.quarantined = {
+            int(seq)
+            for (seq,) in await conn.execute_fetchall(
+                "SELECT DISTINCT seq FROM quarantine"
+            )
+        }
         (max_seq,) = next(
             iter(await conn.execute_fetchall("SELECT max(seq) FROM entries"))
         )
@@ -319,16 +332,21 @@ class Journal:
         return reader
 
     async def close(self) -> None:
-        """Close every connection and release the lock; harmless twice."""
+        """Close every connection and release the lock; harmless twice.
+
+        A connection that fails to close is logged; the others are still closed
+        and the lock is released.
+        """
         if self.closed:
             return
         self.closed = True
         try:
-            for reader in self._readers:
-                await reader.close()
-            if self._lazy is not self._durable:
-                await self._lazy.close()
-            await self._durable.close()
+            with anyio.CancelScope(shield=True):
+                for reader in self._readers:
+                    await _close_quietly(reader, self.path)
+                if self._lazy is not self._durable:
+                    await _close_quietly(self._lazy, self.path)
+                await _close_quietly(self._durable, self.path)
         finally:
             self._lock.release()
 
@@ -414,17 +432,6 @@ class Transaction:
             )
         return dropped
 
-    async def untarget(self, mask: int, seqs: Sequence[int]) -> None:
-        """Clear ``mask`` from the given entries, deleting any left with no target."""
-        await self._conn.executemany(
-            "UPDATE entries SET targets = targets & ~? WHERE seq = ?",
-            [(mask, seq) for seq in seqs],
-        )
-        await self._conn.executemany(
-            "DELETE FROM entries WHERE seq = ? AND targets = 0",
-            [(seq,) for seq in seqs],
-        )
-
     async def dead_letter(
         self, backend: str, rows: Sequence[tuple[int, str, int]], failed_at: float
     ) -> None:
@@ -459,18 +466,25 @@ class Transaction:
         entries with ``after < seq <= upto`` and delete those owed to no one.
 
         ``shared`` says whether any entry may have another target; without it, a
-        single range delete is all it takes.
+        single range delete is all it takes. With it, bits are cleared first and
+        what is left owed to no one is deleted after, since several backends may
+        settle the same entries in one transaction.
         """
-        await self._conn.executemany(
-            "DELETE FROM entries WHERE seq > ? AND seq <= ? AND targets = ?",
-            [(after, upto, mask) for mask, after, upto in ranges],
-        )
-        if shared:
+        if not shared:
             await self._conn.executemany(
-                "UPDATE entries SET targets = targets & ~? WHERE seq > ? AND seq <= ?"
-                " AND targets & ?",
-                [(mask, after, upto, mask) for mask, after, upto in ranges],
+                "DELETE FROM entries WHERE seq > ? AND seq <= ? AND targets = ?",
+                [(after, upto, mask) for mask, after, upto in ranges],
             )
+            return
+        await self._conn.executemany(
+            "UPDATE entries SET targets = targets & ~? WHERE seq > ? AND seq <= ?"
+            " AND targets & ?",
+            [(mask, after, upto, mask) for mask, after, upto in ranges],
+        )
+        await self._conn.executemany(
+            "DELETE FROM entries WHERE seq > ? AND seq <= ? AND targets = 0",
+            [(after, upto) for _, after, upto in ranges],
+        )
 
     async def update_backends(
         self, rows: Sequence[tuple[int, int, int, int, int, int, int, int, int]]
@@ -486,3 +500,10 @@ class Transaction:
             " counted_through = max(counted_through, ?) WHERE bit = ?",
             rows,
         )
+
+
+async def _close_quietly(conn: aiosqlite.Connection | Reader, path: str) -> None:
+    try:
+        await conn.close()
+    except Exception:
+        logger.exception("journal %s: closing a connection failed", path)

@@ -12,6 +12,7 @@ import sqlite3
 from typing import Final
 
 import aiosqlite
+import anyio
 
 from ._errors import JournalCorrupt, JournalError, JournalIncompatible
 from ._schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
@@ -62,16 +63,22 @@ def prepare_file(path: str) -> None:
 async def connect(
     path: str, *, synchronous: str, query_only: bool = False
 ) -> aiosqlite.Connection:
-    conn = await aiosqlite.connect(path, isolation_level="IMMEDIATE")
-    try:
-        # Another connection of ours may be checkpointing; wait rather than fail.
-        await conn.execute("PRAGMA busy_timeout = 10000")
-        await conn.execute(f"PRAGMA synchronous = {synchronous}")
-        if query_only:
-            await conn.execute("PRAGMA query_only = 1")
-    except BaseException:
-        await conn.close()
-        raise
+    """A configured aiosqlite connection to ``path``.
+
+    Shielded from cancellation: a connection half made when its caller gave up
+    would be a thread and a file handle nobody closes.
+    """
+    with anyio.CancelScope(shield=True):
+        conn = await aiosqlite.connect(path, isolation_level="IMMEDIATE")
+        try:
+            # Another connection of ours may be checkpointing; wait, don't fail.
+            await conn.execute("PRAGMA busy_timeout = 10000")
+            await conn.execute(f"PRAGMA synchronous = {synchronous}")
+            if query_only:
+                await conn.execute("PRAGMA query_only = 1")
+        except BaseException:
+            await conn.close()
+            raise
     return conn
 
 

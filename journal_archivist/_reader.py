@@ -86,6 +86,7 @@ def _check_rows(rows: Iterable[sqlite3.Row]) -> list[Entry]:
         if (
             type(payload) is bytes
             and type(session) is bytes
+            and len(session) == 16
             and size == len(payload)
             and op in _OPS
             and crc == entry_crc(seq, session, op, payload)

@@ -129,8 +129,8 @@ class MessageRecord(msgspec.Struct, frozen=True, kw_only=True):
 
     Only ``session`` and ``role`` are required. ``message_id`` defaults to a new
     UUIDv7 and ``ts`` to now (UTC); ``ts`` must be timezone-aware. ``content_parts``
-    and ``metadata`` hold any JSON value. Built-in backends are idempotent on
-    ``message_id``: delivering a record twice archives it once.
+    and ``metadata`` hold any JSON value. Delivery is at-least-once, so backends
+    are idempotent on ``message_id``: delivering a record twice archives it once.
     """
 
     version: int = RECORD_VERSION

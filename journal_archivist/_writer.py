@@ -38,9 +38,9 @@ import msgspec
 
 from ._admission import Backlog
 from ._batching import Entry, bisect, coalesce, cut
-from ._errors import BackendError
+from ._errors import ArchivistClosed, BackendError
 from ._health import UNHEALTHY_AFTER, BackendHealth, status_for
-from ._policies import FailureMode
+from ._policies import FailureMode, OverflowPolicy
 from ._records import decode_entry
 
 if TYPE_CHECKING:
@@ -76,19 +76,33 @@ class Settlement:
 
 
 class SyncWaiter:
-    """An appender waiting for one entry to be settled by one backend."""
+    """An appender waiting for one entry to be settled by one backend.
 
-    __slots__ = ("error", "event", "seq")
+    Once ``event`` is set, ``error`` is None if the entry was delivered, or says
+    why not; ``final`` tells an entry that will never be delivered (dropped,
+    quarantined) from one that stays journaled and is retried.
+    """
+
+    __slots__ = ("error", "event", "final", "seq")
 
     def __init__(self, seq: int) -> None:
         self.seq = seq
         self.event = anyio.Event()
         self.error: str | None = None
+        self.final = False
 
-    def finish(self, error: str | None = None) -> None:
+    @classmethod
+    def dropped(cls, overflow: OverflowPolicy) -> SyncWaiter:
+        """A waiter for an entry the overflow policy dropped: already settled."""
+        waiter = cls(0)
+        waiter.finish(f"dropped by {overflow.name} (the backlog was full)", final=True)
+        return waiter
+
+    def finish(self, error: str | None = None, *, final: bool = False) -> None:
         """Wake the appender; ``error`` says why the entry was not delivered."""
         if not self.event.is_set():
             self.error = error
+            self.final = final
             self.event.set()
 
 
@@ -156,6 +170,7 @@ class Writer:
         self._wakeup = anyio.Event()
         self._progress = anyio.Event()
         self.draining = False
+        self.closed = False
 
     def attach(self, on_settled: Callable[[Writer, Settlement], None]) -> None:
         """Report each settled batch to ``on_settled`` (the committer)."""
@@ -234,7 +249,9 @@ class Writer:
         self._drop_floor = max(self._drop_floor, dropped[-1][0])
         seqs = {seq for seq, _ in dropped}
         self._finish_waiters(
-            lambda w: w.seq in seqs, lambda w: "dropped by DROP_OLDEST"
+            lambda w: w.seq in seqs,
+            lambda w: "dropped by DROP_OLDEST (the backlog was full)",
+            final=True,
         )
         self._signal_progress()
 
@@ -316,10 +333,23 @@ class Writer:
         return None
 
     async def wait_settled(self) -> None:
-        """Wait until nothing is pending for this backend."""
+        """Wait until nothing is pending for this backend.
+
+        Raises ``ArchivistClosed`` if the writer stops first.
+        """
         while self.pending > 0:
+            if self.closed:
+                raise ArchivistClosed()
             progress = self._progress
             await progress.wait()
+
+    def close(self) -> None:
+        """The loop has stopped: wake everyone still waiting on this writer."""
+        self.closed = True
+        self._finish_waiters(
+            lambda w: True, lambda w: "the archivist shut down before delivery"
+        )
+        self._signal_progress()
 
     # -- the loop ------------------------------------------------------------
 
@@ -529,6 +559,10 @@ class Writer:
         self.quarantined += len(damaged)
         self.settled_upto = settlement.upto
         self._inflight = ()
+        if batch:
+            # What is pending now was journaled after this: an upper bound on
+            # its age until the writer sees it.
+            self._oldest_hint = batch[-1].enqueued_at
         for entry, error, _ in dead:
             logger.error(
                 "backend %r: entry %d dead-lettered: %s", self.name, entry.seq, error
@@ -537,7 +571,9 @@ class Writer:
             logger.error("backend %r: entry %d quarantined: %s", self.name, seq, reason)
         failed = {seq: f"quarantined: {reason}" for seq, reason in damaged}
         upto = settlement.upto
-        self._finish_waiters(lambda w: w.seq <= upto, lambda w: failed.get(w.seq))
+        self._finish_waiters(
+            lambda w: w.seq <= upto, lambda w: failed.get(w.seq), final=True
+        )
         self._on_settled(self, settlement)
         self._signal_progress()
 
@@ -545,14 +581,17 @@ class Writer:
         self,
         match: Callable[[SyncWaiter], bool],
         error_for: Callable[[SyncWaiter], str | None],
+        *,
+        final: bool = False,
     ) -> None:
-        """Wake the waiters ``match`` selects; ``error_for`` says why one failed."""
+        """Wake the waiters ``match`` selects; ``error_for`` says why one failed
+        (``final``: its entry will never be delivered)."""
         if not self._waiters:
             return
         keep: list[SyncWaiter] = []
         for waiter in self._waiters:
             if match(waiter):
-                waiter.finish(error_for(waiter))
+                waiter.finish(error_for(waiter), final=final)
             else:
                 keep.append(waiter)
         self._waiters = keep

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from typing import TYPE_CHECKING
 from uuid import UUID, uuid4
 
@@ -114,6 +115,52 @@ async def test_shutdown_deadline_leaves_undelivered_entries_journaled(
         with anyio.fail_after(5):
             await archivist.wait_drained()
     assert [r.content_md for r in fresh.records(session)] == ["m0", "m1", "m2"]
+
+
+async def test_waiting_for_a_drain_ends_when_the_archivist_shuts_down(
+    journal_path: Path, session: UUID
+) -> None:
+    mock = MockBackend()
+    archivist = await Archivist.open(journal_path, [registration(mock)])
+    mock.hold()
+    await archivist.append_messages(session, [record(session)])
+    outcome: list[BaseException] = []
+
+    async def wait() -> None:
+        try:
+            await archivist.wait_drained()
+        except ArchivistClosed as exc:
+            outcome.append(exc)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+            group.start_soon(wait)
+            await anyio.wait_all_tasks_blocked()
+            await archivist.shutdown(timeout=0)
+    assert len(outcome) == 1
+
+
+async def test_a_connection_that_fails_to_close_does_not_hang_shutdown(
+    journal_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from journal_archivist._reader import Reader
+
+    close = Reader.close
+
+    async def failing_close(self: Reader) -> None:
+        await close(self)
+        raise sqlite3.OperationalError("disk I/O error")
+
+    archivist = await Archivist.open(journal_path, [registration()])
+    monkeypatch.setattr(Reader, "close", failing_close)
+    with anyio.fail_after(5):
+        await archivist.shutdown()
+    assert "disk I/O error" in caplog.text
+    monkeypatch.undo()
+    async with Archivist.open(journal_path, [registration()]):
+        pass  # the lock was released all the same
 
 
 async def test_append_refused_while_shutting_down_is_not_journaled(

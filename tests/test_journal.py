@@ -489,3 +489,54 @@ def _one() -> tuple[UUID, list[object]]:
 
     s = uuid4()
     return s, [record(s)]
+
+
+class TestSharedEntries:
+    async def test_entries_every_backend_delivered_are_deleted(
+        self, journal_path: Path, session: UUID
+    ) -> None:
+        a, b = MockBackend(), MockBackend()
+        regs = [registration(a, name="a"), registration(b, name="b")]
+        async with Archivist.open(journal_path, regs) as archivist:
+            for i in range(20):
+                await archivist.append_messages(session, [record(session, f"{i}")])
+            with anyio.fail_after(5):
+                await archivist.wait_drained()
+            assert query(journal_path, "SELECT count(*) FROM entries") == [(0,)]
+        assert a.appended_count(session) == b.appended_count(session) == 20
+
+    async def test_an_entry_one_backend_still_owes_stays(
+        self, journal_path: Path, session: UUID
+    ) -> None:
+        fast, held = MockBackend(), MockBackend()
+        regs = [registration(fast, name="fast"), registration(held, name="held")]
+        async with Archivist.open(journal_path, regs, close_timeout=0) as archivist:
+            held.hold()
+            await archivist.append_messages(session, records(session, 3))
+            with anyio.fail_after(5):
+                await archivist.wait_drained("fast")
+            rows = query(journal_path, "SELECT targets FROM entries")
+        assert len(rows) == 1
+        held_bit = rows[0][0]
+        assert held_bit != 0  # only "held" still owes it
+
+    async def test_a_damaged_entry_read_by_two_backends_counts_once(
+        self, journal_path: Path, session: UUID
+    ) -> None:
+        regs = [registration(MockBackend(), name="a"), registration(name="b")]
+        held = [registration(MockBackend(), name=n) for n in ("a", "b")]
+        archivist = await Archivist.open(journal_path, held)
+        for reg in held:
+            reg.backend.hold()  # type: ignore[attr-defined]
+        await archivist.append_messages(session, [record(session, "first")])
+        await archivist.append_messages(session, [record(session, "entry-0001")])
+        await archivist.shutdown(timeout=0)
+        data = bytearray(journal_path.read_bytes())
+        data[data.find(b"entry-0001")] ^= 0x01
+        journal_path.write_bytes(bytes(data))
+        async with Archivist.open(journal_path, regs) as archivist:
+            with anyio.fail_after(5):
+                await archivist.wait_drained()
+            report = archivist.health()
+        assert report.backends["a"].quarantined == report.backends["b"].quarantined == 1
+        assert report.journal.quarantined == 1

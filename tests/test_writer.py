@@ -21,6 +21,7 @@ from journal_archivist import (
     FailureMode,
     HealthStatus,
     MessageRecord,
+    OverflowPolicy,
     RetryPolicy,
     Sync,
 )
@@ -274,6 +275,27 @@ class TestSync:
         async with Archivist.open(journal_path, [reg]) as archivist:
             await archivist.append_messages(session, [poison])
             assert archivist.health().backends["mock"].dead_lettered == 1
+
+    @pytest.mark.parametrize(
+        "overflow", [OverflowPolicy.DROP_NEWEST, OverflowPolicy.DROP_OLDEST]
+    )
+    async def test_a_required_sync_entry_that_is_dropped_raises(
+        self, journal_path: Path, session: UUID, overflow: OverflowPolicy
+    ) -> None:
+        mock = MockBackend()
+        policy = Sync(timeout=5, capacity=1, overflow=overflow)
+        reg = registration(mock, write_policy=policy)
+        async with Archivist.open(journal_path, [reg]) as archivist:
+            mock.hold()
+            async with anyio.create_task_group() as group:
+                group.start_soon(archivist.append_messages, session, [record(session)])
+                with anyio.fail_after(5):
+                    await mock.wait_held()  # the first entry is in flight
+                # Nothing older can make room: the new entry itself is dropped.
+                with pytest.raises(DeliveryFailed, match=f"dropped by {overflow.name}"):
+                    await archivist.append_messages(session, [record(session, "x")])
+                mock.release()
+            assert archivist.health().backends["mock"].dropped == 1
 
     async def test_sync_and_queued_backends_side_by_side(
         self, journal_path: Path, session: UUID

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import sqlite3
 import tempfile
+from contextlib import closing
 from pathlib import Path
 from uuid import UUID, uuid4
 
@@ -177,6 +179,9 @@ class ArchivistMatchesModel(RuleBasedStateMachine):
         for name in self.backends:
             assert health.backends[name].lag_entries == 0
             assert health.backends[name].dead_lettered == 0
+        # Delivered to every backend and marked done: the journal holds nothing.
+        with closing(sqlite3.connect(self.directory / "journal.db")) as db:
+            assert db.execute("SELECT count(*) FROM entries").fetchone() == (0,)
 
     @invariant()
     def lag_is_never_negative(self) -> None:
