@@ -12,11 +12,12 @@ Rules and theory:
   ``REJECT`` refuses the whole append (nothing journaled for anyone), ``BLOCK``
   stops admission at this append (head of line, so later appends cannot overtake
   it), ``DROP_NEWEST`` leaves the backend out of the entry's targets, and
-  ``DROP_OLDEST`` admits it and records how much must be freed from the oldest
-  entries not yet handed to the backend (``oldest_excess``: down to capacity,
-  and only for backends this group adds to); the committer frees
-  it inside the same transaction, after inserting the group, so the group's own
-  entries are dropped too once the older ones run out.
+  ``DROP_OLDEST`` admits it and names the backend in ``oldest_excess`` (with the
+  excess seen when planning; only for backends this group adds to). The
+  committer measures the excess again inside the transaction (deliveries may
+  have made room meanwhile) and drops the oldest entries not yet handed to the
+  backend, after inserting the group, so the group's own entries are dropped too
+  once the older ones run out.
 - Entries a writer has already taken (in flight) are never dropped.
 """
 

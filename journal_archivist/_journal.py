@@ -316,10 +316,15 @@ class Journal:
         return int(before) - int(left), int(left)
 
     async def free_page_bytes(self) -> int:
-        """Bytes held by free pages (what ``compact`` would give back)."""
+        """Bytes held by free pages (what ``compact`` would give back); 0 if the
+        journal cannot tell."""
         conn = self._lazy
-        (count,) = next(iter(await conn.execute_fetchall("PRAGMA freelist_count")))
-        (size,) = next(iter(await conn.execute_fetchall("PRAGMA page_size")))
+        try:
+            (count,) = next(iter(await conn.execute_fetchall("PRAGMA freelist_count")))
+            (size,) = next(iter(await conn.execute_fetchall("PRAGMA page_size")))
+        except sqlite3.Error as exc:
+            logger.warning("journal %s: cannot read free pages: %s", self.path, exc)
+            return 0
         return int(count) * int(size)
 
     # -- reading -------------------------------------------------------------

@@ -16,6 +16,7 @@ Rules:
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import struct
 import zlib
@@ -23,6 +24,8 @@ import zlib
 from ._errors import JournalLocked
 
 __all__ = ["LockFile"]
+
+logger = logging.getLogger("journal_archivist.journal")
 
 _MAGIC = b"JALOCK01"
 _RECORD = struct.Struct(">8sQI")  # magic, high-water, crc32 of the first two
@@ -43,6 +46,7 @@ class LockFile:
             os.close(fd)
             raise
         self._fd: int | None = fd
+        self._write_failed = False
 
     def read_high_water(self) -> int | None:
         """The recorded high-water, or None if there is none or it is damaged."""
@@ -56,11 +60,20 @@ class LockFile:
         return int(value)
 
     def write_high_water(self, value: int) -> None:
-        """Record ``value`` (one small pwrite into the page cache, no fsync)."""
+        """Record ``value`` (one small pwrite into the page cache, no fsync).
+
+        Best effort: a failed write only weakens lost-tail detection, so it is
+        logged once rather than raised into the commit that was just made.
+        """
         if self._fd is None:
             return
         head = _MAGIC + value.to_bytes(8, "big")
-        os.pwrite(self._fd, head + zlib.crc32(head).to_bytes(4, "big"), 0)
+        try:
+            os.pwrite(self._fd, head + zlib.crc32(head).to_bytes(4, "big"), 0)
+        except OSError as exc:
+            if not self._write_failed:
+                self._write_failed = True
+                logger.warning("cannot record the high-water in %s: %s", self.path, exc)
 
     def release(self) -> None:
         """Unlock and close; harmless to call twice."""
