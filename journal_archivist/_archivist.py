@@ -354,19 +354,27 @@ class Archivist:
                 dropped or quarantined for that backend.
             ArchivistClosed, ArchivistFailed: the archivist is shut down or failed.
         """
-        self._check_open()
+        if self._shutdown_started or self._failed():
+            self._check_open()
         if not isinstance(session, UUID):
             raise TypeError(
                 f"session must be a uuid.UUID, got {type(session).__name__}"
             )
-        records = list(records)
         if not records:
             return
+        records = list(records)
         payload = encode_append(
             session, records, max_record_bytes=self._max_record_bytes
         )
         append = PendingAppend(session, payload, records)
-        await self._committer.submit(append)
+        self._committer.enqueue(append)
+        try:
+            error = await append.done
+        except BaseException:
+            self._committer.withdraw(append)
+            raise
+        if error is not None:
+            raise error
         if append.waiters:
             await self._wait_synced(append)
 
@@ -504,6 +512,9 @@ class Archivist:
     def journal_path(self) -> str:
         """The absolute path of the journal file."""
         return self._journal.path
+
+    def _failed(self) -> bool:
+        return self._committer.failure is not None or self._serve_error is not None
 
     def _check_open(self) -> None:
         if self._shutdown_started:

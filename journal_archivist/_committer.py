@@ -45,6 +45,7 @@ from ._errors import (
     ArchivistClosed,
     ArchivistError,
     ArchivistFailed,
+    JournalFull,
     JournalWriteFailed,
     QueueFull,
 )
@@ -54,7 +55,7 @@ from ._schema import entry_crc
 from ._writer import SyncWaiter
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
     from uuid import UUID
 
     from anyio.abc import TaskStatus
@@ -77,6 +78,9 @@ MAX_IO_FAILURES: Final = 3
 COMPACT_THRESHOLD: Final = 64 * 1024 * 1024
 COMPACT_PAGES_PER_ROUND: Final = 4096
 
+_APPEND_OP: Final = Op.APPEND
+_Future: Final = asyncio.Future
+_running_loop: Final = asyncio.get_running_loop
 _APPEND: Final = int(Op.APPEND)
 
 
@@ -94,19 +98,17 @@ class PendingAppend(Entry):
     def __init__(self, session: UUID, payload: bytes, records: list[MessageRecord]):
         self.seq = 0
         self.session = session.bytes
-        self.op = Op.APPEND
+        self.op = _APPEND_OP
         self.payload = payload
         self.size = len(payload)
         self.enqueued_at = time.time()
         self.records = records
         self.damage = None
-        self.done: asyncio.Future[BaseException | None] = (
-            asyncio.get_running_loop().create_future()
-        )
+        self.done: asyncio.Future[BaseException | None] = _Future(loop=_running_loop())
         self.queued = True
         self.blocked_on: Writer | None = None
         self.blocked_since = 0.0
-        self.waiters: list[tuple[Writer, SyncWaiter]] = []
+        self.waiters: Sequence[tuple[Writer, SyncWaiter]] = ()
 
     def finish(self, error: BaseException | None = None) -> None:
         """Resolve the call: acknowledged if ``error`` is None."""
@@ -182,30 +184,29 @@ class Committer:
 
     # -- called by appenders -------------------------------------------------
 
-    async def submit(self, append: PendingAppend) -> None:
-        """Queue ``append`` and return once it is committed.
+    def enqueue(self, append: PendingAppend) -> None:
+        """Queue ``append`` for the next round; its ``done`` future gives the
+        outcome: None once committed, else the error that refused it
+        (``QueueFull``, ``JournalFull``, ``JournalWriteFailed``,
+        ``ArchivistClosed``, ``ArchivistFailed``).
 
-        Raises the error that refused it (``QueueFull``, ``JournalFull``,
-        ``JournalWriteFailed``, ``ArchivistClosed``, ``ArchivistFailed``). If the
-        caller is cancelled while the append is still queued, it is withdrawn and
-        nothing is journaled; once a round has taken it, it may still commit.
+        Raises ``ArchivistFailed`` or ``ArchivistClosed`` at once if the committer
+        takes no more appends.
         """
         if self.failure is not None:
             raise ArchivistFailed(str(self.failure)) from self.failure
         if self.closing:
             raise ArchivistClosed()
-        self._space.check(append.size)
         self._queue.append(append)
         self._kick.set()
-        try:
-            error = await append.done
-        except BaseException:
-            if append.queued:
-                self._queue.remove(append)
-                self._kick.set()  # it may have been blocking the head
-            raise
-        if error is not None:
-            raise error
+
+    def withdraw(self, append: PendingAppend) -> None:
+        """Take back an append whose caller gave up, if no round has taken it yet
+        (then nothing of it is journaled); once taken, it may still commit."""
+        if append.queued:
+            self._queue.remove(append)
+            append.queued = False
+            self._kick.set()  # it may have been blocking the head
 
     # -- called by writers ---------------------------------------------------
 
@@ -296,9 +297,13 @@ class Committer:
         """Decide the queued appends: refuse, hold or admit them (no awaiting)."""
         queue = self._queue
         group = [queue[i] for i in range(min(len(queue), MAX_GROUP))]
-        plan = plan_admission(
-            [a.size for a in group], [w.backlog() for w in self._active]
-        )
+        sizes = [a.size for a in group]
+        if group and (refusal := self._space.refusal(sum(sizes))) is not None:
+            for append in group:
+                queue.popleft()
+                append.finish(JournalFull(refusal.path, refusal.free, refusal.reserve))
+            return [], Plan()
+        plan = plan_admission(sizes, [w.backlog() for w in self._active])
         decided = plan.blocked[0] if plan.blocked is not None else len(group)
         for _ in range(decided):
             queue.popleft().queued = False
@@ -401,10 +406,11 @@ class Committer:
                 writer, entries, added, dropped, plan, seq, persist, deltas
             )
         for append, targets in admitted:
-            for writer in self._sync:
-                append.waiters.append(
+            if self._sync:
+                append.waiters = [
                     (writer, self._sync_waiter(writer, append, targets, lost))
-                )
+                    for writer in self._sync
+                ]
             # PendingAppend.finish, inlined: this runs for every append. The
             # future is already done if its caller was cancelled meanwhile.
             append.queued = False

@@ -94,12 +94,13 @@ def uuid7() -> UUID:
     # directly (as UUID.__init__ itself does) costs a third of it.
     uuid = _new_uuid(UUID)
     _set(uuid, "int", value | int.from_bytes(bits[2:]) & _RAND_B)
-    _set(uuid, "is_safe", SafeUUID.unknown)
+    _set(uuid, "is_safe", _UNKNOWN_SAFETY)
     return uuid
 
 
 _new_uuid = object.__new__
 _set = object.__setattr__
+_UNKNOWN_SAFETY: Final = SafeUUID.unknown
 _MS_MASK: Final = (1 << 48) - 1
 _RAND_B: Final = (1 << 62) - 1
 _VERSION_7: Final = 0x7 << 76
@@ -253,7 +254,8 @@ def _record_problem(record: MessageRecord) -> tuple[str, str] | None:
                 return name, _type_problem(value, expected, name)
     if not record.role.strip():
         return "role", f"role must be a non-empty string, got {record.role!r}"
-    if record.ts.tzinfo is None or record.ts.utcoffset() is None:
+    ts = record.ts
+    if ts.tzinfo is not UTC and (ts.tzinfo is None or ts.utcoffset() is None):
         return "ts", f"timestamp must be timezone-aware, got naive {record.ts!r}"
     if record.content_parts is not None:
         problem = _json_problem(record.content_parts, "content_parts")
@@ -283,48 +285,54 @@ def encode_append(
             ``message_id`` or a record over ``max_record_bytes``. Nothing is
             encoded for the call.
     """
+    if len(records) == 1:
+        # The common case, without the bookkeeping of several records.
+        return b"\x91" + _checked_encode(records[0], 0, session, max_record_bytes)
     parts: list[bytes] = []
     seen: dict[UUID, int] = {}
-    several = len(records) > 1
     for index, record in enumerate(records):
-        if not isinstance(record, MessageRecord):
+        parts.append(_checked_encode(record, index, session, max_record_bytes))
+        first = seen.setdefault(record.message_id, index)
+        if first != index:
             raise ValidationError(
-                f"expected a MessageRecord, got {type(record).__name__}", index=index
-            )
-        problem = _record_problem(record)
-        if problem is not None:
-            raise ValidationError(problem[1], index=index, field=problem[0])
-        # Compare the ints: UUID.__eq__ is a Python-level method.
-        if record.session.int != session.int:
-            raise ValidationError(
-                f"record belongs to session {record.session}, not {session}",
+                f"message_id {record.message_id} repeats record {first}",
                 index=index,
-                field="session",
+                field="message_id",
             )
-        if several:
-            first = seen.setdefault(record.message_id, index)
-            if first != index:
-                raise ValidationError(
-                    f"message_id {record.message_id} repeats record {first}",
-                    index=index,
-                    field="message_id",
-                )
-        try:
-            encoded = _encode(record)
-        except (msgspec.EncodeError, OverflowError, UnicodeEncodeError) as exc:
-            # Well-typed but not representable: an int beyond 64 bits, a lone
-            # surrogate in a string, a timestamp outside years 1..9999 in UTC.
-            raise ValidationError(f"cannot be encoded: {exc}", index=index) from exc
-        if len(encoded) > max_record_bytes:
-            raise ValidationError(
-                f"encoded size {len(encoded)} bytes exceeds max_record_bytes"
-                f" ({max_record_bytes})",
-                index=index,
-            )
-        parts.append(encoded)
-    if not several:
-        return _array_header(len(parts)) + (parts[0] if parts else b"")
     return _array_header(len(parts)) + b"".join(parts)
+
+
+def _checked_encode(
+    record: MessageRecord, index: int, session: UUID, max_record_bytes: int
+) -> bytes:
+    """Check one record of an append and encode it; raise ``ValidationError``."""
+    if not isinstance(record, MessageRecord):
+        raise ValidationError(
+            f"expected a MessageRecord, got {type(record).__name__}", index=index
+        )
+    problem = _record_problem(record)
+    if problem is not None:
+        raise ValidationError(problem[1], index=index, field=problem[0])
+    # Compare the ints: UUID.__eq__ is a Python-level method.
+    if record.session.int != session.int:
+        raise ValidationError(
+            f"record belongs to session {record.session}, not {session}",
+            index=index,
+            field="session",
+        )
+    try:
+        encoded = _encode(record)
+    except (msgspec.EncodeError, OverflowError, UnicodeEncodeError) as exc:
+        # Well-typed but not representable: an int beyond 64 bits, a lone
+        # surrogate in a string, a timestamp outside years 1..9999 in UTC.
+        raise ValidationError(f"cannot be encoded: {exc}", index=index) from exc
+    if len(encoded) > max_record_bytes:
+        raise ValidationError(
+            f"encoded size {len(encoded)} bytes exceeds max_record_bytes"
+            f" ({max_record_bytes})",
+            index=index,
+        )
+    return encoded
 
 
 def decode_entry(payload: bytes) -> list[MessageRecord]:

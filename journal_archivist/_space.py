@@ -41,18 +41,19 @@ class SpaceGuard:
         self._checked_at = -float("inf")
         self._since_check = 0
 
-    def check(self, incoming: int) -> None:
-        """Raise ``JournalFull`` if an append of ``incoming`` bytes must be refused."""
+    def refusal(self, incoming: int) -> JournalFull | None:
+        """The error to refuse appends of ``incoming`` bytes with, or None."""
         if self.reserve <= 0:
-            return
+            return None
         self._since_check += incoming
         now = time.monotonic()
         stale = now - self._checked_at >= CHECK_INTERVAL
         if stale or self.low or self._since_check * 4 >= self.reserve:
             self._refresh(now)
-        if self.low:
-            assert self.free is not None
-            raise JournalFull(self._path, self.free, self.reserve)
+        if not self.low:
+            return None
+        assert self.free is not None
+        return JournalFull(self._path, self.free, self.reserve)
 
     def _refresh(self, now: float) -> None:
         try:
