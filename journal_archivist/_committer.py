@@ -302,6 +302,8 @@ class Committer:
             for append in group:
                 queue.popleft()
                 append.finish(JournalFull(refusal.path, refusal.free, refusal.reserve))
+            if queue:
+                self._kick.set()  # the rest are refused in the next round
             return [], Plan()
         plan = plan_admission(sizes, [w.backlog() for w in self._active])
         decided = plan.blocked[0] if plan.blocked is not None else len(group)
@@ -548,13 +550,13 @@ class Committer:
             delta = deltas.get(writer.bit)
             if delta is not None:
                 writer.cursor = max(writer.cursor, delta.upto)
-        elif writer.bit in added or newest:
-            # Not written yet: carry the new entries and drops into the deltas.
-            count, nbytes = added.get(writer.bit, (0, 0))
+        elif writer.bit in added:
+            # Not written yet (a round that drops entries always persists):
+            # carry the new entries into the deltas.
+            count, nbytes = added[writer.bit]
             delta = self._delta(writer)
             delta.pending += count
             delta.pending_bytes += nbytes
-            delta.dropped += newest
         writer.open_gate()
         return in_group
 
@@ -639,7 +641,7 @@ class Committer:
             )
         freed, remaining = await self._journal.compact(COMPACT_PAGES_PER_ROUND)
         asked = self._compaction_done is not None
-        drained = all(w.pending == 0 for w in self._writers)
+        drained = all(w.pending == 0 for w in self._active)
         if freed and remaining and (asked or drained):
             self._compact_due = True
         else:
