@@ -32,6 +32,7 @@ from journal_archivist import (
     JournalLocked,
     JournalWriteFailed,
     Queued,
+    _committer,
     _space,
 )
 from journal_archivist.testing import MockBackend
@@ -309,6 +310,28 @@ class TestSpace:
             with anyio.fail_after(5):
                 await archivist.wait_drained()
         assert [r.content_md for r in mock.records(session)] == ["accepted"]
+
+    async def test_every_waiting_append_is_refused_not_just_one_group(
+        self, journal_path: Path, session: UUID, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(_space, "free_bytes", lambda directory: 0)
+        monkeypatch.setattr(_committer, "MAX_GROUP", 2)
+        refused: list[JournalFull] = []
+
+        async def append(i: int) -> None:
+            try:
+                await archivist.append_messages(session, [record(session, str(i))])
+            except JournalFull as exc:
+                refused.append(exc)
+
+        async with Archivist.open(
+            journal_path, [registration()], free_space_reserve=1
+        ) as archivist:
+            with anyio.fail_after(5):
+                async with anyio.create_task_group() as group:
+                    for i in range(7):
+                        group.start_soon(append, i)
+        assert len(refused) == 7
 
     async def test_delivery_continues_while_appends_are_refused(
         self, journal_path: Path, session: UUID, monkeypatch: pytest.MonkeyPatch
