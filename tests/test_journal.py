@@ -19,6 +19,7 @@ import warnings
 from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING
+from uuid import uuid4
 
 import anyio
 import pytest
@@ -107,7 +108,8 @@ class TestOwnership:
 class TestFiles:
     async def test_files_are_owner_only(self, journal_path: Path) -> None:
         async with Archivist.open(journal_path, [registration()]) as archivist:
-            await archivist.append_messages(*_one())
+            session = uuid4()
+            await archivist.append_messages(session, [record(session)])
             for suffix in ("", "-wal", "-shm", ".lock"):
                 mode = stat.S_IMODE(os.stat(f"{journal_path}{suffix}").st_mode)
                 assert mode == 0o600, f"{suffix or 'journal'} has mode {mode:o}"
@@ -505,13 +507,6 @@ def _in_child_as_nobody(fn: Callable[[Path], None], path: Path) -> tuple[int, st
         message = pipe.read()
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status), message
-
-
-def _one() -> tuple[UUID, list[object]]:
-    from uuid import uuid4
-
-    s = uuid4()
-    return s, [record(s)]
 
 
 class TestSharedEntries:
