@@ -30,15 +30,17 @@ class MockBackend(ArchiveBackend):
     ``records(session)`` lists each record once, in first-delivery order, while
     ``deliveries(session)`` keeps every delivery, duplicates included.
 
-    Failure injection, checked at the start of every ``append_messages`` call:
+    Failure injection, checked at the start of every ``append_messages`` and
+    ``delete_session`` call:
     ``go_down()`` fails every call and ``health_check`` until ``come_back()``;
     ``fail_next(n)`` fails the next ``n`` calls; ``poison(message_id)`` fails every
     call that carries that record. ``hold()`` makes calls wait at a gate until
     ``release()``; ``wait_held()`` returns once a call is waiting there.
 
     Counters: ``batch_calls`` (``write_batch``), ``attempted_calls`` and
-    ``failed_calls`` (``append_messages``; failed health checks count as failed
-    calls too), ``health_checks``, ``read_calls``.
+    ``failed_calls`` (``append_messages`` and ``delete_session``; failed health
+    checks count as failed calls too), ``health_checks``, ``read_calls``; and
+    ``erasures``, every session erased, in order.
     """
 
     def __init__(self, *, readable: bool = True) -> None:
@@ -51,6 +53,7 @@ class MockBackend(ArchiveBackend):
         self.failed_calls = 0
         self.health_checks = 0
         self.read_calls = 0
+        self.erasures: list[UUID] = []
         self._delay = 0.0
         self._fail_next: list[BackendError] = []
         self._down: str | None = None
@@ -148,14 +151,7 @@ class MockBackend(ArchiveBackend):
         self, session: UUID, records: Sequence[MessageRecord]
     ) -> None:
         """Archive ``records``, after any injected gate, delay or failure."""
-        if self._gate is not None:
-            gate = self._gate
-            self._arrivals += 1
-            self._signal()
-            await gate.wait()
-        if self._delay:
-            await anyio.sleep(self._delay)
-        self.attempted_calls += 1
+        await self._arrive()
         error = self._failure_for(records)
         if error is not None:
             self.failed_calls += 1
@@ -167,6 +163,16 @@ class MockBackend(ArchiveBackend):
         for record in records:
             archive.setdefault(record.message_id, record)
         self._signal()
+
+    async def _arrive(self) -> None:
+        if self._gate is not None:
+            gate = self._gate
+            self._arrivals += 1
+            self._signal()
+            await gate.wait()
+        if self._delay:
+            await anyio.sleep(self._delay)
+        self.attempted_calls += 1
 
     def _failure_for(self, records: Sequence[MessageRecord]) -> BackendError | None:
         if self._down is not None:
@@ -180,6 +186,21 @@ class MockBackend(ArchiveBackend):
                     retryable=self._poison[record.message_id],
                 )
         return None
+
+    async def delete_session(self, session: UUID) -> None:
+        """Erase ``session``, after any injected gate, delay or failure.
+
+        ``erasures`` lists every erased session, in order (redeliveries included).
+        """
+        await self._arrive()
+        error = self._failure_for(())
+        if error is not None:
+            self.failed_calls += 1
+            self._signal()
+            raise error
+        self._archive.pop(session, None)
+        self.erasures.append(session)
+        self._signal()
 
     async def health_check(self) -> None:
         """Raise while the backend is down."""

@@ -46,6 +46,10 @@ class FileBackend(ArchiveBackend):
         os.write(self.fd, lines.encode())
         os.fsync(self.fd)
 
+    async def delete_session(self, session: uuid.UUID) -> None:
+        os.write(self.fd, f"{session} ERASE\n".encode())
+        os.fsync(self.fd)
+
     async def health_check(self) -> None:
         return None
 

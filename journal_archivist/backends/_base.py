@@ -1,15 +1,16 @@
 """The backend protocol: what a writer loop calls, and what it hands over.
 
-Required: ``append_messages`` and ``health_check``. Optional, with defaults:
-``write_batch`` (one ``append_messages`` per group, in order) and ``read_session``
-(not readable). A writer calls one backend method at a time, so a backend needs no
-locking of its own for calls from one archivist.
+Required: ``append_messages``, ``delete_session`` and ``health_check``. Optional,
+with defaults: ``write_batch`` (one call per group, in order), ``read_session``
+(not readable) and ``aclose`` (nothing to release). A writer calls one backend
+method at a time, so a backend needs no locking of its own for calls from one
+archivist.
 """
 
 from __future__ import annotations
 
 import abc
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 from uuid import UUID
 
 import msgspec
@@ -19,20 +20,23 @@ from .._records import MessageRecord
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from types import TracebackType
 
 __all__ = ["ArchiveBackend", "SessionGroup"]
 
 
 class SessionGroup(msgspec.Struct, frozen=True):
-    """Consecutive appends to one session, merged into one backend call.
+    """What one batch asks a backend to do for one session.
 
-    ``records`` are in append order. Groups of different sessions in one batch may
-    be applied in any order; groups of the same session must be applied in the
-    order given.
+    If ``erase`` is set, first delete every record archived for ``session`` (a
+    privacy erasure, see ``Archivist.delete_session``); then archive ``records``
+    in append order. Groups of different sessions in one batch may be applied in
+    any order; groups of the same session must be applied in the order given.
     """
 
     session: UUID
     records: tuple[MessageRecord, ...]
+    erase: bool = False
 
 
 class ArchiveBackend(abc.ABC):
@@ -41,12 +45,15 @@ class ArchiveBackend(abc.ABC):
     A writer loop delivers each batch with ``write_batch`` and retries it on
     failure, so a backend must tolerate receiving a record again: the built-in
     backends are idempotent on ``message_id``. A backend must acknowledge (return)
-    only once the records are durable on its side, because the journal forgets an
+    only once the change is durable on its side, because the journal forgets an
     entry as soon as it is acknowledged.
 
     Raise ``BackendError(retryable=False)`` for a failure that repeating cannot
     fix (a record the backend will never accept); any other exception is treated
-    as retryable.
+    as retryable. Connect lazily and reconnect after a failure: the archivist
+    starts delivering whether or not the backend is reachable yet, and calls
+    ``aclose`` when it shuts down. ``journal_archivist.testing.check_backend``
+    checks a backend against this contract.
     """
 
     @abc.abstractmethod
@@ -54,6 +61,10 @@ class ArchiveBackend(abc.ABC):
         self, session: UUID, records: Sequence[MessageRecord]
     ) -> None:
         """Archive ``records`` (all of ``session``, in append order)."""
+
+    @abc.abstractmethod
+    async def delete_session(self, session: UUID) -> None:
+        """Delete every record archived for ``session``; a no-op if there is none."""
 
     @abc.abstractmethod
     async def health_check(self) -> None:
@@ -65,12 +76,15 @@ class ArchiveBackend(abc.ABC):
     async def write_batch(self, groups: Sequence[SessionGroup]) -> None:
         """Apply a whole coalesced batch, ideally in one round trip or transaction.
 
-        The default calls ``append_messages`` once per group, in order. On failure
+        The default applies the groups one call at a time, in order. On failure
         the writer retries the whole batch, so groups applied before the failure
         are delivered again.
         """
         for group in groups:
-            await self.append_messages(group.session, group.records)
+            if group.erase:
+                await self.delete_session(group.session)
+            if group.records:
+                await self.append_messages(group.session, group.records)
 
     async def read_session(self, session: UUID) -> list[MessageRecord]:
         """Return the archived records of ``session`` in append order.
@@ -78,3 +92,21 @@ class ArchiveBackend(abc.ABC):
         The default raises ``BackendError``: the backend is not readable.
         """
         raise BackendError(f"{type(self).__name__} is not readable", retryable=False)
+
+    async def aclose(self) -> None:
+        """Release connections and files. The default has nothing to release.
+
+        The archivist calls it once at shutdown. A backend used after ``aclose``
+        may reopen what it needs.
+        """
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
