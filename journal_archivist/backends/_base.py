@@ -99,6 +99,7 @@ class ArchiveBackend(abc.ABC):
         The archivist calls it once at shutdown. A backend used after ``aclose``
         may reopen what it needs.
         """
+        return None
 
     async def __aenter__(self) -> Self:
         return self
