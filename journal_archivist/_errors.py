@@ -111,12 +111,17 @@ class BackendError(ArchivistError):
 
     ``retryable=True`` means the same call may succeed later (a timeout, a lost
     connection); ``False`` means it will keep failing (a rejected record). Writers
-    treat any other exception from a backend as retryable.
+    treat any other exception from a backend as retryable. ``retry_after`` (seconds)
+    is the earliest the backend wants to be called again, as an HTTP
+    ``Retry-After`` says; the writer waits at least that long before its retry.
     """
 
-    def __init__(self, message: str, *, retryable: bool = True) -> None:
+    def __init__(
+        self, message: str, *, retryable: bool = True, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.retry_after = retry_after
 
 
 class ReadFailed(ArchivistError):
