@@ -1,5 +1,7 @@
 """Helpers for testing code that uses journal_archivist.
 
+``check_backend`` runs the backend contract suite against any ``ArchiveBackend``.
+
 ``MockBackend`` is an in-memory ``ArchiveBackend`` that records every call and can
 be slowed down, failed, taken down or held at a gate, so tests can reach each state
 by waiting on events rather than sleeping.
@@ -11,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from ._contract import check_backend
 from ._errors import BackendError
 from .backends import ArchiveBackend, SessionGroup
 
@@ -20,7 +23,7 @@ if TYPE_CHECKING:
 
     from ._records import MessageRecord
 
-__all__ = ["MockBackend"]
+__all__ = ["MockBackend", "check_backend"]
 
 
 class MockBackend(ArchiveBackend):
