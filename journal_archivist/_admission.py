@@ -19,6 +19,9 @@ Rules and theory:
   backend, after inserting the group, so the group's own entries are dropped too
   once the older ones run out.
 - Entries a writer has already taken (in flight) are never dropped.
+- An erasure (``delete_session``) is admitted for every backend whatever its
+  backlog: a privacy erasure is never refused, blocked or dropped for capacity.
+  It still counts in the backlog, so the appends after it meet a full one sooner.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import TYPE_CHECKING
 from ._policies import OverflowPolicy
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Collection, Sequence
 
 __all__ = ["Backlog", "Plan", "plan_admission"]
 
@@ -84,9 +87,15 @@ class Plan:
     uniform: bool = field(default=False, compare=False)  # a hint, derived
 
 
-def plan_admission(sizes: Sequence[int], backlogs: Sequence[Backlog]) -> Plan:
+def plan_admission(
+    sizes: Sequence[int],
+    backlogs: Sequence[Backlog],
+    *,
+    erasures: Collection[int] = (),
+) -> Plan:
     """Decide the appends of sizes ``sizes`` (arrival order) against ``backlogs``.
 
+    The indexes in ``erasures`` are erasures, admitted for every backlog.
     ``backlogs`` are updated in place to what they will be after the group commits
     (before ``DROP_OLDEST`` trimming, which ``oldest_excess`` describes).
     """
@@ -103,6 +112,14 @@ def plan_admission(sizes: Sequence[int], backlogs: Sequence[Backlog]) -> Plan:
         plan.uniform = True
         return plan
     for index, size in enumerate(sizes):
+        if index in erasures:
+            everyone = 0
+            for backlog in backlogs:
+                everyone |= backlog.mask
+                backlog.pending += 1
+                backlog.pending_bytes += size
+            plan.admitted.append((index, everyone))
+            continue
         full = [b for b in backlogs if not b.fits(size)]
         full_names = {b.name for b in full}
         refusing = next((b for b in full if b.overflow is OverflowPolicy.REJECT), None)

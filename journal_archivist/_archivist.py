@@ -40,7 +40,7 @@ from ._errors import (
 from ._health import HealthReport, HealthStatus, JournalHealth
 from ._journal import Journal
 from ._policies import Durability, FailureMode, Sync
-from ._records import MessageRecord, decode_entry, encode_append
+from ._records import MessageRecord, Op, decode_entry, encode_append
 from ._space import SpaceGuard
 from ._writer import Writer
 
@@ -366,7 +366,36 @@ class Archivist:
         payload = encode_append(
             session, records, max_record_bytes=self._max_record_bytes
         )
-        append = PendingAppend(session, payload, records)
+        await self._journal_entry(PendingAppend(session, payload, records))
+
+    async def delete_session(self, session: UUID) -> None:
+        """Erase ``session`` from every enabled backend: a journaled privacy erasure.
+
+        The erasure is an entry like an append: durable once this returns, and
+        delivered to each backend in order after the session's earlier appends,
+        through restarts and outages (``ArchiveBackend.delete_session``). Appends
+        of the session made after it are kept. It is never refused, blocked or
+        dropped for a full backlog. Undelivered appends of the session that a
+        backend receives in the same batch as the erasure are not sent to it at
+        all. Once a backend has it, the journal also purges that backend's dead
+        letters and quarantined copies of the session from before it, and rows
+        delivered everywhere are deleted as usual. Waits for ``Sync`` backends as
+        ``append_messages`` does.
+
+        Raises:
+            TypeError: ``session`` is not a ``uuid.UUID``.
+            JournalFull, JournalWriteFailed, DeliveryFailed, ArchivistClosed,
+                ArchivistFailed: as for ``append_messages``; unless it returned,
+                the erasure may not be journaled: call again.
+        """
+        self._check_open()
+        if not isinstance(session, UUID):
+            raise TypeError(
+                f"session must be a uuid.UUID, got {type(session).__name__}"
+            )
+        await self._journal_entry(PendingAppend(session, b"", [], Op.ERASE))
+
+    async def _journal_entry(self, append: PendingAppend) -> None:
         self._committer.enqueue(append)
         try:
             error = await append.done
@@ -422,7 +451,7 @@ class Archivist:
         )
         errors: dict[str, BaseException] = {}
         for writer in readable:
-            pending = await self._pending_records(session, writer)
+            erased, pending = await self._pending_records(session, writer)
             try:
                 timeout = writer.registration.retry.attempt_timeout
                 with anyio.fail_after(math.inf if timeout is None else timeout):
@@ -431,6 +460,8 @@ class Archivist:
                 errors[writer.name] = exc
                 logger.warning("read_session: backend %r failed: %r", writer.name, exc)
                 continue
+            if erased:  # an erasure is pending: what the backend holds is gone
+                archived = []
             seen = {record.message_id for record in archived}
             merged = list(archived)
             merged.extend(r for r in pending if r.message_id not in seen)
@@ -439,15 +470,23 @@ class Archivist:
 
     async def _pending_records(
         self, session: UUID, writer: Writer
-    ) -> list[MessageRecord]:
+    ) -> tuple[bool, list[MessageRecord]]:
+        """Whether an erasure of ``session`` is pending for ``writer``, and the
+        records pending after the last such erasure."""
         entries = await self._query.pending_for_session(
             session, writer.mask, writer.settled_upto
         )
+        erased = False
         records: list[MessageRecord] = []
         for entry in entries:
-            if entry.damage is None:
-                records.extend(decode_entry(entry.payload))
-        return records
+            if entry.damage is not None:
+                continue
+            if entry.op == Op.ERASE:
+                erased = True
+                records.clear()
+            else:
+                records.extend(decode_entry(entry.payload, entry.op))
+        return erased, records
 
     # -- introspection and waiting -------------------------------------------
 

@@ -5,6 +5,10 @@ Rules:
 - Coalescing keeps append order within each session; groups of different sessions
   may interleave differently from the journal, which the contract allows (order is
   per backend and session).
+- An erasure (``Op.ERASE``) in a batch makes its session's group an erasing one
+  and discards that session's records coalesced before it: they would be erased
+  anyway, and erased data is better never sent. Records after it follow the
+  erasure in the same group. So each session has one group per batch.
 - Bisecting splits a batch into two contiguous halves; delivering the left half
   before the right keeps per-session order.
 No anyio, no aiosqlite here.
@@ -13,15 +17,18 @@ No anyio, no aiosqlite here.
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 from uuid import UUID
 
+from ._records import Op
 from .backends._base import SessionGroup
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Sequence
 
-    from ._records import MessageRecord, Op
+    from ._records import MessageRecord
+
+_ERASE: Final = int(Op.ERASE)
 
 __all__ = ["Entry", "bisect", "coalesce", "cut"]
 
@@ -90,14 +97,19 @@ def coalesce(entries: Sequence[Entry]) -> list[SessionGroup]:
     """Group a batch by session, in order of each session's first entry.
 
     Damaged entries are left out; every other entry's ``records`` must be decoded.
-    Records of one session keep their append order; empty groups are never
-    returned.
+    Records of one session keep their append order; a group that neither erases
+    nor holds records is never returned.
     """
     merged: dict[bytes, list[MessageRecord]] = {}
+    erasing: set[bytes] = set()
     get = merged.get
     for entry in entries:
         records = entry.records
         if entry.damage is not None or records is None:
+            continue
+        if entry.op == _ERASE:
+            erasing.add(entry.session)
+            merged[entry.session] = []
             continue
         group = get(entry.session)
         if group is None:
@@ -105,9 +117,9 @@ def coalesce(entries: Sequence[Entry]) -> list[SessionGroup]:
         else:
             group += records
     return [
-        SessionGroup(UUID(bytes=session), tuple(records))
+        SessionGroup(UUID(bytes=session), tuple(records), session in erasing)
         for session, records in merged.items()
-        if records
+        if records or session in erasing
     ]
 
 

@@ -95,10 +95,16 @@ class PendingAppend(Entry):
 
     __slots__ = ("blocked_on", "blocked_since", "done", "queued", "waiters")
 
-    def __init__(self, session: UUID, payload: bytes, records: list[MessageRecord]):
+    def __init__(
+        self,
+        session: UUID,
+        payload: bytes,
+        records: list[MessageRecord],
+        op: Op = _APPEND_OP,
+    ):
         self.seq = 0
         self.session = session.bytes
-        self.op = _APPEND_OP
+        self.op = op
         self.payload = payload
         self.size = len(payload)
         self.enqueued_at = time.time()
@@ -128,6 +134,7 @@ class _Delta:
     upto: int = 0  # settled through this seq
     dead: list[tuple[int, str, int]] = field(default_factory=list)
     damaged: list[tuple[int, str]] = field(default_factory=list)
+    erased: list[tuple[bytes, int]] = field(default_factory=list)
 
     def settle(self, settlement: Settlement) -> None:
         self.pending -= settlement.count
@@ -136,6 +143,7 @@ class _Delta:
         self.upto = max(self.upto, settlement.upto)
         self.dead.extend(settlement.dead)
         self.damaged.extend(settlement.damaged)
+        self.erased.extend(settlement.erased)
 
     def merge(self, newer: _Delta) -> None:
         self.pending += newer.pending
@@ -145,6 +153,7 @@ class _Delta:
         self.upto = max(self.upto, newer.upto)
         self.dead.extend(newer.dead)
         self.damaged.extend(newer.damaged)
+        self.erased.extend(newer.erased)
 
 
 def _io_failure(exc: BaseException) -> bool:
@@ -305,7 +314,10 @@ class Committer:
             if queue:
                 self._kick.set()  # the rest are refused in the next round
             return [], Plan()
-        plan = plan_admission(sizes, [w.backlog() for w in self._active])
+        erasures = [i for i, a in enumerate(group) if a.op is not _APPEND_OP]
+        plan = plan_admission(
+            sizes, [w.backlog() for w in self._active], erasures=erasures
+        )
         decided = plan.blocked[0] if plan.blocked is not None else len(group)
         for _ in range(decided):
             queue.popleft().queued = False
@@ -368,9 +380,10 @@ class Committer:
             append.seq = seq
             sid = append.session
             payload = append.payload
-            crc = entry_crc(seq, sid, _APPEND, payload)
+            op = _APPEND if append.op is _APPEND_OP else int(append.op)
+            crc = entry_crc(seq, sid, op, payload)
             at = append.enqueued_at
-            inserts.append((seq, sid, _APPEND, payload, append.size, crc, at, targets))
+            inserts.append((seq, sid, op, payload, append.size, crc, at, targets))
             entries.append((append, targets))
         added = self._added_by_writer(entries, plan.uniform)
         gen = self._settle_gen
@@ -471,6 +484,8 @@ class Committer:
                 await tx.dead_letter(name, delta.dead, at)
             if delta.damaged:
                 await tx.quarantine(name, delta.damaged, at)
+            if delta.erased:
+                await tx.purge_erased(name, delta.erased)
         ranges = [
             (by_bit[bit].mask, by_bit[bit].cursor, delta.upto)
             for bit, delta in deltas.items()

@@ -400,10 +400,11 @@ class Transaction:
     async def drop_oldest(
         self, mask: int, after: int, count: int, nbytes: int, *, before: int
     ) -> list[tuple[int, int]]:
-        """Untarget the oldest entries owed to ``mask`` with ``after < seq < before``.
+        """Untarget the oldest appends owed to ``mask`` with ``after < seq < before``.
 
         Drops at least ``count`` entries and ``nbytes`` bytes, or all there are.
-        Returns ``(seq, size)`` of each dropped entry, oldest first.
+        Erasures are never dropped. Returns ``(seq, size)`` of each dropped entry,
+        oldest first.
         """
         dropped: list[tuple[int, int]] = []
         freed = 0
@@ -411,7 +412,7 @@ class Transaction:
         while len(dropped) < count or freed < nbytes:
             rows = await self._conn.execute_fetchall(
                 "SELECT seq, size FROM entries WHERE seq > ? AND seq < ?"
-                " AND targets & ? ORDER BY seq LIMIT ?",
+                " AND targets & ? AND op = 1 ORDER BY seq LIMIT ?",
                 (position, before, mask, max(count - len(dropped), 64)),
             )
             if not rows:
@@ -423,12 +424,12 @@ class Transaction:
                 freed += int(size)
             position = dropped[-1][0]
         if dropped:
-            # The dropped entries are consecutive among this backend's, so one
-            # range covers exactly them.
+            # The dropped entries are consecutive among this backend's appends,
+            # so one range covers exactly them.
             first, last = dropped[0][0], dropped[-1][0]
             await self._conn.execute(
                 "UPDATE entries SET targets = targets & ~?1 WHERE seq BETWEEN ?2 AND ?3"
-                " AND targets & ?1",
+                " AND targets & ?1 AND op = 1",
                 (mask, first, last),
             )
             await self._conn.execute(
@@ -463,6 +464,21 @@ class Transaction:
             " FROM entries WHERE seq = ?",
             [(backend, reason, at, seq) for seq, reason in rows],
         )
+
+    async def purge_erased(
+        self, backend: str, erasures: Sequence[tuple[bytes, int]]
+    ) -> None:
+        """Delete ``backend``'s dead letters and quarantined copies of each erased
+        session ``(session, seq)`` that precede its erasure (``seq``).
+
+        Run when the erasure is settled for ``backend``: by then every earlier
+        entry of the session is settled there too, so none can be parked later.
+        """
+        for table in ("dead_letters", "quarantine"):
+            await self._conn.executemany(
+                f"DELETE FROM {table} WHERE backend = ? AND session = ? AND seq < ?",
+                [(backend, session, seq) for session, seq in erasures],
+            )
 
     async def settle(
         self, ranges: Sequence[tuple[int, int, int]], *, shared: bool

@@ -335,8 +335,13 @@ def _checked_encode(
     return encoded
 
 
-def decode_entry(payload: bytes) -> list[MessageRecord]:
-    """Decode the records of one journal entry (the inverse of ``encode_append``)."""
+def decode_entry(payload: bytes, op: int = 1) -> list[MessageRecord]:
+    """Decode the records of one journal entry (the inverse of ``encode_append``).
+
+    An erasure (``Op.ERASE``) carries no records.
+    """
+    if op != 1:
+        return []
     return _entry_decoder.decode(payload)
 
 
@@ -345,3 +350,5 @@ class Op(enum.IntEnum):
 
     #: ``append_messages``: the payload is a msgpack array of records.
     APPEND = 1
+    #: ``delete_session``: erase the session everywhere; the payload is empty.
+    ERASE = 2

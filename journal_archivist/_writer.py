@@ -12,10 +12,11 @@ Rules and theory:
   entry owed to this backend with ``seq >= _mem_from``; when it would outgrow its
   bound it is emptied and ``_mem_from`` moves past the newest entry, so the writer
   reads the rest from the journal.
-- ``DROP_OLDEST`` drops the oldest *untaken* entries. The committer closes the
+- ``DROP_OLDEST`` drops the oldest *untaken* appends. The committer closes the
   claim gate before its transaction and opens it after; the writer claims entries
-  only while the gate is open, and skips those at or below ``_drop_floor``. So an
-  entry is never both dropped and delivered.
+  only while the gate is open, and skips appends at or below ``_drop_floor``
+  (erasures are never dropped, so they are kept). So an entry is never both
+  dropped and delivered.
 - A delivery attempt that fails is retried with backoff. While the backend is
   UNHEALTHY, ``health_check`` is probed first; a failing probe is an outage and
   does not use up the batch's attempts. A BEST_EFFORT batch that exhausts its
@@ -41,7 +42,7 @@ from ._batching import Entry, bisect, coalesce, cut
 from ._errors import ArchivistClosed, BackendError
 from ._health import UNHEALTHY_AFTER, BackendHealth, status_for
 from ._policies import FailureMode, OverflowPolicy
-from ._records import decode_entry
+from ._records import Op, decode_entry
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -55,6 +56,11 @@ if TYPE_CHECKING:
 __all__ = ["Settlement", "SyncWaiter", "Writer"]
 
 logger = logging.getLogger("journal_archivist.writer")
+
+_ERASE: Final = int(Op.ERASE)
+#: The longest a backend's ``retry_after`` is honoured, so a bogus value cannot
+#: stall a backend for days.
+RETRY_AFTER_CAP: Final = 600.0
 
 #: Seconds between WARNING lines about dropped entries, per backend.
 DROP_LOG_INTERVAL: Final = 10.0
@@ -73,6 +79,9 @@ class Settlement:
     delivered: int
     dead: list[tuple[int, str, int]] = field(default_factory=list)
     damaged: list[tuple[int, str]] = field(default_factory=list)
+    #: ``(session, seq)`` of each erasure settled (its session's parked copies
+    #: from before it are purged with this settlement).
+    erased: list[tuple[bytes, int]] = field(default_factory=list)
 
 
 class SyncWaiter:
@@ -156,6 +165,7 @@ class Writer:
         self._mem_bytes = 0
         self._mem_from = tail + 1
         self._drop_floor = 0
+        self._retry_after = 0.0
         self._gate: anyio.Event | None = None
         self._inflight: Sequence[Entry] = ()
         self.settled_upto = row.cursor
@@ -324,11 +334,11 @@ class Writer:
         if self._inflight:
             return self._inflight[0]
         for entry in self._prefetch:
-            if entry.seq > self._drop_floor:
+            if entry.seq > self._drop_floor or entry.op == _ERASE:
                 return entry
         if self._db_pos >= self._mem_from:
             for entry in self._mem:
-                if entry.seq > self._drop_floor:
+                if entry.seq > self._drop_floor or entry.op == _ERASE:
                     return entry
         return None
 
@@ -416,7 +426,11 @@ class Writer:
         source = self._prefetch if self._prefetch else self._mem
         if source is self._mem and self._db_pos < self._mem_from:
             return []  # the journal range is not read yet; next round reads it
-        while source and source[0].seq <= max(self._drop_floor, self.last_taken):
+        floor = self._drop_floor
+        while source and (
+            source[0].seq <= self.last_taken
+            or (source[0].seq <= floor and source[0].op != _ERASE)
+        ):
             dropped = source.popleft()
             if source is self._mem:
                 self._mem_bytes -= dropped.size
@@ -429,11 +443,14 @@ class Writer:
         if source is self._mem:
             # In-memory entries carry their records already.
             self._mem_bytes -= sum([e.size for e in batch])
-        else:
+        if batch[0].seq <= floor:
+            # An erasure kept among dropped appends: leave those out.
+            batch = [e for e in batch if e.seq > floor or e.op == _ERASE]
+        if source is not self._mem:
             for entry in batch:
                 if entry.damage is None:
                     try:
-                        entry.records = decode_entry(entry.payload)
+                        entry.records = decode_entry(entry.payload, entry.op)
                     except msgspec.DecodeError as exc:
                         entry.damage = f"undecodable payload: {exc}"
         self._inflight = batch
@@ -454,7 +471,7 @@ class Writer:
         while True:
             unhealthy = self.consecutive_failures >= UNHEALTHY_AFTER
             if unhealthy and not await self._probe(entries):
-                await anyio.sleep(self._retry.delay(self.consecutive_failures))
+                await anyio.sleep(self._backoff(self.consecutive_failures))
                 continue
             attempt += 1
             try:
@@ -474,10 +491,17 @@ class Writer:
                     await self._deliver_part(left, dead)
                     await self._deliver_part(right, dead)
                     return
-                await anyio.sleep(self._retry.delay(attempt))
+                await anyio.sleep(self._backoff(attempt))
                 continue
             self._record_success()
             return
+
+    def _backoff(self, attempt: int) -> float:
+        """The delay before retry ``attempt``: jittered, but never shorter than
+        the ``retry_after`` the last failure asked for (up to a cap)."""
+        delay = self._retry.delay(attempt)
+        asked, self._retry_after = self._retry_after, 0.0
+        return max(delay, min(asked, RETRY_AFTER_CAP))
 
     async def _probe(self, entries: Sequence[Entry]) -> bool:
         """Whether the backend passes its health check (a failure is recorded)."""
@@ -498,6 +522,8 @@ class Writer:
     ) -> None:
         self.consecutive_failures += 1
         self.last_error = _describe(exc)
+        if isinstance(exc, BackendError) and exc.retry_after is not None:
+            self._retry_after = max(0.0, exc.retry_after)
         what = "health check" if probe else f"delivery of {len(entries)} entries"
         if not self._streak_logged:
             self._streak_logged = True
@@ -551,6 +577,7 @@ class Writer:
             delivered=len(batch) - len(dead) - len(damaged),
             dead=[(entry.seq, error, attempts) for entry, error, attempts in dead],
             damaged=damaged,
+            erased=[(e.session, e.seq) for e in batch if e.op == _ERASE],
         )
         self.pending -= settlement.count
         self.pending_bytes -= settlement.nbytes

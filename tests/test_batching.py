@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import itertools
 from datetime import UTC, datetime
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import pytest
 from hypothesis import given, strategies as st
@@ -13,6 +13,7 @@ from hypothesis import given, strategies as st
 from journal_archivist._batching import Entry, bisect, coalesce, cut
 from journal_archivist._records import MessageRecord, Op
 from journal_archivist.backends._base import SessionGroup
+from tests.helpers import record
 
 A = UUID(int=0xA)
 B = UUID(int=0xB)
@@ -229,3 +230,19 @@ def test_bisect_splits_into_two_non_empty_contiguous_halves(count: int) -> None:
 def test_bisect_refuses_fewer_than_two_entries(count: int) -> None:
     with pytest.raises(ValueError, match=f"cannot bisect a batch of {count} entries"):
         bisect(sized(*range(count)))
+
+
+def test_an_erasure_discards_the_sessions_earlier_records_in_the_batch() -> None:
+    a, b = uuid4(), uuid4()
+    a0, a1, b0 = record(a, "a0"), record(a, "a1"), record(b, "b0")
+    batch = [
+        Entry(1, a.bytes, Op.APPEND, b"", 1, 0.0, [a0]),
+        Entry(2, b.bytes, Op.APPEND, b"", 1, 0.0, [b0]),
+        Entry(3, a.bytes, Op.ERASE, b"", 0, 0.0, []),
+        Entry(4, a.bytes, Op.APPEND, b"", 1, 0.0, [a1]),
+        Entry(5, b.bytes, Op.ERASE, b"", 0, 0.0, []),
+    ]
+    assert coalesce(batch) == [
+        SessionGroup(a, (a1,), erase=True),
+        SessionGroup(b, (), erase=True),
+    ]

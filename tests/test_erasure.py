@@ -1,0 +1,241 @@
+"""Durable session erasure: ``Archivist.delete_session`` end to end.
+
+An erasure is a journal entry like an append: ordered after the session's earlier
+appends for every backend, surviving restarts and outages, never dropped for a
+full backlog, and leaving no row of the session in the journal once delivered.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
+from typing import TYPE_CHECKING
+from uuid import UUID, uuid4
+
+import anyio
+import pytest
+
+from journal_archivist import (
+    Archivist,
+    BackendError,
+    FailureMode,
+    OverflowPolicy,
+    Queued,
+    QueueFull,
+    RetryPolicy,
+)
+from journal_archivist.testing import MockBackend
+from tests.helpers import record, records, registration
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from pathlib import Path
+
+    from journal_archivist import MessageRecord
+
+
+def contents(mock: MockBackend, session: UUID) -> list[str]:
+    return [r.content_md for r in mock.records(session)]
+
+
+def journal_rows(journal_path: Path, session: UUID) -> dict[str, int]:
+    """Rows of ``session`` left in each journal table."""
+    with closing(sqlite3.connect(journal_path)) as db:
+        return {
+            table: db.execute(
+                f"SELECT count(*) FROM {table} WHERE session = ?", (session.bytes,)
+            ).fetchone()[0]
+            for table in ("entries", "dead_letters", "quarantine")
+        }
+
+
+async def test_erasure_reaches_every_backend_after_earlier_appends(
+    journal_path: Path,
+) -> None:
+    first, second = MockBackend(), MockBackend()
+    gone, kept = uuid4(), uuid4()
+    regs = [registration(first, name="first"), registration(second, name="second")]
+    async with Archivist.open(journal_path, regs) as archivist:
+        await archivist.append_messages(gone, records(gone, 3))
+        await archivist.append_messages(kept, records(kept, 2))
+        with anyio.fail_after(5):
+            await archivist.wait_drained()
+        await archivist.delete_session(gone)
+        await archivist.append_messages(gone, [record(gone, "after")])
+        with anyio.fail_after(5):
+            await archivist.wait_drained()
+        assert await archivist.read_session(gone) == first.records(gone)
+    for mock in (first, second):
+        assert mock.erasures == [gone]
+        assert contents(mock, gone) == ["after"]
+        assert contents(mock, kept) == ["m0", "m1"]
+    assert journal_rows(journal_path, gone) == {
+        "entries": 0,
+        "dead_letters": 0,
+        "quarantine": 0,
+    }
+
+
+async def test_erasure_requested_while_down_is_delivered_later_without_the_data(
+    journal_path: Path, session: UUID
+) -> None:
+    mock = MockBackend()
+    async with Archivist.open(journal_path, [registration(mock)]) as archivist:
+        mock.go_down()
+        await archivist.append_messages(session, records(session, 3))
+        await archivist.delete_session(session)
+        await archivist.append_messages(session, [record(session, "after")])
+        with anyio.fail_after(5):
+            await mock.wait_failures(1)
+        mock.come_back()
+        with anyio.fail_after(5):
+            await archivist.wait_drained()
+    assert mock.erasures == [session]
+    # Coalesced into the erasure's batch, the erased records were never sent.
+    assert [r.content_md for r in mock.deliveries(session)] == ["after"]
+    assert journal_rows(journal_path, session)["entries"] == 0
+
+
+async def test_erasure_survives_a_restart(journal_path: Path, session: UUID) -> None:
+    down = MockBackend()
+    down.go_down()
+    async with Archivist.open(journal_path, [registration(down)]) as archivist:
+        await archivist.delete_session(session)
+        await archivist.shutdown(timeout=0)
+    # The archive still holds the session from before; the erasure reaches it.
+    archive = MockBackend()
+    await archive.append_messages(session, records(session, 2))
+    async with Archivist.open(journal_path, [registration(archive)]) as archivist:
+        with anyio.fail_after(5):
+            await archivist.wait_drained()
+    assert archive.erasures == [session]
+    assert archive.records(session) == []
+
+
+async def test_read_session_hides_what_a_pending_erasure_will_remove(
+    journal_path: Path, session: UUID
+) -> None:
+    mock = MockBackend()
+    async with Archivist.open(journal_path, [registration(mock)]) as archivist:
+        await archivist.append_messages(session, records(session, 2))
+        with anyio.fail_after(5):
+            await archivist.wait_drained()
+        mock.hold()
+        await archivist.delete_session(session)
+        with anyio.fail_after(5):
+            await mock.wait_held()  # the erasure is in flight, not yet applied
+        await archivist.append_messages(session, [record(session, "after")])
+        assert contents(mock, session) == ["m0", "m1"]
+        read = await archivist.read_session(session)
+        assert [r.content_md for r in read] == ["after"]
+        mock.release()
+        with anyio.fail_after(5):
+            await archivist.wait_drained()
+        assert [r.content_md for r in await archivist.read_session(session)] == [
+            "after"
+        ]
+
+
+@pytest.mark.parametrize(
+    "overflow",
+    [OverflowPolicy.REJECT, OverflowPolicy.DROP_NEWEST, OverflowPolicy.DROP_OLDEST],
+)
+async def test_a_full_backlog_never_refuses_or_drops_an_erasure(
+    journal_path: Path, session: UUID, overflow: OverflowPolicy
+) -> None:
+    mock = MockBackend()
+    policy = Queued(capacity=2, overflow=overflow, batch_window_ms=0)
+    async with Archivist.open(
+        journal_path, [registration(mock, write_policy=policy)]
+    ) as archivist:
+        mock.hold()
+        await archivist.append_messages(session, [record(session, "m0")])
+        with anyio.fail_after(5):
+            await mock.wait_held()
+        await archivist.append_messages(session, [record(session, "m1")])
+        await archivist.delete_session(session)  # over capacity, still admitted
+        other = uuid4()
+        for i in range(3):  # DROP_OLDEST drops around the erasure, never it
+            if overflow is OverflowPolicy.REJECT:
+                with pytest.raises(QueueFull):
+                    await archivist.append_messages(other, [record(other, f"o{i}")])
+            else:
+                await archivist.append_messages(other, [record(other, f"o{i}")])
+        mock.release()
+        with anyio.fail_after(5):
+            await archivist.wait_drained()
+        dropped = archivist.health().backends["mock"].dropped
+    assert mock.erasures == [session]
+    assert contents(mock, session) == []
+    assert (
+        dropped
+        == {
+            OverflowPolicy.REJECT: 0,
+            OverflowPolicy.DROP_NEWEST: 3,  # every later append
+            # m1, then each o as it arrives: the one in flight and the erasure
+            # fill the backlog, and neither can be dropped.
+            OverflowPolicy.DROP_OLDEST: 4,
+        }[overflow]
+    )
+
+
+async def test_erasure_purges_parked_copies_of_the_session(
+    journal_path: Path,
+) -> None:
+    mock = MockBackend()
+    gone, kept = uuid4(), uuid4()
+    poison_gone, poison_kept = record(gone, "poison"), record(kept, "poison")
+    mock.poison(poison_gone.message_id)
+    mock.poison(poison_kept.message_id)
+    reg = registration(mock, failure_mode=FailureMode.BEST_EFFORT)
+    async with Archivist.open(journal_path, [reg]) as archivist:
+        await archivist.append_messages(gone, [poison_gone])
+        await archivist.append_messages(kept, [poison_kept])
+        with anyio.fail_after(5):
+            await archivist.wait_drained()
+        assert journal_rows(journal_path, gone)["dead_letters"] == 1
+        await archivist.delete_session(gone)
+        with anyio.fail_after(5):
+            await archivist.wait_drained()
+    assert journal_rows(journal_path, gone) == {
+        "entries": 0,
+        "dead_letters": 0,
+        "quarantine": 0,
+    }
+    assert journal_rows(journal_path, kept)["dead_letters"] == 1
+
+
+async def test_delete_session_checks_its_argument(journal_path: Path) -> None:
+    async with Archivist.open(journal_path, [registration()]) as archivist:
+        with pytest.raises(TypeError, match=r"session must be a uuid\.UUID, got str"):
+            await archivist.delete_session(str(uuid4()))  # type: ignore[arg-type]
+
+
+class AsksToWait(MockBackend):
+    """Fails its first call with a Retry-After of ``wait`` seconds."""
+
+    def __init__(self, wait: float) -> None:
+        super().__init__()
+        self.wait = wait
+        self.calls: list[float] = []
+
+    async def append_messages(
+        self, session: UUID, records: Sequence[MessageRecord]
+    ) -> None:
+        self.calls.append(anyio.current_time())
+        if len(self.calls) == 1:
+            raise BackendError("busy", retry_after=self.wait)
+        await super().append_messages(session, records)
+
+
+async def test_writer_honours_retry_after(journal_path: Path, session: UUID) -> None:
+    backend = AsksToWait(0.3)
+    retry = RetryPolicy(initial_delay=0.001, max_delay=0.001, max_attempts=5)
+    async with Archivist.open(
+        journal_path, [registration(backend, retry=retry)]
+    ) as archivist:
+        await archivist.append_messages(session, [record(session)])
+        with anyio.fail_after(5):
+            await archivist.wait_drained()
+    first, second = backend.calls
+    assert second - first >= 0.25  # asked for 0.3 s; jitter alone is ~1 ms
