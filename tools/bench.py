@@ -212,6 +212,9 @@ class NoopBackend(ArchiveBackend):
     async def append_messages(self, session: UUID, records: Sequence[Any]) -> None:
         raise AssertionError("write_batch is overridden")
 
+    async def delete_session(self, session: UUID) -> None:
+        raise AssertionError("write_batch is overridden")
+
     async def health_check(self) -> None:
         return None
 
