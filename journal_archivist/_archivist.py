@@ -61,6 +61,8 @@ logger = logging.getLogger("journal_archivist")
 DEFAULT_CLOSE_TIMEOUT: Final = 10.0
 #: Seconds shutdown waits for the last done-marks to commit once writers stopped.
 FINAL_FLUSH_TIMEOUT: Final = 5.0
+#: Seconds shutdown gives each backend's ``aclose``.
+BACKEND_CLOSE_TIMEOUT: Final = 5.0
 
 
 def _check_registrations(registrations: Sequence[Registration]) -> list[Registration]:
@@ -252,9 +254,26 @@ class Archivist:
             self._committer.stop()
             try:
                 with anyio.CancelScope(shield=True):
+                    await self._close_backends()  # never raises
                     await self._journal.close()
             finally:
                 self._stopped.set()
+
+    async def _close_backends(self) -> None:
+        """``aclose`` every registered backend once; a failure is only logged."""
+        closed: set[int] = set()
+        for writer in self._writers:
+            backend = writer.registration.backend
+            if id(backend) in closed:
+                continue
+            closed.add(id(backend))
+            try:
+                with anyio.fail_after(BACKEND_CLOSE_TIMEOUT):
+                    await backend.aclose()
+            except Exception as exc:
+                logger.warning(
+                    "backend %r: aclose failed: %r", writer.name, exc, exc_info=exc
+                )
 
     async def _start_detached(self) -> Archivist:
         loop = asyncio.get_running_loop()

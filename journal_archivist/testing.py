@@ -43,7 +43,7 @@ class MockBackend(ArchiveBackend):
     Counters: ``batch_calls`` (``write_batch``), ``attempted_calls`` and
     ``failed_calls`` (``append_messages`` and ``delete_session``; failed health
     checks count as failed calls too), ``health_checks``, ``read_calls``; and
-    ``erasures``, every session erased, in order.
+    ``erasures``, every session erased, in order; ``close_calls`` (``aclose``).
     """
 
     def __init__(self, *, readable: bool = True) -> None:
@@ -57,6 +57,7 @@ class MockBackend(ArchiveBackend):
         self.health_checks = 0
         self.read_calls = 0
         self.erasures: list[UUID] = []
+        self.close_calls = 0
         self._delay = 0.0
         self._fail_next: list[BackendError] = []
         self._down: str | None = None
@@ -212,6 +213,10 @@ class MockBackend(ArchiveBackend):
             self.failed_calls += 1
             self._signal()
             raise BackendError(self._down, retryable=True)
+
+    async def aclose(self) -> None:
+        """Count the call (``close_calls``); the archive stays usable."""
+        self.close_calls += 1
 
     async def read_session(self, session: UUID) -> list[MessageRecord]:
         """The archived records of ``session`` (raises while down or unreadable)."""

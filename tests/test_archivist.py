@@ -432,3 +432,26 @@ async def test_other_sessions_are_not_read(journal_path: Path) -> None:
         await archivist.append_messages(a, [record(a, "a")])
         await archivist.append_messages(b, [record(b, "b")])
         assert [r.content_md for r in await archivist.read_session(b)] == ["b"]
+
+
+class FailsToClose(MockBackend):
+    async def aclose(self) -> None:
+        await super().aclose()
+        raise OSError("socket already gone")
+
+
+async def test_shutdown_closes_every_backend_once_and_survives_a_failing_close(
+    journal_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    shared, failing = MockBackend(), FailsToClose()
+    regs = [
+        registration(shared, name="a"),
+        registration(shared, name="b"),  # one object, two registrations
+        registration(failing, name="c"),
+    ]
+    async with Archivist.open(journal_path, regs):
+        assert shared.close_calls == 0
+    assert (shared.close_calls, failing.close_calls) == (1, 1)
+    assert "backend 'c': aclose failed: OSError('socket already gone')" in caplog.text
+    async with Archivist.open(journal_path, regs):  # the journal closed cleanly
+        pass
