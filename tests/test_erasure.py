@@ -76,24 +76,44 @@ async def test_erasure_reaches_every_backend_after_earlier_appends(
     }
 
 
-async def test_erasure_requested_while_down_is_delivered_later_without_the_data(
+async def test_erasure_requested_while_the_backend_is_down_is_delivered_later(
     journal_path: Path, session: UUID
 ) -> None:
     mock = MockBackend()
     async with Archivist.open(journal_path, [registration(mock)]) as archivist:
         mock.go_down()
         await archivist.append_messages(session, records(session, 3))
-        await archivist.delete_session(session)
-        await archivist.append_messages(session, [record(session, "after")])
         with anyio.fail_after(5):
             await mock.wait_failures(1)
+        await archivist.delete_session(session)
+        await archivist.append_messages(session, [record(session, "after")])
         mock.come_back()
+        with anyio.fail_after(5):
+            await archivist.wait_drained()
+    assert mock.erasures == [session]
+    assert contents(mock, session) == ["after"]
+    assert journal_rows(journal_path, session)["entries"] == 0
+
+
+async def test_records_pending_behind_an_erasure_are_never_sent(
+    journal_path: Path, session: UUID
+) -> None:
+    mock = MockBackend()
+    other = uuid4()
+    async with Archivist.open(journal_path, [registration(mock)]) as archivist:
+        mock.hold()  # the writer waits at the gate with a batch of ``other``
+        await archivist.append_messages(other, [record(other)])
+        with anyio.fail_after(5):
+            await mock.wait_held()
+        await archivist.append_messages(session, records(session, 3))
+        await archivist.delete_session(session)
+        await archivist.append_messages(session, [record(session, "after")])
+        mock.release()
         with anyio.fail_after(5):
             await archivist.wait_drained()
     assert mock.erasures == [session]
     # Coalesced into the erasure's batch, the erased records were never sent.
     assert [r.content_md for r in mock.deliveries(session)] == ["after"]
-    assert journal_rows(journal_path, session)["entries"] == 0
 
 
 async def test_erasure_survives_a_restart(journal_path: Path, session: UUID) -> None:
