@@ -1,0 +1,570 @@
+"""SqliteArchive: the contract suite, then what only a SQLite file can get wrong.
+
+Every test uses a real archive file under ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+from datetime import UTC, datetime, timedelta, timezone
+from typing import TYPE_CHECKING
+from uuid import UUID, uuid4
+
+import anyio
+import pytest
+
+from journal_archivist import Archivist, MessageRecord, Queued, Registration
+from journal_archivist._schema import APPLICATION_ID as JOURNAL_APPLICATION_ID
+from journal_archivist.backends import (
+    BackendError,
+    SessionGroup,
+    sqlite as sqlite_backend,
+)
+from journal_archivist.backends.sqlite import (
+    APPLICATION_ID,
+    SCHEMA_VERSION,
+    SessionInfo,
+    SqliteArchive,
+)
+from journal_archivist.testing import check_backend
+from tests.helpers import FAST_RETRY, record, records, registration
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
+    from pathlib import Path
+
+
+@pytest.fixture
+def archive_path(tmp_path: Path) -> Path:
+    return tmp_path / "archive.db"
+
+
+@pytest.fixture
+async def archive(archive_path: Path) -> AsyncIterator[SqliteArchive]:
+    backend = SqliteArchive(archive_path)
+    try:
+        yield backend
+    finally:
+        await backend.aclose()
+
+
+def group(
+    session: UUID, recs: list[MessageRecord], *, erase: bool = False
+) -> SessionGroup:
+    return SessionGroup(session, tuple(recs), erase=erase)
+
+
+def backwards(session: UUID, count: int, tag: str) -> list[MessageRecord]:
+    """Records whose ts and message_id both decrease in append order."""
+    ids = sorted((uuid4() for _ in range(count)), reverse=True)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    return [
+        record(session, f"{tag}{i}", message_id=ids[i], ts=start - timedelta(hours=i))
+        for i in range(count)
+    ]
+
+
+def file_bytes(path: Path) -> bytes:
+    """The database file and its WAL, as they are on disk now."""
+    wal = path.with_name(path.name + "-wal")
+    return path.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
+
+
+# -- the contract ----------------------------------------------------------------
+
+
+async def test_contract(tmp_path: Path) -> None:
+    await check_backend(lambda: SqliteArchive(tmp_path / "archive.db"))
+
+
+# -- construction ----------------------------------------------------------------
+
+
+def test_constructing_does_no_io_and_repr_shows_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "missing-dir" / "archive.db"
+    backend = SqliteArchive(path)
+    assert not path.parent.exists()
+    assert repr(backend) == f"SqliteArchive({str(path)!r})"
+    assert backend.path == str(path)
+
+
+def test_a_relative_path_is_made_absolute_at_construction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert SqliteArchive("archive.db").path == str(tmp_path / "archive.db")
+
+
+@pytest.mark.parametrize(
+    ("path", "kwargs", "error", "match"),
+    [
+        # not a path at all
+        (123, {}, TypeError, "path must be a str or os.PathLike, got int"),
+        # bytes paths are not supported
+        (b"archive.db", {}, TypeError, "path must be a str or os.PathLike, got bytes"),
+        # nothing to open
+        ("", {}, ValueError, "path must name a file, got ''"),
+        # an in-memory database is not durable
+        (":memory:", {}, ValueError, "path must name a file, got ':memory:'"),
+        # SQLite would cut the name at the NUL
+        ("a\x00b", {}, ValueError, "path must name a file"),
+        # a negative wait
+        ("a.db", {"busy_timeout": -1}, ValueError, "busy_timeout must be >= 0"),
+        # NaN compares false with everything
+        ("a.db", {"busy_timeout": float("nan")}, ValueError, "busy_timeout must be"),
+        # a bool is not a number of seconds
+        ("a.db", {"busy_timeout": True}, TypeError, "busy_timeout must be a number"),
+        ("a.db", {"busy_timeout": "5"}, TypeError, "busy_timeout must be a number"),
+    ],
+)
+def test_constructor_rejects_bad_arguments(
+    path: object, kwargs: dict[str, object], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        SqliteArchive(path, **kwargs)  # type: ignore[arg-type]
+
+
+# -- idempotence and order ---------------------------------------------------------
+
+
+async def test_a_redelivered_batch_changes_nothing(
+    archive: SqliteArchive, archive_path: Path
+) -> None:
+    a, b = uuid4(), uuid4()
+    batch = [group(a, records(a, 3)), group(b, records(b, 2)), group(a, records(a, 1))]
+    want_a = [*batch[0].records, *batch[2].records]
+    await archive.write_batch(batch)
+    before = file_seqs(archive_path)
+    await archive.write_batch(batch)
+    await archive.append_messages(a, want_a)
+    assert await archive.read_session(a) == want_a
+    assert (await archive.count(a), await archive.count(b)) == (4, 2)
+    assert file_seqs(archive_path) == before  # no row was rewritten
+
+    await archive.aclose()
+    async with SqliteArchive(archive_path) as again:  # a redelivery after a restart
+        await again.write_batch(batch)
+        assert await again.read_session(a) == want_a
+        assert list(await again.read_session(b)) == list(batch[1].records)
+        assert (await again.count(a), await again.count(b)) == (4, 2)
+
+
+def file_seqs(path: Path) -> list[tuple[int, str]]:
+    with sqlite3.connect(path) as conn:
+        return conn.execute(
+            "SELECT seq, message_id FROM messages ORDER BY seq"
+        ).fetchall()
+
+
+async def test_records_read_in_append_order_not_ts_or_id_order(
+    archive: SqliteArchive,
+) -> None:
+    session, other = uuid4(), uuid4()
+    first, second = backwards(session, 4, "a"), backwards(session, 3, "b")
+    await archive.append_messages(session, first)
+    await archive.write_batch([group(other, records(other, 2)), group(session, second)])
+    assert await archive.read_session(session) == first + second
+
+
+async def test_a_record_of_another_session_is_refused_and_nothing_archived(
+    archive: SqliteArchive,
+) -> None:
+    session, other = uuid4(), uuid4()
+    stray = record(other)
+    with pytest.raises(BackendError, match=f"belongs to session {other}") as info:
+        await archive.append_messages(session, [record(session), stray])
+    assert info.value.retryable is False
+    assert await archive.read_session(session) == []
+
+
+async def test_a_naive_timestamp_is_refused_as_not_retryable(
+    archive: SqliteArchive,
+) -> None:
+    session = uuid4()
+    naive = record(session, ts=datetime(2026, 1, 1))
+    with pytest.raises(BackendError, match="timezone-aware") as info:
+        await archive.append_messages(session, [naive])
+    assert info.value.retryable is False
+
+
+# -- one transaction per batch ------------------------------------------------------
+
+
+async def test_a_batch_failing_midway_leaves_nothing_of_the_batch(
+    archive: SqliteArchive, archive_path: Path
+) -> None:
+    kept, new = uuid4(), uuid4()
+    old = records(kept, 2, "old")
+    await archive.append_messages(kept, old)
+    # A real SQLite failure in the middle of the batch: the third group's insert
+    # aborts, after the erasure and the first insert have run in the transaction.
+    with sqlite3.connect(archive_path) as conn:
+        conn.execute(
+            "CREATE TRIGGER fail BEFORE INSERT ON messages"
+            " WHEN NEW.content_md = 'boom'"
+            " BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
+        )
+    batch = [
+        group(kept, records(kept, 1, "after-erase"), erase=True),
+        group(new, records(new, 3)),
+        group(new, [record(new, "boom")]),
+    ]
+    with pytest.raises(BackendError, match="injected failure") as info:
+        await archive.write_batch(batch)
+    assert info.value.retryable is False
+    assert await archive.read_session(kept) == old
+    assert await archive.read_session(new) == []
+    assert [s.session for s in await archive.list_sessions()] == [kept]
+
+    with sqlite3.connect(archive_path) as conn:
+        conn.execute("DROP TRIGGER fail")
+    await archive.write_batch(batch)  # the writer's retry
+    assert await archive.read_session(kept) == list(batch[0].records)
+    assert await archive.read_session(new) == [*batch[1].records, *batch[2].records]
+
+
+async def test_a_locked_archive_fails_retryably_and_the_retry_succeeds(
+    archive_path: Path,
+) -> None:
+    session = uuid4()
+    async with SqliteArchive(archive_path, busy_timeout=0) as backend:
+        await backend.health_check()
+        holder = sqlite3.connect(archive_path, isolation_level=None)
+        try:
+            holder.execute("BEGIN IMMEDIATE")  # an operator's shell holding a lock
+            with pytest.raises(BackendError, match="locked") as info:
+                await backend.append_messages(session, records(session, 2))
+            assert info.value.retryable is True
+            holder.execute("ROLLBACK")
+        finally:
+            holder.close()
+        recs = records(session, 2)
+        await backend.append_messages(session, recs)
+        assert await backend.read_session(session) == recs
+
+
+async def test_a_write_cancelled_in_flight_leaves_no_open_transaction(
+    archive: SqliteArchive, archive_path: Path
+) -> None:
+    session = uuid4()
+    await archive.health_check()
+    holder = sqlite3.connect(archive_path, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # so the write waits inside SQLite
+        async with anyio.create_task_group() as tg:
+            scope = anyio.CancelScope()
+
+            async def write() -> None:
+                with scope:
+                    await archive.append_messages(session, records(session, 2, "x"))
+
+            tg.start_soon(write)
+            await anyio.wait_all_tasks_blocked()  # blocked in BEGIN IMMEDIATE
+            scope.cancel()  # as a writer's attempt timeout would
+            holder.execute("ROLLBACK")  # the BEGIN now runs, then the rollback
+        assert scope.cancelled_caught
+        holder.execute("BEGIN IMMEDIATE")  # the archive holds no write lock
+        holder.execute("ROLLBACK")
+    finally:
+        holder.close()
+    recs = records(session, 2)
+    await archive.append_messages(session, recs)
+    assert await archive.read_session(session) == recs
+
+
+# -- erasure --------------------------------------------------------------------------
+
+
+async def test_erasing_groups_apply_in_order_and_erase_only_their_session(
+    archive: SqliteArchive,
+) -> None:
+    a, b, unknown = uuid4(), uuid4(), uuid4()
+    await archive.write_batch([group(a, records(a, 3)), group(b, records(b, 2))])
+    fresh = records(a, 2, "fresh")
+    await archive.write_batch(
+        [
+            group(a, fresh, erase=True),  # erase, then append, in one group
+            group(unknown, [], erase=True),  # nothing to erase
+        ]
+    )
+    assert await archive.read_session(a) == fresh
+    assert await archive.count(a) == 2
+    assert await archive.count(b) == 2
+    await archive.delete_session(unknown)
+    await archive.write_batch([group(b, [], erase=True)])
+    assert await archive.read_session(b) == []
+    assert [info.session for info in await archive.list_sessions()] == [a]
+
+
+@pytest.mark.parametrize(
+    "via",
+    [
+        "delete_session",  # the protocol's erasure call
+        "write_batch",  # an erasing group in a coalesced batch
+    ],
+)
+async def test_erased_content_is_gone_from_the_file_and_its_wal(
+    archive: SqliteArchive, archive_path: Path, via: str
+) -> None:
+    secret, kept = uuid4(), uuid4()
+    marker = f"SECRET-{uuid4()}"
+    await archive.append_messages(
+        secret,
+        [
+            record(secret, f"{marker} short"),
+            record(secret, f"{marker} long " + "x" * 100_000),  # overflow pages
+            record(secret, "nothing", author=marker),
+        ],
+    )
+    survivors = records(kept, 3)
+    await archive.append_messages(kept, survivors)
+    assert marker.encode() in file_bytes(archive_path)
+
+    if via == "delete_session":
+        await archive.delete_session(secret)
+    else:
+        await archive.write_batch([group(secret, [], erase=True)])
+
+    assert marker.encode() not in file_bytes(archive_path)
+    wal = archive_path.with_name(archive_path.name + "-wal")
+    assert not wal.exists() or wal.stat().st_size == 0  # checkpointed and truncated
+    assert await archive.read_session(secret) == []
+    assert await archive.read_session(kept) == survivors
+
+
+# -- counts and listing ------------------------------------------------------------
+
+
+async def test_counts_and_list_sessions(archive: SqliteArchive) -> None:
+    a, b = uuid4(), uuid4()
+    plus_two = timezone(timedelta(hours=2))
+    early = datetime(2026, 1, 1, 12, 0, tzinfo=plus_two)  # 10:00 UTC
+    late = datetime(2026, 1, 1, 11, 0, tzinfo=UTC)
+    a_recs = [record(a, "1", ts=late), record(a, "2", ts=early)]
+    await archive.write_batch([group(a, a_recs), group(b, records(b, 3))])
+    await archive.append_messages(a, a_recs)  # redelivered: not counted again
+    assert await archive.count(a) == 2
+    assert await archive.count(b) == 3
+    assert await archive.count(uuid4()) == 0
+    listed = {info.session: info for info in await archive.list_sessions()}
+    assert listed[a] == SessionInfo(
+        session=a,
+        message_count=2,
+        first_ts=datetime(2026, 1, 1, 10, 0, tzinfo=UTC),
+        last_ts=datetime(2026, 1, 1, 11, 0, tzinfo=UTC),
+    )
+    assert listed[b].message_count == 3
+    await archive.delete_session(a)
+    assert [info.session for info in await archive.list_sessions()] == [b]
+    assert await archive.count(a) == 0
+
+
+async def test_reads_reject_a_session_that_is_not_a_uuid(
+    archive: SqliteArchive,
+) -> None:
+    with pytest.raises(TypeError, match="session must be a UUID, got str"):
+        await archive.count(str(uuid4()))  # type: ignore[arg-type]
+
+
+async def test_queryable_columns_hold_the_record_fields(
+    archive: SqliteArchive, archive_path: Path
+) -> None:
+    session, parent = uuid4(), uuid4()
+    rec = record(
+        session,
+        "nul\x00inside",
+        parent_id=parent,
+        author="model ✓",
+        ts=datetime(2001, 2, 3, 4, 5, 6, 7, tzinfo=timezone(timedelta(hours=5))),
+    )
+    await archive.append_messages(session, [rec])
+    with sqlite3.connect(archive_path) as conn:
+        row = conn.execute(
+            "SELECT message_id, session, parent_id, ts, role, author, content_md,"
+            " json_extract(record, '$.role') FROM messages"
+        ).fetchone()
+    assert row == (
+        str(rec.message_id),
+        str(session),
+        str(parent),
+        "2001-02-02T23:05:06.000007Z",
+        "user",
+        "model ✓",
+        "nul\x00inside",
+        "user",
+    )
+
+
+# -- the file ------------------------------------------------------------------------
+
+
+async def test_the_archive_and_its_wal_are_owner_only(
+    archive: SqliteArchive, archive_path: Path
+) -> None:
+    old_umask = os.umask(0)  # even a permissive umask gets an owner-only file
+    try:
+        session = uuid4()
+        await archive.append_messages(session, records(session, 2))
+    finally:
+        os.umask(old_umask)
+    for path in (archive_path, archive_path.with_name(archive_path.name + "-wal")):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+async def test_the_file_is_marked_as_an_archive(
+    archive: SqliteArchive, archive_path: Path
+) -> None:
+    await archive.health_check()
+    with sqlite3.connect(archive_path) as conn:
+        assert conn.execute("PRAGMA application_id").fetchone() == (APPLICATION_ID,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    # The archive names the journal's id to refuse it by name; keep the two equal.
+    assert sqlite_backend._JOURNAL_APPLICATION_ID == JOURNAL_APPLICATION_ID
+
+
+async def test_the_journal_file_is_refused_and_left_untouched(
+    journal_path: Path,
+) -> None:
+    async with Archivist.open(journal_path, [registration()]):
+        pass
+    before = journal_path.read_bytes()
+    async with SqliteArchive(journal_path) as backend:
+        with pytest.raises(
+            BackendError, match="is a journal_archivist journal"
+        ) as info:
+            await backend.health_check()
+    assert info.value.retryable is False
+    assert str(journal_path) in str(info.value)
+    assert journal_path.read_bytes() == before
+
+
+def make_other_app_db(path: Path) -> None:
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA application_id = 305419896")  # 0x12345678
+
+
+def make_plain_db(path: Path) -> None:
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+
+
+def make_newer_archive(path: Path) -> None:
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+
+
+def make_not_a_database(path: Path) -> None:
+    path.write_bytes(b"this is not a SQLite file at all " * 200)
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        # another application's id, even with no tables yet
+        (make_other_app_db, r"SQLite database of something else.*0x12345678"),
+        # an ordinary SQLite database with tables of its own
+        (make_plain_db, r"something else.*\['customers'\]"),
+        # an archive written by a newer schema
+        (make_newer_archive, "schema version 2 is newer than the supported 1"),
+        # not SQLite at all
+        (make_not_a_database, "not a usable SQLite archive"),
+    ],
+)
+async def test_a_foreign_file_is_refused_untouched_and_not_retryable(
+    archive_path: Path, make: Callable[[Path], None], match: str
+) -> None:
+    make(archive_path)
+    before = archive_path.read_bytes()
+    async with SqliteArchive(archive_path) as backend:
+        with pytest.raises(BackendError, match=match) as info:
+            await backend.health_check()
+        with pytest.raises(BackendError, match=match):  # and again: no state kept
+            await backend.read_session(uuid4())
+    assert info.value.retryable is False
+    assert str(archive_path) in str(info.value)
+    assert archive_path.read_bytes() == before
+
+
+async def test_a_missing_directory_is_retryable_until_an_operator_creates_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "not-yet" / "archive.db"
+    async with SqliteArchive(path) as backend:
+        with pytest.raises(BackendError, match=r"directory .* does not exist") as info:
+            await backend.health_check()
+        assert info.value.retryable is True
+        assert str(path) in str(info.value)
+        path.parent.mkdir()
+        await backend.health_check()
+    assert path.exists()
+
+
+async def test_a_directory_as_the_path_is_not_retryable(tmp_path: Path) -> None:
+    async with SqliteArchive(tmp_path) as backend:
+        with pytest.raises(BackendError, match="is a directory") as info:
+            await backend.health_check()
+    assert info.value.retryable is False
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+async def test_an_unwritable_directory_is_retryable(tmp_path: Path) -> None:
+    directory = tmp_path / "locked"
+    directory.mkdir(mode=0o500)
+    try:
+        async with SqliteArchive(directory / "archive.db") as backend:
+            with pytest.raises(BackendError, match="cannot create") as info:
+                await backend.health_check()
+        assert info.value.retryable is True
+    finally:
+        directory.chmod(0o700)
+
+
+async def test_aclose_is_idempotent_and_a_later_call_reopens(
+    archive: SqliteArchive,
+) -> None:
+    session = uuid4()
+    first = records(session, 2)
+    await archive.append_messages(session, first)
+    await archive.aclose()
+    await archive.aclose()
+    await archive.health_check()
+    await archive.aclose()
+    second = records(session, 1, "later")
+    await archive.append_messages(session, second)
+    assert await archive.read_session(session) == first + second
+
+
+# -- end to end ---------------------------------------------------------------------
+
+
+async def test_an_archivist_delivers_to_the_archive_and_reads_it_back(
+    journal_path: Path, archive_path: Path
+) -> None:
+    a, b = uuid4(), uuid4()
+    want_a = backwards(a, 5, "a") + records(a, 3, "later")
+    want_b = records(b, 4)
+    backend = SqliteArchive(archive_path)
+    registration = Registration(
+        name="archive",
+        backend=backend,
+        write_policy=Queued(batch_window_ms=1),
+        retry=FAST_RETRY,
+    )
+    try:
+        async with Archivist.open(journal_path, [registration]) as archivist:
+            await archivist.append_messages(a, want_a[:5])
+            await archivist.append_messages(b, want_b)
+            await archivist.append_messages(a, want_a[5:])
+            with anyio.fail_after(10):
+                await archivist.wait_drained()
+            assert await archivist.read_session(a) == want_a
+            assert await archivist.read_session(b) == want_b
+    finally:
+        await backend.aclose()
+    async with SqliteArchive(archive_path) as reopened:
+        assert await reopened.read_session(a) == want_a
+        assert await reopened.count(b) == 4
