@@ -81,3 +81,33 @@ def test_importing_the_package_imports_no_server_driver() -> None:
 
 def test_version_is_a_string() -> None:
     assert isinstance(journal_archivist.__version__, str)
+
+
+@pytest.mark.parametrize(
+    ("name", "driver", "extra"),
+    [
+        ("PostgresArchive", "asyncpg", "postgres"),
+        ("WebhookArchive", "httpx", "webhook"),
+    ],
+)
+def test_a_backend_whose_extra_is_missing_names_the_extra(
+    name: str, driver: str, extra: str
+) -> None:
+    # A None entry in sys.modules makes ``import driver`` fail as if not installed.
+    code = (
+        f"import sys; sys.modules[{driver!r}] = None\n"
+        "import journal_archivist.backends as b\n"
+        "try:\n"
+        f"    b.{name}\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert f"pip install 'journal-archivist[{extra}]'" in out.stdout, out.stderr
+
+
+def test_an_unknown_backend_name_is_an_attribute_error() -> None:
+    import journal_archivist.backends as backends
+
+    with pytest.raises(AttributeError, match="has no attribute 'MongoArchive'"):
+        _ = backends.MongoArchive  # type: ignore[attr-defined]

@@ -1,0 +1,714 @@
+"""PostgresArchive: archive records in PostgreSQL through asyncpg (extra ``postgres``).
+
+Rules and theory:
+- **Acknowledged only after COMMIT.** ``write_batch`` applies a whole batch in one
+  transaction and returns once it committed; on any failure nothing of the batch
+  is kept, and the writer retries the whole batch.
+- **Idempotent on ``message_id``**, the primary key of the messages table: rows are
+  inserted with ``ON CONFLICT (message_id) DO NOTHING``, so a redelivered record is
+  archived once and counted once.
+- **Append order is an explicit per-session position** (``seq``), never ``ts`` or
+  ``message_id``. Each batch first reserves a range of positions per session by
+  advancing ``next_seq`` in the sessions table; that upsert locks the session's
+  row, so concurrent writers of one session queue up instead of interleaving. A
+  redelivered record leaves a gap in ``seq``, which order does not mind.
+- **The stored record is authoritative**: ``record`` is the bytea of the record's
+  JSON (``_codec.encode_record``), which holds anything (NUL characters, any
+  unicode, exact numbers and key order) and is what ``read_session`` decodes. The
+  other columns are derived for queries; PostgreSQL text cannot hold NUL, so NUL
+  characters are removed from ``role``, ``author`` and ``content_md`` there.
+- **Schema** (``<schema>.<prefix>sessions`` and ``<prefix>messages``, DDL in
+  ``_statements``): sessions(session uuid PK, message_count, next_seq, created_at,
+  updated_at); messages(message_id uuid PK, session, seq, parent_id, ts
+  timestamptz, role, author, content_md, record bytea, archived_at), unique on
+  (session, seq). ``create_schema=True`` runs the DDL (``IF NOT EXISTS``) under a
+  transaction-scoped advisory lock per schema, so concurrent instances are safe.
+  Schema and prefix are checked against ``[a-z_][a-z0-9_]{0,40}`` and quoted.
+- **Erasure deletes rows**: an erasing group deletes the session's messages and its
+  sessions row (ids are forgotten, so a record appended again is new), then
+  inserts the group's records. Within a batch the plan of each session is computed
+  first (``_plan``, pure), so groups of one session apply in the order given.
+- **Failure classification** (``_classify``): whatever repeating may fix is
+  retryable: lost or refused connections, timeouts, ``OSError``, serialization
+  failures, deadlocks, too many connections, a server starting or shutting down
+  (SQLSTATE classes 08, 40, 53, 57, 58, lock timeouts), and configuration or
+  schema problems an operator fixes (missing table, schema or database, privilege,
+  authentication), so records are never dead-lettered because of them. What the
+  server refuses about the data itself (data exceptions, constraint violations,
+  anything else) is not retryable. Errors are translated once, in ``_run``.
+- **Secrets**: the DSN's password never appears in a ``repr``, a log record or an
+  error message; messages are built here, with the DSN masked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import urllib.parse
+import warnings
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol, TypeVar, final
+from uuid import UUID
+
+import anyio
+import msgspec
+
+from .._errors import BackendError
+from ._base import ArchiveBackend, SessionGroup
+from ._codec import decode_record, encode_record
+
+try:
+    import asyncpg  # type: ignore[import-untyped]
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
+    raise ImportError(
+        "PostgresArchive needs asyncpg: pip install 'journal-archivist[postgres]'"
+    ) from exc
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Sequence
+    from contextlib import AbstractAsyncContextManager
+
+    from .._records import MessageRecord
+
+__all__ = [
+    "DEFAULT_APPLICATION_NAME",
+    "DEFAULT_POOL_MAX_SIZE",
+    "DEFAULT_POOL_MIN_SIZE",
+    "DEFAULT_TABLE_PREFIX",
+    "DEFAULT_TIMEOUT",
+    "ArchivedSession",
+    "PostgresArchive",
+]
+
+DEFAULT_TABLE_PREFIX: Final = "journal_archivist_"
+DEFAULT_POOL_MIN_SIZE: Final = 1
+DEFAULT_POOL_MAX_SIZE: Final = 4
+#: Seconds one call (connecting included) may take before it fails, retryable.
+DEFAULT_TIMEOUT: Final = 30.0
+DEFAULT_APPLICATION_NAME: Final = "journal-archivist"
+
+logger = logging.getLogger(__name__)
+
+_IDENTIFIER: Final = re.compile(r"[a-z_][a-z0-9_]{0,40}")
+_IDENTIFIER_RULE: Final = "1-41 characters of a-z, 0-9 and _, not starting with a digit"
+_T = TypeVar("_T")
+
+
+class ArchivedSession(msgspec.Struct, frozen=True, kw_only=True):
+    """One archived session, as ``PostgresArchive.list_sessions`` reports it."""
+
+    session: UUID
+    #: Distinct records archived (redeliveries are not counted).
+    message_count: int
+    #: When the session was first archived (since its last erasure), server time.
+    created_at: datetime
+    #: When records were last delivered for it, server time.
+    updated_at: datetime
+
+
+class _Connection(Protocol):
+    """The part of ``asyncpg.Connection`` this module uses."""
+
+    async def execute(self, query: str, *args: object) -> str: ...
+    async def fetch(self, query: str, *args: object) -> list[Any]: ...
+    async def fetchrow(self, query: str, *args: object) -> Any: ...
+    async def fetchval(self, query: str, *args: object) -> Any: ...
+    def transaction(self) -> AbstractAsyncContextManager[object]: ...
+
+
+class _Pool(Protocol):
+    """The part of ``asyncpg.Pool`` this module uses."""
+
+    def acquire(self) -> AbstractAsyncContextManager[_Connection]: ...
+    async def close(self) -> None: ...
+    def terminate(self) -> None: ...
+
+
+class _Sql(NamedTuple):
+    """Every statement, with the validated, quoted table names filled in."""
+
+    sessions: str  # the quoted, schema-qualified names
+    messages: str
+    ddl: str
+    erase: str
+    reserve: str
+    insert: str
+    read: str
+    count_session: str
+    list_all: str
+    list_after: str
+    probe: str
+
+
+def _statements(schema: str, prefix: str) -> _Sql:
+    qschema = f'"{schema}"'
+    sessions = f'{qschema}."{prefix}sessions"'
+    messages = f'{qschema}."{prefix}messages"'
+    # One lock per schema serialises every instance's DDL there (CREATE ... IF NOT
+    # EXISTS alone races); the validated name holds no quote.
+    lock_key = f"journal_archivist:{schema}"
+    ddl = f"""
+        SET LOCAL client_min_messages = warning;
+        SELECT pg_advisory_xact_lock(hashtext('{lock_key}'));
+        CREATE SCHEMA IF NOT EXISTS {qschema};
+        CREATE TABLE IF NOT EXISTS {sessions} (
+            session uuid PRIMARY KEY,
+            message_count bigint NOT NULL DEFAULT 0,
+            next_seq bigint NOT NULL DEFAULT 0,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            updated_at timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE TABLE IF NOT EXISTS {messages} (
+            message_id uuid PRIMARY KEY,
+            session uuid NOT NULL,
+            seq bigint NOT NULL,
+            parent_id uuid,
+            ts timestamptz NOT NULL,
+            role text NOT NULL,
+            author text,
+            content_md text NOT NULL,
+            record bytea NOT NULL,
+            archived_at timestamptz NOT NULL DEFAULT now(),
+            UNIQUE (session, seq)
+        );
+    """
+    return _Sql(
+        sessions=sessions,
+        messages=messages,
+        ddl=ddl,
+        erase=f"""
+            WITH gone AS (DELETE FROM {messages} WHERE session = ANY($1::uuid[]))
+            DELETE FROM {sessions} WHERE session = ANY($1::uuid[])
+        """,
+        reserve=f"""
+            INSERT INTO {sessions} AS s (session, next_seq)
+            SELECT * FROM unnest($1::uuid[], $2::bigint[])
+            ON CONFLICT (session) DO UPDATE
+                SET next_seq = s.next_seq + excluded.next_seq, updated_at = now()
+            RETURNING session, next_seq
+        """,
+        insert=f"""
+            WITH inserted AS (
+                INSERT INTO {messages} (message_id, session, seq, parent_id, ts,
+                                        role, author, content_md, record)
+                SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[],
+                                     $4::uuid[], $5::timestamptz[], $6::text[],
+                                     $7::text[], $8::text[], $9::bytea[])
+                ON CONFLICT (message_id) DO NOTHING
+                RETURNING session
+            )
+            UPDATE {sessions} AS s SET message_count = s.message_count + c.n
+            FROM (SELECT session, count(*) AS n FROM inserted GROUP BY session) AS c
+            WHERE s.session = c.session
+        """,
+        read=f"SELECT record FROM {messages} WHERE session = $1 ORDER BY seq",
+        count_session=f"SELECT message_count FROM {sessions} WHERE session = $1",
+        list_all=f"""
+            SELECT session, message_count, created_at, updated_at FROM {sessions}
+            ORDER BY session LIMIT $1
+        """,
+        list_after=f"""
+            SELECT session, message_count, created_at, updated_at FROM {sessions}
+            WHERE session > $2 ORDER BY session LIMIT $1
+        """,
+        probe="SELECT to_regclass($1) IS NOT NULL, to_regclass($2) IS NOT NULL",
+    )
+
+
+def _check_identifier(what: str, value: object) -> str:
+    if not isinstance(value, str) or not _IDENTIFIER.fullmatch(value):
+        raise ValueError(f"{what} must be {_IDENTIFIER_RULE}, got {value!r}")
+    return value
+
+
+def _mask_dsn(dsn: str) -> tuple[str, frozenset[str]]:
+    """Return ``dsn`` with its password replaced by ``***``, and the secrets."""
+    parts = urllib.parse.urlsplit(dsn)
+    secrets: set[str] = set()
+    netloc = parts.netloc
+    userinfo, at, hosts = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        user, _, password = userinfo.partition(":")
+        secrets.update((password, urllib.parse.unquote(password)))
+        netloc = f"{user}:***@{hosts}"
+    query = []
+    for key, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
+        if key.lower() == "password":
+            secrets.add(value)
+            value = "***"
+        query.append((key, value))
+    masked = urllib.parse.urlunsplit(
+        (parts.scheme, netloc, parts.path, urllib.parse.urlencode(query), "")
+    )
+    return masked.replace("%2A%2A%2A", "***"), frozenset(s for s in secrets if s)
+
+
+async def _keep_session_state(connection: object) -> None:
+    """Pool reset hook: nothing to reset (see ``PostgresArchive._open_pool``)."""
+
+
+# -- failure classification (pure) -------------------------------------------------
+
+#: SQLSTATE classes that repeating may fix: connection exceptions, transaction
+#: rollback (serialization failure, deadlock), insufficient resources (too many
+#: connections, disk full), operator intervention (admin shutdown, cannot connect
+#: now, query canceled by a timeout), system errors.
+_RETRYABLE_CLASSES: Final = frozenset({"08", "40", "53", "57", "58"})
+#: Single SQLSTATEs that repeating may fix, or that an operator fixes without
+#: touching the records: lock not available, a plan invalidated by a schema change,
+#: a missing database, schema or table, a missing privilege, failed authentication.
+_RETRYABLE_STATES: Final = frozenset(
+    {"55P03", "0A000", "3D000", "3F000", "42P01", "42501", "28000", "28P01"}
+)
+_HINTS: Final = {
+    "42P01": "the archive tables are missing: pass create_schema=True or create"
+    " them (see docs/backends.md)",
+    "3F000": "the archive schema is missing: pass create_schema=True or create it",
+}
+
+
+def _classify(exc: BaseException) -> tuple[bool, str]:
+    """Return ``(retryable, what happened)`` for an error from asyncpg or the OS.
+
+    An asyncpg ``InterfaceError`` raised while handling another error (a rollback
+    on a connection the server just closed) reports that error first; it is
+    retryable if either is.
+    """
+    retryable, what = _classify_one(exc)
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(exc, asyncpg.InterfaceError) and isinstance(cause, Exception):
+        cause_retryable, cause_what = _classify_one(cause)
+        return retryable or cause_retryable, f"{cause_what}; then {what}"
+    return retryable, what
+
+
+def _classify_one(exc: BaseException) -> tuple[bool, str]:
+    if isinstance(exc, TimeoutError):
+        return True, "timed out"
+    if isinstance(exc, asyncpg.PostgresError):
+        state = str(getattr(exc, "sqlstate", "") or "")
+        retryable = state[:2] in _RETRYABLE_CLASSES or state in _RETRYABLE_STATES
+        message = exc.args[0] if exc.args else ""
+        what = f"{type(exc).__name__} (SQLSTATE {state}): {message}"
+        hint = _HINTS.get(state)
+        return retryable, f"{what}; {hint}" if hint else what
+    if isinstance(exc, asyncpg.exceptions.DataError):
+        return False, f"the server cannot take a value: {exc.args[0]}"
+    if isinstance(exc, asyncpg.InterfaceError | asyncpg.exceptions.InternalClientError):
+        # Connection closed or released under us, a stale schema cache, a bad
+        # client setting: not about the records.
+        return True, f"{type(exc).__name__}: {exc.args[0] if exc.args else ''}"
+    if isinstance(exc, OSError):
+        return True, f"cannot reach the server: {type(exc).__name__}: {exc}"
+    return False, f"{type(exc).__name__}: {exc}"
+
+
+# -- batch planning (pure) ----------------------------------------------------------
+
+
+class _Plan(NamedTuple):
+    erased: list[UUID]
+    appended: dict[UUID, list[MessageRecord]]
+
+
+def _plan(groups: Sequence[SessionGroup]) -> _Plan:
+    """Reduce a batch to what it does per session: maybe erase, then append.
+
+    An erasing group discards the records of earlier groups of its session (they
+    would be erased anyway). A record repeated within the batch is kept once, where
+    it first appears, as ``ON CONFLICT DO NOTHING`` keeps it across batches.
+    """
+    erased: dict[UUID, None] = {}
+    appended: dict[UUID, list[MessageRecord]] = {}
+    for group in groups:
+        if group.erase:
+            erased[group.session] = None
+            appended.pop(group.session, None)
+        if group.records:
+            appended.setdefault(group.session, []).extend(group.records)
+    seen: set[UUID] = set()
+    for session, records in appended.items():
+        kept = []
+        for record in records:
+            if record.message_id not in seen:
+                seen.add(record.message_id)
+                kept.append(record)
+        appended[session] = kept
+    return _Plan(list(erased), appended)
+
+
+def _text(value: str) -> str:
+    return value.replace("\x00", "") if "\x00" in value else value
+
+
+@final
+class PostgresArchive(ArchiveBackend):
+    """Archive records in PostgreSQL tables; idempotent on ``message_id``.
+
+    A batch is acknowledged only after its transaction committed. Records read back
+    exactly as appended (the JSON of each record is stored as bytea), in append
+    order (an explicit per-session position). The connection pool is created on
+    first use and reconnects by itself after a server restart: the call that meets
+    a dead connection raises a retryable ``BackendError``, the next one reconnects.
+    The pool belongs to the event loop that opened it: used under another loop, the
+    backend terminates the old pool and opens a new one (``aclose`` it on its own
+    loop to release its sockets cleanly).
+
+    Args:
+        dsn: ``postgresql://user:password@host:port/database?...``; the password
+            is masked in ``repr``, logs and errors.
+        schema: schema of the tables (``[a-z_][a-z0-9_]{0,40}``, not ``pg_*``).
+        table_prefix: the tables are ``<prefix>sessions`` and ``<prefix>messages``.
+        create_schema: create the schema and tables if missing (idempotent, safe
+            under concurrent callers). If false, ``health_check`` reports missing
+            tables and writes fail retryably until they exist.
+        pool_min_size, pool_max_size: connections kept open / at most.
+        timeout: seconds a call may take, connecting included; past it the call
+            fails with a retryable ``BackendError``.
+        application_name: shown in ``pg_stat_activity``.
+
+    Raises:
+        ValueError: a bad schema, table prefix, pool size, timeout or DSN scheme.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str = "public",
+        table_prefix: str = DEFAULT_TABLE_PREFIX,
+        create_schema: bool = False,
+        pool_min_size: int = DEFAULT_POOL_MIN_SIZE,
+        pool_max_size: int = DEFAULT_POOL_MAX_SIZE,
+        timeout: float = DEFAULT_TIMEOUT,
+        application_name: str = DEFAULT_APPLICATION_NAME,
+    ) -> None:
+        if not isinstance(dsn, str):
+            raise TypeError(f"dsn must be a str, got {type(dsn).__name__}")
+        self._masked_dsn, self._secrets = _mask_dsn(dsn)
+        scheme = urllib.parse.urlsplit(dsn).scheme
+        if scheme not in ("postgresql", "postgres"):
+            raise ValueError(
+                f"dsn must be a postgresql:// URL, got {self._masked_dsn!r}"
+            )
+        _check_identifier("schema", schema)
+        if schema.startswith("pg_"):
+            raise ValueError(f"schema names starting with pg_ are reserved: {schema!r}")
+        _check_identifier("table_prefix", table_prefix)
+        if not 0 <= pool_min_size <= pool_max_size or pool_max_size < 1:
+            raise ValueError(
+                "pool sizes must satisfy 0 <= pool_min_size <= pool_max_size >= 1,"
+                f" got {pool_min_size} and {pool_max_size}"
+            )
+        if not timeout > 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+        self._dsn = dsn
+        self._schema = schema
+        self._table_prefix = table_prefix
+        self._create_schema = create_schema
+        self._pool_min_size = pool_min_size
+        self._pool_max_size = pool_max_size
+        self._timeout = timeout
+        self._application_name = application_name
+        self._sql = _statements(schema, table_prefix)
+        self._pool: _Pool | None = None
+        self._pool_loop: asyncio.AbstractEventLoop | None = None
+        self._schema_ready = not create_schema
+        self._opening = anyio.Lock()
+
+    def __repr__(self) -> str:
+        return (
+            f"PostgresArchive({self._masked_dsn!r}, schema={self._schema!r},"
+            f" table_prefix={self._table_prefix!r})"
+        )
+
+    def __del__(self) -> None:
+        if getattr(self, "_pool", None) is not None:
+            warnings.warn(
+                f"{self!r} was never closed: await aclose()",
+                ResourceWarning,
+                stacklevel=1,
+                source=self,
+            )
+
+    # -- connections and errors --------------------------------------------------------
+
+    def _forget_foreign_pool(self) -> _Pool | None:
+        """Return the pool if it belongs to the running event loop, else drop it.
+
+        An asyncpg pool works only on the loop that made it; a backend used again
+        under a new loop (a test's portal, a restarted runner) starts a new pool.
+        """
+        if self._pool is not None and self._pool_loop is not asyncio.get_running_loop():
+            pool, self._pool = self._pool, None
+            self._schema_ready = not self._create_schema
+            with contextlib.suppress(Exception):  # its loop may be closed already
+                pool.terminate()
+        return self._pool
+
+    async def _open_pool(self) -> _Pool:
+        pool = self._forget_foreign_pool()
+        if pool is not None and self._schema_ready:
+            return pool
+        async with self._opening:
+            pool = self._forget_foreign_pool()
+            if pool is None:
+                pool = await asyncpg.create_pool(
+                    self._dsn,
+                    min_size=self._pool_min_size,
+                    max_size=self._pool_max_size,
+                    timeout=self._timeout,  # of connecting
+                    server_settings={"application_name": self._application_name},
+                    # Saves a round trip per call: this module sets no session
+                    # state, cursors, listeners or session advisory locks, and
+                    # asyncpg still rolls back a transaction left open.
+                    reset=_keep_session_state,
+                )
+                self._pool, self._pool_loop = pool, asyncio.get_running_loop()
+                logger.info("opened a connection pool to %s", self._masked_dsn)
+            if not self._schema_ready:
+                async with (
+                    pool.acquire() as connection,
+                    connection.transaction(),
+                ):
+                    await connection.execute(self._sql.ddl)
+                self._schema_ready = True
+            return pool
+
+    async def _run(
+        self, action: str, work: Callable[[_Connection], Awaitable[_T]]
+    ) -> _T:
+        """Run ``work`` on a pooled connection within the timeout; translate errors.
+
+        A failure while opening the pool or creating the tables is retryable
+        whatever it is: it is never the records' fault.
+        """
+        opened = False
+        try:
+            with anyio.fail_after(self._timeout):
+                pool = await self._open_pool()
+                opened = True
+                async with pool.acquire() as connection:
+                    return await work(connection)
+        except BackendError:
+            raise
+        except Exception as exc:
+            retryable, what = _classify(exc)
+            state = getattr(exc, "sqlstate", None)
+            if state in ("42P01", "3F000"):
+                self._schema_ready = not self._create_schema  # recreate next time
+            error = BackendError(
+                self._scrub(f"PostgresArchive {action} on {self._masked_dsn}: {what}"),
+                retryable=retryable or not opened,
+                retry_after=1.0 if state in ("53300", "57P03") else None,
+            )
+            logger.debug("%s", error)
+            if any(secret in str(exc) for secret in self._secrets):
+                # Never chain an error that shows the password (asyncpg does not
+                # put it in its errors today; this keeps it that way).
+                raise error from None
+            raise error from exc
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    # -- the backend protocol --------------------------------------------------------
+
+    async def write_batch(self, groups: Sequence[SessionGroup]) -> None:
+        """Apply the batch in one transaction; return once it committed.
+
+        Erasing groups delete their session's rows first; records already archived
+        are skipped (``ON CONFLICT DO NOTHING``) and not counted again.
+
+        Raises:
+            BackendError: nothing of the batch was kept. ``retryable`` is false for
+                a record the server refuses or that cannot be encoded.
+        """
+        erased, appended = _plan(groups)
+        sessions = sorted(appended, key=lambda s: s.int)  # one lock order for all
+        sizes = [len(appended[s]) for s in sessions]
+        columns = self._columns(sessions, appended) if sessions else None
+
+        async def work(connection: _Connection) -> None:
+            async with connection.transaction():
+                if erased:
+                    await connection.execute(self._sql.erase, erased)
+                if columns is None:
+                    return
+                rows = await connection.fetch(self._sql.reserve, sessions, sizes)
+                ends = {row[0]: row[1] for row in rows}
+                seqs: list[int] = []
+                for session, size in zip(sessions, sizes, strict=True):
+                    seqs.extend(range(ends[session] - size, ends[session]))
+                ids, owners, parents, stamps, roles, authors, contents, blobs = columns
+                await connection.execute(
+                    self._sql.insert,
+                    ids,
+                    owners,
+                    seqs,
+                    parents,
+                    stamps,
+                    roles,
+                    authors,
+                    contents,
+                    blobs,
+                )
+
+        if erased or sessions:
+            await self._run("write_batch", work)
+
+    def _columns(
+        self, sessions: list[UUID], appended: dict[UUID, list[MessageRecord]]
+    ) -> list[list[Any]]:
+        """The insert's column arrays, all but ``seq`` (known once reserved)."""
+        ids: list[UUID] = []
+        owners: list[UUID] = []
+        parents: list[UUID | None] = []
+        stamps: list[datetime] = []
+        roles: list[str] = []
+        authors: list[str | None] = []
+        contents: list[str] = []
+        blobs: list[bytes] = []
+        for session in sessions:
+            for record in appended[session]:
+                if record.session != session:
+                    raise BackendError(
+                        f"record {record.message_id} belongs to session"
+                        f" {record.session}, not {session}",
+                        retryable=False,
+                    )
+                try:
+                    blobs.append(encode_record(record))
+                except (msgspec.EncodeError, OverflowError, UnicodeEncodeError) as exc:
+                    raise BackendError(
+                        f"record {record.message_id} cannot be encoded: {exc}",
+                        retryable=False,
+                    ) from exc
+                ids.append(record.message_id)
+                owners.append(session)
+                parents.append(record.parent_id)
+                stamps.append(record.ts)
+                roles.append(_text(record.role))
+                author = record.author
+                authors.append(None if author is None else _text(author))
+                contents.append(_text(record.content_md))
+        return [ids, owners, parents, stamps, roles, authors, contents, blobs]
+
+    async def append_messages(
+        self, session: UUID, records: Sequence[MessageRecord]
+    ) -> None:
+        """Archive ``records`` of ``session`` in one transaction, as ``write_batch``."""
+        await self.write_batch([SessionGroup(session, tuple(records))])
+
+    async def delete_session(self, session: UUID) -> None:
+        """Delete every record of ``session`` and its counters; a no-op if none."""
+        await self.write_batch([SessionGroup(session, (), erase=True)])
+
+    async def read_session(self, session: UUID) -> list[MessageRecord]:
+        """The records of ``session`` in append order, exactly as appended.
+
+        An unknown session reads as ``[]``.
+
+        Raises:
+            BackendError: the read failed (retryable), or a stored record no longer
+                decodes (not retryable).
+        """
+
+        async def work(connection: _Connection) -> list[bytes]:
+            rows = await connection.fetch(self._sql.read, session)
+            return [row[0] for row in rows]
+
+        blobs = await self._run("read_session", work)
+        try:
+            return [decode_record(blob) for blob in blobs]
+        except msgspec.DecodeError as exc:
+            raise BackendError(
+                f"PostgresArchive read_session: a stored record of session {session}"
+                f" does not decode: {exc}",
+                retryable=False,
+            ) from exc
+
+    async def count(self, session: UUID) -> int:
+        """How many distinct records of ``session`` are archived (0 if unknown)."""
+
+        async def work(connection: _Connection) -> int:
+            value = await connection.fetchval(self._sql.count_session, session)
+            return 0 if value is None else int(value)
+
+        return await self._run("count", work)
+
+    async def list_sessions(
+        self, *, limit: int | None = None, after: UUID | None = None
+    ) -> list[ArchivedSession]:
+        """The archived sessions, ordered by session id.
+
+        Args:
+            limit: at most this many (all if ``None``).
+            after: only sessions with a greater id: pass the last one of a page to
+                get the next page.
+        """
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+
+        async def work(connection: _Connection) -> list[Any]:
+            if after is None:
+                return await connection.fetch(self._sql.list_all, limit)
+            return await connection.fetch(self._sql.list_after, limit, after)
+
+        rows = await self._run("list_sessions", work)
+        return [
+            ArchivedSession(
+                session=UUID(bytes=row[0].bytes),  # asyncpg's own UUID subclass
+                message_count=row[1],
+                created_at=row[2],
+                updated_at=row[3],
+            )
+            for row in rows
+        ]
+
+    async def health_check(self) -> None:
+        """Return if a connection works and both tables exist.
+
+        Raises:
+            BackendError: (retryable) the server is unreachable, or a table is
+                missing; the message names the tables and how to create them.
+        """
+
+        async def work(connection: _Connection) -> Any:
+            return await connection.fetchrow(
+                self._sql.probe, self._sql.sessions, self._sql.messages
+            )
+
+        present = await self._run("health_check", work)
+        missing = [
+            name
+            for name, exists in zip(
+                (self._sql.sessions, self._sql.messages), present, strict=True
+            )
+            if not exists
+        ]
+        if missing:
+            self._schema_ready = not self._create_schema
+            raise BackendError(
+                f"PostgresArchive on {self._masked_dsn}: table {' and '.join(missing)}"
+                " does not exist: pass create_schema=True or create the tables"
+                " (see docs/backends.md)",
+                retryable=True,
+            )
+
+    async def aclose(self) -> None:
+        """Close the pool (idempotent); a later call opens a new one."""
+        self._forget_foreign_pool()
+        pool, self._pool = self._pool, None
+        self._schema_ready = not self._create_schema
+        if pool is None:
+            return
+        with anyio.move_on_after(self._timeout) as scope:
+            await pool.close()
+        if scope.cancelled_caught:
+            pool.terminate()
+        logger.info("closed the connection pool to %s", self._masked_dsn)

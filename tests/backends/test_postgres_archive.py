@@ -1,0 +1,684 @@
+"""PostgresArchive against a real PostgreSQL server.
+
+The server comes from ``JOURNAL_ARCHIVIST_TEST_PG_DSN`` (default: the local trust-auth
+test server). Without one the tests skip, except in CI, where they fail. Each test
+works in a schema of its own, dropped afterwards, and finds its pool's connections
+by a unique ``application_name``, so it never touches another test's connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import socket
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta, timezone
+from typing import TYPE_CHECKING
+from uuid import UUID, uuid4
+
+import anyio
+import asyncpg  # type: ignore[import-untyped]
+import pytest
+
+from journal_archivist import (
+    Archivist,
+    Attachment,
+    BackendError,
+    MessageRecord,
+    Queued,
+    Registration,
+)
+from journal_archivist.backends import SessionGroup
+from journal_archivist.backends.postgres import PostgresArchive, _classify, _mask_dsn
+from journal_archivist.testing import check_backend
+from tests.helpers import FAST_RETRY, record, records
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Iterator
+    from pathlib import Path
+    from typing import Any
+
+DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+PASSWORD = "hunter2-Sekr3t-pw"
+
+
+def _reachable(dsn: str) -> str | None:
+    """Return why the server at ``dsn`` cannot be used, or None if it can."""
+
+    async def probe() -> None:
+        connection = await asyncpg.connect(dsn, timeout=5)
+        await connection.close()
+
+    try:
+        asyncio.run(probe())
+    except Exception as exc:
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())
+        return f"no PostgreSQL server at {_mask_dsn(dsn)[0]}: {detail}"
+    return None
+
+
+@pytest.fixture(scope="module")
+def pg_dsn() -> str:
+    """The test server's DSN; skips (fails in CI) if it is unreachable."""
+    dsn = os.environ.get("JOURNAL_ARCHIVIST_TEST_PG_DSN", DEFAULT_DSN)
+    problem = _reachable(dsn)
+    if problem is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(problem)
+        pytest.skip(problem)
+    return dsn
+
+
+@pytest.fixture
+async def admin(pg_dsn: str) -> AsyncIterator[Any]:
+    """A plain asyncpg connection for looking behind the backend's back."""
+    connection = await asyncpg.connect(pg_dsn)
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+@pytest.fixture
+async def schema(admin: Any) -> AsyncIterator[str]:
+    """A fresh schema name (not created), dropped with everything in it afterwards."""
+    name = f"ja_test_{uuid4().hex[:12]}"
+    try:
+        yield name
+    finally:
+        await admin.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+@pytest.fixture
+def app_name() -> str:
+    """An application_name that marks this test's connections."""
+    return f"ja-test-{uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def make_archive(
+    pg_dsn: str, schema: str, app_name: str
+) -> AsyncIterator[Callable[..., PostgresArchive]]:
+    """Build archives in this test's schema; closes every one at the end."""
+    made: list[PostgresArchive] = []
+
+    def make(**options: Any) -> PostgresArchive:
+        options.setdefault("schema", schema)
+        options.setdefault("create_schema", True)
+        options.setdefault("application_name", app_name)
+        archive = PostgresArchive(options.pop("dsn", pg_dsn), **options)
+        made.append(archive)
+        return archive
+
+    try:
+        yield make
+    finally:
+        for archive in made:
+            await archive.aclose()
+
+
+def _with_password(dsn: str, password: str = PASSWORD) -> str:
+    scheme, _, rest = dsn.partition("://")
+    userinfo, at, hosts = rest.rpartition("@")
+    user = userinfo.partition(":")[0] if at else "postgres"
+    return f"{scheme}://{user}:{password}@{hosts if at else rest}"
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port  # nothing listens on it once the socket is closed
+
+
+def _error_texts(exc: BaseException) -> Iterator[str]:
+    """str and repr of ``exc`` and of every exception chained to it."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield str(current)
+        yield repr(current)
+        current = current.__cause__ or current.__context__
+
+
+async def _wait_for_lock_wait(admin: Any, app_name: str) -> list[int]:
+    """Wait until a connection of ``app_name`` waits on a lock; return their pids.
+
+    Each probe is a round trip on its own transaction (pg_stat_activity is a
+    per-transaction snapshot), so no sleep is needed between probes.
+    """
+    with anyio.fail_after(10):
+        while True:
+            pids: list[int] = [
+                row[0]
+                for row in await admin.fetch(
+                    "SELECT pid FROM pg_stat_activity"
+                    " WHERE application_name = $1 AND wait_event_type = 'Lock'",
+                    app_name,
+                )
+            ]
+            if pids:
+                return pids
+
+
+# -- packaging -------------------------------------------------------------------------
+
+
+def test_the_package_imports_without_asyncpg_and_the_module_names_the_extra() -> None:
+    code = (
+        "import sys\n"
+        "import journal_archivist, journal_archivist.backends\n"
+        "import journal_archivist.testing\n"
+        "assert 'asyncpg' not in sys.modules, 'journal_archivist imported asyncpg'\n"
+        "sys.modules['asyncpg'] = None  # as if the extra were not installed\n"
+        "try:\n"
+        "    import journal_archivist.backends.postgres\n"
+        "except ImportError as exc:\n"
+        "    assert isinstance(exc.__cause__, ImportError)\n"
+        "    print(exc)\n"
+        "else:\n"
+        "    raise SystemExit('imported without asyncpg')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "pip install 'journal-archivist[postgres]'" in result.stdout
+
+
+# -- configuration ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("schema", "Public"),  # upper case would need case-sensitive quoting
+        ("schema", 'x"; DROP TABLE users; --'),  # an injection attempt
+        ("schema", "a b"),  # whitespace
+        ("schema", "1abc"),  # starts with a digit
+        ("schema", ""),  # empty
+        ("schema", "a" * 42),  # longer than 41 characters
+        ("schema", "pg_archive"),  # pg_ schemas are reserved by PostgreSQL
+        ("table_prefix", "ja-"),  # a hyphen
+        ("table_prefix", "ja_\x00"),  # a NUL character
+        ("table_prefix", "é_"),  # not ASCII
+    ],
+)
+def test_identifiers_are_checked_against_a_strict_pattern(
+    option: str, value: str
+) -> None:
+    with pytest.raises(ValueError, match=rf"{option}"):
+        PostgresArchive(DEFAULT_DSN, **{option: value})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("options", "complaint"),
+    [
+        ({"pool_min_size": 3, "pool_max_size": 2}, "pool sizes"),  # min above max
+        ({"pool_max_size": 0}, "pool sizes"),  # no connection at all
+        ({"timeout": 0}, "timeout must be > 0"),  # no time at all
+    ],
+)
+def test_bad_options_are_refused(options: dict[str, Any], complaint: str) -> None:
+    with pytest.raises(ValueError, match=complaint):
+        PostgresArchive(DEFAULT_DSN, **options)
+
+
+def test_repr_masks_the_password_in_the_url_and_in_the_query() -> None:
+    archive = PostgresArchive(
+        f"postgresql://alice:{PASSWORD}@db.invalid:5432/app?password={PASSWORD}x"
+        "&sslmode=disable"
+    )
+    text = repr(archive)
+    assert PASSWORD not in text
+    assert "alice:***@db.invalid:5432/app" in text
+    assert "password=***" in text
+    with pytest.raises(ValueError, match=r"postgresql:// URL") as raised:
+        PostgresArchive(f"mysql://alice:{PASSWORD}@db.invalid/app")
+    assert PASSWORD not in str(raised.value)
+
+
+# -- schema ----------------------------------------------------------------------------
+
+
+async def test_create_schema_is_idempotent_under_concurrent_callers(
+    make_archive: Callable[..., PostgresArchive], admin: Any, schema: str
+) -> None:
+    archives = [make_archive(table_prefix="cc_") for _ in range(4)]
+    async with anyio.create_task_group() as group:
+        for archive in archives:
+            group.start_soon(archive.health_check)
+    tables = await admin.fetch(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = $1"
+        " ORDER BY table_name",
+        schema,
+    )
+    assert [row[0] for row in tables] == ["cc_messages", "cc_sessions"]
+    await make_archive(table_prefix="cc_").health_check()  # once more, later
+
+
+async def test_without_create_schema_missing_tables_are_named_and_retryable(
+    make_archive: Callable[..., PostgresArchive], admin: Any, schema: str
+) -> None:
+    archive = make_archive(create_schema=False)
+    with pytest.raises(
+        BackendError, match=r"journal_archivist_sessions.*create_schema=True"
+    ) as raised:
+        await archive.health_check()
+    assert raised.value.retryable
+    # A write meanwhile fails retryably too: the writer keeps the records.
+    session = uuid4()
+    with pytest.raises(BackendError, match="create_schema=True") as raised:
+        await archive.append_messages(session, records(session, 2))
+    assert raised.value.retryable
+    await admin.execute(f'CREATE SCHEMA "{schema}"')  # the schema alone is not enough
+    with pytest.raises(BackendError, match="does not exist"):
+        await archive.health_check()
+    await make_archive(create_schema=True).health_check()  # an operator creates them
+    await archive.health_check()
+    await archive.append_messages(session, records(session, 2))
+    assert await archive.count(session) == 2
+
+
+# -- writing and reading ---------------------------------------------------------------
+
+
+async def test_a_batch_delivered_twice_and_again_after_a_restart_is_archived_once(
+    make_archive: Callable[..., PostgresArchive],
+) -> None:
+    a, b = uuid4(), uuid4()
+    batch = [
+        SessionGroup(a, tuple(records(a, 3))),
+        SessionGroup(b, tuple(records(b, 2))),
+    ]
+    archive = make_archive()
+    await archive.write_batch(batch)
+    await archive.write_batch(batch)
+    await archive.aclose()
+    again = make_archive()
+    await again.write_batch(batch)
+    await again.write_batch([*batch, SessionGroup(a, (record(a, "new"),))])
+    assert [r.content_md for r in await again.read_session(a)] == [
+        "m0",
+        "m1",
+        "m2",
+        "new",
+    ]
+    assert await again.read_session(b) == list(batch[1].records)
+    assert (await again.count(a), await again.count(b)) == (4, 2)
+
+
+async def test_records_read_in_append_order_not_by_id_or_time(
+    make_archive: Callable[..., PostgresArchive],
+) -> None:
+    session, other = uuid4(), uuid4()
+    start = datetime(2030, 1, 1, tzinfo=UTC)
+    # Ids and timestamps both run backwards against append order.
+    ids = sorted((uuid4() for _ in range(9)), reverse=True)
+    appended = [
+        record(session, f"r{i}", message_id=ids[i], ts=start - timedelta(seconds=i))
+        for i in range(9)
+    ]
+    archive = make_archive()
+    await archive.append_messages(session, appended[:2])
+    await archive.write_batch(
+        [
+            SessionGroup(other, (record(other, "o1"),)),
+            SessionGroup(session, tuple(appended[2:5])),
+            SessionGroup(other, (record(other, "o2"),)),
+            SessionGroup(session, tuple(appended[5:7])),
+        ]
+    )
+    await make_archive().append_messages(session, appended[7:])
+    got = await archive.read_session(session)
+    assert [r.content_md for r in got] == [f"r{i}" for i in range(9)]
+    assert [r.content_md for r in await archive.read_session(other)] == ["o1", "o2"]
+
+
+async def test_erasing_groups_erase_then_append_in_the_order_given(
+    make_archive: Callable[..., PostgresArchive], admin: Any
+) -> None:
+    session, kept, unknown = uuid4(), uuid4(), uuid4()
+    first, later = records(session, 3, "a"), records(session, 2, "b")
+    archive = make_archive()
+    await archive.append_messages(session, first)
+    await archive.append_messages(kept, records(kept, 1))
+    # Erase and records in one group; an erasure of an unknown session is a no-op.
+    await archive.write_batch(
+        [
+            SessionGroup(session, tuple(later), erase=True),
+            SessionGroup(unknown, (), erase=True),
+        ]
+    )
+    assert await archive.read_session(session) == later
+    assert await archive.count(session) == 2
+    assert await archive.read_session(unknown) == []
+    # Same-session groups around an erase: only what follows the erase survives,
+    # and an erased record appended again is new (its id was forgotten).
+    await archive.write_batch(
+        [
+            SessionGroup(session, tuple(first[:1])),
+            SessionGroup(session, (), erase=True),
+            SessionGroup(session, (*first[1:], first[0])),
+        ]
+    )
+    assert await archive.read_session(session) == [*first[1:], first[0]]
+    assert await archive.count(session) == 3
+    await archive.delete_session(session)
+    await archive.delete_session(session)  # a redelivered erasure
+    assert await archive.read_session(session) == []
+    assert await archive.count(session) == 0
+    assert [s.session for s in await archive.list_sessions()] == [kept]
+    table = archive._sql.messages  # nothing of the session is left behind
+    assert (
+        await admin.fetchval(
+            f"SELECT count(*) FROM {table} WHERE session = $1", session
+        )
+        == 0
+    )
+
+
+async def test_nul_unicode_and_large_records_round_trip_exactly(
+    make_archive: Callable[..., PostgresArchive], admin: Any
+) -> None:
+    session = uuid4()
+    parent = uuid4()
+    odd = [
+        record(
+            session, "nul\x00inside\x00", author="a\x00b", metadata={"k\x00": "v\x00"}
+        ),
+        record(session, "héllo ✓ 你好 مرحبا 🙂👍🏽 e\u0301 \u200b\t\n\r"),
+        record(session, "x" * (2 * 1024 * 1024)),
+        MessageRecord(
+            session=session,
+            role="tool\x00",
+            metadata={"f": 0.1, "big": 2**63 - 1, "z": 1, "a": 2},
+        ),
+        MessageRecord(
+            session=session,
+            parent_id=parent,
+            role="assistant",
+            ts=datetime(2001, 2, 3, 4, 5, 6, 789012, tzinfo=UTC).astimezone(
+                timezone(timedelta(hours=-3, minutes=-30))
+            ),
+            content_parts=[{"type": "text", "text": "\x00"}],
+            attachments=(
+                Attachment(
+                    name="b.bin",
+                    media_type="application/octet-stream",
+                    size=256,
+                    data=bytes(range(256)),
+                ),
+            ),
+        ),
+    ]
+    archive = make_archive()
+    await archive.append_messages(session, odd)
+    got = await make_archive().read_session(session)
+    assert got == odd
+    assert [r.ts.utcoffset() for r in got] == [r.ts.utcoffset() for r in odd]
+    # The derived text columns hold the text without its NUL characters.
+    row = await admin.fetchrow(
+        f"SELECT content_md, author, parent_id FROM {archive._sql.messages}"
+        " WHERE message_id = $1",
+        odd[0].message_id,
+    )
+    assert (row[0], row[1]) == ("nulinside", "ab")
+    role = await admin.fetchval(
+        f"SELECT role FROM {archive._sql.messages} WHERE message_id = $1",
+        odd[3].message_id,
+    )
+    assert role == "tool"
+
+
+async def test_counts_and_list_sessions_page_by_session_id(
+    make_archive: Callable[..., PostgresArchive],
+) -> None:
+    sessions = sorted(uuid4() for _ in range(3))
+    archive = make_archive()
+    for count, session in enumerate(sessions, start=1):
+        batch = records(session, count)
+        await archive.append_messages(session, batch)
+        await archive.append_messages(session, batch[:1])  # a redelivery: not counted
+    listed = await archive.list_sessions()
+    assert [(s.session, s.message_count) for s in listed] == [
+        (sessions[0], 1),
+        (sessions[1], 2),
+        (sessions[2], 3),
+    ]
+    assert all(type(s.session) is UUID for s in listed)
+    assert listed[0].created_at <= listed[0].updated_at
+    page = await archive.list_sessions(limit=1, after=sessions[0])
+    assert [s.session for s in page] == [sessions[1]]
+    assert await archive.list_sessions(after=sessions[2]) == []
+    assert await archive.count(uuid4()) == 0
+
+
+# -- failures --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("exc", "retryable"),
+    [
+        (asyncpg.exceptions.SerializationError("x"), True),  # 40001
+        (asyncpg.exceptions.DeadlockDetectedError("x"), True),  # 40P01
+        (asyncpg.exceptions.TooManyConnectionsError("x"), True),  # 53300
+        (asyncpg.exceptions.CannotConnectNowError("x"), True),  # 57P03
+        (asyncpg.exceptions.AdminShutdownError("x"), True),  # 57P01
+        (asyncpg.exceptions.QueryCanceledError("x"), True),  # 57014: statement_timeout
+        (asyncpg.exceptions.ConnectionDoesNotExistError("x"), True),  # 08003
+        (asyncpg.exceptions.UndefinedTableError("x"), True),  # 42P01: operator fixes
+        (asyncpg.exceptions.InterfaceError("connection is closed"), True),
+        (ConnectionRefusedError(111, "refused"), True),  # an OSError
+        (TimeoutError(), True),
+        (asyncpg.exceptions.CheckViolationError("x"), False),  # 23514
+        (asyncpg.exceptions.NumericValueOutOfRangeError("x"), False),  # 22003
+        (asyncpg.exceptions.DataError("x"), False),  # a value asyncpg cannot encode
+        (asyncpg.exceptions.PostgresSyntaxError("x"), False),  # 42601
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else "",
+)
+def test_failure_classification(exc: BaseException, retryable: bool) -> None:
+    assert _classify(exc)[0] is retryable
+
+
+async def test_an_unreachable_server_is_retryable_and_keeps_the_password_secret(
+    make_archive: Callable[..., PostgresArchive],
+    pg_dsn: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    dead = f"postgresql://postgres:{PASSWORD}@127.0.0.1:{_closed_port()}/test"
+    archive = make_archive(dsn=dead, timeout=5)
+    assert PASSWORD not in repr(archive)
+    session = uuid4()
+    for call in (archive.health_check(), archive.read_session(session)):
+        with pytest.raises(BackendError, match="cannot reach the server") as raised:
+            await call
+        assert raised.value.retryable
+        assert not any(PASSWORD in text for text in _error_texts(raised.value))
+    # With a reachable server (trust auth ignores the password): logs and errors.
+    live = make_archive(dsn=_with_password(pg_dsn), create_schema=False)
+    with pytest.raises(BackendError, match="does not exist") as raised:
+        await live.health_check()
+    assert not any(PASSWORD in text for text in _error_texts(raised.value))
+    assert "***" in str(raised.value)
+    await live.aclose()
+    assert any("connection pool" in r.getMessage() for r in caplog.records)
+    leaked = [r.getMessage() for r in caplog.records if PASSWORD in r.getMessage()]
+    assert leaked == []
+
+
+async def test_a_record_the_server_refuses_fails_the_batch_not_retryably(
+    make_archive: Callable[..., PostgresArchive], admin: Any
+) -> None:
+    session = uuid4()
+    archive = make_archive()
+    await archive.health_check()
+    # An operator's constraint, as a real archive may have: the server refuses it.
+    await admin.execute(
+        f"ALTER TABLE {archive._sql.messages}"
+        " ADD CONSTRAINT no_forbidden CHECK (content_md <> 'forbidden')"
+    )
+    batch = [record(session, "fine"), record(session, "forbidden")]
+    with pytest.raises(BackendError, match=r"CheckViolationError.*23514") as raised:
+        await archive.append_messages(session, batch)
+    assert not raised.value.retryable
+    assert await archive.read_session(session) == []  # nothing of the batch was kept
+    assert await archive.count(session) == 0
+    await archive.append_messages(session, batch[:1])
+    assert await archive.read_session(session) == batch[:1]
+
+
+async def test_a_call_whose_connection_is_terminated_fails_retryably_then_it_reconnects(
+    make_archive: Callable[..., PostgresArchive], admin: Any, pg_dsn: str, app_name: str
+) -> None:
+    session = uuid4()
+    archive = make_archive()
+    await archive.append_messages(session, records(session, 1, "before"))
+    # Idle connections killed, as a server restart does: the next call may meet a
+    # dead connection (retryable) or reconnect at once; the one after works.
+    await admin.execute(
+        "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity"
+        " WHERE application_name = $1",
+        app_name,
+    )
+    try:
+        await archive.count(session)
+    except BackendError as exc:
+        failed_retryably = exc.retryable
+        assert failed_retryably
+    assert await archive.count(session) == 1
+    # A connection killed in the middle of a write: that call fails, retryably.
+    locker = await asyncpg.connect(pg_dsn)
+    try:
+        async with locker.transaction():
+            await locker.execute(
+                f"LOCK TABLE {archive._sql.sessions} IN EXCLUSIVE MODE"
+            )
+            failures: list[BackendError] = []
+
+            async def write() -> None:
+                try:
+                    await archive.append_messages(session, records(session, 2, "lost"))
+                except BackendError as exc:
+                    failures.append(exc)
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(write)
+                for pid in await _wait_for_lock_wait(admin, app_name):
+                    await admin.execute("SELECT pg_terminate_backend($1, 5000)", pid)
+    finally:
+        await locker.close()
+    assert len(failures) == 1
+    assert failures[0].retryable, failures[0]
+    # The message names the cause, not only its aftermath (a failed rollback).
+    assert re.search("AdminShutdownError|ConnectionDoesNotExistError", str(failures[0]))
+    more = records(session, 2, "after")
+    await archive.append_messages(session, more)
+    got = await archive.read_session(session)
+    assert [r.content_md for r in got] == ["before0", "after0", "after1"]
+
+
+async def test_a_call_past_its_timeout_fails_retryably_and_keeps_nothing(
+    make_archive: Callable[..., PostgresArchive], admin: Any, pg_dsn: str, app_name: str
+) -> None:
+    session = uuid4()
+    archive = make_archive(timeout=0.5)
+    await archive.health_check()
+    locker = await asyncpg.connect(pg_dsn)
+    try:
+        async with locker.transaction():
+            await locker.execute(
+                f"LOCK TABLE {archive._sql.sessions} IN EXCLUSIVE MODE"
+            )
+            with pytest.raises(BackendError, match="timed out") as raised:
+                await archive.append_messages(session, records(session, 2))
+    finally:
+        await locker.close()
+    assert raised.value.retryable
+    assert await archive.count(session) == 0
+    await archive.append_messages(session, records(session, 2))
+    assert await archive.count(session) == 2
+
+
+async def test_aclose_is_idempotent_and_a_later_call_reopens(
+    make_archive: Callable[..., PostgresArchive],
+) -> None:
+    session = uuid4()
+    archive = make_archive()
+    await archive.append_messages(session, records(session, 1))
+    await archive.aclose()
+    await archive.aclose()
+    assert await archive.count(session) == 1
+    async with archive:
+        await archive.append_messages(session, records(session, 1, "z"))
+    assert await make_archive().count(session) == 2
+
+
+# -- with the library ------------------------------------------------------------------
+
+
+async def test_an_archivist_delivers_to_postgres_and_reads_back(
+    make_archive: Callable[..., PostgresArchive], journal_path: Path
+) -> None:
+    archive = make_archive()
+    registration = Registration(
+        name="postgres",
+        backend=archive,
+        retry=FAST_RETRY,
+        write_policy=Queued(batch_window_ms=1),
+    )
+    sessions = [uuid4() for _ in range(5)]
+    appended: dict[UUID, list[MessageRecord]] = {s: [] for s in sessions}
+    async with Archivist.open(journal_path, [registration]) as archivist:
+        for i in range(40):
+            session = sessions[i % len(sessions)]
+            batch = records(session, 1 + i % 3, f"{i}-")
+            appended[session].extend(batch)
+            await archivist.append_messages(session, batch)
+        await archivist.delete_session(sessions[0])
+        with anyio.fail_after(10):
+            await archivist.wait_drained()
+        for session in sessions[1:]:
+            assert await archivist.read_session(session) == appended[session]
+        assert await archivist.read_session(sessions[0]) == []
+    reader = make_archive()
+    for session in sessions[1:]:
+        assert await reader.read_session(session) == appended[session]
+        assert await reader.count(session) == len(appended[session])
+
+
+async def test_contract(make_archive: Callable[..., PostgresArchive]) -> None:
+    await check_backend(make_archive)
+
+
+def test_an_archive_used_under_a_new_event_loop_opens_a_new_pool(pg_dsn: str) -> None:
+    schema = f"ja_test_{uuid4().hex[:12]}"
+    archive = PostgresArchive(pg_dsn, schema=schema, create_schema=True)
+    session = uuid4()
+
+    async def append() -> int:
+        await archive.append_messages(session, records(session, 1, f"{uuid4()}"))
+        return await archive.count(session)
+
+    async def drop_schema() -> None:
+        connection = await asyncpg.connect(pg_dsn)
+        await connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await connection.close()
+
+    first, second = asyncio.new_event_loop(), asyncio.new_event_loop()
+    try:
+        assert first.run_until_complete(append()) == 1
+        # Another loop: the first loop's pool is terminated and a new one opened.
+        assert second.run_until_complete(append()) == 2
+        second.run_until_complete(archive.aclose())
+        first.run_until_complete(asyncio.sleep(0))  # let it close those sockets
+    finally:
+        first.close()
+        second.close()
+        asyncio.run(drop_schema())
