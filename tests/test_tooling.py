@@ -47,3 +47,18 @@ def test_mypy_strict_is_clean() -> None:
     _require("mypy")
     result = _run("mypy", "--strict", "journal_archivist")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_demo_runs_to_the_end(tmp_path: Path) -> None:
+    # README's first command runs it: keep it true.
+    result = subprocess.run(
+        [sys.executable, "tools/demo.py", "--dir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "delivered 4, pending 0" in result.stdout
+    assert "in the archive file: 0 records" in result.stdout
+    assert "in the journal: 0 rows" in result.stdout

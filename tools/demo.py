@@ -1,132 +1,119 @@
-"""A runnable tour: journal some messages, lose the backend, restart, deliver.
+"""A runnable tour on the embedded default: journal, lose the archive, restart,
+deliver, read back, erase.
 
-    .venv/bin/python tools/demo.py [--journal PATH]
+    .venv/bin/python tools/demo.py [--dir DIRECTORY]
 
-1. Opens a journal with one backend (a small JSON-lines archive defined below)
-   while that backend is down, appends a conversation, and shuts down: the appends
-   were acknowledged (they are in the journal) but not delivered.
-2. Reopens the same journal with the backend up: the writer delivers everything,
-   in order, and the journal empties.
-It prints what happens at each step and the archive's contents at the end.
+1. Opens a journal in front of a ``SqliteArchive`` whose directory is missing (a
+   volume that is not mounted: the backend is down), appends a conversation and
+   shuts down. The appends were acknowledged -- they are in the journal -- but not
+   delivered.
+2. The directory appears; reopening the same journal delivers everything, in
+   order, and the journal empties.
+3. Reads the session back through the archivist, then erases it
+   (``delete_session``) and shows that neither the archive nor the journal keeps it.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
+import sqlite3
+import sys
 import tempfile
 import uuid
+from contextlib import closing
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import anyio
 
 from journal_archivist import (
     Archivist,
-    BackendError,
+    HealthStatus,
     MessageRecord,
     Registration,
     RetryPolicy,
 )
-from journal_archivist.backends import ArchiveBackend
+from journal_archivist.backends import SqliteArchive
 
-if TYPE_CHECKING:
-    from collections.abc import Sequence
-
-
-class JsonLinesArchive(ArchiveBackend):
-    """Appends each record as one JSON line (fsynced), skipping ids it has."""
-
-    def __init__(self, path: Path, *, up: bool = True) -> None:
-        self.path = path
-        self.up = up
-        self.refusals = 0
-        self.refused_thrice = anyio.Event()
-
-    def _refuse(self) -> None:
-        self.refusals += 1
-        if self.refusals >= 3:
-            self.refused_thrice.set()
-        raise BackendError("archive is down")
-
-    async def append_messages(
-        self, session: uuid.UUID, records: Sequence[MessageRecord]
-    ) -> None:
-        if not self.up:
-            self._refuse()
-        seen = set()
-        if self.path.exists():
-            seen = {json.loads(line)["message_id"] for line in self.path.open()}
-        with self.path.open("a") as out:
-            for record in records:
-                if str(record.message_id) not in seen:
-                    out.write(json.dumps(_as_json(record)) + "\n")
-            out.flush()
-            os.fsync(out.fileno())
-
-    async def health_check(self) -> None:
-        if not self.up:
-            self._refuse()
+RETRY = RetryPolicy(initial_delay=0.05, max_delay=0.2)
+CONVERSATION = [
+    ("user", "What does journal-archivist do?"),
+    ("assistant", "It journals every message before acknowledging it."),
+    ("user", "And if the archive is down?"),
+    ("assistant", "The journal keeps it until the archive is back."),
+]
 
 
-def _as_json(record: MessageRecord) -> dict[str, object]:
-    return {
-        "message_id": str(record.message_id),
-        "session": str(record.session),
-        "ts": record.ts.isoformat(),
-        "role": record.role,
-        "content_md": record.content_md,
-    }
+def registration(archive_path: Path) -> Registration:
+    return Registration(
+        name="archive", backend=SqliteArchive(archive_path), retry=RETRY
+    )
 
 
-async def main(journal: Path) -> None:
-    archive = journal.with_name("archive.jsonl")
+async def wait_unhealthy(archivist: Archivist) -> None:
+    """Poll health, as an operator's dashboard would, until the backend is down."""
+    with anyio.fail_after(10):
+        while (  # noqa: ASYNC110 - a dashboard polls; there is no event to await
+            archivist.health().backends["archive"].status is not HealthStatus.UNHEALTHY
+        ):
+            await anyio.sleep(0.05)
+
+
+def journal_rows(journal: Path) -> int:
+    with closing(sqlite3.connect(journal)) as db:
+        return int(db.execute("SELECT count(*) FROM entries").fetchone()[0])
+
+
+async def main(directory: Path) -> None:
+    journal = directory / "journal.db"
+    archive_path = directory / "archive" / "archive.db"
     session = uuid.uuid4()
-    conversation = [
-        ("user", "What does journal-archivist do?"),
-        ("assistant", "It journals every message before acknowledging it."),
-        ("user", "And if the archive is down?"),
-        ("assistant", "The journal keeps it until the archive is back."),
-    ]
-    retry = RetryPolicy(initial_delay=0.05, max_delay=0.2)
+    print(f"journal: {journal}\narchive: {archive_path}\n")
 
-    print(f"journal: {journal}\narchive: {archive}\n")
-    print("1. The archive is down. Appending the conversation...")
-    down = JsonLinesArchive(archive, up=False)
-    registration = Registration(name="archive", backend=down, retry=retry)
-    async with Archivist.open(journal, [registration], close_timeout=0.5) as archivist:
-        for role, text in conversation:
+    print("1. The archive's directory is missing. Appending the conversation...")
+    async with Archivist.open(
+        journal, [registration(archive_path)], close_timeout=0.5
+    ) as archivist:
+        for role, text in CONVERSATION:
             record = MessageRecord(session=session, role=role, content_md=text)
             await archivist.append_messages(session, [record])
             print(f"   acknowledged: {role}: {text}")
-        with anyio.fail_after(5):  # let the writer try (and fail) a few times
-            await down.refused_thrice.wait()
+        await wait_unhealthy(archivist)
         health = archivist.health().backends["archive"]
-        print(f"   backend {health.status.name} ({health.last_error}),", end=" ")
-        print(f"{health.lag_entries} entries pending")
+        print(f"   backend {health.status.name}: {health.last_error}")
+        print(f"   {health.lag_entries} entries pending")
     print("   shut down; the undelivered entries stay in the journal.\n")
 
-    print("2. Restarting with the archive up...")
-    up = JsonLinesArchive(archive, up=True)
-    registration = Registration(name="archive", backend=up, retry=retry)
-    async with Archivist.open(journal, [registration]) as archivist:
+    print("2. The directory is back. Restarting...")
+    archive_path.parent.mkdir(mode=0o700)
+    async with Archivist.open(journal, [registration(archive_path)]) as archivist:
         with anyio.fail_after(10):
             await archivist.wait_drained()
         health = archivist.health().backends["archive"]
         print(f"   delivered {health.delivered}, pending {health.lag_entries}\n")
 
-    print(f"3. The archive ({archive.name}) now holds:")
-    for line in archive.read_text().splitlines():
-        row = json.loads(line)
-        print(f"   {row['role']:>9}: {row['content_md']}")
+        print("3. Reading the session back:")
+        for record in await archivist.read_session(session):
+            print(f"   {record.role:>9}: {record.content_md}")
+        await archivist.delete_session(session)
+        with anyio.fail_after(10):
+            await archivist.wait_drained()
+        left = await archivist.read_session(session)
+        print(f"   erased (delete_session): {len(left)} records left")
+
+    async with SqliteArchive(archive_path) as archive:
+        print(f"   in the archive file: {await archive.count(session)} records")
+    print(f"   in the journal: {journal_rows(journal)} rows")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--journal", type=Path, help="journal file (default: temp)")
+    parser.add_argument(
+        "--dir", type=Path, help="where to put the files (default: temp)"
+    )
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING, format="   [log] %(message)s")
-    path = args.journal or Path(tempfile.mkdtemp(prefix="ja-demo-")) / "journal.db"
-    anyio.run(main, path)
+    logging.basicConfig(
+        level=logging.WARNING, format="   [log] %(message)s", stream=sys.stdout
+    )
+    directory = args.dir or Path(tempfile.mkdtemp(prefix="ja-demo-"))
+    anyio.run(main, directory)
