@@ -205,7 +205,8 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
         )
         if log_delay >= math.log(self.max_delay):
             return float(self.max_delay)
-        return math.exp(log_delay)
+        # exp(log(x)) can round to just below x: never below the first delay.
+        return max(float(self.initial_delay), math.exp(log_delay))
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """A full-jitter delay before retry number ``attempt`` (1-based)."""

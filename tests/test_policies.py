@@ -426,3 +426,13 @@ def test_the_same_seed_gives_the_same_delays() -> None:
     first = [policy.delay(n, random.Random(7)) for n in range(1, 10)]
     second = [policy.delay(n, random.Random(7)) for n in range(1, 10)]
     assert first == second
+
+
+def test_the_ceiling_never_rounds_below_the_initial_delay() -> None:
+    # Found by Hypothesis: exp(log(x) + log(m)) rounded to just below x.
+    policy = RetryPolicy(
+        initial_delay=1.020591767142075e-159,
+        max_delay=1.0,
+        multiplier=1.0000000000000002,
+    )
+    assert policy.ceiling(2) >= policy.ceiling(1) == policy.initial_delay
