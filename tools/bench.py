@@ -21,6 +21,16 @@ backlog  Library only. ``--backlog`` entries are journaled while the backend is 
          rate (open to drained), peak RSS (VmHWM) and its growth over the VmRSS
          before the open.
 naive    One transaction and one fsync per append, one producer: the baseline.
+backends End to end into each built-in backend (``--backends``): records/s from the
+         first of ``--backend-records`` appends (64 producers, 100 sessions) until
+         ``wait_drained``, median of ``--repeat`` runs; beside it, the naive rate of
+         the same backend taking one record per call, one call after another (one
+         INSERT and COMMIT per record for SQLite and PostgreSQL, one fsync for
+         JSONL, one POST for the webhook). PostgreSQL:
+         ``$JOURNAL_ARCHIVIST_BENCH_PG_DSN`` (default
+         postgresql://postgres@127.0.0.1:5432/test), a fresh schema per run,
+         dropped after. Webhook: a minimal HTTP sink answering 200 in a child
+         process on 127.0.0.1.
 
 The reference (``Reference``): aiosqlite, WAL, synchronous=FULL. Appenders put
 ``(payload, future)`` on a queue and await it; one committer takes all that is
@@ -83,7 +93,11 @@ if TYPE_CHECKING:
 
     Append = Callable[[UUID, MessageRecord], Awaitable[None]]
 
-SECTIONS = ("appends", "e2e", "backlog", "naive")
+SECTIONS = ("appends", "e2e", "backlog", "naive", "backends")
+BACKENDS = ("sqlite", "jsonl", "postgres", "webhook")
+PG_DSN = os.environ.get(
+    "JOURNAL_ARCHIVIST_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test"
+)
 SESSIONS = 100
 BATCH = 512  # the reference's group and read size; the library's max_batch
 CAPACITY = 2_000_000  # large enough that no backlog here is refused
@@ -451,6 +465,99 @@ class Bench:
             f" {d['peak_mb']:.0f} MB (+{d['growth_mb']:.0f} MB)"
         )
 
+    async def backends(self) -> None:
+        total, duration = self.args.backend_records, self.args.duration
+        for kind in self.args.backends:
+            rates = []
+            for i in range(self.args.repeat):
+                directory = os.path.dirname(self.fresh(f"{kind}-{i}"))
+                async with archive_of(kind, directory) as make:
+                    path = os.path.join(directory, "journal.db")
+                    async with library_open(path, make(), self.window) as a:
+                        start = perf_counter()
+                        await drive(
+                            library_append(a), E2E_PRODUCERS, self.sessions, total=total
+                        )
+                        await a.wait_drained()
+                        rates.append(total / (perf_counter() - start))
+            directory = os.path.dirname(self.fresh(f"{kind}-naive"))
+            async with archive_of(kind, directory) as make, make() as backend:
+
+                async def one_call(session: UUID, record: MessageRecord) -> None:
+                    await backend.append_messages(session, [record])
+
+                naive = await drive(one_call, 1, self.sessions, duration=duration)
+            rate = statistics.median(rates)
+            self.results[f"backend-{kind}"] = (rate, rates, naive.rate)
+            print(
+                f"backends {kind:<8} {total:,} records: {rate:,.0f}/s end to end"
+                f" (median of {len(rates)}: {', '.join(f'{r:,.0f}' for r in rates)});"
+                f" naive one record per call {naive.rate:,.0f}/s"
+            )
+
+
+@contextlib.asynccontextmanager
+async def archive_of(
+    kind: str, directory: str
+) -> AsyncIterator[Callable[[], ArchiveBackend]]:
+    """A factory of backends of ``kind`` over one fresh store; the store is
+    removed (PostgreSQL schema) or stopped (HTTP sink) afterwards."""
+    from journal_archivist.backends import JsonlArchive, SqliteArchive
+
+    if kind == "sqlite":
+        yield lambda: SqliteArchive(os.path.join(directory, "archive.db"))
+    elif kind == "jsonl":
+        yield lambda: JsonlArchive(os.path.join(directory, "archive"))
+    elif kind == "postgres":
+        import asyncpg  # type: ignore[import-untyped]
+
+        from journal_archivist.backends import PostgresArchive
+
+        schema = f"bench_{os.urandom(6).hex()}"
+        try:
+            yield lambda: PostgresArchive(PG_DSN, schema=schema, create_schema=True)
+        finally:
+            conn = await asyncpg.connect(PG_DSN)
+            try:
+                await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            finally:
+                await conn.close()
+    elif kind == "webhook":
+        from journal_archivist.backends import WebhookArchive
+
+        sink = await anyio.open_process([sys.executable, __file__, "--http-sink"])
+        try:
+            assert sink.stdout is not None
+            port = int((await sink.stdout.receive()).decode().split()[0])
+            yield lambda: WebhookArchive(f"http://127.0.0.1:{port}/archive")
+        finally:
+            sink.terminate()
+            await sink.wait()
+    else:
+        raise ValueError(f"unknown backend {kind!r}; choose from {BACKENDS}")
+
+
+async def http_sink() -> None:
+    """Answer every POST with 200 (HTTP/1.1 keep-alive) until killed."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                await reader.readexactly(length)
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    async with server:
+        await server.serve_forever()
+
 
 def journal_mb(path: str) -> float:
     files = [path + suffix for suffix in ("", "-wal")]
@@ -523,6 +630,16 @@ def table(results: dict[str, Any], producers: Sequence[int]) -> str:
         add(f"end-to-end records/s, {E2E_PRODUCERS} producers, {SESSIONS} sessions",
             f"{lib_rate:,.0f}", f"{ref_rate:,.0f}", _spread(ratios),
             "≥ 0.8x", statistics.median(ratios) >= 0.8)  # fmt: skip
+    for kind in BACKENDS:
+        if (result := results.get(f"backend-{kind}")) is None:
+            continue
+        rate, rates, naive = result
+        target = {"sqlite": 20_000, "postgres": 15_000}.get(kind)
+        add(f"end to end into {kind}, {E2E_PRODUCERS} producers, {SESSIONS} sessions"
+            f" (records/s; runs {min(rates):,.0f}-{max(rates):,.0f})",
+            f"{rate:,.0f}", f"naive {naive:,.0f}", f"{rate / naive:.0f}x naive",
+            f"≥ {target:,}/s" if target else "",
+            rate >= target if target else None)  # fmt: skip
     if (run := results.get("naive")) is not None:
         add("naive: 1 transaction + fsync per append, 1 producer (appends/s; p99)",
             "", f"{run.rate:,.0f}; {run.ms(0.99):.2f} ms")  # fmt: skip
@@ -563,12 +680,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="the library's Queued(batch_window_ms=...)")  # fmt: skip
     add("--dir", default=None, help="where to make the temp directory (default /tmp)")
     add("--keep", action="store_true", help="keep the journals after the run")
+    add("--backends", default=",".join(BACKENDS), help="backends: which ones")
+    add("--backend-records", type=int, default=50_000,
+        help="backends: records per run (default 50000)")  # fmt: skip
     add("--drain-child", metavar="JOURNAL", help=argparse.SUPPRESS)
+    add("--http-sink", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.sections = [s.strip() for s in args.only.split(",") if s.strip()]
     if unknown := set(args.sections) - set(SECTIONS):
         parser.error(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
     args.producers = [int(n) for n in args.producers.split(",")]
+    args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    if unknown := set(args.backends) - set(BACKENDS):
+        parser.error(f"unknown backends {sorted(unknown)}; choose from {BACKENDS}")
     return args
 
 
@@ -582,6 +706,9 @@ async def run(args: argparse.Namespace, root: str) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.http_sink:
+        asyncio.run(http_sink())
+        return
     if args.drain_child:
         result = anyio.run(
             drain_child, args.drain_child, args.batch_window_ms, backend="asyncio"

@@ -12,7 +12,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from .._errors import BackendError
-from ._base import ArchiveBackend, SessionGroup
+from ._base import ArchiveBackend, SessionGroup, SessionInfo
 from .jsonl import JsonlArchive
 from .sqlite import SqliteArchive
 
@@ -26,6 +26,7 @@ __all__ = [
     "JsonlArchive",
     "PostgresArchive",
     "SessionGroup",
+    "SessionInfo",
     "SqliteArchive",
     "WebhookArchive",
 ]

@@ -10,6 +10,7 @@ archivist.
 from __future__ import annotations
 
 import abc
+from datetime import datetime
 from typing import TYPE_CHECKING, Self
 from uuid import UUID
 
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from types import TracebackType
 
-__all__ = ["ArchiveBackend", "SessionGroup"]
+__all__ = ["ArchiveBackend", "SessionGroup", "SessionInfo"]
 
 
 class SessionGroup(msgspec.Struct, frozen=True):
@@ -37,6 +38,36 @@ class SessionGroup(msgspec.Struct, frozen=True):
     session: UUID
     records: tuple[MessageRecord, ...]
     erase: bool = False
+
+
+class SessionInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """One archived session, as a readable archive's ``list_sessions`` reports it.
+
+    ``message_count`` counts distinct records; ``first_ts`` and ``last_ts`` are the
+    earliest and latest record timestamps, in UTC.
+    """
+
+    session: UUID
+    message_count: int
+    first_ts: datetime
+    last_ts: datetime
+
+
+def checked_page(limit: object, after: object) -> tuple[int | None, UUID | None]:
+    """Check ``list_sessions(limit=..., after=...)``; cap ``limit`` at what SQL takes.
+
+    Raises ``TypeError`` for a non-int ``limit`` (or a bool) or a non-UUID ``after``,
+    ``ValueError`` for a ``limit`` below 1.
+    """
+    if limit is not None:
+        if isinstance(limit, bool) or not isinstance(limit, int):
+            raise TypeError(f"limit must be an int or None, got {type(limit).__name__}")
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        limit = min(limit, 2**63 - 1)
+    if after is not None and not isinstance(after, UUID):
+        raise TypeError(f"after must be a UUID, got {type(after).__name__}")
+    return limit, after
 
 
 class ArchiveBackend(abc.ABC):

@@ -17,25 +17,21 @@ Rules and theory:
   unicode, exact numbers and key order) and is what ``read_session`` decodes. The
   other columns are derived for queries; PostgreSQL text cannot hold NUL, so NUL
   characters are removed from ``role``, ``author`` and ``content_md`` there.
-- **Schema** (``<schema>.<prefix>sessions`` and ``<prefix>messages``, DDL in
-  ``_statements``): sessions(session uuid PK, message_count, next_seq, created_at,
-  updated_at); messages(message_id uuid PK, session, seq, parent_id, ts
-  timestamptz, role, author, content_md, record bytea, archived_at), unique on
-  (session, seq). ``create_schema=True`` runs the DDL (``IF NOT EXISTS``) under a
+- **Schema**: ``<schema>.<prefix>sessions`` (one row per session: its counters,
+  ``next_seq`` and the time range of its records) and ``<prefix>messages``; the
+  DDL, every statement and the theory of the counters are in ``_postgres_sql``.
+  ``create_schema=True`` runs the DDL (``IF NOT EXISTS``) under a
   transaction-scoped advisory lock per schema, so concurrent instances are safe.
-  Schema and prefix are checked against ``[a-z_][a-z0-9_]{0,40}`` and quoted.
 - **Erasure deletes rows**: an erasing group deletes the session's messages and its
   sessions row (ids are forgotten, so a record appended again is new), then
   inserts the group's records. Within a batch the plan of each session is computed
-  first (``_plan``, pure), so groups of one session apply in the order given.
-- **Failure classification** (``_classify``): whatever repeating may fix is
-  retryable: lost or refused connections, timeouts, ``OSError``, serialization
-  failures, deadlocks, too many connections, a server starting or shutting down
-  (SQLSTATE classes 08, 40, 53, 57, 58, lock timeouts), and configuration or
-  schema problems an operator fixes (missing table, schema or database, privilege,
-  authentication), so records are never dead-lettered because of them. What the
-  server refuses about the data itself (data exceptions, constraint violations,
-  anything else) is not retryable. Errors are translated once, in ``_run``.
+  first (``_postgres_sql.plan``, pure), so groups of one session apply in the
+  order given.
+- **Failure classification** (``_postgres_sql.classify``): what repeating or an
+  operator may fix (connections, timeouts, deadlocks, a server restarting, a
+  missing table or privilege) is retryable, so records are never dead-lettered
+  because of it; what the server refuses about the data itself is not. Errors
+  are translated once, in ``_run``.
 - **Secrets**: the DSN's password never appears in a ``repr``, a log record or an
   error message; messages are built here, with the DSN masked.
 """
@@ -45,19 +41,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import urllib.parse
 import warnings
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol, TypeVar, final
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, final
 from uuid import UUID
 
 import anyio
 import msgspec
 
 from .._errors import BackendError
-from ._base import ArchiveBackend, SessionGroup
-from ._codec import decode_record, encode_record
+from ._base import ArchiveBackend, SessionGroup, SessionInfo, checked_page
+from ._codec import decode_record
 
 try:
     import asyncpg  # type: ignore[import-untyped]
@@ -65,6 +59,9 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     raise ImportError(
         "PostgresArchive needs asyncpg: pip install 'journal-archivist[postgres]'"
     ) from exc
+
+# After the guard above: it imports asyncpg too.
+from . import _postgres_sql as _pgsql
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -78,7 +75,6 @@ __all__ = [
     "DEFAULT_POOL_MIN_SIZE",
     "DEFAULT_TABLE_PREFIX",
     "DEFAULT_TIMEOUT",
-    "ArchivedSession",
     "PostgresArchive",
 ]
 
@@ -91,21 +87,7 @@ DEFAULT_APPLICATION_NAME: Final = "journal-archivist"
 
 logger = logging.getLogger(__name__)
 
-_IDENTIFIER: Final = re.compile(r"[a-z_][a-z0-9_]{0,40}")
-_IDENTIFIER_RULE: Final = "1-41 characters of a-z, 0-9 and _, not starting with a digit"
 _T = TypeVar("_T")
-
-
-class ArchivedSession(msgspec.Struct, frozen=True, kw_only=True):
-    """One archived session, as ``PostgresArchive.list_sessions`` reports it."""
-
-    session: UUID
-    #: Distinct records archived (redeliveries are not counted).
-    message_count: int
-    #: When the session was first archived (since its last erasure), server time.
-    created_at: datetime
-    #: When records were last delivered for it, server time.
-    updated_at: datetime
 
 
 class _Connection(Protocol):
@@ -124,103 +106,6 @@ class _Pool(Protocol):
     def acquire(self) -> AbstractAsyncContextManager[_Connection]: ...
     async def close(self) -> None: ...
     def terminate(self) -> None: ...
-
-
-class _Sql(NamedTuple):
-    """Every statement, with the validated, quoted table names filled in."""
-
-    sessions: str  # the quoted, schema-qualified names
-    messages: str
-    ddl: str
-    erase: str
-    reserve: str
-    insert: str
-    read: str
-    count_session: str
-    list_all: str
-    list_after: str
-    probe: str
-
-
-def _statements(schema: str, prefix: str) -> _Sql:
-    qschema = f'"{schema}"'
-    sessions = f'{qschema}."{prefix}sessions"'
-    messages = f'{qschema}."{prefix}messages"'
-    # One lock per schema serialises every instance's DDL there (CREATE ... IF NOT
-    # EXISTS alone races); the validated name holds no quote.
-    lock_key = f"journal_archivist:{schema}"
-    ddl = f"""
-        SET LOCAL client_min_messages = warning;
-        SELECT pg_advisory_xact_lock(hashtext('{lock_key}'));
-        CREATE SCHEMA IF NOT EXISTS {qschema};
-        CREATE TABLE IF NOT EXISTS {sessions} (
-            session uuid PRIMARY KEY,
-            message_count bigint NOT NULL DEFAULT 0,
-            next_seq bigint NOT NULL DEFAULT 0,
-            created_at timestamptz NOT NULL DEFAULT now(),
-            updated_at timestamptz NOT NULL DEFAULT now()
-        );
-        CREATE TABLE IF NOT EXISTS {messages} (
-            message_id uuid PRIMARY KEY,
-            session uuid NOT NULL,
-            seq bigint NOT NULL,
-            parent_id uuid,
-            ts timestamptz NOT NULL,
-            role text NOT NULL,
-            author text,
-            content_md text NOT NULL,
-            record bytea NOT NULL,
-            archived_at timestamptz NOT NULL DEFAULT now(),
-            UNIQUE (session, seq)
-        );
-    """
-    return _Sql(
-        sessions=sessions,
-        messages=messages,
-        ddl=ddl,
-        erase=f"""
-            WITH gone AS (DELETE FROM {messages} WHERE session = ANY($1::uuid[]))
-            DELETE FROM {sessions} WHERE session = ANY($1::uuid[])
-        """,
-        reserve=f"""
-            INSERT INTO {sessions} AS s (session, next_seq)
-            SELECT * FROM unnest($1::uuid[], $2::bigint[])
-            ON CONFLICT (session) DO UPDATE
-                SET next_seq = s.next_seq + excluded.next_seq, updated_at = now()
-            RETURNING session, next_seq
-        """,
-        insert=f"""
-            WITH inserted AS (
-                INSERT INTO {messages} (message_id, session, seq, parent_id, ts,
-                                        role, author, content_md, record)
-                SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[],
-                                     $4::uuid[], $5::timestamptz[], $6::text[],
-                                     $7::text[], $8::text[], $9::bytea[])
-                ON CONFLICT (message_id) DO NOTHING
-                RETURNING session
-            )
-            UPDATE {sessions} AS s SET message_count = s.message_count + c.n
-            FROM (SELECT session, count(*) AS n FROM inserted GROUP BY session) AS c
-            WHERE s.session = c.session
-        """,
-        read=f"SELECT record FROM {messages} WHERE session = $1 ORDER BY seq",
-        count_session=f"SELECT message_count FROM {sessions} WHERE session = $1",
-        list_all=f"""
-            SELECT session, message_count, created_at, updated_at FROM {sessions}
-            ORDER BY session LIMIT $1
-        """,
-        list_after=f"""
-            SELECT session, message_count, created_at, updated_at FROM {sessions}
-            WHERE session > $2 ORDER BY session LIMIT $1
-        """,
-        probe="SELECT to_regclass($1) IS NOT NULL, to_regclass($2) IS NOT NULL",
-    )
-
-
-def _check_identifier(what: str, value: object) -> str:
-    if not isinstance(value, str) or not _IDENTIFIER.fullmatch(value):
-        raise ValueError(f"{what} must be {_IDENTIFIER_RULE}, got {value!r}")
-    return value
 
 
 def _mask_dsn(dsn: str) -> tuple[str, frozenset[str]]:
@@ -247,100 +132,6 @@ def _mask_dsn(dsn: str) -> tuple[str, frozenset[str]]:
 
 async def _keep_session_state(connection: object) -> None:
     """Pool reset hook: nothing to reset (see ``PostgresArchive._open_pool``)."""
-
-
-# -- failure classification (pure) -------------------------------------------------
-
-#: SQLSTATE classes that repeating may fix: connection exceptions, transaction
-#: rollback (serialization failure, deadlock), insufficient resources (too many
-#: connections, disk full), operator intervention (admin shutdown, cannot connect
-#: now, query canceled by a timeout), system errors.
-_RETRYABLE_CLASSES: Final = frozenset({"08", "40", "53", "57", "58"})
-#: Single SQLSTATEs that repeating may fix, or that an operator fixes without
-#: touching the records: lock not available, a plan invalidated by a schema change,
-#: a missing database, schema or table, a missing privilege, failed authentication.
-_RETRYABLE_STATES: Final = frozenset(
-    {"55P03", "0A000", "3D000", "3F000", "42P01", "42501", "28000", "28P01"}
-)
-_HINTS: Final = {
-    "42P01": "the archive tables are missing: pass create_schema=True or create"
-    " them (see docs/backends.md)",
-    "3F000": "the archive schema is missing: pass create_schema=True or create it",
-}
-
-
-def _classify(exc: BaseException) -> tuple[bool, str]:
-    """Return ``(retryable, what happened)`` for an error from asyncpg or the OS.
-
-    An asyncpg ``InterfaceError`` raised while handling another error (a rollback
-    on a connection the server just closed) reports that error first; it is
-    retryable if either is.
-    """
-    retryable, what = _classify_one(exc)
-    cause = exc.__cause__ or exc.__context__
-    if isinstance(exc, asyncpg.InterfaceError) and isinstance(cause, Exception):
-        cause_retryable, cause_what = _classify_one(cause)
-        return retryable or cause_retryable, f"{cause_what}; then {what}"
-    return retryable, what
-
-
-def _classify_one(exc: BaseException) -> tuple[bool, str]:
-    if isinstance(exc, TimeoutError):
-        return True, "timed out"
-    if isinstance(exc, asyncpg.PostgresError):
-        state = str(getattr(exc, "sqlstate", "") or "")
-        retryable = state[:2] in _RETRYABLE_CLASSES or state in _RETRYABLE_STATES
-        message = exc.args[0] if exc.args else ""
-        what = f"{type(exc).__name__} (SQLSTATE {state}): {message}"
-        hint = _HINTS.get(state)
-        return retryable, f"{what}; {hint}" if hint else what
-    if isinstance(exc, asyncpg.exceptions.DataError):
-        return False, f"the server cannot take a value: {exc.args[0]}"
-    if isinstance(exc, asyncpg.InterfaceError | asyncpg.exceptions.InternalClientError):
-        # Connection closed or released under us, a stale schema cache, a bad
-        # client setting: not about the records.
-        return True, f"{type(exc).__name__}: {exc.args[0] if exc.args else ''}"
-    if isinstance(exc, OSError):
-        return True, f"cannot reach the server: {type(exc).__name__}: {exc}"
-    return False, f"{type(exc).__name__}: {exc}"
-
-
-# -- batch planning (pure) ----------------------------------------------------------
-
-
-class _Plan(NamedTuple):
-    erased: list[UUID]
-    appended: dict[UUID, list[MessageRecord]]
-
-
-def _plan(groups: Sequence[SessionGroup]) -> _Plan:
-    """Reduce a batch to what it does per session: maybe erase, then append.
-
-    An erasing group discards the records of earlier groups of its session (they
-    would be erased anyway). A record repeated within the batch is kept once, where
-    it first appears, as ``ON CONFLICT DO NOTHING`` keeps it across batches.
-    """
-    erased: dict[UUID, None] = {}
-    appended: dict[UUID, list[MessageRecord]] = {}
-    for group in groups:
-        if group.erase:
-            erased[group.session] = None
-            appended.pop(group.session, None)
-        if group.records:
-            appended.setdefault(group.session, []).extend(group.records)
-    seen: set[UUID] = set()
-    for session, records in appended.items():
-        kept = []
-        for record in records:
-            if record.message_id not in seen:
-                seen.add(record.message_id)
-                kept.append(record)
-        appended[session] = kept
-    return _Plan(list(erased), appended)
-
-
-def _text(value: str) -> str:
-    return value.replace("\x00", "") if "\x00" in value else value
 
 
 @final
@@ -393,10 +184,10 @@ class PostgresArchive(ArchiveBackend):
             raise ValueError(
                 f"dsn must be a postgresql:// URL, got {self._masked_dsn!r}"
             )
-        _check_identifier("schema", schema)
+        _pgsql.check_identifier("schema", schema)
         if schema.startswith("pg_"):
             raise ValueError(f"schema names starting with pg_ are reserved: {schema!r}")
-        _check_identifier("table_prefix", table_prefix)
+        _pgsql.check_identifier("table_prefix", table_prefix)
         if not 0 <= pool_min_size <= pool_max_size or pool_max_size < 1:
             raise ValueError(
                 "pool sizes must satisfy 0 <= pool_min_size <= pool_max_size >= 1,"
@@ -412,7 +203,7 @@ class PostgresArchive(ArchiveBackend):
         self._pool_max_size = pool_max_size
         self._timeout = timeout
         self._application_name = application_name
-        self._sql = _statements(schema, table_prefix)
+        self._sql = _pgsql.statements(schema, table_prefix)
         self._pool: _Pool | None = None
         self._pool_loop: asyncio.AbstractEventLoop | None = None
         self._schema_ready = not create_schema
@@ -495,14 +286,14 @@ class PostgresArchive(ArchiveBackend):
         except BackendError:
             raise
         except Exception as exc:
-            retryable, what = _classify(exc)
+            retryable, what = _pgsql.classify(exc)
             state = getattr(exc, "sqlstate", None)
-            if state in ("42P01", "3F000"):
+            if state in _pgsql.MISSING_SCHEMA_STATES:
                 self._schema_ready = not self._create_schema  # recreate next time
             error = BackendError(
                 self._scrub(f"PostgresArchive {action} on {self._masked_dsn}: {what}"),
                 retryable=retryable or not opened,
-                retry_after=1.0 if state in ("53300", "57P03") else None,
+                retry_after=1.0 if state in _pgsql.BACKOFF_STATES else None,
             )
             logger.debug("%s", error)
             if any(secret in str(exc) for secret in self._secrets):
@@ -528,10 +319,10 @@ class PostgresArchive(ArchiveBackend):
             BackendError: nothing of the batch was kept. ``retryable`` is false for
                 a record the server refuses or that cannot be encoded.
         """
-        erased, appended = _plan(groups)
+        erased, appended = _pgsql.plan(groups)
         sessions = sorted(appended, key=lambda s: s.int)  # one lock order for all
         sizes = [len(appended[s]) for s in sessions]
-        columns = self._columns(sessions, appended) if sessions else None
+        columns = _pgsql.columns(sessions, appended) if sessions else None
 
         async def work(connection: _Connection) -> None:
             async with connection.transaction():
@@ -560,43 +351,6 @@ class PostgresArchive(ArchiveBackend):
 
         if erased or sessions:
             await self._run("write_batch", work)
-
-    def _columns(
-        self, sessions: list[UUID], appended: dict[UUID, list[MessageRecord]]
-    ) -> list[list[Any]]:
-        """The insert's column arrays, all but ``seq`` (known once reserved)."""
-        ids: list[UUID] = []
-        owners: list[UUID] = []
-        parents: list[UUID | None] = []
-        stamps: list[datetime] = []
-        roles: list[str] = []
-        authors: list[str | None] = []
-        contents: list[str] = []
-        blobs: list[bytes] = []
-        for session in sessions:
-            for record in appended[session]:
-                if record.session != session:
-                    raise BackendError(
-                        f"record {record.message_id} belongs to session"
-                        f" {record.session}, not {session}",
-                        retryable=False,
-                    )
-                try:
-                    blobs.append(encode_record(record))
-                except (msgspec.EncodeError, OverflowError, UnicodeEncodeError) as exc:
-                    raise BackendError(
-                        f"record {record.message_id} cannot be encoded: {exc}",
-                        retryable=False,
-                    ) from exc
-                ids.append(record.message_id)
-                owners.append(session)
-                parents.append(record.parent_id)
-                stamps.append(record.ts)
-                roles.append(_text(record.role))
-                author = record.author
-                authors.append(None if author is None else _text(author))
-                contents.append(_text(record.content_md))
-        return [ids, owners, parents, stamps, roles, authors, contents, blobs]
 
     async def append_messages(
         self, session: UUID, records: Sequence[MessageRecord]
@@ -643,16 +397,25 @@ class PostgresArchive(ArchiveBackend):
 
     async def list_sessions(
         self, *, limit: int | None = None, after: UUID | None = None
-    ) -> list[ArchivedSession]:
-        """The archived sessions, ordered by session id.
+    ) -> list[SessionInfo]:
+        """The sessions with archived records, ordered by session id.
+
+        The order is ``UUID`` order (the 128-bit value), the same in every
+        readable backend. A session with no records (never written, or erased) is
+        not listed. ``first_ts`` and ``last_ts`` are the earliest and latest
+        record ``ts``, in UTC.
 
         Args:
-            limit: at most this many (all if ``None``).
-            after: only sessions with a greater id: pass the last one of a page to
-                get the next page.
+            limit: at most this many (all if ``None``); at least 1.
+            after: only sessions with a greater id: pass the last session of a
+                page to get the next page.
+
+        Raises:
+            TypeError: ``limit`` is not an int or ``after`` not a UUID.
+            ValueError: ``limit`` is less than 1.
+            BackendError: the read failed (retryable).
         """
-        if limit is not None and limit < 0:
-            raise ValueError(f"limit must be >= 0, got {limit}")
+        limit, after = checked_page(limit, after)
 
         async def work(connection: _Connection) -> list[Any]:
             if after is None:
@@ -661,11 +424,11 @@ class PostgresArchive(ArchiveBackend):
 
         rows = await self._run("list_sessions", work)
         return [
-            ArchivedSession(
+            SessionInfo(
                 session=UUID(bytes=row[0].bytes),  # asyncpg's own UUID subclass
                 message_count=row[1],
-                created_at=row[2],
-                updated_at=row[3],
+                first_ts=row[2],
+                last_ts=row[3],
             )
             for row in rows
         ]

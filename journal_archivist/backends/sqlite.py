@@ -26,6 +26,9 @@ Rules and theory:
 - ``secure_delete`` is on, and an erasure is followed by a
   ``wal_checkpoint(TRUNCATE)``, so erased content leaves both the database file
   and its WAL.
+- The file format (schema, statements, the row a record becomes) and the meaning
+  of each ``sqlite3`` error code live in ``_sqlite_sql``; this module is the
+  behaviour around them.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import math
 import os
 import sqlite3
 import warnings
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final, final
 from uuid import UUID
 
@@ -44,8 +47,10 @@ import anyio
 import msgspec
 
 from .._errors import BackendError
-from ._base import ArchiveBackend, SessionGroup
-from ._codec import decode_record, encode_record
+from . import _sqlite_sql as _sql
+from ._base import ArchiveBackend, SessionGroup, SessionInfo, checked_page
+from ._codec import decode_record
+from ._sqlite_sql import APPLICATION_ID, SCHEMA_VERSION
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -56,168 +61,13 @@ __all__ = [
     "APPLICATION_ID",
     "DEFAULT_BUSY_TIMEOUT",
     "SCHEMA_VERSION",
-    "SessionInfo",
     "SqliteArchive",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: "JARC" in ASCII: marks a SQLite file as a journal_archivist archive.
-APPLICATION_ID: Final = 0x4A415243
-#: The archive schema this version writes (``PRAGMA user_version``).
-SCHEMA_VERSION: Final = 1
 #: Seconds a statement waits for another connection's lock before SQLITE_BUSY.
 DEFAULT_BUSY_TIMEOUT: Final = 5.0
-
-# The journal's application_id ("JRNL", journal_archivist._schema): named here so
-# that pointing an archive at the journal says so (backends never import it).
-_JOURNAL_APPLICATION_ID: Final = 0x4A524E4C
-
-# Run one statement at a time, inside the transaction that also re-checks the
-# file (executescript would commit first).
-_SCHEMA: Final = (
-    """
-    CREATE TABLE sessions (
-        session       TEXT PRIMARY KEY,  -- canonical UUID string
-        message_count INTEGER NOT NULL,  -- distinct messages
-        first_ts      TEXT NOT NULL,     -- earliest and latest ts of its
-        last_ts       TEXT NOT NULL      -- messages, as messages.ts
-    ) WITHOUT ROWID
-    """,
-    """
-    CREATE TABLE messages (
-        seq        INTEGER PRIMARY KEY AUTOINCREMENT,  -- append order, never reused
-        message_id TEXT NOT NULL UNIQUE,
-        session    TEXT NOT NULL,
-        parent_id  TEXT,
-        ts         TEXT NOT NULL,  -- UTC, fixed width: 2026-11-27T12:00:00.123456Z
-        role       TEXT NOT NULL,
-        author     TEXT,
-        content_md TEXT NOT NULL,  -- may hold NUL characters
-        record     TEXT NOT NULL   -- the whole record as JSON (backends._codec)
-    )
-    """,
-    # Every index entry ends with the rowid (seq), so this one also orders by seq.
-    "CREATE INDEX messages_by_session ON messages (session)",
-    # Counts only rows really inserted: ON CONFLICT DO NOTHING fires no trigger.
-    """
-    CREATE TRIGGER messages_count_session AFTER INSERT ON messages BEGIN
-        INSERT INTO sessions (session, message_count, first_ts, last_ts)
-        VALUES (NEW.session, 1, NEW.ts, NEW.ts)
-        ON CONFLICT (session) DO UPDATE SET
-            message_count = message_count + 1,
-            first_ts = min(first_ts, excluded.first_ts),
-            last_ts = max(last_ts, excluded.last_ts);
-    END
-    """,
-    f"PRAGMA application_id = {APPLICATION_ID}",
-    f"PRAGMA user_version = {SCHEMA_VERSION}",
-)
-
-_INSERT: Final = """
-INSERT INTO messages
-    (message_id, session, parent_id, ts, role, author, content_md, record)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (message_id) DO NOTHING
-"""
-_ERASE_MESSAGES: Final = "DELETE FROM messages WHERE session = ?"
-_ERASE_SESSION: Final = "DELETE FROM sessions WHERE session = ?"
-_READ: Final = "SELECT record FROM messages WHERE session = ? ORDER BY seq"
-_COUNT: Final = "SELECT message_count FROM sessions WHERE session = ?"
-_LIST: Final = """
-SELECT session, message_count, first_ts, last_ts FROM sessions
-ORDER BY first_ts, session
-"""
-
-# sqlite3 primary result codes that repeating a call cannot fix. Every other code
-# is retryable: BUSY, LOCKED, FULL, IOERR, CANTOPEN, READONLY, NOMEM are transient
-# or fixable by an operator (space, permissions, a mount), and SQLITE_ERROR or an
-# unknown code is retried on a fresh connection, which re-checks the file.
-# Caused by the records themselves: permanent, and the connection is fine.
-_RECORD_CODES: Final = frozenset(
-    {
-        sqlite3.SQLITE_TOOBIG,
-        sqlite3.SQLITE_CONSTRAINT,
-        sqlite3.SQLITE_MISMATCH,
-        sqlite3.SQLITE_RANGE,
-    }
-)
-# Not a healthy archive: permanent until someone repairs or replaces the file.
-_DAMAGE_CODES: Final = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
-
-# One row of ``messages`` without ``seq``, as bound to ``_INSERT``.
-_Row = tuple[str, str, str | None, str, str, str | None, str, str]
-# One step of a write: ("insert", rows) or ("erase", session).
-_Step = tuple[str, Any]
-
-
-class SessionInfo(msgspec.Struct, frozen=True, kw_only=True):
-    """One archived session, as ``SqliteArchive.list_sessions`` reports it.
-
-    ``message_count`` counts distinct records; ``first_ts`` and ``last_ts`` are the
-    earliest and latest ``ts`` among them, in UTC. A session with no records (never
-    written, or erased) is not listed.
-    """
-
-    session: UUID
-    message_count: int
-    first_ts: datetime
-    last_ts: datetime
-
-
-def _utc_text(ts: datetime) -> str:
-    """``ts`` as fixed-width UTC text, which sorts as the instants do."""
-    if ts.tzinfo is not UTC:
-        if ts.utcoffset() is None:
-            raise ValueError(f"timestamp must be timezone-aware, got {ts!r}")
-        ts = ts.astimezone(UTC)
-    # Always 26 characters and "+00:00" here; a quarter of the cost of strftime.
-    return ts.isoformat(timespec="microseconds")[:26] + "Z"
-
-
-def _row(record: MessageRecord, session: UUID) -> _Row:
-    """The ``messages`` row of one record; raise ``ValueError`` if it has none."""
-    if record.session.int != session.int:
-        raise ValueError(f"record belongs to session {record.session}, not {session}")
-    return (
-        str(record.message_id),
-        str(session),
-        None if record.parent_id is None else str(record.parent_id),
-        _utc_text(record.ts),
-        record.role,
-        record.author,
-        record.content_md,
-        encode_record(record).decode(),
-    )
-
-
-def _rows(session: UUID, records: Sequence[MessageRecord]) -> list[_Row]:
-    rows: list[_Row] = []
-    for record in records:
-        try:
-            rows.append(_row(record, session))
-        except (TypeError, ValueError, AttributeError, OverflowError) as exc:
-            # msgspec.EncodeError is a ValueError. Records that reach a backend
-            # through the journal were validated there; this guards direct callers.
-            which = getattr(record, "message_id", "?")
-            raise BackendError(
-                f"cannot archive record {which} of session {session}: {exc}",
-                retryable=False,
-            ) from exc
-    return rows
-
-
-def _classify(exc: BaseException) -> tuple[bool, bool]:
-    """``(retryable, keep_connection)`` for an error raised by a call."""
-    if not isinstance(exc, sqlite3.Error):
-        return True, False
-    code = getattr(exc, "sqlite_errorcode", None)
-    primary = None if code is None else code & 0xFF
-    if primary in _RECORD_CODES:
-        return False, True
-    if primary in _DAMAGE_CODES or "malformed" in str(exc):
-        return False, False
-    return True, False
 
 
 @final
@@ -317,7 +167,7 @@ class SqliteArchive(ArchiveBackend):
                 class docstring says. Nothing of the call was archived.
         """
         if records:
-            await self._write([("insert", _rows(session, records))], erases=False)
+            await self._write([("insert", _sql.rows(session, records))], erases=False)
 
     async def write_batch(self, groups: Sequence[SessionGroup]) -> None:
         """Apply a whole coalesced batch in one transaction.
@@ -329,8 +179,8 @@ class SqliteArchive(ArchiveBackend):
         Raises:
             BackendError: as ``append_messages``; nothing of the batch was applied.
         """
-        steps: list[_Step] = []
-        pending: list[_Row] = []
+        steps: list[_sql.Step] = []
+        pending: list[_sql.Row] = []
         erases = False
         for group in groups:
             if group.erase:
@@ -339,7 +189,7 @@ class SqliteArchive(ArchiveBackend):
                     pending = []
                 steps.append(("erase", str(group.session)))
                 erases = True
-            pending.extend(_rows(group.session, group.records))
+            pending.extend(_sql.rows(group.session, group.records))
         if pending:
             steps.append(("insert", pending))
         if steps:
@@ -357,17 +207,17 @@ class SqliteArchive(ArchiveBackend):
         """
         await self._write([("erase", str(_check_uuid(session)))], erases=True)
 
-    async def _write(self, steps: Sequence[_Step], *, erases: bool) -> None:
+    async def _write(self, steps: Sequence[_sql.Step], *, erases: bool) -> None:
         async with self._lock:
             conn = await self._connection()
             try:
                 await conn.execute("BEGIN IMMEDIATE")
                 for kind, arg in steps:
                     if kind == "insert":
-                        await conn.executemany(_INSERT, arg)
+                        await conn.executemany(_sql.INSERT, arg)
                     else:
-                        await conn.execute(_ERASE_MESSAGES, (arg,))
-                        await conn.execute(_ERASE_SESSION, (arg,))
+                        await conn.execute(_sql.ERASE_MESSAGES, (arg,))
+                        await conn.execute(_sql.ERASE_SESSION, (arg,))
                 await conn.execute("COMMIT")
             except BaseException as exc:
                 await self._abort(conn, exc)
@@ -384,7 +234,7 @@ class SqliteArchive(ArchiveBackend):
         transaction open. aiosqlite runs calls in order, so the rollback runs after
         whatever statement was in flight, and is a no-op if that was the COMMIT.
         """
-        _, keep = _classify(exc)
+        _, keep = _sql.classify(exc)
         with anyio.CancelScope(shield=True):
             try:
                 await conn.rollback()
@@ -412,7 +262,7 @@ class SqliteArchive(ArchiveBackend):
                 docstring says), or a stored record no longer decodes
                 (``retryable=False``).
         """
-        rows = await self._read(_READ, (str(_check_uuid(session)),))
+        rows = await self._read(_sql.READ, (str(_check_uuid(session)),))
         try:
             return [decode_record(row[0]) for row in rows]
         except msgspec.DecodeError as exc:
@@ -424,12 +274,35 @@ class SqliteArchive(ArchiveBackend):
 
     async def count(self, session: UUID) -> int:
         """How many distinct records of ``session`` are archived (0 if none)."""
-        rows = await self._read(_COUNT, (str(_check_uuid(session)),))
+        rows = await self._read(_sql.COUNT, (str(_check_uuid(session)),))
         return int(rows[0][0]) if rows else 0
 
-    async def list_sessions(self) -> list[SessionInfo]:
-        """Every session with archived records, by ``first_ts`` then session id."""
-        rows = await self._read(_LIST, ())
+    async def list_sessions(
+        self, *, limit: int | None = None, after: UUID | None = None
+    ) -> list[SessionInfo]:
+        """The sessions with archived records, ordered by session id.
+
+        The order is ``UUID`` order (the 128-bit value), the same in every
+        readable backend. A session with no records (never written, or erased) is
+        not listed. ``first_ts`` and ``last_ts`` are the earliest and latest
+        record ``ts``, in UTC.
+
+        Args:
+            limit: at most this many (all if ``None``); at least 1.
+            after: only sessions with a greater id: pass the last session of a
+                page to get the next page.
+
+        Raises:
+            TypeError: ``limit`` is not an int or ``after`` not a UUID.
+            ValueError: ``limit`` is less than 1.
+            BackendError: the archive cannot be read, as the class docstring says.
+        """
+        limit, after = checked_page(limit, after)
+        bound = -1 if limit is None else limit  # -1: no limit, to SQLite
+        if after is None:
+            rows = await self._read(_sql.LIST_ALL, (bound,))
+        else:
+            rows = await self._read(_sql.LIST_AFTER, (str(after), bound))
         return [
             SessionInfo(
                 session=UUID(session),
@@ -447,15 +320,15 @@ class SqliteArchive(ArchiveBackend):
             BackendError: the file cannot be opened or read; see the class
                 docstring for which failures are retryable.
         """
-        await self._read("SELECT 1 FROM sessions LIMIT 1", ())
+        await self._read(_sql.PROBE, ())
 
-    async def _read(self, sql: str, params: tuple[str, ...]) -> list[Any]:
+    async def _read(self, sql: str, params: tuple[str | int, ...]) -> list[Any]:
         async with self._lock:
             conn = await self._connection()
             try:
                 return list(await conn.execute_fetchall(sql, params))
             except BaseException as exc:
-                _, keep = _classify(exc)
+                _, keep = _sql.classify(exc)
                 if not keep:
                     with anyio.CancelScope(shield=True):
                         await self._drop()
@@ -506,7 +379,7 @@ class SqliteArchive(ArchiveBackend):
         try:
             await conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
             app_id, version, tables = await _identity(conn)
-            self._check_identity(app_id, version, tables)
+            _sql.check_identity(self._path, app_id, version, tables)
             (mode,) = next(iter(await conn.execute_fetchall("PRAGMA journal_mode=WAL")))
             if str(mode).lower() != "wal":
                 raise BackendError(
@@ -519,9 +392,9 @@ class SqliteArchive(ArchiveBackend):
                 await conn.execute("BEGIN IMMEDIATE")
                 # Another process may have created it since we looked.
                 app_id, version, tables = await _identity(conn)
-                self._check_identity(app_id, version, tables)
+                _sql.check_identity(self._path, app_id, version, tables)
                 if version == 0:
-                    for statement in _SCHEMA:
+                    for statement in _sql.SCHEMA:
                         await conn.execute(statement)
                 await conn.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -529,29 +402,8 @@ class SqliteArchive(ArchiveBackend):
                 await conn.rollback()
             raise self._error("open", exc) from exc
 
-    def _check_identity(self, app_id: int, version: int, tables: list[str]) -> None:
-        if app_id == _JOURNAL_APPLICATION_ID:
-            raise BackendError(
-                f"{self._path} is a journal_archivist journal, not an archive: give"
-                " SqliteArchive a file of its own",
-                retryable=False,
-            )
-        if app_id != APPLICATION_ID and (app_id != 0 or version or tables):
-            raise BackendError(
-                f"{self._path} is a SQLite database of something else, not a"
-                f" journal_archivist archive (application_id {app_id:#x}, tables"
-                f" {tables[:5]}); refusing to touch it",
-                retryable=False,
-            )
-        if version > SCHEMA_VERSION:
-            raise BackendError(
-                f"{self._path}: archive schema version {version} is newer than the"
-                f" supported {SCHEMA_VERSION}; open it with the version that wrote it",
-                retryable=False,
-            )
-
     def _error(self, doing: str, exc: sqlite3.Error) -> BackendError:
-        retryable, _ = _classify(exc)
+        retryable, _ = _sql.classify(exc)
         if doing == "open" and not retryable:
             return BackendError(
                 f"{self._path} is not a usable SQLite archive (corrupt, or not a"
@@ -611,7 +463,7 @@ def _create_file(path: str) -> None:
     os.close(fd)
 
 
-def _check_uuid(session: object) -> UUID:
+def _check_uuid(session: object, what: str = "session") -> UUID:
     if not isinstance(session, UUID):
-        raise TypeError(f"session must be a UUID, got {type(session).__name__}")
+        raise TypeError(f"{what} must be a UUID, got {type(session).__name__}")
     return session

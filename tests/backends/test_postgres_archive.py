@@ -21,6 +21,7 @@ from uuid import UUID, uuid4
 
 import anyio
 import asyncpg  # type: ignore[import-untyped]
+import msgspec
 import pytest
 
 from journal_archivist import (
@@ -31,10 +32,11 @@ from journal_archivist import (
     Queued,
     Registration,
 )
-from journal_archivist.backends import SessionGroup
-from journal_archivist.backends.postgres import PostgresArchive, _classify, _mask_dsn
+from journal_archivist.backends import SessionGroup, SessionInfo
+from journal_archivist.backends._postgres_sql import classify
+from journal_archivist.backends.postgres import PostgresArchive, _mask_dsn
 from journal_archivist.testing import check_backend
-from tests.helpers import FAST_RETRY, record, records
+from tests.helpers import FAST_RETRY, record, records, tricky_uuids
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator
@@ -435,27 +437,104 @@ async def test_nul_unicode_and_large_records_round_trip_exactly(
     assert role == "tool"
 
 
-async def test_counts_and_list_sessions_page_by_session_id(
+async def test_counts_and_list_sessions(
     make_archive: Callable[..., PostgresArchive],
 ) -> None:
-    sessions = sorted(uuid4() for _ in range(3))
+    a, b = sorted((uuid4(), uuid4()))
+    plus_two = timezone(timedelta(hours=2))
+    early = datetime(2026, 1, 1, 12, 0, tzinfo=plus_two)  # 10:00 UTC
+    late = datetime(2026, 1, 1, 11, 0, tzinfo=UTC)
     archive = make_archive()
-    for count, session in enumerate(sessions, start=1):
-        batch = records(session, count)
-        await archive.append_messages(session, batch)
-        await archive.append_messages(session, batch[:1])  # a redelivery: not counted
-    listed = await archive.list_sessions()
-    assert [(s.session, s.message_count) for s in listed] == [
-        (sessions[0], 1),
-        (sessions[1], 2),
-        (sessions[2], 3),
-    ]
-    assert all(type(s.session) is UUID for s in listed)
-    assert listed[0].created_at <= listed[0].updated_at
-    page = await archive.list_sessions(limit=1, after=sessions[0])
-    assert [s.session for s in page] == [sessions[1]]
-    assert await archive.list_sessions(after=sessions[2]) == []
+    await archive.append_messages(a, [record(a, "1", ts=late)])
+    await archive.write_batch(
+        [
+            SessionGroup(a, (record(a, "2", ts=early),)),  # earlier, in a later batch
+            SessionGroup(b, tuple(records(b, 3))),
+        ]
+    )
+    first = (await archive.read_session(a))[0]
+    # Redelivered, even with another ts: neither counted again nor moving first_ts.
+    moved = msgspec.structs.replace(first, ts=datetime(2020, 1, 1, tzinfo=UTC))
+    await archive.append_messages(a, [first, moved])
+    assert await archive.count(a) == 2
+    assert await archive.count(b) == 3
     assert await archive.count(uuid4()) == 0
+    listed = await archive.list_sessions()
+    assert [s.session for s in listed] == [a, b]
+    assert all(type(s.session) is UUID for s in listed)
+    assert listed[0] == SessionInfo(
+        session=a,
+        message_count=2,
+        first_ts=datetime(2026, 1, 1, 10, 0, tzinfo=UTC),
+        last_ts=datetime(2026, 1, 1, 11, 0, tzinfo=UTC),
+    )
+    assert listed[0].first_ts.utcoffset() == timedelta(0)
+    assert listed[1].message_count == 3
+    await archive.delete_session(a)
+    assert [s.session for s in await archive.list_sessions()] == [b]
+    assert await archive.count(a) == 0
+
+
+async def test_a_session_whose_records_were_all_archived_already_is_not_listed(
+    make_archive: Callable[..., PostgresArchive],
+) -> None:
+    # A direct caller reusing another session's message_id: the batch reserves a
+    # sessions row for the new session, and inserts nothing into it.
+    owner, other = uuid4(), uuid4()
+    archive = make_archive()
+    original = record(owner)
+    await archive.append_messages(owner, [original])
+    await archive.append_messages(
+        other, [msgspec.structs.replace(original, session=other)]
+    )
+    assert await archive.count(other) == 0
+    assert [s.session for s in await archive.list_sessions()] == [owner]
+
+
+async def test_list_sessions_orders_and_pages_by_uuid_value(
+    make_archive: Callable[..., PostgresArchive],
+) -> None:
+    sessions = tricky_uuids()
+    assert sorted(sessions, key=lambda u: u.bytes_le) != sorted(sessions)
+    archive = make_archive()
+    await archive.write_batch(
+        [SessionGroup(s, tuple(records(s, 1))) for s in reversed(sessions)]
+    )
+    listed = [s.session for s in await archive.list_sessions()]
+    assert listed == sorted(sessions) == sorted(sessions, key=lambda u: u.int)
+    pages: list[UUID] = []
+    after: UUID | None = None
+    while page := await archive.list_sessions(limit=2, after=after):
+        assert len(page) <= 2
+        pages.extend(s.session for s in page)
+        after = page[-1].session
+    assert pages == listed
+    # ``after`` need not be an archived session.
+    between = UUID(int=sessions[4].int + 1)
+    assert [s.session for s in await archive.list_sessions(after=between)] == [
+        u for u in listed if u > between
+    ]
+    assert await archive.list_sessions(after=max(sessions)) == []
+    assert len(await archive.list_sessions(limit=2**70)) == len(sessions)
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "complaint"),
+    [
+        ({"limit": 0}, ValueError, "limit must be >= 1, got 0"),  # empty page
+        ({"limit": -1}, ValueError, "limit must be >= 1, got -1"),  # not "all"
+        ({"limit": True}, TypeError, "limit must be an int or None, got bool"),
+        ({"limit": 2.0}, TypeError, "limit must be an int or None, got float"),
+        ({"after": "x"}, TypeError, "after must be a UUID, got str"),  # not parsed
+    ],
+)
+async def test_list_sessions_rejects_bad_arguments(
+    options: dict[str, object], error: type[Exception], complaint: str
+) -> None:
+    # Checked before any I/O: no server needed.
+    archive = PostgresArchive("postgresql://nobody@127.0.0.1:1/none")
+    with pytest.raises(error, match=complaint):
+        await archive.list_sessions(**options)  # type: ignore[arg-type]
 
 
 # -- failures --------------------------------------------------------------------------
@@ -483,7 +562,7 @@ async def test_counts_and_list_sessions_page_by_session_id(
     ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else "",
 )
 def test_failure_classification(exc: BaseException, retryable: bool) -> None:
-    assert _classify(exc)[0] is retryable
+    assert classify(exc)[0] is retryable
 
 
 async def test_an_unreachable_server_is_retryable_and_keeps_the_password_secret(

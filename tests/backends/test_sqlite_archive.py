@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from uuid import UUID, uuid4
 
 import anyio
+import msgspec
 import pytest
 
 from journal_archivist import Archivist, MessageRecord, Queued, Registration
@@ -20,16 +21,22 @@ from journal_archivist._schema import APPLICATION_ID as JOURNAL_APPLICATION_ID
 from journal_archivist.backends import (
     BackendError,
     SessionGroup,
-    sqlite as sqlite_backend,
+    SessionInfo,
+    _sqlite_sql,
 )
 from journal_archivist.backends.sqlite import (
     APPLICATION_ID,
     SCHEMA_VERSION,
-    SessionInfo,
     SqliteArchive,
 )
 from journal_archivist.testing import check_backend
-from tests.helpers import FAST_RETRY, record, records, registration
+from tests.helpers import (
+    FAST_RETRY,
+    record,
+    records,
+    registration,
+    tricky_uuids,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -338,27 +345,76 @@ async def test_erased_content_is_gone_from_the_file_and_its_wal(
 
 
 async def test_counts_and_list_sessions(archive: SqliteArchive) -> None:
-    a, b = uuid4(), uuid4()
+    a, b = sorted((uuid4(), uuid4()))
     plus_two = timezone(timedelta(hours=2))
     early = datetime(2026, 1, 1, 12, 0, tzinfo=plus_two)  # 10:00 UTC
     late = datetime(2026, 1, 1, 11, 0, tzinfo=UTC)
     a_recs = [record(a, "1", ts=late), record(a, "2", ts=early)]
     await archive.write_batch([group(a, a_recs), group(b, records(b, 3))])
-    await archive.append_messages(a, a_recs)  # redelivered: not counted again
+    # Redelivered, even with another ts: neither counted again nor moving first_ts.
+    moved = msgspec.structs.replace(a_recs[0], ts=datetime(2020, 1, 1, tzinfo=UTC))
+    await archive.append_messages(a, [*a_recs, moved])
     assert await archive.count(a) == 2
     assert await archive.count(b) == 3
     assert await archive.count(uuid4()) == 0
-    listed = {info.session: info for info in await archive.list_sessions()}
-    assert listed[a] == SessionInfo(
+    listed = await archive.list_sessions()
+    assert [info.session for info in listed] == [a, b]
+    assert listed[0] == SessionInfo(
         session=a,
         message_count=2,
         first_ts=datetime(2026, 1, 1, 10, 0, tzinfo=UTC),
         last_ts=datetime(2026, 1, 1, 11, 0, tzinfo=UTC),
     )
-    assert listed[b].message_count == 3
+    assert listed[0].first_ts.tzinfo is UTC
+    assert listed[1].message_count == 3
     await archive.delete_session(a)
     assert [info.session for info in await archive.list_sessions()] == [b]
     assert await archive.count(a) == 0
+
+
+async def test_list_sessions_orders_and_pages_by_uuid_value(
+    archive: SqliteArchive,
+) -> None:
+    sessions = tricky_uuids()
+    assert sorted(sessions, key=lambda u: u.bytes_le) != sorted(sessions)
+    for session in reversed(sessions):  # not in id order
+        await archive.append_messages(session, records(session, 1))
+    listed = [info.session for info in await archive.list_sessions()]
+    assert listed == sorted(sessions) == sorted(sessions, key=lambda u: u.int)
+    pages: list[UUID] = []
+    after: UUID | None = None
+    while page := await archive.list_sessions(limit=2, after=after):
+        assert len(page) <= 2
+        pages.extend(info.session for info in page)
+        after = page[-1].session
+    assert pages == listed
+    # ``after`` need not be an archived session.
+    between = UUID(int=sessions[4].int + 1)
+    assert [i.session for i in await archive.list_sessions(after=between)] == [
+        u for u in listed if u > between
+    ]
+    assert await archive.list_sessions(after=max(sessions)) == []
+    assert len(await archive.list_sessions(limit=2**70)) == len(sessions)
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "complaint"),
+    [
+        ({"limit": 0}, ValueError, "limit must be >= 1, got 0"),  # empty page
+        ({"limit": -1}, ValueError, "limit must be >= 1, got -1"),  # not "all"
+        ({"limit": True}, TypeError, "limit must be an int or None, got bool"),
+        ({"limit": 2.0}, TypeError, "limit must be an int or None, got float"),
+        ({"after": "x"}, TypeError, "after must be a UUID, got str"),  # not parsed
+    ],
+)
+async def test_list_sessions_rejects_bad_arguments(
+    archive: SqliteArchive,
+    options: dict[str, object],
+    error: type[Exception],
+    complaint: str,
+) -> None:
+    with pytest.raises(error, match=complaint):
+        await archive.list_sessions(**options)  # type: ignore[arg-type]
 
 
 async def test_reads_reject_a_session_that_is_not_a_uuid(
@@ -422,7 +478,7 @@ async def test_the_file_is_marked_as_an_archive(
         assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     # The archive names the journal's id to refuse it by name; keep the two equal.
-    assert sqlite_backend._JOURNAL_APPLICATION_ID == JOURNAL_APPLICATION_ID
+    assert _sqlite_sql.JOURNAL_APPLICATION_ID == JOURNAL_APPLICATION_ID
 
 
 async def test_the_journal_file_is_refused_and_left_untouched(

@@ -1,0 +1,219 @@
+"""What ``SqliteArchive`` says to SQLite, and what SQLite's answers mean: pure, no I/O.
+
+The archive file's format (how a file is recognised, the schema, the statements,
+the row a record is stored as) and the classification of ``sqlite3`` errors.
+``sqlite.py`` holds the behaviour (connection, transactions, the file on disk)
+and is the only importer.
+
+Rules and theory:
+- ``sessions.session`` and ``messages.session`` hold the canonical UUID string
+  (``str(uuid)``: lowercase, fixed width), so SQLite's BINARY text order is the
+  order of the 128-bit values, which is Python's ``UUID`` order. ``list_sessions``
+  relies on it for ordering and for ``after``.
+- ``ts`` is fixed-width UTC text, so text order is time order and ``min``/``max``
+  in the count trigger give the earliest and latest instant.
+- The per-session count and time range are kept by a trigger that fires only for
+  rows really inserted: ``ON CONFLICT DO NOTHING`` fires no trigger, so a
+  redelivered record changes nothing.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final
+
+from .._errors import BackendError
+from ._codec import encode_record
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from uuid import UUID
+
+    from .._records import MessageRecord
+
+#: "JARC" in ASCII: marks a SQLite file as a journal_archivist archive.
+APPLICATION_ID: Final = 0x4A415243
+#: The archive schema this version writes (``PRAGMA user_version``).
+SCHEMA_VERSION: Final = 1
+# The journal's application_id ("JRNL", journal_archivist._schema): named here so
+# that pointing an archive at the journal says so (backends never import it).
+JOURNAL_APPLICATION_ID: Final = 0x4A524E4C
+
+# Run one statement at a time, inside the transaction that also re-checks the
+# file (executescript would commit first).
+SCHEMA: Final = (
+    """
+    CREATE TABLE sessions (
+        session       TEXT PRIMARY KEY,  -- canonical UUID string
+        message_count INTEGER NOT NULL,  -- distinct messages
+        first_ts      TEXT NOT NULL,     -- earliest and latest ts of its
+        last_ts       TEXT NOT NULL      -- messages, as messages.ts
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE messages (
+        seq        INTEGER PRIMARY KEY AUTOINCREMENT,  -- append order, never reused
+        message_id TEXT NOT NULL UNIQUE,
+        session    TEXT NOT NULL,
+        parent_id  TEXT,
+        ts         TEXT NOT NULL,  -- UTC, fixed width: 2026-11-27T12:00:00.123456Z
+        role       TEXT NOT NULL,
+        author     TEXT,
+        content_md TEXT NOT NULL,  -- may hold NUL characters
+        record     TEXT NOT NULL   -- the whole record as JSON (backends._codec)
+    )
+    """,
+    # Every index entry ends with the rowid (seq), so this one also orders by seq.
+    "CREATE INDEX messages_by_session ON messages (session)",
+    # Counts only rows really inserted: ON CONFLICT DO NOTHING fires no trigger.
+    """
+    CREATE TRIGGER messages_count_session AFTER INSERT ON messages BEGIN
+        INSERT INTO sessions (session, message_count, first_ts, last_ts)
+        VALUES (NEW.session, 1, NEW.ts, NEW.ts)
+        ON CONFLICT (session) DO UPDATE SET
+            message_count = message_count + 1,
+            first_ts = min(first_ts, excluded.first_ts),
+            last_ts = max(last_ts, excluded.last_ts);
+    END
+    """,
+    f"PRAGMA application_id = {APPLICATION_ID}",
+    f"PRAGMA user_version = {SCHEMA_VERSION}",
+)
+
+INSERT: Final = """
+INSERT INTO messages
+    (message_id, session, parent_id, ts, role, author, content_md, record)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (message_id) DO NOTHING
+"""
+ERASE_MESSAGES: Final = "DELETE FROM messages WHERE session = ?"
+ERASE_SESSION: Final = "DELETE FROM sessions WHERE session = ?"
+READ: Final = "SELECT record FROM messages WHERE session = ? ORDER BY seq"
+COUNT: Final = "SELECT message_count FROM sessions WHERE session = ?"
+# By session id (see the theory above). Parameters: [after,] limit (-1: none).
+LIST_ALL: Final = """
+SELECT session, message_count, first_ts, last_ts FROM sessions
+ORDER BY session LIMIT ?
+"""
+LIST_AFTER: Final = """
+SELECT session, message_count, first_ts, last_ts FROM sessions
+WHERE session > ? ORDER BY session LIMIT ?
+"""
+PROBE: Final = "SELECT 1 FROM sessions LIMIT 1"
+
+# One row of ``messages`` without ``seq``, as bound to ``INSERT``.
+Row = tuple[str, str, str | None, str, str, str | None, str, str]
+# One step of a write: ("insert", rows) or ("erase", session).
+Step = tuple[str, Any]
+
+
+def utc_text(ts: datetime) -> str:
+    """``ts`` as fixed-width UTC text, which sorts as the instants do."""
+    if ts.tzinfo is not UTC:
+        if ts.utcoffset() is None:
+            raise ValueError(f"timestamp must be timezone-aware, got {ts!r}")
+        ts = ts.astimezone(UTC)
+    # Always 26 characters and "+00:00" here; a quarter of the cost of strftime.
+    return ts.isoformat(timespec="microseconds")[:26] + "Z"
+
+
+def _row(record: MessageRecord, session: UUID) -> Row:
+    """The ``messages`` row of one record; raise ``ValueError`` if it has none."""
+    if record.session.int != session.int:
+        raise ValueError(f"record belongs to session {record.session}, not {session}")
+    return (
+        str(record.message_id),
+        str(session),
+        None if record.parent_id is None else str(record.parent_id),
+        utc_text(record.ts),
+        record.role,
+        record.author,
+        record.content_md,
+        encode_record(record).decode(),
+    )
+
+
+def rows(session: UUID, records: Sequence[MessageRecord]) -> list[Row]:
+    """The ``messages`` rows of ``records``, all of ``session``.
+
+    Raises:
+        BackendError: ``retryable=False``, naming the first record that cannot be
+            archived (of another session, a naive ``ts``, not encodable).
+    """
+    result: list[Row] = []
+    for record in records:
+        try:
+            result.append(_row(record, session))
+        except (TypeError, ValueError, AttributeError, OverflowError) as exc:
+            # msgspec.EncodeError is a ValueError. Records that reach a backend
+            # through the journal were validated there; this guards direct callers.
+            which = getattr(record, "message_id", "?")
+            raise BackendError(
+                f"cannot archive record {which} of session {session}: {exc}",
+                retryable=False,
+            ) from exc
+    return result
+
+
+def check_identity(path: str, app_id: int, version: int, tables: list[str]) -> None:
+    """Return if the file at ``path`` is empty or an archive this version can use.
+
+    Args:
+        app_id, version, tables: its ``application_id``, ``user_version`` and
+            table names.
+
+    Raises:
+        BackendError: ``retryable=False``, saying what the file is instead.
+    """
+    if app_id == JOURNAL_APPLICATION_ID:
+        raise BackendError(
+            f"{path} is a journal_archivist journal, not an archive: give"
+            " SqliteArchive a file of its own",
+            retryable=False,
+        )
+    if app_id != APPLICATION_ID and (app_id != 0 or version or tables):
+        raise BackendError(
+            f"{path} is a SQLite database of something else, not a"
+            f" journal_archivist archive (application_id {app_id:#x}, tables"
+            f" {tables[:5]}); refusing to touch it",
+            retryable=False,
+        )
+    if version > SCHEMA_VERSION:
+        raise BackendError(
+            f"{path}: archive schema version {version} is newer than the"
+            f" supported {SCHEMA_VERSION}; open it with the version that wrote it",
+            retryable=False,
+        )
+
+
+# -- failure classification ---------------------------------------------------------
+
+# sqlite3 primary result codes that repeating a call cannot fix. Every other code
+# is retryable: BUSY, LOCKED, FULL, IOERR, CANTOPEN, READONLY, NOMEM are transient
+# or fixable by an operator (space, permissions, a mount), and SQLITE_ERROR or an
+# unknown code is retried on a fresh connection, which re-checks the file.
+# Caused by the records themselves: permanent, and the connection is fine.
+_RECORD_CODES: Final = frozenset(
+    {
+        sqlite3.SQLITE_TOOBIG,
+        sqlite3.SQLITE_CONSTRAINT,
+        sqlite3.SQLITE_MISMATCH,
+        sqlite3.SQLITE_RANGE,
+    }
+)
+# Not a healthy archive: permanent until someone repairs or replaces the file.
+_DAMAGE_CODES: Final = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+
+
+def classify(exc: BaseException) -> tuple[bool, bool]:
+    """``(retryable, keep_connection)`` for an error raised by a call."""
+    if not isinstance(exc, sqlite3.Error):
+        return True, False
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = None if code is None else code & 0xFF
+    if primary in _RECORD_CODES:
+        return False, True
+    if primary in _DAMAGE_CODES or "malformed" in str(exc):
+        return False, False
+    return True, False
