@@ -53,7 +53,7 @@ SCHEMA: Final = (
     """,
     """
     CREATE TABLE messages (
-        seq        INTEGER PRIMARY KEY AUTOINCREMENT,  -- append order, never reused
+        seq        INTEGER PRIMARY KEY,  -- append order: above every existing row
         message_id TEXT NOT NULL UNIQUE,
         session    TEXT NOT NULL,
         parent_id  TEXT,
@@ -81,12 +81,38 @@ SCHEMA: Final = (
     f"PRAGMA user_version = {SCHEMA_VERSION}",
 )
 
-INSERT: Final = """
-INSERT INTO messages
-    (message_id, session, parent_id, ts, role, author, content_md, record)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (message_id) DO NOTHING
-"""
+_INSERT_COLUMNS: Final = (
+    "INSERT INTO messages"
+    " (message_id, session, parent_id, ts, role, author, content_md, record) VALUES "
+)
+_ROW_PLACEHOLDERS: Final = "(?, ?, ?, ?, ?, ?, ?, ?)"
+#: Rows per multi-row INSERT, largest first; any count is a sum of these.
+INSERT_CHUNKS: Final = (64, 16, 4, 1)
+_INSERT_MANY: Final = {
+    k: _INSERT_COLUMNS
+    + ", ".join([_ROW_PLACEHOLDERS] * k)
+    + " ON CONFLICT (message_id) DO NOTHING"
+    for k in INSERT_CHUNKS
+}
+
+
+def insert_statements(rows: Sequence[Row]) -> list[tuple[str, list[Any]]]:
+    """``rows`` as a few multi-row INSERTs (one SQL text per chunk size).
+
+    One statement inserts up to 64 rows in one ``sqlite3_step``, which releases
+    the GIL once instead of once per row: under load, every reacquisition makes
+    the archive's thread wait for the event loop's.
+    """
+    statements: list[tuple[str, list[Any]]] = []
+    at = 0
+    for size in INSERT_CHUNKS:
+        while len(rows) - at >= size:
+            chunk = rows[at : at + size]
+            statements.append((_INSERT_MANY[size], [v for row in chunk for v in row]))
+            at += size
+    return statements
+
+
 ERASE_MESSAGES: Final = "DELETE FROM messages WHERE session = ?"
 ERASE_SESSION: Final = "DELETE FROM sessions WHERE session = ?"
 READ: Final = "SELECT record FROM messages WHERE session = ? ORDER BY seq"
@@ -118,13 +144,13 @@ def utc_text(ts: datetime) -> str:
     return ts.isoformat(timespec="microseconds")[:26] + "Z"
 
 
-def _row(record: MessageRecord, session: UUID) -> Row:
+def _row(record: MessageRecord, session: UUID, session_text: str) -> Row:
     """The ``messages`` row of one record; raise ``ValueError`` if it has none."""
     if record.session.int != session.int:
         raise ValueError(f"record belongs to session {record.session}, not {session}")
     return (
         str(record.message_id),
-        str(session),
+        session_text,
         None if record.parent_id is None else str(record.parent_id),
         utc_text(record.ts),
         record.role,
@@ -142,9 +168,10 @@ def rows(session: UUID, records: Sequence[MessageRecord]) -> list[Row]:
             archived (of another session, a naive ``ts``, not encodable).
     """
     result: list[Row] = []
+    session_text = str(session)
     for record in records:
         try:
-            result.append(_row(record, session))
+            result.append(_row(record, session, session_text))
         except (TypeError, ValueError, AttributeError, OverflowError) as exc:
             # msgspec.EncodeError is a ValueError. Records that reach a backend
             # through the journal were validated there; this guards direct callers.

@@ -4,10 +4,11 @@ Guarantees:
 - **Idempotent on ``message_id``.** A record is inserted with ``ON CONFLICT DO
   NOTHING``: a redelivered record changes nothing, and the per-session count (kept
   by a trigger that fires only for rows really inserted) counts it once.
-- **Append order.** ``messages.seq`` is an ``AUTOINCREMENT`` rowid, so rows get
-  increasing numbers in the order they are applied, and a session reads back by
-  ``seq``: never by ``ts`` or ``message_id``. Numbers are never reused, even after
-  an erasure.
+- **Append order.** ``messages.seq`` is the rowid: a new row gets a number above
+  every row in the table, so rows are numbered in the order they are applied, and
+  a session reads back by ``seq``: never by ``ts`` or ``message_id``. (Without
+  ``AUTOINCREMENT`` a number freed by an erasure may be given again, still above
+  every existing row; that keeps the order and costs less per insert.)
 - **Durability.** Every write is one ``BEGIN IMMEDIATE`` transaction in WAL mode
   with ``synchronous=FULL``; a call returns only after that commit, so what it
   acknowledged survives a crash or power loss. A failed transaction is rolled back
@@ -214,7 +215,8 @@ class SqliteArchive(ArchiveBackend):
                 await conn.execute("BEGIN IMMEDIATE")
                 for kind, arg in steps:
                     if kind == "insert":
-                        await conn.executemany(_sql.INSERT, arg)
+                        for statement, params in _sql.insert_statements(arg):
+                            await conn.execute(statement, params)
                     else:
                         await conn.execute(_sql.ERASE_MESSAGES, (arg,))
                         await conn.execute(_sql.ERASE_SESSION, (arg,))

@@ -175,6 +175,25 @@ async def test_records_read_in_append_order_not_ts_or_id_order(
     assert await archive.read_session(session) == first + second
 
 
+@pytest.mark.parametrize("count", [1, 3, 4, 5, 17, 63, 64, 65, 85, 200])
+async def test_a_batch_of_any_size_is_inserted_whole_and_in_order(
+    archive: SqliteArchive, count: int
+) -> None:
+    # Rows go in as multi-row INSERTs of 64, 16, 4 and 1: every size must add up.
+    session, other = uuid4(), uuid4()
+    mine, theirs = records(session, count), records(other, 2)
+    await archive.write_batch(
+        [
+            SessionGroup(session, tuple(mine[: count // 2])),
+            SessionGroup(other, tuple(theirs)),
+            SessionGroup(session, tuple(mine[count // 2 :])),
+        ]
+    )
+    assert await archive.read_session(session) == mine
+    assert await archive.count(session) == count
+    assert await archive.read_session(other) == theirs
+
+
 async def test_a_record_of_another_session_is_refused_and_nothing_archived(
     archive: SqliteArchive,
 ) -> None:
