@@ -22,11 +22,12 @@ Rules and theory:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sqlite3
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import anyio
 
@@ -356,6 +357,19 @@ class Journal:
             self._lock.release()
 
 
+#: Rows per INSERT statement (8 parameters each; one SQL text per size, all of
+#: which fit sqlite3's statement cache of 128).
+INSERT_CHUNK: Final = 64
+
+
+@functools.cache
+def _insert_entries(count: int) -> str:
+    return (
+        "INSERT INTO entries (seq, session, op, payload, size, crc, enqueued_at,"
+        " targets) VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * count)
+    )
+
+
 class Transaction:
     """One write transaction of the committer. Use as ``async with``."""
 
@@ -390,12 +404,19 @@ class Transaction:
         self, rows: Iterable[tuple[int, bytes, int, bytes, int, int, float, int]]
     ) -> None:
         """Insert entries: ``(seq, session, op, payload, size, crc, enqueued_at,
-        targets)`` each."""
-        await self._conn.executemany(
-            "INSERT INTO entries (seq, session, op, payload, size, crc, enqueued_at,"
-            " targets) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            rows,
-        )
+        targets)`` each.
+
+        Up to ``INSERT_CHUNK`` rows go in one multi-row INSERT: one
+        ``sqlite3_step``, so aiosqlite's thread gives up and retakes the GIL once
+        per chunk rather than once per row, which under load means waiting for
+        the event loop's thread each time.
+        """
+        rows = list(rows)
+        for at in range(0, len(rows), INSERT_CHUNK):
+            chunk = rows[at : at + INSERT_CHUNK]
+            await self._conn.execute(
+                _insert_entries(len(chunk)), [v for row in chunk for v in row]
+            )
 
     async def drop_oldest(
         self, mask: int, after: int, count: int, nbytes: int, *, before: int
