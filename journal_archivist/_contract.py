@@ -163,6 +163,17 @@ class _Contract:
         records = _varied(session)
         async with self._make() as backend:
             await backend.append_messages(session, records)
+            # Read through another instance while this one is still open: what
+            # was acknowledged must be durable already, not only once closed.
+            got = {r.message_id for r in await self.read(session)}
+            missing = [
+                str(r.message_id)[:8] for r in records if r.message_id not in got
+            ]
+            if missing:
+                raise AssertionError(
+                    "an acknowledged record must be durable at once: session"
+                    f" {session}: not readable before close: {missing}"
+                )
         await self.expect(session, records, "every field must round-trip exactly")
         await self.expect(uuid.uuid4(), [], "an unknown session must read as empty")
 
@@ -242,8 +253,27 @@ class _Contract:
             await backend.delete_session(never)  # nothing to erase
         await self.expect(session, [], "delete_session must erase every record")
         await self.expect(kept, survivors, "delete_session must erase only its session")
-        # Erasure forgets the ids too: a record erased and appended again is new.
+        # Erasure forgets the ids too: a record erased and appended again is new,
+        # for the instance that erased (any cache of ids included) and for a new one.
         async with self._make() as backend:
+            await backend.append_messages(session, records)
+            await backend.delete_session(session)
+            await self.expect(session, [], "delete_session must erase every record")
+            await backend.append_messages(session, records[:1])
+            await self.expect(
+                session,
+                records[:1],
+                "a record appended again after erasure must be kept",
+            )
+            # A retried erasing batch: erase, then re-append the same ids, twice.
+            again = [SessionGroup(session, tuple(records[:2]), erase=True)]
+            await backend.write_batch(again)
+            await backend.write_batch(again)
+            await self.expect(
+                session, records[:2], "a retried erasing batch must apply again"
+            )
+        async with self._make() as backend:
+            await backend.delete_session(session)
             await backend.append_messages(session, records[:1])
         await self.expect(
             session, records[:1], "a record appended again after erasure must be kept"
@@ -282,7 +312,8 @@ async def check_backend(
 
     ``make_backend()`` must return a *new* backend instance over the *same* store
     each time it is called (the suite closes each instance it makes, and reads what
-    one instance wrote through another, as a restart would). Checked: the health
+    one instance wrote through another, both while the writer is still open and
+    after it closed, as a restart would). Checked: the health
     check passes; every field round-trips exactly (unicode, NUL characters, empty
     and large content, attachments, nested metadata, time zones); records read in
     append order across calls and batches, never sorted by id or time; a

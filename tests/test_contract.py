@@ -86,7 +86,7 @@ class FailsHealthCheck(MockBackend):
         (KeepsDuplicates(), "a redelivered record must be archived once"),
         (StripsNul(), "record 3 differs in content_md"),
         (RemembersErasedIds(), "a record appended again after erasure must be kept"),
-        (IgnoresEraseFlag(), "an erasing group must erase, then append"),
+        (IgnoresEraseFlag(), "delete_session must erase every record"),
     ],
     ids=lambda v: type(v).__name__ if isinstance(v, MockBackend) else "",
 )
@@ -98,3 +98,29 @@ async def test_a_broken_backend_is_named(backend: MockBackend, complaint: str) -
 async def test_a_failing_health_check_propagates() -> None:
     with pytest.raises(RuntimeError, match="not reachable"):
         await check_backend(FailsHealthCheck)
+
+
+class DurableOnlyAtClose(MockBackend):
+    """Buffers appends and makes them visible only in ``aclose``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.buffer: list[tuple[UUID, list[MessageRecord]]] = []
+
+    async def append_messages(
+        self, session: UUID, records: Sequence[MessageRecord]
+    ) -> None:
+        self.buffer.append((session, list(records)))
+
+    async def aclose(self) -> None:
+        buffered, self.buffer = self.buffer, []
+        for session, records in buffered:
+            await super().append_messages(session, records)
+
+
+async def test_acknowledging_before_durable_is_caught() -> None:
+    store = DurableOnlyAtClose()
+    with pytest.raises(
+        AssertionError, match="an acknowledged record must be durable at once"
+    ):
+        await check_backend(lambda: store)
