@@ -21,6 +21,7 @@ make up each message are kept as attributes.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import TYPE_CHECKING
 
@@ -113,7 +114,9 @@ class BackendError(ArchivistError):
     connection); ``False`` means it will keep failing (a rejected record). Writers
     treat any other exception from a backend as retryable. ``retry_after`` (seconds)
     is the earliest the backend wants to be called again, as an HTTP
-    ``Retry-After`` says; the writer waits at least that long before its retry.
+    ``Retry-After`` says; the writer waits at least that long before its retry. A
+    negative ``retry_after`` counts as 0; one that is not a finite number is a
+    ``TypeError`` or ``ValueError`` here, not later in the writer.
     """
 
     def __init__(
@@ -121,6 +124,17 @@ class BackendError(ArchivistError):
     ) -> None:
         super().__init__(message)
         self.retryable = retryable
+        if retry_after is not None:
+            if isinstance(retry_after, bool) or not isinstance(
+                retry_after, int | float
+            ):
+                raise TypeError(
+                    "retry_after must be a number of seconds or None, got"
+                    f" {type(retry_after).__name__} {retry_after!r:.40}"
+                )
+            if not math.isfinite(retry_after):
+                raise ValueError(f"retry_after must be finite, got {retry_after!r}")
+            retry_after = max(0.0, float(retry_after))
         self.retry_after = retry_after
 
 

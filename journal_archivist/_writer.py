@@ -483,6 +483,9 @@ class Writer:
                 # Only a batch that fails while the backend passes its health
                 # check is poison; a failing check means an outage, and then the
                 # batch waits (it never dead-letters during an outage).
+                if self._best_effort and give_up:
+                    # A pause the backend asked for comes before judging it.
+                    await self._honour_retry_after()
                 if self._best_effort and give_up and await self._probe(entries):
                     if len(entries) == 1:
                         dead.append((entries[0], _describe(exc), attempt))
@@ -495,6 +498,11 @@ class Writer:
                 continue
             self._record_success()
             return
+
+    async def _honour_retry_after(self) -> None:
+        asked, self._retry_after = self._retry_after, 0.0
+        if asked:
+            await anyio.sleep(min(asked, RETRY_AFTER_CAP))
 
     def _backoff(self, attempt: int) -> float:
         """The delay before retry ``attempt``: jittered, but never shorter than
@@ -523,7 +531,7 @@ class Writer:
         self.consecutive_failures += 1
         self.last_error = _describe(exc)
         if isinstance(exc, BackendError) and exc.retry_after is not None:
-            self._retry_after = max(0.0, exc.retry_after)
+            self._retry_after = exc.retry_after
         what = "health check" if probe else f"delivery of {len(entries)} entries"
         if not self._streak_logged:
             self._streak_logged = True
@@ -560,6 +568,7 @@ class Writer:
             )
         self.consecutive_failures = 0
         self._streak_logged = False
+        self._retry_after = 0.0
 
     def _settle(
         self,

@@ -7,6 +7,7 @@ full backlog, and leaving no row of the session in the journal once delivered.
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from contextlib import closing
 from typing import TYPE_CHECKING
@@ -259,3 +260,60 @@ async def test_writer_honours_retry_after(journal_path: Path, session: UUID) -> 
             await archivist.wait_drained()
     first, second = backend.calls
     assert second - first >= 0.25  # asked for 0.3 s; jitter alone is ~1 ms
+
+
+class GivesUpWithRetryAfter(MockBackend):
+    """Refuses its first record with a 429-like retry_after, then works."""
+
+    def __init__(self, wait: float) -> None:
+        super().__init__()
+        self.wait = wait
+        self.calls: list[float] = []
+
+    async def append_messages(
+        self, session: UUID, records: Sequence[MessageRecord]
+    ) -> None:
+        self.calls.append(anyio.current_time())
+        if len(self.calls) <= 2:
+            raise BackendError("too many requests", retry_after=self.wait)
+        if len(self.calls) == 3:
+            raise BackendError("transient")  # no retry_after: a short backoff
+        await super().append_messages(session, records)
+
+
+async def test_retry_after_is_honoured_before_giving_up_and_then_forgotten(
+    journal_path: Path, session: UUID
+) -> None:
+    backend = GivesUpWithRetryAfter(0.3)
+    retry = RetryPolicy(initial_delay=0.001, max_delay=0.001, max_attempts=2)
+    reg = registration(backend, retry=retry, failure_mode=FailureMode.BEST_EFFORT)
+    async with Archivist.open(journal_path, [reg]) as archivist:
+        await archivist.append_messages(session, [record(session, "m0")])
+        with anyio.fail_after(5):
+            await archivist.wait_drained()
+        await archivist.append_messages(session, [record(session, "m1")])
+        with anyio.fail_after(5):
+            await archivist.wait_drained()
+    first, second, third, fourth = backend.calls
+    assert second - first >= 0.25  # the retry waited as asked
+    assert third - second >= 0.25  # so did giving up (m0 is dead-lettered)
+    assert fourth - third < 0.25  # m1's plain failure: no leftover pause
+    assert contents(backend, session) == ["m1"]
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        ("1", TypeError),
+        (True, TypeError),
+        (math.nan, ValueError),
+        (math.inf, ValueError),
+    ],
+)
+def test_retry_after_must_be_a_finite_number(value: object, error: type) -> None:
+    with pytest.raises(error, match="retry_after"):
+        BackendError("busy", retry_after=value)  # type: ignore[arg-type]
+
+
+def test_a_negative_retry_after_counts_as_zero() -> None:
+    assert BackendError("busy", retry_after=-3).retry_after == 0.0
