@@ -58,7 +58,7 @@ class Entry:
         self,
         seq: int,
         session: bytes,
-        op: Op,
+        op: int,
         payload: bytes,
         size: int,
         enqueued_at: float,

@@ -93,11 +93,13 @@ def _check_rows(rows: Iterable[sqlite3.Row]) -> list[Entry]:
         ):
             append(Entry(seq, session, op, payload, size, enqueued_at))
         else:
-            # Keep the stored size so the backlog's byte count stays balanced.
+            # Keep the stored size so the backlog's byte count stays balanced,
+            # and the stored op, which says whether DROP_OLDEST could drop it.
             stored = size if isinstance(size, int) else 0
             damage = _damage(seq, session, op, payload, size, crc)
             sid = session if isinstance(session, bytes) else b""
-            append(Entry(seq, sid, Op.APPEND, b"", stored, enqueued_at, damage=damage))
+            kind = op if isinstance(op, int) else 0
+            append(Entry(seq, sid, kind, b"", stored, enqueued_at, damage=damage))
     return entries
 
 

@@ -14,9 +14,10 @@ Rules and theory:
   reads the rest from the journal.
 - ``DROP_OLDEST`` drops the oldest *untaken* appends. The committer closes the
   claim gate before its transaction and opens it after; the writer claims entries
-  only while the gate is open, and skips appends at or below ``_drop_floor``
-  (erasures are never dropped, so they are kept). So an entry is never both
-  dropped and delivered.
+  only while the gate is open, and skips appends at or below ``_drop_floor``:
+  exactly the rows the journal's ``drop_oldest`` picks (stored ``op`` 1), so an
+  erasure, or a damaged row with another stored op, is kept. So an entry is never
+  both dropped and delivered.
 - A delivery attempt that fails is retried with backoff. While the backend is
   UNHEALTHY, ``health_check`` is probed first; a failing probe is an outage and
   does not use up the batch's attempts. A BEST_EFFORT batch that exhausts its
@@ -57,6 +58,7 @@ __all__ = ["Settlement", "SyncWaiter", "Writer"]
 
 logger = logging.getLogger("journal_archivist.writer")
 
+_APPEND: Final = int(Op.APPEND)
 _ERASE: Final = int(Op.ERASE)
 #: The longest a backend's ``retry_after`` is honoured, so a bogus value cannot
 #: stall a backend for days.
@@ -334,11 +336,11 @@ class Writer:
         if self._inflight:
             return self._inflight[0]
         for entry in self._prefetch:
-            if entry.seq > self._drop_floor or entry.op == _ERASE:
+            if entry.seq > self._drop_floor or entry.op != _APPEND:
                 return entry
         if self._db_pos >= self._mem_from:
             for entry in self._mem:
-                if entry.seq > self._drop_floor or entry.op == _ERASE:
+                if entry.seq > self._drop_floor or entry.op != _APPEND:
                     return entry
         return None
 
@@ -429,7 +431,7 @@ class Writer:
         floor = self._drop_floor
         while source and (
             source[0].seq <= self.last_taken
-            or (source[0].seq <= floor and source[0].op != _ERASE)
+            or (source[0].seq <= floor and source[0].op == _APPEND)
         ):
             dropped = source.popleft()
             if source is self._mem:
@@ -444,8 +446,9 @@ class Writer:
             # In-memory entries carry their records already.
             self._mem_bytes -= sum([e.size for e in batch])
         if batch[0].seq <= floor:
-            # An erasure kept among dropped appends: leave those out.
-            batch = [e for e in batch if e.seq > floor or e.op == _ERASE]
+            # An erasure (or a row whose op is damaged) kept among dropped
+            # appends: leave those out.
+            batch = [e for e in batch if e.seq > floor or e.op != _APPEND]
         if source is not self._mem:
             for entry in batch:
                 if entry.damage is None:

@@ -317,3 +317,40 @@ def test_retry_after_must_be_a_finite_number(value: object, error: type) -> None
 
 def test_a_negative_retry_after_counts_as_zero() -> None:
     assert BackendError("busy", retry_after=-3).retry_after == 0.0
+
+
+async def test_a_damaged_erasure_among_dropped_appends_is_quarantined(
+    journal_path: Path, session: UUID, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Found in review: a damaged row read back as an append was skipped below
+    # the DROP_OLDEST floor, though the journal never drops an erasure.
+    down = MockBackend()
+    down.go_down()
+    async with Archivist.open(journal_path, [registration(down)]) as archivist:
+        await archivist.append_messages(session, [record(session, "a1")])
+        await archivist.delete_session(session)
+        await archivist.append_messages(session, [record(session, "a2")])
+        await archivist.shutdown(timeout=0)
+    with closing(sqlite3.connect(journal_path)) as db:
+        db.execute("UPDATE entries SET crc = crc + 1 WHERE op = 2")
+        db.commit()
+    mock = MockBackend()
+    policy = Queued(
+        capacity=2, overflow=OverflowPolicy.DROP_OLDEST, batch_window_ms=0, max_batch=1
+    )
+    reg = registration(mock, write_policy=policy)
+    async with Archivist.open(journal_path, [reg]) as archivist:
+        mock.hold()
+        with anyio.fail_after(5):
+            await mock.wait_held()  # a1 in flight
+        other = uuid4()
+        await archivist.append_messages(other, [record(other, "o1")])  # drops a2
+        await archivist.append_messages(other, [record(other, "o2")])
+        mock.release()
+        with anyio.fail_after(5):
+            await archivist.wait_drained()
+        health = archivist.health().backends["mock"]
+    assert (health.quarantined, health.lag_entries) == (1, 0)
+    assert "has no entries behind it" not in caplog.text
+    with closing(sqlite3.connect(journal_path)) as db:
+        assert db.execute("SELECT op FROM quarantine").fetchall() == [(2,)]
