@@ -388,17 +388,19 @@ class Archivist:
         await self._journal_entry(PendingAppend(session, payload, records))
 
     async def delete_session(self, session: UUID) -> None:
-        """Erase ``session`` from every enabled backend: a journaled privacy erasure.
+        """Erase ``session`` from every backend: a journaled privacy erasure.
 
         The erasure is an entry like an append: durable once this returns, and
         delivered to each backend in order after the session's earlier appends,
-        through restarts and outages (``ArchiveBackend.delete_session``). Appends
+        through restarts and outages (``ArchiveBackend.delete_session``); a
+        disabled backend gets it, after its backlog, once enabled again. Appends
         of the session made after it are kept. It is never refused, blocked or
         dropped for a full backlog. Undelivered appends of the session that a
         backend receives in the same batch as the erasure are not sent to it at
-        all. Once a backend has it, the journal also purges that backend's dead
-        letters and quarantined copies of the session from before it, and rows
-        delivered everywhere are deleted as usual. Waits for ``Sync`` backends as
+        all. Once a backend has settled it, the journal also purges that backend's
+        dead letters and quarantined copies of the session from before it (those
+        of backends no longer registered go at once), and rows delivered
+        everywhere are deleted as usual. Waits for ``Sync`` backends as
         ``append_messages`` does.
 
         Raises:

@@ -170,7 +170,12 @@ class Committer:
         self._journal = journal
         self._writers = writers
         self._active = [w for w in writers if w.enabled]
+        self._disabled_mask = 0
+        for writer in writers:
+            if not writer.enabled:
+                self._disabled_mask |= writer.mask
         self._sync = [w for w in self._active if isinstance(w.policy, Sync)]
+        self._names = [w.name for w in writers]
         # Whether an entry may owe more than one backend (then done-marks must
         # clear bits instead of deleting rows outright).
         self._shared = len(journal.backends) > 1
@@ -314,10 +319,18 @@ class Committer:
             if queue:
                 self._kick.set()  # the rest are refused in the next round
             return [], Plan()
-        erasures = [i for i, a in enumerate(group) if a.op is not _APPEND_OP]
+        erasures = {i for i, a in enumerate(group) if a.op is not _APPEND_OP}
         plan = plan_admission(
             sizes, [w.backlog() for w in self._active], erasures=erasures
         )
+        if erasures and self._disabled_mask:
+            # A disabled backend keeps its backlog and gets it when enabled
+            # again: an erasure must wait there too, after the appends it erases.
+            plan.admitted = [
+                (i, targets | self._disabled_mask if i in erasures else targets)
+                for i, targets in plan.admitted
+            ]
+            plan.uniform = False
         decided = plan.blocked[0] if plan.blocked is not None else len(group)
         for _ in range(decided):
             queue.popleft().queued = False
@@ -385,6 +398,7 @@ class Committer:
             at = append.enqueued_at
             inserts.append((seq, sid, op, payload, append.size, crc, at, targets))
             entries.append((append, targets))
+        erased = [e.session for e, _ in entries if e.op is not _APPEND_OP]
         added = self._added_by_writer(entries, plan.uniform)
         gen = self._settle_gen
         deltas: dict[int, _Delta] = {}
@@ -400,6 +414,8 @@ class Committer:
                 async with self._journal.transaction(durable=bool(inserts)) as tx:
                     if inserts:
                         await tx.insert(inserts)
+                    if erased:
+                        await tx.purge_unregistered(erased, self._names)
                     dropped = {}
                     if persist:
                         dropped = await self._persist(
@@ -416,7 +432,9 @@ class Committer:
         if inserts:
             self._journal.record_high_water(seq)
         lost: dict[str, set[int]] = {}
-        for writer in self._active:
+        for writer in self._writers:
+            if not writer.enabled and writer.bit not in added:
+                continue  # a disabled backend takes erasures only
             lost[writer.name] = self._apply(
                 writer, entries, added, dropped, plan, seq, persist, deltas
             )
@@ -453,13 +471,14 @@ class Committer:
     def _added_by_writer(
         self, entries: list[tuple[Entry, int]], uniform: bool
     ) -> dict[int, tuple[int, int]]:
-        """Entries and bytes this round journals for each active backend."""
+        """Entries and bytes this round journals for each backend (a disabled one
+        gets erasures only)."""
         added: dict[int, tuple[int, int]] = {}
         if uniform and entries:
             # Every entry targets every active backend.
             total = (len(entries), sum([e.size for e, _ in entries]))
             return {writer.bit: total for writer in self._active}
-        for writer in self._active:
+        for writer in self._writers:
             mask = writer.mask
             mine = [e.size for e, targets in entries if targets & mask]
             if mine:

@@ -501,6 +501,18 @@ class Transaction:
                 [(backend, session, seq) for session, seq in erasures],
             )
 
+    async def purge_unregistered(
+        self, sessions: Sequence[bytes], registered: Sequence[str]
+    ) -> None:
+        """Delete dead letters and quarantined copies of ``sessions`` kept for
+        backends that are no longer registered (none will settle an erasure)."""
+        names = ", ".join("?" * len(registered))
+        for table in ("dead_letters", "quarantine"):
+            await self._conn.executemany(
+                f"DELETE FROM {table} WHERE session = ? AND backend NOT IN ({names})",
+                [(session, *registered) for session in sessions],
+            )
+
     async def settle(
         self, ranges: Sequence[tuple[int, int, int]], *, shared: bool
     ) -> None:

@@ -354,3 +354,58 @@ async def test_a_damaged_erasure_among_dropped_appends_is_quarantined(
     assert "has no entries behind it" not in caplog.text
     with closing(sqlite3.connect(journal_path)) as db:
         assert db.execute("SELECT op FROM quarantine").fetchall() == [(2,)]
+
+
+async def test_a_disabled_backend_gets_the_erasure_when_enabled_again(
+    journal_path: Path, session: UUID
+) -> None:
+    a, b = MockBackend(), MockBackend()
+    b.go_down()
+    regs = [registration(a, name="a"), registration(b, name="b")]
+    async with Archivist.open(journal_path, regs) as archivist:
+        await archivist.append_messages(session, records(session, 2))
+        with anyio.fail_after(5):
+            await a.wait_for_records(session, 2)
+        await archivist.shutdown(timeout=0)
+    # b is disabled for a while, with the session's appends in its backlog.
+    regs = [registration(a, name="a"), registration(b, name="b", enabled=False)]
+    async with Archivist.open(journal_path, regs) as archivist:
+        await archivist.delete_session(session)
+        with anyio.fail_after(5):
+            await archivist.wait_drained()
+        assert archivist.health().backends["b"].lag_entries == 2  # append, erasure
+    b.come_back()
+    regs = [registration(a, name="a"), registration(b, name="b")]
+    async with Archivist.open(journal_path, regs) as archivist:
+        assert archivist.health().backends["b"].lag_entries == 2  # append, erasure
+        with anyio.fail_after(5):
+            await archivist.wait_drained()
+    assert (a.erasures, b.erasures) == ([session], [session])
+    assert a.records(session) == b.records(session) == []
+    assert journal_rows(journal_path, session)["entries"] == 0
+
+
+async def test_erasure_purges_parked_copies_kept_for_removed_backends(
+    journal_path: Path,
+) -> None:
+    gone, kept = uuid4(), uuid4()
+    a, b = MockBackend(), MockBackend()
+    poisons = [record(gone, "poison"), record(kept, "poison")]
+    for poison in poisons:
+        b.poison(poison.message_id)
+    regs = [
+        registration(a, name="a"),
+        registration(b, name="b", failure_mode=FailureMode.BEST_EFFORT),
+    ]
+    async with Archivist.open(journal_path, regs) as archivist:
+        for poison in poisons:
+            await archivist.append_messages(poison.session, [poison])
+        with anyio.fail_after(5):
+            await archivist.wait_drained()
+    assert journal_rows(journal_path, gone)["dead_letters"] == 1
+    async with Archivist.open(journal_path, [registration(a, name="a")]) as archivist:
+        await archivist.delete_session(gone)  # b is no longer registered
+        with anyio.fail_after(5):
+            await archivist.wait_drained()
+    assert journal_rows(journal_path, gone)["dead_letters"] == 0
+    assert journal_rows(journal_path, kept)["dead_letters"] == 1
