@@ -22,6 +22,9 @@ Rules and theory:
 - An erasure (``delete_session``) is admitted for every backend whatever its
   backlog: a privacy erasure is never refused, blocked or dropped for capacity.
   It still counts in the backlog, so the appends after it meet a full one sooner.
+  Behind a ``BLOCK``ed append it is admitted at once unless an undecided append
+  of its own session is ahead of it (order is per session, and the erasure must
+  come after that append).
 """
 
 from __future__ import annotations
@@ -92,10 +95,13 @@ def plan_admission(
     backlogs: Sequence[Backlog],
     *,
     erasures: Collection[int] = (),
+    sessions: Sequence[object] = (),
 ) -> Plan:
     """Decide the appends of sizes ``sizes`` (arrival order) against ``backlogs``.
 
-    The indexes in ``erasures`` are erasures, admitted for every backlog.
+    The indexes in ``erasures`` are erasures, admitted for every backlog; with
+    ``sessions`` (each append's session) they may pass a blocked append of
+    another session, and ``admitted`` then lists them after the others.
     ``backlogs`` are updated in place to what they will be after the group commits
     (before ``DROP_OLDEST`` trimming, which ``oldest_excess`` describes).
     """
@@ -111,14 +117,18 @@ def plan_admission(
         plan.admitted = [(index, mask) for index in range(len(sizes))]
         plan.uniform = True
         return plan
+
+    def admit_erasure(index: int) -> None:
+        everyone = 0
+        for backlog in backlogs:
+            everyone |= backlog.mask
+            backlog.pending += 1
+            backlog.pending_bytes += sizes[index]
+        plan.admitted.append((index, everyone))
+
     for index, size in enumerate(sizes):
         if index in erasures:
-            everyone = 0
-            for backlog in backlogs:
-                everyone |= backlog.mask
-                backlog.pending += 1
-                backlog.pending_bytes += size
-            plan.admitted.append((index, everyone))
+            admit_erasure(index)
             continue
         full = [b for b in backlogs if not b.fits(size)]
         full_names = {b.name for b in full}
@@ -129,6 +139,14 @@ def plan_admission(
         blocking = next((b for b in full if b.overflow is OverflowPolicy.BLOCK), None)
         if blocking is not None:
             plan.blocked = (index, blocking.name)
+            if sessions:
+                # Undecided appends hold back only erasures of their session.
+                waiting = {sessions[index]}
+                for later in range(index + 1, len(sizes)):
+                    if later in erasures and sessions[later] not in waiting:
+                        admit_erasure(later)
+                    else:
+                        waiting.add(sessions[later])
             break
         targets = 0
         for backlog in backlogs:

@@ -321,7 +321,10 @@ class Committer:
             return [], Plan()
         erasures = {i for i, a in enumerate(group) if a.op is not _APPEND_OP}
         plan = plan_admission(
-            sizes, [w.backlog() for w in self._active], erasures=erasures
+            sizes,
+            [w.backlog() for w in self._active],
+            erasures=erasures,
+            sessions=[a.session for a in group] if erasures else (),
         )
         if erasures and self._disabled_mask:
             # A disabled backend keeps its backlog and gets it when enabled
@@ -334,6 +337,10 @@ class Committer:
         decided = plan.blocked[0] if plan.blocked is not None else len(group)
         for _ in range(decided):
             queue.popleft().queued = False
+        for index, _ in plan.admitted:
+            if index > decided:  # an erasure admitted past a blocked append
+                queue.remove(group[index])
+                group[index].queued = False
         by_name = {w.name: w for w in self._active}
         for index, name in plan.rejected:
             group[index].finish(QueueFull(name, by_name[name].policy.capacity))

@@ -409,3 +409,41 @@ async def test_erasure_purges_parked_copies_kept_for_removed_backends(
             await archivist.wait_drained()
     assert journal_rows(journal_path, gone)["dead_letters"] == 0
     assert journal_rows(journal_path, kept)["dead_letters"] == 1
+
+
+async def test_an_erasure_passes_a_blocked_append_of_another_session(
+    journal_path: Path, session: UUID
+) -> None:
+    mock = MockBackend()
+    policy = Queued(capacity=1, overflow=OverflowPolicy.BLOCK, batch_window_ms=0)
+    reg = registration(mock, write_policy=policy)
+    other = uuid4()
+    async with Archivist.open(journal_path, [reg]) as archivist:
+        mock.hold()
+        await archivist.append_messages(session, [record(session, "m0")])
+        with anyio.fail_after(5):
+            await mock.wait_held()
+        order: list[str] = []
+
+        async def append(target: UUID, content: str) -> None:
+            await archivist.append_messages(target, [record(target, content)])
+            order.append(content)
+
+        async def erase(target: UUID, label: str) -> None:
+            await archivist.delete_session(target)
+            order.append(label)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(append, other, "blocked")
+            await anyio.wait_all_tasks_blocked()
+            group.start_soon(erase, other, "erase other")  # must wait its turn
+            await anyio.wait_all_tasks_blocked()
+            with anyio.fail_after(5):
+                await erase(session, "erase session")  # passes the blocked one
+            assert order == ["erase session"]
+            mock.release()
+        with anyio.fail_after(5):
+            await archivist.wait_drained()
+    assert order == ["erase session", "blocked", "erase other"]
+    assert mock.erasures == [session, other]
+    assert mock.records(other) == []
