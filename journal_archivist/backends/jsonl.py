@@ -13,9 +13,13 @@ File format:
 
 Rules and theory:
 - Durable before acknowledging: a batch is written, then every file it touched is
-  fsync'd once, then the directory is fsync'd if a file was created or removed; only
+  fsync'd once, then the directory is fsync'd if it may hold unsynced entries; only
   then does ``write_batch`` return. So a line that is not complete on disk was never
   acknowledged, and the journal will deliver it again.
+- ``_dir_dirty`` outlives a batch: set when a file is created or unlinked or a
+  session file is read from disk (a crashed writer may not have synced its entry),
+  cleared only by a directory fsync. A failed batch leaves it set, so its
+  redelivery syncs the directory though its file now exists or is already gone.
 - Idempotent on ``message_id``: the ids in a file are read from the file itself the
   first time this instance touches the session, then kept in an LRU cache of
   ``max_cached_sessions`` id sets. A cached set is trusted only while the file's
@@ -29,8 +33,11 @@ Rules and theory:
   final line that does not decode (truncate, fsync, WARNING with the bytes cut).
   Reads never cut; they skip such a tail. A line that does not decode anywhere
   else is corruption this backend cannot repair: reads and appends for that
-  session raise a non-retryable ``BackendError`` naming file and line. Erasing the
-  session still works.
+  session raise a non-retryable ``BackendError`` naming file, line and offset.
+  Erasing the session still works. A power loss during an unacknowledged write of
+  several lines can cause it too (zeros inside it, a good last line) where a new
+  size can reach the disk before the data (ext4 ``data=writeback``). Nothing says
+  where the last synced write ended, so only the operator can tell.
 - Erasure truncates the file to zero, unlinks it and fsyncs the directory. Freed
   blocks are not overwritten (on SSDs, copy-on-write filesystems and snapshots an
   overwrite would not reach the old copies anyway).
@@ -38,11 +45,14 @@ Rules and theory:
   ``anyio.to_thread.run_sync`` call; only the fsyncs of a batch fan out to
   ``fsync_threads`` threads, because the filesystem commits concurrent fsyncs
   together (measured: about twice the throughput at 100 files per batch). A
-  ``threading.Lock`` serialises the hops of one
-  instance, because ``read_session`` (called by the application) can overlap a
-  batch (called by the writer loop). One instance (one archivist) per directory
-  at a time; a second writer is detected for idempotence, but two writers
-  appending at the same moment are not coordinated.
+  ``threading.Lock`` serialises the hops of one instance, because
+  ``read_session`` (called by the application) can overlap a batch (called by the
+  writer loop). One instance (one archivist) per directory at a time; a second
+  writer is detected for idempotence, but two writers appending at the same
+  moment are not coordinated.
+- The hop is not abandoned on cancel, so ``attempt_timeout`` cannot end a call
+  stuck in a hung disk. Abandoning is unsafe: an abandoned batch waiting for the
+  lock could run after a later one was acknowledged and re-apply an erasure.
 """
 
 from __future__ import annotations
@@ -97,10 +107,13 @@ _R = TypeVar("_R")
 class _Corrupt(Exception):
     """A line that does not decode, before the end of a file (internal)."""
 
-    def __init__(self, path: str, line: int, detail: str) -> None:
+    def __init__(self, path: str, line: int, offset: int, detail: str) -> None:
         super().__init__(
-            f"{path}: line {line} is corrupt and cannot be repaired ({detail});"
-            " the file was not changed. Move the file aside, or erase the session"
+            f"{path}: line {line} (at byte {offset}) is corrupt and cannot be"
+            f" repaired automatically ({detail}); the file was not changed. If it is"
+            " crash damage in the last write, never acknowledged, keep a copy and"
+            f" truncate the file to {offset} bytes; otherwise move the file aside or"
+            " erase the session"
         )
 
 
@@ -135,9 +148,8 @@ class _Target:
     def roll_back(self) -> None:
         """Cut what this batch appended (best effort: the batch failed anyway).
 
-        A failed fsync may leave pages that are in the cache but never reach the
-        disk; cutting them makes the redelivery write (and sync) them again
-        instead of trusting them as already there.
+        After a failed fsync, cached pages may never reach the disk: the
+        redelivery writes and syncs them again instead of trusting them.
         """
         if self.wrote:
             with contextlib.suppress(OSError):
@@ -148,11 +160,13 @@ class _Target:
 class JsonlArchive(ArchiveBackend):
     """An embedded archive: one JSON Lines file per session in ``directory``.
 
-    Acknowledges a batch only once every file it touched and, if files were created
-    or removed, the directory are fsync'd. Idempotent on ``message_id``, also across
-    restarts (the ids come from the file). Per-session order is file order, which
-    is append order. Readable: ``read_session`` returns a session's records in file
-    order.
+    Acknowledges a batch only once every file it touched and, if it may hold
+    unsynced entries (a file created or removed, by this batch or an earlier failed
+    one or crashed writer), the directory are fsync'd. Idempotent on
+    ``message_id``, also across restarts (the ids come from the file). Per-session
+    order is file order, which is append order. Readable: ``read_session`` returns
+    a session's records in file order. ``RetryPolicy.attempt_timeout`` cannot
+    interrupt a call blocked in file I/O (a hung disk): it ends when the I/O does.
 
     Args:
         directory: where the session files live. Created (0700) on first use if it
@@ -211,6 +225,8 @@ class JsonlArchive(ArchiveBackend):
         self._max_cached = max_cached_sessions
         self._cache: OrderedDict[UUID, _Cached] = OrderedDict()
         self._dir_ready = False
+        self._new_dir = False  # created by us; its parent is not synced yet
+        self._dir_dirty = False  # the directory may hold entries not yet synced
         self._fsync_threads = fsync_threads
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
@@ -246,15 +262,15 @@ class JsonlArchive(ArchiveBackend):
         Groups of one session apply in the order given; an ``erase`` group removes
         the session's file first, then its records start a new one. Records already
         in a file (by ``message_id``) are skipped. Returns once every touched file
-        (once each) and, if a file was created or removed, the directory are
-        fsync'd.
+        (once each) and, if it may hold unsynced entries, the directory are fsync'd.
 
         Raises:
             BackendError: retryable for an ``OSError`` (disk full, I/O error,
                 permission, missing directory): some lines may have been written
                 but nothing was acknowledged, and a redelivery skips what is
                 there. Non-retryable for a corrupt line inside a session file or
-                a record of another session; nothing of that session was written.
+                a record of another session (nothing of that session was written),
+                or a record that cannot be encoded (nothing of the batch was).
         """
         plans: dict[UUID, _Plan] = {}
         for group in groups:
@@ -296,7 +312,8 @@ class JsonlArchive(ArchiveBackend):
 
         Raises:
             BackendError: non-retryable if a line before the end does not decode
-                (the message names file and line); retryable for an ``OSError``.
+                (the message names file, line and offset); retryable for an
+                ``OSError``.
         """
         return await anyio.to_thread.run_sync(
             self._locked, self._read, _checked(session)
@@ -348,19 +365,20 @@ class JsonlArchive(ArchiveBackend):
             pool.shutdown()
 
     def _apply(self, plans: dict[UUID, _Plan]) -> None:
+        encoded = {s: [_encoded(r) for r in plan.records] for s, plan in plans.items()}
         self._ensure_directory()
         opened: list[_Target] = []
-        dir_changed = False
         try:
             for session, plan in plans.items():
                 path = self.path_of(session)
                 if plan.erase:
                     self._cache.pop(session, None)
-                    dir_changed |= _erase(path)
+                    if _erase(path):
+                        self._dir_dirty = True
                 if not plan.records:
                     continue
                 fd, created = _open_for_append(path)
-                dir_changed |= created
+                self._dir_dirty |= created
                 try:
                     state, synced = self._state(session, path, fd, fresh=created)
                 except BaseException:
@@ -369,11 +387,11 @@ class JsonlArchive(ArchiveBackend):
                 target = _Target(session, fd, state, state.size, synced)
                 opened.append(target)
                 lines = []
-                for record in plan.records:
+                for record, line in zip(plan.records, encoded[session], strict=True):
                     key = record.message_id.int
                     if key not in state.ids:
                         state.ids.add(key)
-                        lines.append(encode_record(record))
+                        lines.append(line)
                 if lines:
                     lines.append(b"")
                     data = b"\n".join(lines)
@@ -382,8 +400,9 @@ class JsonlArchive(ArchiveBackend):
                     _write_all(fd, data)
                     state.size += len(data)
             self._fsync_all([t.fd for t in opened if not t.synced])
-            if dir_changed:
+            if self._dir_dirty:
                 _fsync_directory(self._dir)
+                self._dir_dirty = False
         except BaseException:
             for target in opened:
                 target.roll_back()
@@ -402,9 +421,10 @@ class JsonlArchive(ArchiveBackend):
         """The ids in the open file ``fd``, and whether the file is known synced.
 
         A cached set is used while the file's inode and size are what this instance
-        left them, after an fsync; otherwise the file is read again (and must be
-        fsync'd before acknowledging: a crashed writer may have left lines that
-        were never synced, which the ids now vouch for).
+        left them, after an fsync; otherwise the file is read again, and it and the
+        directory must be fsync'd before acknowledging: a crashed writer may have
+        left lines, or the file's directory entry, never synced, which the ids now
+        vouch for.
         """
         stat = os.fstat(fd)
         cached = self._cache.get(session)
@@ -416,6 +436,7 @@ class JsonlArchive(ArchiveBackend):
             return cached, True
         if fresh and stat.st_size == 0:
             return _Cached(set(), stat.st_ino, 0), False
+        self._dir_dirty = True
         return _load(path, fd, stat.st_ino), False
 
     def _fsync_all(self, fds: list[int]) -> None:
@@ -482,9 +503,12 @@ class JsonlArchive(ArchiveBackend):
                     errno.ENOTDIR, "exists but is not a directory", self._dir
                 ) from None
         else:
+            self._new_dir = True
+            self._cache.clear()  # a new directory holds none of what was cached
+        if self._new_dir:  # until both succeed, even if a later call finds it
             os.chmod(self._dir, _DIR_MODE)  # exactly 0700, whatever the umask
             _fsync_directory(os.path.dirname(self._dir))
-            self._cache.clear()  # a new directory holds none of what was cached
+            self._new_dir = False
         self._dir_ready = True
 
 
@@ -503,6 +527,18 @@ def _describe(exc: OSError) -> str:
     name = errno.errorcode.get(exc.errno or 0, "")
     where = f": {exc.filename}" if exc.filename else ""
     return f"[{name or exc.errno}] {exc.strerror or exc}{where}"
+
+
+def _encoded(record: MessageRecord) -> bytes:
+    try:
+        return encode_record(record)
+    except (msgspec.EncodeError, TypeError, ValueError, OverflowError) as exc:
+        # The journal validates what it accepts; this guards direct callers.
+        raise BackendError(
+            f"cannot archive record {record.message_id} of session"
+            f" {record.session}: {exc}",
+            retryable=False,
+        ) from exc
 
 
 def _open_for_append(path: str) -> tuple[int, bool]:
@@ -555,7 +591,7 @@ def _scan(path: str, file: IO[bytes]) -> Iterator[tuple[int, MessageRecord]]:
     that does not decode. Raises ``_Corrupt`` for a bad line before the end.
     """
     end = 0
-    bad: tuple[int, str] | None = None  # (line number, error) of a bad line
+    bad: tuple[int, int, str] | None = None  # (line number, offset, error)
     for number, line in enumerate(file, start=1):
         if not line.endswith(b"\n"):
             return  # a fragment: at most the last line; never acknowledged
@@ -564,7 +600,8 @@ def _scan(path: str, file: IO[bytes]) -> Iterator[tuple[int, MessageRecord]]:
         try:
             record = decode_record(line)
         except _DECODE_ERRORS as exc:
-            bad = (number, str(exc))
+            zeros = "; it holds NUL bytes" if b"\0" in line else ""
+            bad = (number, end, f"{exc}{zeros}")
             continue
         end += len(line)
         yield end, record

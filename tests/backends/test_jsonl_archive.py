@@ -96,6 +96,23 @@ class TestFormat:
                 await archive.append_messages(session, [stranger])
         assert caught.value.retryable is False
 
+    async def test_a_record_that_cannot_be_encoded_is_refused_for_good(
+        self, directory: Path, session: UUID
+    ) -> None:
+        # Only a direct caller can send one: the journal refuses such records.
+        bad = record(session, "\ud800")  # a lone surrogate has no UTF-8 form
+        other = uuid4()
+        batch = [
+            SessionGroup(other, tuple(records(other, 2))),
+            SessionGroup(session, (record(session), bad)),
+        ]
+        async with JsonlArchive(directory) as archive:
+            match = f"cannot archive record {bad.message_id} of session {session}"
+            with pytest.raises(BackendError, match=match) as caught:
+                await archive.write_batch(batch)
+        assert caught.value.retryable is False
+        assert not directory.exists()  # nothing of the batch was written
+
     async def test_files_are_0600_and_a_created_directory_0700(
         self, directory: Path, session: UUID
     ) -> None:
@@ -308,7 +325,7 @@ class TestTornTail:
         other = uuid4()
 
         async with JsonlArchive(directory) as restarted:
-            match = rf"{path}: line 2 is corrupt"
+            match = rf"{path}: line 2 \(at byte {len(lines[0])}\) is corrupt"
             with pytest.raises(BackendError, match=match) as reading:
                 await restarted.read_session(session)
             with pytest.raises(BackendError, match=match) as appending:
@@ -320,6 +337,37 @@ class TestTornTail:
             await restarted.append_messages(other, records(other, 1))
             await restarted.delete_session(session)
             assert await restarted.read_session(session) == []
+
+    async def test_zeros_inside_an_unacknowledged_write_name_where_to_cut(
+        self, directory: Path, session: UUID
+    ) -> None:
+        # A power loss during a write of three lines, never acknowledged: a page in
+        # its middle never reached the disk (zeros), its last line did.
+        acknowledged, lost = records(session, 2), records(session, 3, "lost")
+        async with JsonlArchive(directory) as archive:
+            await archive.append_messages(session, acknowledged)
+            path = archive.path_of(session)
+        good = Path(path).read_bytes()
+        first, second, third = (encode_record(r) + b"\n" for r in lost)
+        hole = b"\0" * len(first[10:] + second[:10])
+        damaged = good + first[:10] + hole + second[10:] + third
+        Path(path).write_bytes(damaged)
+
+        async with JsonlArchive(directory) as restarted:
+            # It cannot tell this from damage to acknowledged lines: it refuses...
+            offset = len(good)
+            match = (
+                rf"line 3 \(at byte {offset}\) is corrupt .*NUL bytes.*"
+                rf"truncate the file to {offset} bytes"
+            )
+            with pytest.raises(BackendError, match=match) as caught:
+                await restarted.append_messages(session, lost)  # the redelivery
+            assert caught.value.retryable is False
+            assert Path(path).read_bytes() == damaged
+            # ...and the operator's cut, as the message says, lets it through.
+            os.truncate(path, offset)
+            await restarted.append_messages(session, lost)
+            assert await restarted.read_session(session) == acknowledged + lost
 
 
 class TestDurability:
@@ -370,14 +418,96 @@ class TestDurability:
     async def test_a_restarted_instance_syncs_what_it_finds_before_acknowledging(
         self, directory: Path, session: UUID, fsyncs: list[str]
     ) -> None:
-        # A crashed writer may have left lines in the page cache, never synced.
+        # A crashed writer may have left lines in the page cache, never synced, and
+        # created the file without syncing the directory.
         batch = [SessionGroup(session, tuple(records(session, 2)))]
         async with JsonlArchive(directory) as archive:
             await archive.write_batch(batch)
         fsyncs.clear()
         async with JsonlArchive(directory) as restarted:
             await restarted.write_batch(batch)
-        assert fsyncs == [restarted.path_of(session)]
+            assert fsyncs == [restarted.path_of(session), str(directory)]
+            fsyncs.clear()
+            await restarted.write_batch(batch)  # now known synced, both
+            assert fsyncs == []
+
+    @pytest.mark.parametrize(
+        "failure",
+        [
+            # a new session's write fails: the rollback empties its file, which stays
+            "write-of-a-new-file",
+            # [erase A, append B] fails on B, after A's file was unlinked
+            "write-after-an-erasure",
+            # an erasure's directory fsync fails: the file is already gone
+            "directory-sync-after-an-erasure",
+        ],
+    )
+    async def test_the_retry_of_a_failed_batch_syncs_the_directory_it_changed(
+        self,
+        directory: Path,
+        session: UUID,
+        fsyncs: list[str],
+        monkeypatch: pytest.MonkeyPatch,
+        failure: str,
+    ) -> None:
+        other = uuid4()
+        real_write, recording_fsync = os.write, os.fsync
+
+        def fill_the_disk(fd: int, data: Any) -> int:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def fail_directory_fsyncs(fd: int) -> None:
+            if os.path.isdir(f"/proc/self/fd/{fd}"):
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+            recording_fsync(fd)
+
+        async with JsonlArchive(directory) as archive:
+            await archive.append_messages(other, records(other, 1))
+            if failure == "write-of-a-new-file":
+                batch = [SessionGroup(session, tuple(records(session, 1)))]
+            else:
+                await archive.append_messages(session, records(session, 1))
+                batch = [SessionGroup(session, (), erase=True)]
+            if failure == "write-after-an-erasure":
+                batch.append(SessionGroup(other, tuple(records(other, 1, "n"))))
+            if failure.startswith("write"):
+                monkeypatch.setattr(os, "write", fill_the_disk)
+            else:
+                monkeypatch.setattr(os, "fsync", fail_directory_fsyncs)
+            with pytest.raises(BackendError, match=r"ENOSPC|EIO"):
+                await archive.write_batch(batch)
+            monkeypatch.setattr(os, "write", real_write)
+            monkeypatch.setattr(os, "fsync", recording_fsync)
+
+            fsyncs.clear()
+            await archive.write_batch(batch)  # the redelivery
+            assert fsyncs[-1] == str(directory)
+            fsyncs.clear()
+            await archive.write_batch(batch)  # once synced, never again
+            assert fsyncs == []
+
+    async def test_a_created_directory_is_synced_into_its_parent_even_after_a_failure(
+        self,
+        tmp_path: Path,
+        directory: Path,
+        fsyncs: list[str],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        recording_fsync = os.fsync
+
+        def fail_parent_fsync(fd: int) -> None:
+            if os.readlink(f"/proc/self/fd/{fd}") == str(tmp_path):
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+            recording_fsync(fd)
+
+        async with JsonlArchive(directory) as archive:
+            monkeypatch.setattr(os, "fsync", fail_parent_fsync)
+            with pytest.raises(BackendError, match="EIO"):
+                await archive.health_check()
+            monkeypatch.setattr(os, "fsync", recording_fsync)
+            assert directory.is_dir()  # created, but not yet durably
+            await archive.health_check()
+            assert fsyncs == [str(tmp_path)]
 
     async def test_removing_a_file_syncs_the_directory(
         self, directory: Path, session: UUID, fsyncs: list[str]
