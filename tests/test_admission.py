@@ -433,3 +433,22 @@ def test_the_plan_matches_the_rules_applied_one_append_at_a_time(
     model_backlogs = copy.deepcopy(given_backlogs)
     assert plan_admission(sizes, given_backlogs) == _model_plan(sizes, model_backlogs)
     assert given_backlogs == model_backlogs
+
+
+def test_an_erasure_passes_a_blocked_append_of_another_session_only() -> None:
+    # Index: 0 append A (blocks), 1 erase A, 2 erase B, 3 append B, 4 erase B.
+    sizes = [10, 0, 0, 10, 0]
+    full = backlog(capacity=1, pending=1)
+    plan = plan_admission(
+        sizes, [full], erasures={1, 2, 4}, sessions=["A", "A", "B", "B", "B"]
+    )
+    assert plan.blocked == (0, "a")
+    # Erasing A must follow A's undecided append; the second erasure of B must
+    # follow B's append; the first erasure of B has nothing of B ahead of it.
+    assert plan.admitted == [(2, 1)]
+    assert full.pending == 2
+
+
+def test_without_sessions_an_erasure_waits_behind_a_blocked_append() -> None:
+    plan = plan_admission([10, 0], [backlog(capacity=1, pending=1)], erasures={1})
+    assert (plan.blocked, plan.admitted) == ((0, "a"), [])
