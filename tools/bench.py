@@ -26,7 +26,8 @@ backends End to end into each built-in backend (``--backends``): records/s from 
          ``wait_drained``, median of ``--repeat`` runs; beside it, the naive rate of
          the same backend taking one record per call, one call after another (one
          INSERT and COMMIT per record for SQLite and PostgreSQL, one fsync for
-         JSONL, one POST for the webhook). PostgreSQL:
+         JSONL, one POST for the webhook; ``webhook-batch`` is the webhook with
+         ``per_batch=True``). PostgreSQL:
          ``$JOURNAL_ARCHIVIST_BENCH_PG_DSN`` (default
          postgresql://postgres@127.0.0.1:5432/test), a fresh schema per run,
          dropped after. Webhook: a minimal HTTP sink answering 200 in a child
@@ -94,7 +95,7 @@ if TYPE_CHECKING:
     Append = Callable[[UUID, MessageRecord], Awaitable[None]]
 
 SECTIONS = ("appends", "e2e", "backlog", "naive", "backends")
-BACKENDS = ("sqlite", "jsonl", "postgres", "webhook")
+BACKENDS = ("sqlite", "jsonl", "postgres", "webhook", "webhook-batch")
 PG_DSN = os.environ.get(
     "JOURNAL_ARCHIVIST_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test"
 )
@@ -522,14 +523,17 @@ async def archive_of(
                 await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
             finally:
                 await conn.close()
-    elif kind == "webhook":
+    elif kind in ("webhook", "webhook-batch"):
         from journal_archivist.backends import WebhookArchive
+
+        per_batch = kind == "webhook-batch"
 
         sink = await anyio.open_process([sys.executable, __file__, "--http-sink"])
         try:
             assert sink.stdout is not None
             port = int((await sink.stdout.receive()).decode().split()[0])
-            yield lambda: WebhookArchive(f"http://127.0.0.1:{port}/archive")
+            url = f"http://127.0.0.1:{port}/archive"
+            yield lambda: WebhookArchive(url, per_batch=per_batch)
         finally:
             sink.terminate()
             await sink.wait()

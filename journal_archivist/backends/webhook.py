@@ -44,23 +44,24 @@ Guarantees and rules:
   its records in smaller batches and groups. The receiver is responsible for
   idempotence: archive each ``message_id`` once per session, and apply every erase
   it receives (an erase is idempotent by nature).
-- ``Idempotency-Key`` is the hex SHA-256 of what the body asks for, so a redelivered
-  body carries the same key and a receiver may answer a key it has already applied
-  without applying it again. For a one-group body (``per_batch=False``) it hashes
-  the session, the erase flag and the message ids; for a batch body, a fixed prefix
-  (so the two shapes never share a key) and then, for each group in order, the
-  session, the erase flag, the number of records and their message ids (so moving
-  a record to another group changes the key). Regrouped records (a bisection) get
-  new keys, hence the need to dedupe by ``message_id`` too.
+- ``Idempotency-Key``, for a body without erasures, is the hex SHA-256 of what the
+  body asks for, so a redelivered body carries the same key and a receiver may
+  answer a key it has already applied without applying it again. For a one-group
+  body (``per_batch=False``) it hashes the session, the erase flag and the message
+  ids; for a batch body, a fixed prefix (so the two shapes never share a key) and
+  then, for each group in order, the session, the erase flag, the number of
+  records and their message ids (so moving a record to another group changes the
+  key). Regrouped records (a
+  bisection) get new keys, hence the need to dedupe by ``message_id`` too.
 - A key must never be shared by two distinct erasures, or a receiver skipping a
-  known key would keep records archived between them. An erasing group with
-  records is pinned by those records (they were appended after that erase). An
-  erase with no records is not: it would hash alike every time its session is
-  erased, and in a batch the other groups' records do not pin it either (they may
-  predate it, and are resent after a crash). So a body holding any erase without
-  records -- ``delete_session``, an erase-only batch, or a batch with one such
-  group among others -- gets a fresh random key: never skip an erase by its key.
-  Such a batch forgoes key-based dedupe; dedupe by ``message_id`` still holds.
+  known key would keep records archived between them. Nothing in a body pins an
+  erasure to one moment: an erase alone hashes alike every time its session is
+  erased, and its records do not help either, since a ``message_id`` appended
+  again after an erasure is a new record (erase, re-append the same ids, twice).
+  So every body holding an erasing group -- ``delete_session``, an erasing group
+  with or without records, a batch with one among others -- gets a fresh random
+  key, redelivered or not: never skip an erase by its key. Such a body forgoes
+  key-based dedupe; dedupe by ``message_id`` still holds.
 - Failures, as ``BackendError``: 408, 429, 5xx, a timeout, a refused or dropped
   connection and any other transport error are retryable, with ``retry_after`` set
   from a ``Retry-After`` header (seconds or an HTTP date, capped at
@@ -74,13 +75,18 @@ Guarantees and rules:
   (and nothing is dead-lettered while it does).
 - Secrets never reach ``repr``, log lines or error messages: values of credential
   headers, the URL's userinfo and its query-string values show as ``***``. The
-  userinfo is sent as HTTP Basic auth. httpx logs every request URL at INFO on the
-  ``httpx`` logger; a filter there masks the query strings of our URLs.
+  userinfo is sent as HTTP Basic auth. A receiver may echo them in an error body,
+  so query values, user and password are masked there both percent-encoded (as
+  given and as sent) and decoded, and so is the ``Basic <base64>`` value built
+  from the userinfo. httpx logs every request URL at INFO on the ``httpx``
+  logger; a filter there masks the query strings of our URLs while an instance
+  using them is alive.
 - Not readable: ``read_session`` raises ``BackendError`` (read from the receiver).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import math
@@ -89,10 +95,11 @@ import secrets
 import ssl
 import time
 import warnings
+import weakref
 from collections.abc import Mapping, Sequence
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Final, final
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import unquote, unquote_plus, urlsplit
 from uuid import UUID
 
 import anyio
@@ -197,19 +204,43 @@ def _mask_url(url: str) -> str:
     return parts._replace(netloc=netloc, query=query).geturl()
 
 
+def _url_secrets(url: str, parsed: httpx.URL) -> list[str]:
+    """Every form in which a receiver may echo the secrets of ``url``.
+
+    Each query value, user and password percent-encoded (as given and as httpx
+    sends them) and decoded (``+`` as a space or not), and the ``Basic`` value of
+    the userinfo with its base64 token alone.
+    """
+    raw: list[str] = []
+    for text in (url, str(parsed)):
+        try:
+            parts = urlsplit(text)
+        except ValueError:
+            continue
+        raw += [part.partition("=")[2] for part in parts.query.split("&")]
+        userinfo = parts.netloc.rpartition("@")[0]
+        raw += userinfo.split(":", 1) if userinfo else []
+    found = [form for value in raw for form in (value, unquote(value))]
+    found += [unquote_plus(value) for value in raw]
+    if parsed.userinfo:
+        token = base64.b64encode(f"{parsed.username}:{parsed.password}".encode())
+        found += [token.decode(), f"Basic {token.decode()}"]
+    return found
+
+
 def _idempotency_key(groups: Sequence[SessionGroup], *, batch: bool) -> str:
     """The ``Idempotency-Key`` of a body carrying ``groups`` (one unless ``batch``).
 
     Hex SHA-256 of each group's session, erase flag and message ids, with a prefix
-    and record counts for a batch body; random if any group erases without records
-    (see the module docstring).
+    and record counts for a batch body; random if any group erases (see the module
+    docstring).
     """
-    if any(group.erase and not group.records for group in groups):
+    if any(group.erase for group in groups):
         return secrets.token_hex(32)
     digest = hashlib.sha256(_BATCH_KEY_PREFIX if batch else b"")
     for group in groups:
         digest.update(group.session.bytes)
-        digest.update(b"\x01" if group.erase else b"\x00")
+        digest.update(b"\x00")  # the erase flag: kept so that keys stay as they were
         if batch:
             digest.update(len(group.records).to_bytes(4, "big"))
         digest.update(b"".join([record.message_id.bytes for record in group.records]))
@@ -244,12 +275,24 @@ def _parse_retry_after(value: str | None, *, now: float | None = None) -> float 
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
+class _MaskedURL(str):
+    """A masked URL that the log filter holds weakly (a plain str cannot be)."""
+
+    __slots__ = ("__weakref__",)
+
+
 class _HttpxLogMask(logging.Filter):
-    """Masks the query strings of our URLs in httpx's "HTTP Request: ..." lines."""
+    """Masks the query strings of our URLs in httpx's "HTTP Request: ..." lines.
+
+    ``masked`` maps a URL to its masked form for as long as an instance using that
+    URL is alive (each holds its ``_MaskedURL``), so it never outgrows them.
+    """
 
     def __init__(self) -> None:
         super().__init__()
-        self.masked: dict[str, str] = {}
+        self.masked: weakref.WeakValueDictionary[str, _MaskedURL] = (
+            weakref.WeakValueDictionary()
+        )
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
@@ -377,6 +420,7 @@ class WebhookArchive(ArchiveBackend):
         self._per_batch = per_batch
 
         found = [v for k, v in self._headers.items() if _is_secret_header(k)]
+        found += _url_secrets(url, parsed)
         self._auth: httpx.BasicAuth | None = None
         if parsed.userinfo:
             if any(name.lower() == "authorization" for name in self._headers):
@@ -385,7 +429,6 @@ class WebhookArchive(ArchiveBackend):
                     " give one of them"
                 )
             self._auth = httpx.BasicAuth(parsed.username, parsed.password)
-            found += [parsed.username, parsed.password]
             parsed = parsed.copy_with(username=None, password=None)
         self._url = parsed
         self._health_url: httpx.URL | None = None
@@ -398,10 +441,15 @@ class WebhookArchive(ArchiveBackend):
                 raise ValueError(
                     "health_url must not carry credentials; it is sent the headers"
                 )
-        for target in (self._url, self._health_url):
-            if target is not None and target.query:
-                _httpx_log_mask.masked[str(target)] = _mask_url(str(target))
-                found += [value for _, value in parse_qsl(target.query.decode())]
+            found += _url_secrets(health_url, self._health_url)
+        # Held for the filter's sake: its entries live as long as an instance does.
+        self._log_masks = [
+            _httpx_log_mask.masked.setdefault(
+                str(target), _MaskedURL(_mask_url(str(target)))
+            )
+            for target in (self._url, self._health_url)
+            if target is not None and target.query
+        ]
         # Every secret, and what follows its first word ("Bearer <token>"), longest
         # first so that a secret containing another is masked whole.
         words = {part for secret in found for part in (secret, *secret.split()[1:])}
@@ -525,12 +573,21 @@ class WebhookArchive(ArchiveBackend):
         return client
 
     async def _post(self, groups: Sequence[SessionGroup]) -> None:
-        """POST ``groups`` (exactly one unless ``per_batch``) as one body."""
-        if self._per_batch:
-            body = encode_record(_Batch([_group_body(group) for group in groups]))
-        else:
+        """POST ``groups`` (exactly one unless ``per_batch``) as one body.
+
+        Raises:
+            BackendError: (not retryable) a record cannot be encoded, such as one
+                with a lone surrogate in a string; nothing was sent.
+        """
+        if not self._per_batch:
             [group] = groups
-            body = encode_record(_group_body(group))
+        try:
+            if self._per_batch:
+                body = encode_record(_Batch([_group_body(group) for group in groups]))
+            else:
+                body = encode_record(_group_body(group))
+        except (msgspec.EncodeError, TypeError, ValueError) as exc:
+            raise _unencodable(groups, exc) from exc
         key = _idempotency_key(groups, batch=self._per_batch)
         count = sum([len(group.records) for group in groups])
         sessions = (
@@ -617,6 +674,21 @@ class WebhookArchive(ArchiveBackend):
         for secret in self._secrets:
             text = text.replace(secret, _MASK)
         return text
+
+
+def _unencodable(groups: Sequence[SessionGroup], exc: Exception) -> BackendError:
+    """The error for a body that cannot be encoded, naming the first bad record."""
+    for group in groups:
+        for record in group.records:
+            try:
+                encode_record(record)
+            except (msgspec.EncodeError, TypeError, ValueError) as record_exc:
+                return BackendError(
+                    f"record {record.message_id} of session {group.session} cannot"
+                    f" be encoded as JSON: {record_exc}",
+                    retryable=False,
+                )
+    return BackendError(f"body cannot be encoded as JSON: {exc}", retryable=False)
 
 
 async def _read_capped(response: httpx.Response) -> bytes:

@@ -6,6 +6,8 @@ wait on a ``threading.Event`` the test sets, so no test sleeps to synchronise.
 
 from __future__ import annotations
 
+import base64
+import gc
 import json
 import logging
 import socket
@@ -35,6 +37,7 @@ from journal_archivist.backends._codec import encode_record
 from journal_archivist.backends.webhook import (
     MAX_RETRY_AFTER,
     WebhookArchive,
+    _httpx_log_mask,
     _parse_retry_after,
 )
 from journal_archivist.testing import check_backend
@@ -188,6 +191,31 @@ class TestIdempotencyKey:
         assert len(set(keys)) == 3
         assert server.records(session) == []
 
+    @pytest.mark.parametrize(
+        "per_batch",
+        [
+            False,  # one body per session group
+            True,  # one body per batch
+        ],
+    )
+    async def test_an_erasure_re_appending_the_same_ids_gets_a_fresh_key(
+        self, session: UUID, per_batch: bool
+    ) -> None:
+        # A message_id appended after an erasure is a new record, so "erase, then
+        # archive m" can be asked twice with identical content. A receiver that
+        # skipped the second body by its key would keep ``later``, archived
+        # between the two erasures.
+        group = SessionGroup(session, (record(session, "kept"),), erase=True)
+        with WebhookServer(skip_known_keys=True) as server:
+            async with WebhookArchive(server.url, per_batch=per_batch) as hook:
+                await hook.write_batch([group])
+                await hook.append_messages(session, [record(session, "later")])
+                await hook.write_batch([group])
+            assert contents(server, session) == ["kept"]
+            assert server.erasures == [session, session]
+            keys = [p.headers["idempotency-key"] for p in server.posts()]
+            assert len(set(keys)) == 3
+
 
 # -- per_batch: one body per batch -----------------------------------------------------
 
@@ -297,7 +325,7 @@ class TestBatchIdempotencyKey:
         a, b = uuid4(), uuid4()
         groups = [
             SessionGroup(a, tuple(records(a, 2))),
-            SessionGroup(b, (record(b),), erase=True),  # pinned by its record
+            SessionGroup(b, (record(b),)),  # stable only because nothing erases
         ]
         server.queue(Reply(503))
         async with WebhookArchive(server.url, per_batch=True) as hook:
@@ -341,24 +369,30 @@ class TestBatchIdempotencyKey:
         assert len(set(keys)) == len(batches) + 1
 
     @pytest.mark.parametrize(
-        "bare_erases",
+        "kinds",
         [
-            [True],  # an erase-only batch
-            [True, True],  # erase-only groups and nothing else
-            [False, True],  # an erase without records after a group with records
-            [True, False],  # ... and before one
+            ["erase"],  # an erase-only batch
+            ["erase", "erase"],  # erase-only groups and nothing else
+            ["append", "erase"],  # an erase without records after an append
+            ["erase", "append"],  # ... and before one
+            ["erase+records"],  # an erase with records: they do not pin it
+            ["append", "erase+records"],  # ... nor do other groups' records
         ],
     )
-    async def test_any_erase_without_records_gets_a_fresh_key(
-        self, server: WebhookServer, bare_erases: list[bool]
+    async def test_any_erase_gets_a_fresh_key(
+        self, server: WebhookServer, kinds: list[str]
     ) -> None:
-        # The other groups' records do not pin the erasure: a receiver that
-        # skipped a second such body by its key could keep records archived
-        # between the two erasures.
-        sessions = [uuid4() for _ in bare_erases]
+        # No records pin an erasure (the same ids may be appended again after
+        # it): a receiver that skipped a second such body by its key could keep
+        # records archived between the two erasures.
+        sessions = [uuid4() for _ in kinds]
         batch = [
-            SessionGroup(s, (), erase=True) if bare else SessionGroup(s, (record(s),))
-            for s, bare in zip(sessions, bare_erases, strict=True)
+            SessionGroup(
+                s,
+                () if kind == "erase" else (record(s),),
+                erase=kind.startswith("erase"),
+            )
+            for s, kind in zip(sessions, kinds, strict=True)
         ]
         async with WebhookArchive(server.url, per_batch=True) as hook:
             await hook.write_batch(batch)
@@ -438,6 +472,29 @@ async def test_a_redirect_is_not_followed_and_not_retryable(
     assert not caught.value.retryable
     assert "'/elsewhere?sig=***'" in str(caught.value)
     assert [r.path for r in server.requests] == ["/hook"]
+
+
+@pytest.mark.parametrize(
+    "per_batch",
+    [
+        False,  # one body per session group
+        True,  # one body per batch
+    ],
+)
+async def test_a_record_that_cannot_be_encoded_is_not_retryable(
+    server: WebhookServer, session: UUID, per_batch: bool
+) -> None:
+    # A lone surrogate is a valid str but no valid UTF-8: no retry could send it.
+    bad = record(session, "\ud800")
+    group = SessionGroup(session, (record(session), bad))
+    async with WebhookArchive(server.url, per_batch=per_batch) as hook:
+        with pytest.raises(
+            BackendError,
+            match=rf"record {bad.message_id} of session {session} cannot be encoded",
+        ) as caught:
+            await hook.write_batch([group])
+    assert not caught.value.retryable
+    assert server.requests == []
 
 
 async def test_a_long_error_body_is_truncated(
@@ -683,6 +740,69 @@ async def test_secrets_are_masked_in_repr_errors_and_logs(
         assert secret not in shown
         assert secret not in errors
         assert secret not in caplog.text
+
+
+def basic(credentials: str) -> str:
+    return base64.b64encode(credentials.encode()).decode()
+
+
+@pytest.mark.parametrize(
+    ("userinfo", "query", "echoed", "forms"),
+    [
+        # A percent-encoded query value: masked as sent and as decoded.
+        (
+            "",
+            "?token=ab%2Bcd%2Fef%3D%3D",
+            "/hook?token=*** authorization=None",
+            ["ab%2Bcd%2Fef%3D%3D", "ab+cd/ef=="],
+        ),
+        # ``+`` in a query value: masked whole, not from the decoded space on.
+        (
+            "",
+            "?token=ab+cdefgh",
+            "/hook?token=*** authorization=None",
+            ["ab+cdefgh", "ab cdefgh", "cdefgh"],
+        ),
+        # Credentials in the URL: the Basic header built from them, and its token.
+        (
+            "alice:p%40ss%2Fw0rd@",
+            "",
+            "/hook authorization=***",
+            ["p%40ss%2Fw0rd", "p@ss/w0rd", basic("alice:p@ss/w0rd")],
+        ),
+    ],
+    ids=["percent-encoded", "plus", "userinfo"],
+)
+async def test_secrets_are_masked_in_every_encoding_an_echo_shows(
+    server: WebhookServer,
+    session: UUID,
+    userinfo: str,
+    query: str,
+    echoed: str,
+    forms: list[str],
+) -> None:
+    url = server.url.replace("http://", f"http://{userinfo}") + query
+    server.queue(Reply(400, echo=True))
+    async with WebhookArchive(url) as hook:
+        with pytest.raises(BackendError, match="answered 400") as caught:
+            await hook.append_messages(session, [record(session)])
+    assert str(caught.value).endswith(f": 'POST {echoed}'")
+    sent = server.posts()[-1]  # the secret was sent, so echoed
+    assert any(f in f"{sent.path} {sent.headers.get('authorization')}" for f in forms)
+    for form in forms:
+        assert form not in str(caught.value)
+
+
+def test_the_log_mask_forgets_an_archive_once_no_instance_uses_its_url() -> None:
+    url = "http://127.0.0.1/hook?token=g0ne-s00n"
+    first, second = WebhookArchive(url), WebhookArchive(url)
+    assert _httpx_log_mask.masked[url] == "http://127.0.0.1/hook?token=***"
+    del second
+    gc.collect()
+    assert url in _httpx_log_mask.masked  # still used by ``first``
+    del first
+    gc.collect()
+    assert url not in _httpx_log_mask.masked
 
 
 async def test_secrets_are_masked_in_argument_errors() -> None:

@@ -11,9 +11,12 @@ what it archived. A body is applied whole or not at all.
 Scripting: ``queue(Reply(...), ..., method="POST")`` answers the next requests of
 that method, one reply each, before the defaults resume. A ``Reply`` can set the
 status, headers and body, wait for a ``threading.Event`` before answering (a slow
-receiver), or close the connection without answering. ``reject(message_id)``
-answers every POST that carries that record (in any group) with 422 and applies
-nothing of it.
+receiver), echo the request line and ``Authorization`` header back in the body
+(as many frameworks' error pages do), or close the connection without answering.
+``reject(message_id)`` answers every POST that carries that record (in any group)
+with 422 and applies nothing of it. ``WebhookServer(skip_known_keys=True)`` is a
+receiver that dedupes by ``Idempotency-Key``: it answers 200 to a POST whose key
+it has applied before, without applying it again.
 
 Threads: handlers run in server threads and the tests in the event loop's thread;
 all state is behind one ``threading.Condition``. Tests wait for requests with
@@ -98,6 +101,8 @@ class Reply:
     gate: threading.Event | None = None
     #: Close the connection without answering.
     drop: bool = False
+    #: Answer with ``"<METHOD> <path> authorization=<header>"`` as the body instead.
+    echo: bool = False
     #: Apply a POSTed body as a receiver would; None: only if ``status`` is 2xx.
     apply: bool | None = None
 
@@ -126,7 +131,9 @@ class WebhookServer:
     Use it as a context manager, or call ``close()``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, skip_known_keys: bool = False) -> None:
+        self._skip_known_keys = skip_known_keys
+        self._applied_keys: set[str] = set()
         self._cond = threading.Condition()
         self._requests: list[Received] = []
         self._queued: dict[str, list[Reply]] = {}
@@ -229,27 +236,36 @@ class WebhookServer:
                 problem = str(exc)
         with self._cond:
             self._requests.append(received)
+            key = received.headers.get("idempotency-key")
             if problem is not None:
                 reply = Reply(400, body=problem.encode())
+            elif self._skip_known_keys and key in self._applied_keys:
+                reply = Reply(200, body=b'{"ok": true, "known": true}', apply=False)
             else:
                 reply = self._reply_to(received, groups)
             apply = reply.apply if reply.apply is not None else reply.status < 300
             if apply and groups is not None:
                 for group in groups:
                     self._apply(group)
+                if key is not None:
+                    self._applied_keys.add(key)
             self._cond.notify_all()
         if reply.gate is not None:
             reply.gate.wait(GATE_TIMEOUT)
         if reply.drop:
             handler.close_connection = True
             return
+        body = reply.body
+        if reply.echo:
+            auth = received.headers.get("authorization")
+            body = f"{received.method} {received.path} authorization={auth}".encode()
         handler.send_response(reply.status)
         for name, value in reply.headers.items():
             handler.send_header(name, value)
-        handler.send_header("Content-Length", str(len(reply.body)))
+        handler.send_header("Content-Length", str(len(body)))
         handler.end_headers()
         if handler.command != "HEAD":
-            handler.wfile.write(reply.body)
+            handler.wfile.write(body)
 
     def _reply_to(self, received: Received, groups: list[WireGroup] | None) -> Reply:
         queued = self._queued.get(received.method)
