@@ -61,7 +61,7 @@ logger = logging.getLogger("journal_archivist")
 DEFAULT_CLOSE_TIMEOUT: Final = 10.0
 #: Seconds shutdown waits for the last done-marks to commit once writers stopped.
 FINAL_FLUSH_TIMEOUT: Final = 5.0
-#: Seconds shutdown gives each backend's ``aclose``.
+#: Seconds shutdown gives the backends' ``aclose`` calls (run together).
 BACKEND_CLOSE_TIMEOUT: Final = 5.0
 
 
@@ -260,20 +260,26 @@ class Archivist:
                 self._stopped.set()
 
     async def _close_backends(self) -> None:
-        """``aclose`` every registered backend once; a failure is only logged."""
-        closed: set[int] = set()
-        for writer in self._writers:
-            backend = writer.registration.backend
-            if id(backend) in closed:
-                continue
-            closed.add(id(backend))
+        """``aclose`` every registered backend once, all at once and within
+        ``BACKEND_CLOSE_TIMEOUT`` in all; a failure is only logged."""
+        unique = {id(w.registration.backend): w for w in self._writers}
+
+        async def close(writer: Writer) -> None:
             try:
-                with anyio.fail_after(BACKEND_CLOSE_TIMEOUT):
-                    await backend.aclose()
+                await writer.registration.backend.aclose()
             except Exception as exc:
                 logger.warning(
                     "backend %r: aclose failed: %r", writer.name, exc, exc_info=exc
                 )
+
+        with anyio.move_on_after(BACKEND_CLOSE_TIMEOUT) as scope:
+            async with anyio.create_task_group() as group:
+                for writer in unique.values():
+                    group.start_soon(close, writer)
+        if scope.cancelled_caught:
+            logger.warning(
+                "backends did not finish aclose within %ss", BACKEND_CLOSE_TIMEOUT
+            )
 
     async def _start_detached(self) -> Archivist:
         loop = asyncio.get_running_loop()

@@ -455,3 +455,28 @@ async def test_shutdown_closes_every_backend_once_and_survives_a_failing_close(
     assert "backend 'c': aclose failed: OSError('socket already gone')" in caplog.text
     async with Archivist.open(journal_path, regs):  # the journal closed cleanly
         pass
+
+
+class HangsOnClose(MockBackend):
+    async def aclose(self) -> None:
+        await super().aclose()
+        await anyio.sleep_forever()
+
+
+async def test_hanging_closes_share_one_deadline(
+    journal_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import journal_archivist._archivist as archivist_module
+
+    monkeypatch.setattr(archivist_module, "BACKEND_CLOSE_TIMEOUT", 0.5)
+    hung = [HangsOnClose() for _ in range(4)]
+    regs = [registration(b, name=f"b{i}") for i, b in enumerate(hung)]
+    archivist = await Archivist.open(journal_path, regs)
+    started = anyio.current_time()
+    await archivist.shutdown(timeout=0)
+    # Four closes of 0.5 s each would take 2 s one after another.
+    assert anyio.current_time() - started < 1.5
+    assert all(b.close_calls == 1 for b in hung)
+    assert "did not finish aclose within 0.5s" in caplog.text

@@ -23,6 +23,8 @@ import sqlite3
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
+import msgspec
+
 from .._errors import BackendError
 from ._codec import encode_record
 
@@ -172,9 +174,15 @@ def rows(session: UUID, records: Sequence[MessageRecord]) -> list[Row]:
     for record in records:
         try:
             result.append(_row(record, session, session_text))
-        except (TypeError, ValueError, AttributeError, OverflowError) as exc:
-            # msgspec.EncodeError is a ValueError. Records that reach a backend
-            # through the journal were validated there; this guards direct callers.
+        except (
+            msgspec.EncodeError,
+            TypeError,
+            ValueError,
+            AttributeError,
+            OverflowError,
+        ) as exc:
+            # Records that reach a backend through the journal were validated
+            # there; this guards direct callers.
             which = getattr(record, "message_id", "?")
             raise BackendError(
                 f"cannot archive record {which} of session {session}: {exc}",
