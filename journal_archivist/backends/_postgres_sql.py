@@ -1,7 +1,8 @@
 """What ``PostgresArchive`` says to PostgreSQL, and what its errors mean: pure, no I/O.
 
 The statements (with validated, quoted table names), how a batch becomes their
-parameters, and what an error from asyncpg or the OS means. ``postgres.py`` holds
+parameters, what an error from asyncpg or the OS means, and which text of a DSN
+is secret. ``postgres.py`` holds
 the behaviour (pool, transactions, error translation) and is the only importer:
 it imports this module after its own guarded ``import asyncpg``, which names the
 extra to install.
@@ -17,16 +18,32 @@ Rules and theory:
   are updated by the statement that inserts the messages, from the rows it really
   inserted (``RETURNING`` skips conflicts): a redelivered record changes none of
   them. ``first_ts``/``last_ts`` are NULL only while ``message_count`` is 0 (a
-  row reserved by a batch whose records were all archived already), and such a
-  row is not listed.
+  row reserved by a batch whose records were all archived already, or an erased
+  session), and such a row is not listed.
+- **One lock, then a fresh look.** A batch first upserts the row of every session
+  it touches (``reserve``, in one statement, in UUID order, so batches never
+  deadlock on each other): that reserves the appended records' positions, resets
+  the counters of erased sessions, and locks each row until COMMIT, waiting for
+  any other writer of the session (even one whose row is not committed yet).
+  Only then does a separate statement delete the erased sessions' messages: under
+  READ COMMITTED it takes a new snapshot, so it sees every batch committed before
+  the lock was granted. (Deleting in the statement that waits for the lock would
+  use the snapshot from before the wait and miss those rows.)
+- **Erasure keeps the sessions row** with ``message_count`` 0, ``first_ts`` and
+  ``last_ts`` NULL, and ``next_seq`` as it was: positions never restart, so no
+  record ever collides with the (session, seq) of an earlier one. An erasure of
+  an unknown session leaves such a row too. ``count`` reads 0 and
+  ``list_sessions`` skips the session, as if it had never been written.
 - **Sessions sort as UUIDs.** PostgreSQL compares ``uuid`` bytewise (big-endian),
   which is the order of the 128-bit values, Python's ``UUID`` order.
 - **Failure classification**: whatever repeating may fix is retryable: lost or
   refused connections, timeouts, ``OSError``, serialization failures, deadlocks,
   too many connections, a server starting or shutting down (SQLSTATE classes 08,
-  40, 53, 57, 58, lock timeouts), and configuration or schema problems an
-  operator fixes (missing table, schema or database, privilege, authentication),
-  so records are never dead-lettered because of them. What the server refuses
+  40, 53, 57, 58, lock timeouts), a read-only server (a hot standby during a
+  failover, ``default_transaction_read_only``), and configuration or schema
+  problems an operator fixes (missing table, schema, database, column or
+  function, privilege, authentication), so records are never dead-lettered
+  because of them: each of these fails every batch alike. What the server refuses
   about the data itself (data exceptions, constraint violations, anything else)
   is not retryable.
 """
@@ -34,6 +51,7 @@ Rules and theory:
 from __future__ import annotations
 
 import re
+import urllib.parse
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import asyncpg  # type: ignore[import-untyped]
@@ -43,7 +61,7 @@ from .._errors import BackendError
 from ._codec import encode_record
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
     from datetime import datetime
     from uuid import UUID
 
@@ -67,8 +85,8 @@ class Sql(NamedTuple):
     sessions: str  # the quoted, schema-qualified names
     messages: str
     ddl: str
-    erase: str
     reserve: str
+    erase: str
     insert: str
     read: str
     count_session: str
@@ -120,17 +138,23 @@ def statements(schema: str, prefix: str) -> Sql:
         sessions=sessions,
         messages=messages,
         ddl=ddl,
-        erase=f"""
-            WITH gone AS (DELETE FROM {messages} WHERE session = ANY($1::uuid[]))
-            DELETE FROM {sessions} WHERE session = ANY($1::uuid[])
-        """,
+        # $1 every session of the batch (sorted), $2 how many records each
+        # appends, $3 the erased ones. Runs before ``erase``: see "One lock".
         reserve=f"""
             INSERT INTO {sessions} AS s (session, next_seq)
             SELECT * FROM unnest($1::uuid[], $2::bigint[])
-            ON CONFLICT (session) DO UPDATE
-                SET next_seq = s.next_seq + excluded.next_seq, updated_at = now()
+            ON CONFLICT (session) DO UPDATE SET
+                next_seq = s.next_seq + excluded.next_seq,
+                message_count = CASE WHEN s.session = ANY($3::uuid[]) THEN 0
+                                     ELSE s.message_count END,
+                first_ts = CASE WHEN s.session = ANY($3::uuid[]) THEN NULL
+                                ELSE s.first_ts END,
+                last_ts = CASE WHEN s.session = ANY($3::uuid[]) THEN NULL
+                               ELSE s.last_ts END,
+                updated_at = now()
             RETURNING session, next_seq
         """,
+        erase=f"DELETE FROM {messages} WHERE session = ANY($1::uuid[])",
         # least/greatest ignore NULL: the first rows of a session set both.
         insert=f"""
             WITH inserted AS (
@@ -259,20 +283,35 @@ def _text(value: str) -> str:
 RETRYABLE_CLASSES: Final = frozenset({"08", "40", "53", "57", "58"})
 #: Single SQLSTATEs that repeating may fix, or that an operator fixes without
 #: touching the records: lock not available, a plan invalidated by a schema change,
-#: a missing database, schema or table, a missing privilege, failed authentication.
+#: a read-only transaction (a standby), a missing database, schema, table, column
+#: or function (an outdated table layout), a missing privilege, failed
+#: authentication.
 RETRYABLE_STATES: Final = frozenset(
-    {"55P03", "0A000", "3D000", "3F000", "42P01", "42501", "28000", "28P01"}
+    {
+        *("55P03", "0A000", "25006", "3D000", "3F000"),
+        *("42P01", "42703", "42883", "42501", "28000", "28P01"),
+    }
 )
 #: What to tell the operator, by SQLSTATE.
 HINTS: Final = {
     "42P01": "the archive tables are missing: pass create_schema=True or create"
     " them (see docs/backends.md)",
     "3F000": "the archive schema is missing: pass create_schema=True or create it",
+    "25006": "the server is read-only (a hot standby, or"
+    " default_transaction_read_only): retrying until it takes writes",
+    "42703": "the archive tables have an outdated layout: compare them with"
+    " docs/backends.md",
+    "42883": "the archive tables have an outdated layout: compare them with"
+    " docs/backends.md",
 }
 #: SQLSTATEs after which ``create_schema=True`` creates the tables again.
 MISSING_SCHEMA_STATES: Final = frozenset({"42P01", "3F000"})
-#: SQLSTATEs worth a pause before the retry: too many connections, starting up.
-BACKOFF_STATES: Final = frozenset({"53300", "57P03"})
+#: SQLSTATEs worth a pause before the retry: too many connections, starting up,
+#: read-only (a failover takes seconds).
+BACKOFF_STATES: Final = frozenset({"53300", "57P03", "25006"})
+#: SQLSTATEs after which pooled connections are replaced: after a failover they
+#: may still be connected to the old primary, now a standby.
+RECONNECT_STATES: Final = frozenset({"25006"})
 
 
 def is_retryable_state(state: str) -> bool:
@@ -314,3 +353,94 @@ def _classify_one(exc: BaseException) -> tuple[bool, str]:
     if isinstance(exc, OSError):
         return True, f"cannot reach the server: {type(exc).__name__}: {exc}"
     return False, f"{type(exc).__name__}: {exc}"
+
+
+# -- secrets ------------------------------------------------------------------------
+
+#: ``password=`` (and ``sslpassword=``) in a URL's query: the value runs to the
+#: next ``&``, a ``#`` included.
+_QUERY_PASSWORD: Final = re.compile(r"(?i)([?&][a-z_]*password=)([^&]*)")
+#: ``password = value`` in a libpq keyword/value string, the value maybe quoted.
+_KEYWORD_PASSWORD: Final = re.compile(r"(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'?|\S*)")
+
+
+def _secret_forms(secret: str) -> set[str]:
+    """``secret`` as written and as decoded (percent, plus, libpq quoting)."""
+    unquoted = (
+        secret[1:-1] if len(secret) > 1 and secret[0] == secret[-1] == "'" else secret
+    )
+    return {
+        secret,
+        unquoted,
+        re.sub(r"\\(.)", r"\1", unquoted),
+        urllib.parse.unquote(secret),
+        urllib.parse.unquote_plus(secret),
+    }
+
+
+def _url_userinfo(dsn: str) -> str | None:
+    """The user info a URL parser (asyncpg's) reads from ``dsn``, if any."""
+    try:
+        netloc = urllib.parse.urlsplit(dsn).netloc
+    except ValueError:  # an unbalanced "[": no parser agrees on anything
+        return None
+    userinfo, at, _ = netloc.rpartition("@")
+    return userinfo if at else None
+
+
+def mask_dsn(dsn: str) -> tuple[str, frozenset[str]]:
+    """Return ``dsn`` with its passwords replaced by ``***``, and the secrets.
+
+    Parses nothing the way a URL parser would, so a password with an unescaped
+    ``/``, ``?``, ``#`` or ``@`` is masked whole: in a URL, everything between
+    ``://`` and the last ``@`` after a ``:`` is user info (more than a password,
+    if a query value holds an ``@``: masking too much is the safe side). A libpq
+    keyword/value string has its ``password=`` value masked.
+    """
+    secrets: set[str] = set()
+
+    def hide(match: re.Match[str]) -> str:
+        secrets.update(_secret_forms(match[2]))
+        return f"{match[1]}***"
+
+    scheme, sep, rest = dsn.partition("://")
+    if not sep:
+        return _KEYWORD_PASSWORD.sub(hide, dsn), frozenset(s for s in secrets if s)
+    userinfo, at, tail = rest.rpartition("@")
+    if at and ":" in userinfo:
+        user, _, password = userinfo.partition(":")
+        secrets.update(_secret_forms(password))
+        rest = f"{user}:***@{tail}"
+    parsed = _url_userinfo(dsn)  # what the driver will read, if it differs
+    if parsed is not None and ":" in parsed:
+        secrets.update(_secret_forms(parsed.partition(":")[2]))
+    masked = f"{scheme}{sep}{_QUERY_PASSWORD.sub(hide, rest)}"
+    return masked, frozenset(s for s in secrets if s)
+
+
+def misread_dsn(dsn: str) -> bool:
+    """Whether a URL parser reads ``dsn``'s user info differently from the mask.
+
+    Then the driver may quote pieces of the password (``invalid literal for
+    int(): 'pa'`` for ``u:pa/ss@host``), which no scrub list can recognise: a
+    password with an unescaped ``/``, ``?``, ``#`` or ``@``.
+    """
+    _, sep, rest = dsn.partition("://")
+    userinfo, at, _ = rest.rpartition("@")
+    if not (sep and at and ":" in userinfo):
+        return False
+    # asyncpg splits the netloc at its first "@", urlsplit at its last.
+    return "@" in userinfo or _url_userinfo(dsn) != userinfo
+
+
+def error_chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and every exception chained to it (cause or context)."""
+    seen: set[int] = set()
+    stack: list[BaseException] = [exc]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        stack.extend(e for e in (current.__cause__, current.__context__) if e)

@@ -22,18 +22,30 @@ Rules and theory:
   DDL, every statement and the theory of the counters are in ``_postgres_sql``.
   ``create_schema=True`` runs the DDL (``IF NOT EXISTS``) under a
   transaction-scoped advisory lock per schema, so concurrent instances are safe.
-- **Erasure deletes rows**: an erasing group deletes the session's messages and its
-  sessions row (ids are forgotten, so a record appended again is new), then
-  inserts the group's records. Within a batch the plan of each session is computed
-  first (``_postgres_sql.plan``, pure), so groups of one session apply in the
-  order given.
+- **Erasure deletes the messages and keeps the session's row**: the batch first
+  locks the row of every session it touches (resetting the counters of erased
+  ones), then deletes the erased sessions' messages in a statement of its own, so
+  it also erases what another writer of the session committed while this batch
+  waited for the lock (``_postgres_sql``, "One lock, then a fresh look").
+  ``next_seq`` is kept, so positions never restart. Ids are forgotten, so a
+  record appended again is new. Within a batch the plan of each session is
+  computed first (``_postgres_sql.plan``, pure), so groups of one session apply
+  in the order given.
 - **Failure classification** (``_postgres_sql.classify``): what repeating or an
   operator may fix (connections, timeouts, deadlocks, a server restarting, a
   missing table or privilege) is retryable, so records are never dead-lettered
   because of it; what the server refuses about the data itself is not. Errors
   are translated once, in ``_run``.
 - **Secrets**: the DSN's password never appears in a ``repr``, a log record or an
-  error message; messages are built here, with the DSN masked.
+  error message; messages are built here, with the DSN masked. The mask trusts no
+  URL parser: everything between ``://`` and the last ``@`` is user info, any
+  ``password=`` value is masked, and every secret is scrubbed in its raw and
+  percent-decoded forms. An error whose chain shows a secret is raised without
+  it. A DSN that a URL parser reads differently (a password with an unescaped
+  ``/``, ``?``, ``#`` or ``@``) makes the driver quote pieces of it, so the
+  driver's own text is withheld from errors that are not the server's.
+- **Opening and closing take one lock** (``_opening``), so ``aclose`` waits for a
+  pool being opened and closes it, rather than returning before it is stored.
 """
 
 from __future__ import annotations
@@ -41,7 +53,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import urllib.parse
 import warnings
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, final
 from uuid import UUID
@@ -105,29 +116,8 @@ class _Pool(Protocol):
 
     def acquire(self) -> AbstractAsyncContextManager[_Connection]: ...
     async def close(self) -> None: ...
+    async def expire_connections(self) -> None: ...
     def terminate(self) -> None: ...
-
-
-def _mask_dsn(dsn: str) -> tuple[str, frozenset[str]]:
-    """Return ``dsn`` with its password replaced by ``***``, and the secrets."""
-    parts = urllib.parse.urlsplit(dsn)
-    secrets: set[str] = set()
-    netloc = parts.netloc
-    userinfo, at, hosts = netloc.rpartition("@")
-    if at and ":" in userinfo:
-        user, _, password = userinfo.partition(":")
-        secrets.update((password, urllib.parse.unquote(password)))
-        netloc = f"{user}:***@{hosts}"
-    query = []
-    for key, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
-        if key.lower() == "password":
-            secrets.add(value)
-            value = "***"
-        query.append((key, value))
-    masked = urllib.parse.urlunsplit(
-        (parts.scheme, netloc, parts.path, urllib.parse.urlencode(query), "")
-    )
-    return masked.replace("%2A%2A%2A", "***"), frozenset(s for s in secrets if s)
 
 
 async def _keep_session_state(connection: object) -> None:
@@ -178,8 +168,11 @@ class PostgresArchive(ArchiveBackend):
     ) -> None:
         if not isinstance(dsn, str):
             raise TypeError(f"dsn must be a str, got {type(dsn).__name__}")
-        self._masked_dsn, self._secrets = _mask_dsn(dsn)
-        scheme = urllib.parse.urlsplit(dsn).scheme
+        self._masked_dsn, secrets = _pgsql.mask_dsn(dsn)
+        # Longest first, so no secret is left half-replaced by a shorter one.
+        self._secrets = sorted(secrets, key=len, reverse=True)
+        self._misread = _pgsql.misread_dsn(dsn)
+        scheme = dsn.partition("://")[0].lower()
         if scheme not in ("postgresql", "postgres"):
             raise ValueError(
                 f"dsn must be a postgresql:// URL, got {self._masked_dsn!r}"
@@ -290,17 +283,33 @@ class PostgresArchive(ArchiveBackend):
             state = getattr(exc, "sqlstate", None)
             if state in _pgsql.MISSING_SCHEMA_STATES:
                 self._schema_ready = not self._create_schema  # recreate next time
+            if state in _pgsql.RECONNECT_STATES and self._pool is not None:
+                await self._pool.expire_connections()  # no I/O: bumps a counter
+            hidden = self._shows_secret(exc)
+            if self._misread and not isinstance(exc, asyncpg.PostgresError):
+                what = f"{type(exc).__name__} (details withheld: they may quote the"
+                what += " password; percent-encode it in the dsn)"
             error = BackendError(
                 self._scrub(f"PostgresArchive {action} on {self._masked_dsn}: {what}"),
                 retryable=retryable or not opened,
                 retry_after=1.0 if state in _pgsql.BACKOFF_STATES else None,
             )
             logger.debug("%s", error)
-            if any(secret in str(exc) for secret in self._secrets):
-                # Never chain an error that shows the password (asyncpg does not
-                # put it in its errors today; this keeps it that way).
-                raise error from None
-            raise error from exc
+            if not hidden:
+                raise error from exc
+        # Raised outside the handler, so not even ``__context__`` keeps the error
+        # that shows the password.
+        raise error
+
+    def _shows_secret(self, exc: BaseException) -> bool:
+        """Whether ``exc`` or anything chained to it may show a secret."""
+        if self._misread:
+            return True
+        for link in _pgsql.error_chain(exc):
+            texts = (str(link), repr(link), *map(str, link.args))
+            if any(secret in text for secret in self._secrets for text in texts):
+                return True
+        return False
 
     def _scrub(self, text: str) -> str:
         for secret in self._secrets:
@@ -320,21 +329,26 @@ class PostgresArchive(ArchiveBackend):
                 a record the server refuses or that cannot be encoded.
         """
         erased, appended = _pgsql.plan(groups)
-        sessions = sorted(appended, key=lambda s: s.int)  # one lock order for all
-        sizes = [len(appended[s]) for s in sessions]
+        sessions = sorted(appended, key=lambda s: s.int)
+        # Every row locked by one statement, in one order for all batches.
+        touched = sorted({*erased, *appended}, key=lambda s: s.int)
+        sizes = [len(appended.get(s, ())) for s in touched]
         columns = _pgsql.columns(sessions, appended) if sessions else None
 
         async def work(connection: _Connection) -> None:
             async with connection.transaction():
+                # Lock first, then delete in a statement of its own: its fresh
+                # snapshot sees what other writers committed while we waited.
+                rows = await connection.fetch(self._sql.reserve, touched, sizes, erased)
                 if erased:
                     await connection.execute(self._sql.erase, erased)
                 if columns is None:
                     return
-                rows = await connection.fetch(self._sql.reserve, sessions, sizes)
                 ends = {row[0]: row[1] for row in rows}
                 seqs: list[int] = []
-                for session, size in zip(sessions, sizes, strict=True):
-                    seqs.extend(range(ends[session] - size, ends[session]))
+                for session in sessions:
+                    end, size = ends[session], len(appended[session])
+                    seqs.extend(range(end - size, end))
                 ids, owners, parents, stamps, roles, authors, contents, blobs = columns
                 await connection.execute(
                     self._sql.insert,
@@ -349,7 +363,7 @@ class PostgresArchive(ArchiveBackend):
                     blobs,
                 )
 
-        if erased or sessions:
+        if touched:
             await self._run("write_batch", work)
 
     async def append_messages(
@@ -359,7 +373,11 @@ class PostgresArchive(ArchiveBackend):
         await self.write_batch([SessionGroup(session, tuple(records))])
 
     async def delete_session(self, session: UUID) -> None:
-        """Delete every record of ``session`` and its counters; a no-op if none."""
+        """Delete every record of ``session`` and reset its counters to zero.
+
+        The session's row is kept (its ``next_seq`` too); ``count`` reads 0 and
+        ``list_sessions`` skips it. Erasing an unknown session leaves such a row.
+        """
         await self.write_batch([SessionGroup(session, (), erase=True)])
 
     async def read_session(self, session: UUID) -> list[MessageRecord]:
@@ -464,10 +482,14 @@ class PostgresArchive(ArchiveBackend):
             )
 
     async def aclose(self) -> None:
-        """Close the pool (idempotent); a later call opens a new one."""
-        self._forget_foreign_pool()
-        pool, self._pool = self._pool, None
-        self._schema_ready = not self._create_schema
+        """Close the pool (idempotent); a later call opens a new one.
+
+        Waits for a pool being opened by a concurrent call, and closes it too.
+        """
+        async with self._opening:  # decide under the lock, close outside it
+            self._forget_foreign_pool()
+            pool, self._pool = self._pool, None
+            self._schema_ready = not self._create_schema
         if pool is None:
             return
         with anyio.move_on_after(self._timeout) as scope:

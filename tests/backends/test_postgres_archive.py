@@ -9,6 +9,7 @@ by a unique ``application_name``, so it never touches another test's connections
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -33,8 +34,8 @@ from journal_archivist import (
     Registration,
 )
 from journal_archivist.backends import SessionGroup, SessionInfo
-from journal_archivist.backends._postgres_sql import classify
-from journal_archivist.backends.postgres import PostgresArchive, _mask_dsn
+from journal_archivist.backends._postgres_sql import classify, mask_dsn
+from journal_archivist.backends.postgres import PostgresArchive
 from journal_archivist.testing import check_backend
 from tests.helpers import FAST_RETRY, record, records, tricky_uuids
 
@@ -58,7 +59,7 @@ def _reachable(dsn: str) -> str | None:
         asyncio.run(probe())
     except Exception as exc:
         detail = " ".join(f"{type(exc).__name__}: {exc}".split())
-        return f"no PostgreSQL server at {_mask_dsn(dsn)[0]}: {detail}"
+        return f"no PostgreSQL server at {mask_dsn(dsn)[0]}: {detail}"
     return None
 
 
@@ -761,3 +762,216 @@ def test_an_archive_used_under_a_new_event_loop_opens_a_new_pool(pg_dsn: str) ->
         first.close()
         second.close()
         asyncio.run(drop_schema())
+
+
+# -- review regressions ----------------------------------------------------------------
+
+
+async def test_an_erasure_waits_for_another_writers_batch_and_erases_it_too(
+    make_archive: Callable[..., PostgresArchive],
+    admin: Any,
+    pg_dsn: str,
+    app_name: str,
+) -> None:
+    # Two writers of one session. Z's batch has reserved its positions (it holds
+    # the session's row) and is held before COMMIT: its insert waits on a blocker
+    # that inserted one of Z's message ids without committing. X's erasure must
+    # wait for Z, then erase Z's records too, and seq must never restart.
+    session = uuid4()
+    x = make_archive(application_name=f"{app_name}-x")
+    z = make_archive(application_name=f"{app_name}-z")
+    await x.append_messages(session, records(session, 2, "old"))
+    await z.health_check()
+    in_flight = records(session, 2, "z")
+    blocker = await asyncpg.connect(pg_dsn)
+    try:
+        blocking = blocker.transaction()
+        await blocking.start()
+        await blocker.execute(
+            f"INSERT INTO {x._sql.messages}"
+            " (message_id, session, seq, ts, role, content_md, record)"
+            " VALUES ($1, $2, 0, now(), 'user', '', '')",
+            in_flight[-1].message_id,
+            uuid4(),
+        )
+        async with anyio.create_task_group() as group:
+            group.start_soon(z.append_messages, session, in_flight)
+            await _wait_for_lock_wait(admin, f"{app_name}-z")  # Z holds the row
+            group.start_soon(x.delete_session, session)
+            await _wait_for_lock_wait(admin, f"{app_name}-x")  # X waits for Z
+            await blocking.rollback()  # Z inserts and commits, then X erases
+    finally:
+        await blocker.close()
+    assert await x.read_session(session) == []
+    assert await x.count(session) == 0
+    assert session not in [s.session for s in await x.list_sessions()]
+    left = await admin.fetchval(
+        f"SELECT count(*) FROM {x._sql.messages} WHERE session = $1", session
+    )
+    assert left == 0
+    # The session's row is kept with its counters reset and next_seq kept, so the
+    # next batch cannot collide with a position used before the erasure.
+    row = await admin.fetchrow(
+        f"SELECT message_count, next_seq, first_ts, last_ts FROM {x._sql.sessions}"
+        " WHERE session = $1",
+        session,
+    )
+    assert tuple(row) == (0, 4, None, None)
+    after = records(session, 3, "new")
+    await x.append_messages(session, after)
+    assert await x.read_session(session) == after
+    assert await x.count(session) == 3
+    seqs = await admin.fetch(
+        f"SELECT seq FROM {x._sql.messages} WHERE session = $1 ORDER BY seq", session
+    )
+    assert [r[0] for r in seqs] == [4, 5, 6]
+
+
+@pytest.mark.parametrize(
+    ("exc", "retryable"),
+    [
+        # 25006: a hot standby after a failover, or default_transaction_read_only
+        (asyncpg.exceptions.ReadOnlySQLTransactionError("x"), True),
+        # 42703 / 42883: an outdated table layout, fixed by an operator, never the
+        # records' fault (every batch would fail alike)
+        (asyncpg.exceptions.UndefinedColumnError("x"), True),
+        (asyncpg.exceptions.UndefinedFunctionError("x"), True),
+        (asyncpg.exceptions.PostgresSyntaxError("x"), False),  # 42601 stays a bug
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else "",
+)
+def test_read_only_and_outdated_layout_errors_are_retryable(
+    exc: BaseException, retryable: bool
+) -> None:
+    assert classify(exc)[0] is retryable
+
+
+async def test_a_read_only_server_fails_writes_retryably(
+    make_archive: Callable[..., PostgresArchive], pg_dsn: str
+) -> None:
+    session = uuid4()
+    await make_archive().health_check()  # the tables exist
+    joiner = "&" if "?" in pg_dsn else "?"
+    read_only = make_archive(
+        dsn=f"{pg_dsn}{joiner}default_transaction_read_only=on", create_schema=False
+    )
+    with pytest.raises(BackendError, match=r"25006.*read-only") as raised:
+        await read_only.append_messages(session, records(session, 1))
+    assert raised.value.retryable
+    assert raised.value.retry_after is not None
+    assert await read_only.count(session) == 0  # reads still work
+
+
+def _secret_fragments(secret: str) -> list[str]:
+    # A misparsed DSN may show a part of the password (between '/', '?', '#', ':').
+    return [p for p in re.split(r"[/?#:]", secret) if len(p) >= 4]
+
+
+@pytest.mark.parametrize(
+    ("dsn", "secrets"),
+    [
+        # unescaped '/', '#' and '?' in the password: urlsplit ends the host early
+        ("postgresql://u:Sekr3t/hunter2x@127.0.0.1:{port}/db", ["Sekr3t/hunter2x"]),
+        ("postgresql://u:Sekr3t#hunter2x@127.0.0.1:{port}/db", ["Sekr3t#hunter2x"]),
+        ("postgresql://u:Sekr3t?hunter2x@127.0.0.1:{port}/db", ["Sekr3t?hunter2x"]),
+        # '@' and ':' in the password too
+        ("postgresql://u:Se@kr3t:hunter2x@127.0.0.1:{port}/db", ["Se@kr3t:hunter2x"]),
+        # percent-encoded, in the query: both forms are secret
+        (
+            "postgresql://u@127.0.0.1:{port}/db?password=Sekr3t%2Bhun%26ter2x",
+            ["Sekr3t%2Bhun%26ter2x", "Sekr3t+hun&ter2x"],
+        ),
+        # percent-encoded in the user info
+        ("postgresql://u:Sekr3t%2Fhunter2x@127.0.0.1:{port}/db", ["Sekr3t/hunter2x"]),
+    ],
+)
+async def test_a_password_the_url_parser_misreads_stays_secret(
+    dsn: str,
+    secrets: list[str],
+    make_archive: Callable[..., PostgresArchive],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    dsn = dsn.format(port=_closed_port())
+    archive = make_archive(dsn=dsn, timeout=5)
+    masked, scrubbed = mask_dsn(dsn)
+    hidden = [*secrets, *(f for s in secrets for f in _secret_fragments(s))]
+    assert set(secrets) <= scrubbed
+    assert "***" in repr(archive)
+    with pytest.raises(BackendError) as raised:
+        await archive.health_check()
+    assert raised.value.retryable
+    texts = [repr(archive), masked, *_error_texts(raised.value)]
+    texts += [r.getMessage() for r in caplog.records]
+    assert [t for t in texts if any(h in t for h in hidden)] == []
+
+
+def test_a_keyword_dsn_is_refused_without_showing_its_password() -> None:
+    with pytest.raises(ValueError, match=r"postgresql:// URL.*password=\*\*\*") as e:
+        PostgresArchive("host=127.0.0.1 user=u password=topSekr3t dbname=db")
+    assert "topSekr3t" not in str(e.value)
+    with pytest.raises(ValueError, match=r"password = \*\*\*") as e:
+        PostgresArchive("host=127.0.0.1 password = 'top Sekr3t' dbname=db")
+    assert "Sekr3t" not in str(e.value)
+
+
+async def test_aclose_waits_for_a_pool_being_opened_and_closes_it(
+    make_archive: Callable[..., PostgresArchive], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entered, gate = anyio.Event(), anyio.Event()
+    opened: list[Any] = []
+    create_pool = asyncpg.create_pool
+
+    async def gated_create_pool(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        await gate.wait()
+        pool = await create_pool(*args, **kwargs)
+        opened.append(pool)
+        return pool
+
+    monkeypatch.setattr(asyncpg, "create_pool", gated_create_pool)
+    archive = make_archive()
+    closed = anyio.Event()
+
+    async def probe() -> None:
+        with contextlib.suppress(BackendError):  # its pool may close under it
+            await archive.health_check()
+
+    async def close() -> None:
+        await archive.aclose()
+        closed.set()
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as group:
+            group.start_soon(probe)
+            await entered.wait()  # the pool is being opened
+            group.start_soon(close)
+            await anyio.wait_all_tasks_blocked()
+            assert not closed.is_set()  # aclose waits for the opening
+            gate.set()
+    assert len(opened) == 1
+    assert opened[0].is_closing()  # closed by aclose, not leaked
+    assert archive._pool is None
+
+
+async def test_a_secret_in_a_chained_error_is_never_chained(
+    make_archive: Callable[..., PostgresArchive],
+    pg_dsn: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+
+    async def failing_create_pool(*args: Any, **kwargs: Any) -> Any:
+        try:
+            raise ValueError(f"cannot use password {PASSWORD}")
+        except ValueError as exc:
+            raise RuntimeError("connecting failed") from exc
+
+    monkeypatch.setattr(asyncpg, "create_pool", failing_create_pool)
+    archive = make_archive(dsn=_with_password(pg_dsn))
+    with pytest.raises(BackendError, match="connecting failed") as raised:
+        await archive.health_check()
+    assert raised.value.retryable
+    assert not any(PASSWORD in text for text in _error_texts(raised.value))
+    assert not any(PASSWORD in r.getMessage() for r in caplog.records)
