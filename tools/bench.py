@@ -23,7 +23,9 @@ backlog  Library only. ``--backlog`` entries are journaled while the backend is 
 naive    One transaction and one fsync per append, one producer: the baseline.
 backends End to end into each built-in backend (``--backends``): records/s from the
          first of ``--backend-records`` appends (64 producers, 100 sessions) until
-         ``wait_drained``, median of ``--repeat`` runs; beside it, the naive rate of
+         ``wait_drained``, median of ``--repeat`` runs, each right after the same
+         run into the no-op backend (the ratio shows the backend's own cost, free
+         of the machine's drift); beside it, the naive rate of
          the same backend taking one record per call, one call after another (one
          INSERT and COMMIT per record for SQLite and PostgreSQL, one fsync for
          JSONL, one POST for the webhook; ``webhook-batch`` is the webhook with
@@ -466,21 +468,27 @@ class Bench:
             f" {d['peak_mb']:.0f} MB (+{d['growth_mb']:.0f} MB)"
         )
 
+    async def into(self, backend: ArchiveBackend, directory: str) -> float:
+        """End-to-end records/s of ``--backend-records`` appends into ``backend``."""
+        total = self.args.backend_records
+        path = os.path.join(directory, "journal.db")
+        async with library_open(path, backend, self.window) as a:
+            start = perf_counter()
+            await drive(library_append(a), E2E_PRODUCERS, self.sessions, total=total)
+            await a.wait_drained()
+            return total / (perf_counter() - start)
+
     async def backends(self) -> None:
         total, duration = self.args.backend_records, self.args.duration
         for kind in self.args.backends:
-            rates = []
+            rates, noops = [], []
             for i in range(self.args.repeat):
+                # A no-op backend right before, as the yardstick for drift.
+                noop_dir = os.path.dirname(self.fresh(f"{kind}-noop-{i}"))
+                noops.append(await self.into(NoopBackend(), noop_dir))
                 directory = os.path.dirname(self.fresh(f"{kind}-{i}"))
                 async with archive_of(kind, directory) as make:
-                    path = os.path.join(directory, "journal.db")
-                    async with library_open(path, make(), self.window) as a:
-                        start = perf_counter()
-                        await drive(
-                            library_append(a), E2E_PRODUCERS, self.sessions, total=total
-                        )
-                        await a.wait_drained()
-                        rates.append(total / (perf_counter() - start))
+                    rates.append(await self.into(make(), directory))
             directory = os.path.dirname(self.fresh(f"{kind}-naive"))
             async with archive_of(kind, directory) as make, make() as backend:
 
@@ -488,11 +496,13 @@ class Bench:
                     await backend.append_messages(session, [record])
 
                 naive = await drive(one_call, 1, self.sessions, duration=duration)
-            rate = statistics.median(rates)
-            self.results[f"backend-{kind}"] = (rate, rates, naive.rate)
+            rate, noop = statistics.median(rates), statistics.median(noops)
+            ratios = [x / y for x, y in zip(rates, noops, strict=True)]
+            self.results[f"backend-{kind}"] = (rate, rates, noop, ratios, naive.rate)
             print(
-                f"backends {kind:<8} {total:,} records: {rate:,.0f}/s end to end"
+                f"backends {kind:<13} {total:,} records: {rate:,.0f}/s end to end"
                 f" (median of {len(rates)}: {', '.join(f'{r:,.0f}' for r in rates)});"
+                f" no-op backend {noop:,.0f}/s, ratios {_spread(ratios)};"
                 f" naive one record per call {naive.rate:,.0f}/s"
             )
 
@@ -637,12 +647,13 @@ def table(results: dict[str, Any], producers: Sequence[int]) -> str:
     for kind in BACKENDS:
         if (result := results.get(f"backend-{kind}")) is None:
             continue
-        rate, rates, naive = result
+        rate, rates, noop, ratios, naive = result
         target = {"sqlite": 20_000, "postgres": 15_000}.get(kind)
         add(f"end to end into {kind}, {E2E_PRODUCERS} producers, {SESSIONS} sessions"
-            f" (records/s; runs {min(rates):,.0f}-{max(rates):,.0f})",
-            f"{rate:,.0f}", f"naive {naive:,.0f}", f"{rate / naive:.0f}x naive",
-            f"≥ {target:,}/s" if target else "",
+            f" (records/s; runs {min(rates):,.0f}-{max(rates):,.0f}; naive one"
+            f" record per call {naive:,.0f}/s)",
+            f"{rate:,.0f}", f"no-op backend {noop:,.0f}",
+            f"{_spread(ratios)} of no-op", f"≥ {target:,}/s" if target else "",
             rate >= target if target else None)  # fmt: skip
     if (run := results.get("naive")) is not None:
         add("naive: 1 transaction + fsync per append, 1 producer (appends/s; p99)",
