@@ -1,11 +1,15 @@
 """A process that appends until it is killed: the victim of the crash tests.
 
-Usage: python -m tests.crash_child JOURNAL DURABILITY DELIVERED_LOG
+Usage: python -m tests.crash_child JOURNAL DURABILITY DELIVERED_LOG [ERASE_EVERY]
 
 Appends to 4 sessions forever and prints ``ack <session> <content>`` after each
-append returns (the acknowledgement). Its backend appends every record it is
-given to DELIVERED_LOG and fsyncs before returning, like a durable archive, but
-is slow, so a SIGKILL usually lands with a backlog both journaled and in flight.
+append returns (the acknowledgement). With ERASE_EVERY, each session's producer
+also erases its session after every ERASE_EVERY appends and prints ``erased
+<session>`` once ``delete_session`` returns. Its backend appends every record it
+is given (``<session> <message_id> <content>``) and every erasure (``<session>
+ERASE``) to DELIVERED_LOG and fsyncs before returning, like a durable archive,
+but is slow, so a SIGKILL usually lands with a backlog both journaled and in
+flight.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ class FileBackend(ArchiveBackend):
         return None
 
 
-async def main(journal: str, durability: str, log: str) -> None:
+async def main(journal: str, durability: str, log: str, erase_every: str = "0") -> None:
     reg = Registration(
         name="files",
         backend=FileBackend(log),
@@ -65,7 +69,12 @@ async def main(journal: str, durability: str, log: str) -> None:
 
     async def producer(session: uuid.UUID) -> None:
         nonlocal counter
+        appended = 0
         while True:
+            if int(erase_every) and appended and appended % int(erase_every) == 0:
+                await archivist.delete_session(session)
+                print(f"erased {session}", flush=True)  # noqa: T201
+            appended += 1
             counter += 1
             content = f"n{counter}"
             await archivist.append_messages(
@@ -80,4 +89,4 @@ async def main(journal: str, durability: str, log: str) -> None:
 
 
 if __name__ == "__main__":
-    anyio.run(main, *sys.argv[1:4])
+    anyio.run(main, *sys.argv[1:5])

@@ -22,6 +22,7 @@ import pytest
 
 from journal_archivist import Archivist, Durability
 from journal_archivist.testing import MockBackend
+from tests.crash_child import FileBackend
 from tests.helpers import record, records, registration
 
 if TYPE_CHECKING:
@@ -31,9 +32,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_until_killed(
-    journal: Path, durability: Durability, log: Path, acks: int
+    journal: Path, durability: Durability, log: Path, acks: int, *extra: str
 ) -> list[str]:
-    """Start the crash child, SIGKILL it after ``acks`` acknowledgements."""
+    """Start the crash child, SIGKILL it after ``acks`` acknowledgements.
+
+    Returns every line the child printed (``ack ...``, ``erased ...``), in order,
+    with its first word.
+    """
     child = subprocess.Popen(
         [
             sys.executable,
@@ -42,6 +47,7 @@ def run_until_killed(
             str(journal),
             durability.value,
             str(log),
+            *extra,
         ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -49,23 +55,25 @@ def run_until_killed(
         text=True,
     )
     assert child.stdout is not None
-    acked: list[str] = []
+    printed: list[str] = []
+    count = 0
     # A child that never acknowledges must not hang the suite: kill it, and the
     # assertion below says so.
     watchdog = threading.Timer(60, child.kill)
     watchdog.start()
     try:
         for line in child.stdout:
-            if line.startswith("ack "):
-                acked.append(line.split(" ", 1)[1].strip())
-                if len(acked) >= acks:
+            if line.startswith(("ack ", "erased ")):
+                printed.append(line.strip())
+                count += line.startswith("ack ")
+                if count >= acks:
                     break
     finally:
         watchdog.cancel()
         child.send_signal(signal.SIGKILL)
         _, stderr = child.communicate(timeout=30)
-    assert len(acked) >= acks, f"child stopped early: {stderr}"
-    return acked  # "<session> <content>", in acknowledgement order
+    assert count >= acks, f"child stopped early: {stderr}"
+    return printed
 
 
 @pytest.mark.parametrize("durability", [Durability.FULL, Durability.NORMAL])
@@ -73,7 +81,8 @@ async def test_sigkill_loses_no_acknowledged_record(
     tmp_path: Path, durability: Durability
 ) -> None:
     journal, log = tmp_path / "journal.db", tmp_path / "delivered.log"
-    acked = run_until_killed(journal, durability, log, acks=300)
+    printed = run_until_killed(journal, durability, log, acks=300)
+    acked = [line.split(" ", 1)[1] for line in printed]  # "<session> <content>"
 
     delivered_before = log.read_text().splitlines() if log.exists() else []
     mock = MockBackend()
@@ -101,6 +110,53 @@ async def test_sigkill_loses_no_acknowledged_record(
     for session, numbers in order.items():
         assert numbers == sorted(numbers), f"session {session} out of order"
     assert len(seen) == len(contents), "a message id was delivered with two contents"
+
+
+def replay(log: Path) -> dict[str, list[str]]:
+    """What an idempotent archive holds after the log's appends and erasures."""
+    state: dict[str, dict[str, str]] = {}
+    for line in log.read_text().splitlines() if log.exists() else []:
+        session, rest = line.split(" ", 1)
+        if rest == "ERASE":
+            state.pop(session, None)
+        else:
+            message_id, content = rest.split(" ")
+            state.setdefault(session, {}).setdefault(message_id, content)
+    return {session: list(held.values()) for session, held in state.items()}
+
+
+@pytest.mark.parametrize("durability", [Durability.FULL, Durability.NORMAL])
+async def test_sigkill_loses_no_acknowledged_erasure(
+    tmp_path: Path, durability: Durability
+) -> None:
+    journal, log = tmp_path / "journal.db", tmp_path / "delivered.log"
+    printed = run_until_killed(journal, durability, log, 300, "7")
+    # Recover with the same kind of archive, appending to the same log.
+    async with Archivist.open(
+        journal, [registration(FileBackend(str(log)), name="files")]
+    ) as archivist:
+        with anyio.fail_after(30):
+            await archivist.wait_drained()
+    held = replay(log)
+
+    # Each session's producer is sequential: what it acknowledged after its last
+    # acknowledged erasure is exactly what the archive must hold, except that an
+    # erasure it had started when killed (7 appends after the last one) may or
+    # may not have been journaled.
+    expected: dict[str, list[str]] = {}
+    erasures = 0
+    for line in printed:
+        kind, session, *content = line.split(" ")
+        if kind == "erased":
+            expected[session] = []
+            erasures += 1
+        else:
+            expected.setdefault(session, []).extend(content)
+    assert erasures >= 4, "the child erased too little to test anything"
+    for session, contents in expected.items():
+        got = held.get(session, [])
+        erased_at_kill = len(contents) == 7 and got == []
+        assert got == contents or erased_at_kill, f"session {session}: {got}"
 
 
 async def test_close_without_draining_then_reopen_delivers_everything_in_order(
