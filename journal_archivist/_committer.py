@@ -29,6 +29,7 @@ Rules and theory:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 import sqlite3
@@ -181,6 +182,9 @@ class Committer:
         self._shared = len(journal.backends) > 1
         self._space = space
         self._queue: deque[PendingAppend] = deque()
+        # Erasures in the queue: when the head blocks, those beyond the planned
+        # group are looked for too (only while there are any).
+        self._queued_erasures = 0
         self._deltas: dict[int, _Delta] = {}
         self._kick = anyio.Event()
         self._persist_at = 0.0
@@ -212,6 +216,8 @@ class Committer:
         if self.closing:
             raise ArchivistClosed()
         self._queue.append(append)
+        if append.op is not _APPEND_OP:
+            self._queued_erasures += 1
         self._kick.set()
 
     def withdraw(self, append: PendingAppend) -> None:
@@ -220,6 +226,8 @@ class Committer:
         if append.queued:
             self._queue.remove(append)
             append.queued = False
+            if append.op is not _APPEND_OP:
+                self._queued_erasures -= 1
             self._kick.set()  # it may have been blocking the head
 
     # -- called by writers ---------------------------------------------------
@@ -270,6 +278,7 @@ class Committer:
     def _fail_queued(self, make: Callable[[], ArchivistError]) -> None:
         while self._queue:
             self._queue.popleft().finish(make())
+        self._queued_erasures = 0
 
     # -- the loop ------------------------------------------------------------
 
@@ -315,6 +324,8 @@ class Committer:
         if group and (refusal := self._space.refusal(sum(sizes))) is not None:
             for append in group:
                 queue.popleft()
+                if append.op is not _APPEND_OP:
+                    self._queued_erasures -= 1
                 append.finish(JournalFull(refusal.path, refusal.free, refusal.reserve))
             if queue:
                 self._kick.set()  # the rest are refused in the next round
@@ -334,13 +345,18 @@ class Committer:
                 for i, targets in plan.admitted
             ]
             plan.uniform = False
+        admitted = [(group[index], targets) for index, targets in plan.admitted]
+        if plan.blocked is not None and self._queued_erasures > len(erasures):
+            admitted += self._erasures_beyond(group, plan)
         decided = plan.blocked[0] if plan.blocked is not None else len(group)
         for _ in range(decided):
             queue.popleft().queued = False
-        for index, _ in plan.admitted:
-            if index > decided:  # an erasure admitted past a blocked append
-                queue.remove(group[index])
-                group[index].queued = False
+        for append, _ in admitted:
+            if append.op is not _APPEND_OP:
+                self._queued_erasures -= 1
+                if append.queued:  # admitted past a blocked append
+                    queue.remove(append)
+                    append.queued = False
         by_name = {w.name: w for w in self._active}
         for index, name in plan.rejected:
             group[index].finish(QueueFull(name, by_name[name].policy.capacity))
@@ -352,7 +368,32 @@ class Committer:
             # Judged after planning, so an append that room was just made for
             # is admitted rather than timed out.
             self._expire_blocked(now)
-        return [(group[index], targets) for index, targets in plan.admitted], plan
+        return admitted, plan
+
+    def _erasures_beyond(
+        self, group: list[PendingAppend], plan: Plan
+    ) -> list[tuple[PendingAppend, int]]:
+        """Erasures queued after ``group`` that may pass its blocked append: those
+        with no undecided append of their session ahead of them."""
+        assert plan.blocked is not None
+        decided = {index for index, _ in plan.admitted}
+        waiting = {
+            group[i].session
+            for i in range(plan.blocked[0], len(group))
+            if i not in decided
+        }
+        everyone = self._disabled_mask
+        for writer in self._active:
+            everyone |= writer.mask
+        passing = []
+        for append in itertools.islice(self._queue, len(group), None):
+            if append.op is not _APPEND_OP and append.session not in waiting:
+                passing.append((append, everyone))
+            else:
+                waiting.add(append.session)
+        if passing and self._disabled_mask:
+            plan.uniform = False
+        return passing
 
     async def _round(self) -> bool:
         """Run one transaction if there is anything to write; whether it did work."""

@@ -447,3 +447,33 @@ async def test_an_erasure_passes_a_blocked_append_of_another_session(
     assert order == ["erase session", "blocked", "erase other"]
     assert mock.erasures == [session, other]
     assert mock.records(other) == []
+
+
+async def test_an_erasure_passes_more_blocked_appends_than_one_round_plans(
+    journal_path: Path, session: UUID, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import journal_archivist._committer as committer_module
+
+    monkeypatch.setattr(committer_module, "MAX_GROUP", 4)  # rounds plan 4 appends
+    mock = MockBackend()
+    policy = Queued(capacity=1, overflow=OverflowPolicy.BLOCK, batch_window_ms=0)
+    reg = registration(mock, write_policy=policy)
+    async with Archivist.open(journal_path, [reg]) as archivist:
+        mock.hold()
+        await archivist.append_messages(session, [record(session, "m0")])
+        with anyio.fail_after(5):
+            await mock.wait_held()
+        others = [uuid4() for _ in range(10)]
+        async with anyio.create_task_group() as group:
+            for other in others:  # ten appends wait under BLOCK
+                group.start_soon(archivist.append_messages, other, [record(other)])
+            await anyio.wait_all_tasks_blocked()
+            with anyio.fail_after(5):
+                await archivist.delete_session(session)
+            assert mock.erasures == []  # journaled, not delivered yet
+            mock.release()
+        with anyio.fail_after(5):
+            await archivist.wait_drained()
+        assert archivist._committer._queued_erasures == 0  # white box: the count
+    assert mock.erasures == [session]
+    assert all(mock.appended_count(other) == 1 for other in others)
