@@ -589,7 +589,10 @@ class Writer:
             delivered=len(batch) - len(dead) - len(damaged),
             dead=[(entry.seq, error, attempts) for entry, error, attempts in dead],
             damaged=damaged,
-            erased=[(e.session, e.seq) for e in batch if e.op == _ERASE],
+            # A damaged (quarantined) erasure was not applied: it purges nothing.
+            erased=[
+                (e.session, e.seq) for e in batch if e.op == _ERASE and e.damage is None
+            ],
         )
         self.pending -= settlement.count
         self.pending_bytes -= settlement.nbytes

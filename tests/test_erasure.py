@@ -477,3 +477,30 @@ async def test_an_erasure_passes_more_blocked_appends_than_one_round_plans(
         assert archivist._committer._queued_erasures == 0  # white box: the count
     assert mock.erasures == [session]
     assert all(mock.appended_count(other) == 1 for other in others)
+
+
+async def test_a_quarantined_erasure_purges_nothing(
+    journal_path: Path, session: UUID
+) -> None:
+    mock = MockBackend()
+    poison = record(session, "poison")
+    mock.poison(poison.message_id)
+    reg = registration(mock, failure_mode=FailureMode.BEST_EFFORT)
+    async with Archivist.open(journal_path, [reg]) as archivist:
+        await archivist.append_messages(session, [poison])
+        with anyio.fail_after(5):
+            await archivist.wait_drained()
+        mock.go_down()
+        await archivist.delete_session(session)
+        await archivist.shutdown(timeout=0)
+    with closing(sqlite3.connect(journal_path)) as db:
+        db.execute("UPDATE entries SET crc = crc + 1 WHERE op = 2")
+        db.commit()
+    mock.come_back()
+    async with Archivist.open(journal_path, [reg]) as archivist:
+        with anyio.fail_after(5):
+            await archivist.wait_drained()
+        assert archivist.health().backends["mock"].quarantined == 1
+    # The backend never erased: the dead letter is the operator's only copy.
+    assert mock.erasures == []
+    assert journal_rows(journal_path, session)["dead_letters"] == 1

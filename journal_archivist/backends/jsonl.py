@@ -334,8 +334,12 @@ class JsonlArchive(ArchiveBackend):
         """Forget the cached id sets and stop the fsync threads.
 
         No file stays open between calls. The archive may be used again afterwards.
+        Cancelling it (a shutdown deadline) does not wait for a batch stuck in a
+        hung disk: the forgetting then happens, under the lock, once it returns.
         """
-        await anyio.to_thread.run_sync(self._locked, self._forget, None)
+        await anyio.to_thread.run_sync(
+            self._locked, self._forget, None, abandon_on_cancel=True
+        )
 
     # -- in the worker thread ------------------------------------------------------
 

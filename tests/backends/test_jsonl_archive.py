@@ -653,3 +653,28 @@ async def test_an_archivist_delivers_to_it_and_reads_back(
     async with JsonlArchive(directory) as reopened:
         assert contents(await reopened.read_session(session)) == contents(got)
         assert len(await reopened.read_session(other)) == 2
+
+
+async def test_aclose_does_not_wait_for_a_batch_stuck_in_the_disk(
+    tmp_path: Path,
+) -> None:
+    archive = JsonlArchive(tmp_path / "archive")
+    held, stuck = threading.Event(), threading.Event()
+
+    def batch_in_a_hung_disk() -> None:
+        with archive._lock:  # as a batch's worker thread holds it
+            held.set()
+            stuck.wait(timeout=2.0)  # the disk "returns" after 2 s at the latest
+
+    holder = threading.Thread(target=batch_in_a_hung_disk)
+    holder.start()
+    try:
+        held.wait()
+        started = anyio.current_time()
+        with anyio.move_on_after(0.2):
+            await archive.aclose()
+        # Waiting for the lock would take the full 2 s.
+        assert anyio.current_time() - started < 1.0
+    finally:
+        stuck.set()
+        holder.join()
