@@ -46,7 +46,10 @@ Guarantees and rules:
   it receives (an erase is idempotent by nature).
 - ``Idempotency-Key``, for a body without erasures, is the hex SHA-256 of what the
   body asks for, so a redelivered body carries the same key and a receiver may
-  answer a key it has already applied without applying it again. For a one-group
+  answer a key it has already applied without applying it again -- provided it
+  forgets the keys of a session when it erases that session: the key names
+  content, not a moment, and the same records appended again after an erasure
+  come with the same key and must be applied again. For a one-group
   body (``per_batch=False``) it hashes the session, the erase flag and the message
   ids; for a batch body, a fixed prefix (so the two shapes never share a key) and
   then, for each group in order, the session, the erase flag, the number of

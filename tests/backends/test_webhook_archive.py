@@ -216,6 +216,22 @@ class TestIdempotencyKey:
             keys = [p.headers["idempotency-key"] for p in server.posts()]
             assert len(set(keys)) == 3
 
+    @pytest.mark.parametrize("per_batch", [False, True])
+    async def test_records_sent_again_after_an_erasure_reach_a_key_skipping_receiver(
+        self, session: UUID, per_batch: bool
+    ) -> None:
+        # Found in review: the same records after an erasure hash to the same
+        # key; a receiver must forget a session's keys when it erases it.
+        again = record(session, "again")
+        with WebhookServer(skip_known_keys=True) as server:
+            async with WebhookArchive(server.url, per_batch=per_batch) as hook:
+                await hook.append_messages(session, [again])
+                await hook.delete_session(session)
+                await hook.append_messages(session, [again])
+            keys = [p.headers["idempotency-key"] for p in server.posts()]
+            assert keys[0] == keys[2]  # content, not a moment
+            assert contents(server, session) == ["again"]
+
 
 # -- per_batch: one body per batch -----------------------------------------------------
 

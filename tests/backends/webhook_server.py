@@ -16,7 +16,8 @@ receiver), echo the request line and ``Authorization`` header back in the body
 ``reject(message_id)`` answers every POST that carries that record (in any group)
 with 422 and applies nothing of it. ``WebhookServer(skip_known_keys=True)`` is a
 receiver that dedupes by ``Idempotency-Key``: it answers 200 to a POST whose key
-it has applied before, without applying it again.
+it has applied before, without applying it again, and forgets the keys of a
+session when it erases it (the same records may come again after an erasure).
 
 Threads: handlers run in server threads and the tests in the event loop's thread;
 all state is behind one ``threading.Condition``. Tests wait for requests with
@@ -134,6 +135,7 @@ class WebhookServer:
     def __init__(self, *, skip_known_keys: bool = False) -> None:
         self._skip_known_keys = skip_known_keys
         self._applied_keys: set[str] = set()
+        self._keys_of: dict[str, set[str]] = {}  # session -> keys that touched it
         self._cond = threading.Condition()
         self._requests: list[Received] = []
         self._queued: dict[str, list[Reply]] = {}
@@ -249,6 +251,8 @@ class WebhookServer:
                     self._apply(group)
                 if key is not None:
                     self._applied_keys.add(key)
+                    for group in groups:
+                        self._keys_of.setdefault(str(group.session), set()).add(key)
             self._cond.notify_all()
         if reply.gate is not None:
             reply.gate.wait(GATE_TIMEOUT)
@@ -289,6 +293,7 @@ class WebhookServer:
         if group.erase:
             self._archive.pop(session, None)
             self.erasures.append(group.session)
+            self._applied_keys -= self._keys_of.pop(session, set())
         archive = self._archive.setdefault(session, {})
         for record in group.records:
             archive.setdefault(str(record.message_id), record)
