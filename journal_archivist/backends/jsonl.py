@@ -57,33 +57,27 @@ Rules and theory:
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
-import errno
-import logging
 import os
 import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Final, TypeVar, final
+from typing import TYPE_CHECKING, Final, TypeVar, final
 from uuid import UUID
 
 import anyio.to_thread
-import msgspec
 
 from .._errors import BackendError
+from . import _jsonl_files as _files
 from ._base import ArchiveBackend, SessionGroup
-from ._codec import decode_record, encode_record
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Sequence
+    from collections.abc import Callable, Sequence
 
     from .._records import MessageRecord
 
 __all__ = ["DEFAULT_FSYNC_THREADS", "DEFAULT_MAX_CACHED_SESSIONS", "JsonlArchive"]
-
-logger = logging.getLogger("journal_archivist.backends.jsonl")
 
 #: How many sessions' id sets a ``JsonlArchive`` keeps in memory by default.
 DEFAULT_MAX_CACHED_SESSIONS: Final = 1024
@@ -91,30 +85,8 @@ DEFAULT_MAX_CACHED_SESSIONS: Final = 1024
 DEFAULT_FSYNC_THREADS: Final = 4
 _MAX_FSYNC_THREADS: Final = 64
 
-_SUFFIX: Final = ".jsonl"
-#: Created and removed again by ``health_check``; never a session's name.
-_PROBE_NAME: Final = ".jsonl-archive-health-probe"
-_FILE_MODE: Final = 0o600
-_DIR_MODE: Final = 0o700
-_NOFOLLOW: Final = getattr(os, "O_NOFOLLOW", 0)
-_CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)
-_DIRECTORY: Final = getattr(os, "O_DIRECTORY", 0)
-_DECODE_ERRORS: Final = (msgspec.DecodeError, msgspec.ValidationError)
 _A = TypeVar("_A")
 _R = TypeVar("_R")
-
-
-class _Corrupt(Exception):
-    """A line that does not decode, before the end of a file (internal)."""
-
-    def __init__(self, path: str, line: int, offset: int, detail: str) -> None:
-        super().__init__(
-            f"{path}: line {line} (at byte {offset}) is corrupt and cannot be"
-            f" repaired automatically ({detail}); the file was not changed. If it is"
-            " crash damage in the last write, never acknowledged, keep a copy and"
-            f" truncate the file to {offset} bytes; otherwise move the file aside or"
-            " erase the session"
-        )
 
 
 @dataclass
@@ -246,7 +218,7 @@ class JsonlArchive(ArchiveBackend):
 
     def path_of(self, session: UUID) -> str:
         """The file that holds ``session``'s records (it may not exist)."""
-        return os.path.join(self._dir, _file_name(session))
+        return os.path.join(self._dir, _files.file_name(session))
 
     # -- the backend protocol ------------------------------------------------------
 
@@ -316,7 +288,7 @@ class JsonlArchive(ArchiveBackend):
                 ``OSError``.
         """
         return await anyio.to_thread.run_sync(
-            self._locked, self._read, _checked(session)
+            self._locked, _files.read_records, self.path_of(_checked(session))
         )
 
     async def health_check(self) -> None:
@@ -346,19 +318,19 @@ class JsonlArchive(ArchiveBackend):
     def _locked(self, fn: Callable[[_A], _R], arg: _A) -> _R:
         """Run ``fn(arg)`` under the lock, translating its errors once, here.
 
-        ``_Corrupt`` becomes a non-retryable ``BackendError``; an ``OSError`` a
+        ``_files.Corrupt`` becomes a non-retryable ``BackendError``; an ``OSError`` a
         retryable one (an operator can fix it), after which the directory is
         checked again on the next call.
         """
         with self._lock:
             try:
                 return fn(arg)
-            except _Corrupt as exc:
+            except _files.Corrupt as exc:
                 raise BackendError(str(exc), retryable=False) from None
             except OSError as exc:
                 self._dir_ready = False
                 raise BackendError(
-                    f"{self!r}: {_describe(exc)}", retryable=True
+                    f"{self!r}: {_files.describe(exc)}", retryable=True
                 ) from exc
 
     def _forget(self, _: None) -> None:
@@ -369,7 +341,10 @@ class JsonlArchive(ArchiveBackend):
             pool.shutdown()
 
     def _apply(self, plans: dict[UUID, _Plan]) -> None:
-        encoded = {s: [_encoded(r) for r in plan.records] for s, plan in plans.items()}
+        encoded = {
+            s: [_files.encode_line(r) for r in plan.records]
+            for s, plan in plans.items()
+        }
         self._ensure_directory()
         opened: list[_Target] = []
         try:
@@ -377,11 +352,11 @@ class JsonlArchive(ArchiveBackend):
                 path = self.path_of(session)
                 if plan.erase:
                     self._cache.pop(session, None)
-                    if _erase(path):
+                    if _files.erase(path):
                         self._dir_dirty = True
                 if not plan.records:
                     continue
-                fd, created = _open_for_append(path)
+                fd, created = _files.open_for_append(path)
                 self._dir_dirty |= created
                 try:
                     state, synced = self._state(session, path, fd, fresh=created)
@@ -397,15 +372,12 @@ class JsonlArchive(ArchiveBackend):
                         state.ids.add(key)
                         lines.append(line)
                 if lines:
-                    lines.append(b"")
-                    data = b"\n".join(lines)
                     target.synced = False
                     target.wrote = True
-                    _write_all(fd, data)
-                    state.size += len(data)
+                    state.size += _files.append_lines(fd, lines)
             self._fsync_all([t.fd for t in opened if not t.synced])
             if self._dir_dirty:
-                _fsync_directory(self._dir)
+                _files.fsync_directory(self._dir)
                 self._dir_dirty = False
         except BaseException:
             for target in opened:
@@ -441,25 +413,19 @@ class JsonlArchive(ArchiveBackend):
         if fresh and stat.st_size == 0:
             return _Cached(set(), stat.st_ino, 0), False
         self._dir_dirty = True
-        return _load(path, fd, stat.st_ino), False
+        ids, size = _files.load_ids(path, fd)
+        return _Cached(ids, stat.st_ino, size), False
 
     def _fsync_all(self, fds: list[int]) -> None:
         """fsync every file of ``fds``; on several threads if configured."""
-        if len(fds) <= 1 or self._fsync_threads == 1:
-            for fd in fds:
-                os.fsync(fd)
-            return
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(
-                self._fsync_threads, thread_name_prefix="jsonl-fsync"
-            )
-        # Wait for all of them, failed or not: the caller closes the fds next.
-        futures = [self._pool.submit(os.fsync, fd) for fd in fds]
-        concurrent.futures.wait(futures)
-        for future in futures:
-            error = future.exception()
-            if error is not None:
-                raise error
+        pool = None
+        if len(fds) > 1 and self._fsync_threads > 1:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    self._fsync_threads, thread_name_prefix="jsonl-fsync"
+                )
+            pool = self._pool
+        _files.fsync_files(fds, pool)
 
     def _remember(self, session: UUID, state: _Cached) -> None:
         self._cache[session] = state
@@ -467,51 +433,18 @@ class JsonlArchive(ArchiveBackend):
         while len(self._cache) > self._max_cached:
             self._cache.popitem(last=False)
 
-    def _read(self, session: UUID) -> list[MessageRecord]:
-        path = self.path_of(session)
-        try:
-            fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
-        except FileNotFoundError:
-            return []
-        records: list[MessageRecord] = []
-        seen: set[int] = set()
-        with os.fdopen(fd, "rb") as file:
-            for _, record in _scan(path, file):
-                if record.message_id.int not in seen:
-                    seen.add(record.message_id.int)
-                    records.append(record)
-        return records
-
     def _probe(self, _: None) -> None:
         self._ensure_directory(check=True)
-        probe = os.path.join(self._dir, _PROBE_NAME)
-        fd = os.open(
-            probe,
-            os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _NOFOLLOW | _CLOEXEC,
-            _FILE_MODE,
-        )
-        try:
-            _write_all(fd, b"\n")
-        finally:
-            os.close(fd)
-            os.unlink(probe)
+        _files.write_probe(self._dir)
 
     def _ensure_directory(self, *, check: bool = False) -> None:
         if self._dir_ready and not check:
             return
-        try:
-            os.mkdir(self._dir, _DIR_MODE)
-        except FileExistsError:
-            if not os.path.isdir(self._dir):
-                raise NotADirectoryError(
-                    errno.ENOTDIR, "exists but is not a directory", self._dir
-                ) from None
-        else:
+        if _files.make_directory(self._dir):
             self._new_dir = True
             self._cache.clear()  # a new directory holds none of what was cached
-        if self._new_dir:  # until both succeed, even if a later call finds it
-            os.chmod(self._dir, _DIR_MODE)  # exactly 0700, whatever the umask
-            _fsync_directory(os.path.dirname(self._dir))
+        if self._new_dir:  # until it succeeds, even if a later call finds it
+            _files.settle_new_directory(self._dir)
             self._new_dir = False
         self._dir_ready = True
 
@@ -520,114 +453,3 @@ def _checked(session: object) -> UUID:
     if not isinstance(session, UUID):
         raise TypeError(f"session must be a UUID, got {type(session).__name__}")
     return session
-
-
-def _file_name(session: UUID) -> str:
-    # Rebuilt from the int, so a UUID subclass cannot choose its own str().
-    return str(UUID(int=session.int)) + _SUFFIX
-
-
-def _describe(exc: OSError) -> str:
-    name = errno.errorcode.get(exc.errno or 0, "")
-    where = f": {exc.filename}" if exc.filename else ""
-    return f"[{name or exc.errno}] {exc.strerror or exc}{where}"
-
-
-def _encoded(record: MessageRecord) -> bytes:
-    try:
-        return encode_record(record)
-    except (msgspec.EncodeError, TypeError, ValueError, OverflowError) as exc:
-        # The journal validates what it accepts; this guards direct callers.
-        raise BackendError(
-            f"cannot archive record {record.message_id} of session"
-            f" {record.session}: {exc}",
-            retryable=False,
-        ) from exc
-
-
-def _open_for_append(path: str) -> tuple[int, bool]:
-    """Open ``path`` for reading and appending; return ``(fd, created)``."""
-    flags = os.O_RDWR | os.O_APPEND | _NOFOLLOW | _CLOEXEC
-    try:
-        return os.open(path, flags), False
-    except FileNotFoundError:
-        fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, _FILE_MODE)
-        try:
-            os.fchmod(fd, _FILE_MODE)  # exactly 0600, whatever the umask
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd, True
-
-
-def _erase(path: str) -> bool:
-    """Truncate and unlink ``path``; return whether there was a file."""
-    try:
-        fd = os.open(path, os.O_WRONLY | _NOFOLLOW | _CLOEXEC)
-    except FileNotFoundError:
-        return False
-    try:
-        os.ftruncate(fd, 0)
-    finally:
-        os.close(fd)
-    os.unlink(path)
-    return True
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _fsync_directory(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | _DIRECTORY | _CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _scan(path: str, file: IO[bytes]) -> Iterator[tuple[int, MessageRecord]]:
-    """Yield ``(end offset, record)`` for each good line; stop before a torn tail.
-
-    A torn tail is a final fragment without a newline and, before it, a final line
-    that does not decode. Raises ``_Corrupt`` for a bad line before the end.
-    """
-    end = 0
-    bad: tuple[int, int, str] | None = None  # (line number, offset, error)
-    for number, line in enumerate(file, start=1):
-        if not line.endswith(b"\n"):
-            return  # a fragment: at most the last line; never acknowledged
-        if bad is not None:
-            raise _Corrupt(path, *bad)
-        try:
-            record = decode_record(line)
-        except _DECODE_ERRORS as exc:
-            zeros = "; it holds NUL bytes" if b"\0" in line else ""
-            bad = (number, end, f"{exc}{zeros}")
-            continue
-        end += len(line)
-        yield end, record
-
-
-def _load(path: str, fd: int, inode: int) -> _Cached:
-    """Read the ids of an open session file, repairing a torn tail."""
-    os.lseek(fd, 0, os.SEEK_SET)
-    ids: set[int] = set()
-    end = 0  # just past the last good line
-    with os.fdopen(fd, "rb", closefd=False) as file:
-        for line_end, record in _scan(path, file):
-            ids.add(record.message_id.int)
-            end = line_end
-    size = os.fstat(fd).st_size
-    if size > end:
-        os.ftruncate(fd, end)
-        os.fsync(fd)
-        logger.warning(
-            "%s: cut %d bytes of a torn last line left by a crash (never"
-            " acknowledged; it will be delivered again)",
-            path,
-            size - end,
-        )
-    return _Cached(ids, inode, end)

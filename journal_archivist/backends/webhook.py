@@ -89,29 +89,38 @@ Guarantees and rules:
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import logging
-import math
-import re
-import secrets
 import ssl
-import time
 import warnings
-import weakref
-from collections.abc import Mapping, Sequence
-from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Final, final
-from urllib.parse import unquote, unquote_plus, urlsplit
-from uuid import UUID
 
 import anyio
-import msgspec
 
 from .._errors import BackendError
-from .._records import MessageRecord
 from ._base import ArchiveBackend, SessionGroup
-from ._codec import encode_record
+from ._webhook_secrets import (
+    _HttpxLogMask,
+    _is_secret_header,
+    _mask_url,
+    _masked_headers,
+    _redact,
+    _redaction_list,
+    _url_secrets,
+)
+from ._webhook_wire import (
+    MAX_RETRY_AFTER,
+    _check_headers,
+    _check_timeout,
+    _describe_answer,
+    _describe_post,
+    _encode_body,
+    _excerpt,
+    _idempotency_key,
+    _is_retryable,
+    _parse_retry_after,
+    _probe_passes,
+    _read_capped,
+)
 
 try:
     import httpx
@@ -121,7 +130,10 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess
     ) from exc
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping, Sequence
+    from uuid import UUID
+
+    from .._records import MessageRecord
 
 __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
@@ -136,178 +148,9 @@ logger = logging.getLogger("journal_archivist.backends.webhook")
 DEFAULT_TIMEOUT: Final = 10.0
 #: Connections kept to the receiver.
 DEFAULT_MAX_CONNECTIONS: Final = 4
-#: The longest ``Retry-After`` honoured, in seconds; a longer one is cut to this.
-MAX_RETRY_AFTER: Final = 3600.0
+# MAX_RETRY_AFTER, the longest ``Retry-After`` honoured, lives in _webhook_wire.
 
-#: Bytes of a response body read at most (the rest is not read).
-_MAX_BODY_BYTES: Final = 64 * 1024
-#: Characters of a response body quoted in an error message.
-_EXCERPT_CHARS: Final = 200
-_MASK: Final = "***"
-#: Header names masked whole, and words that make any header name a secret one.
-_SECRET_HEADERS: Final = frozenset(
-    {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"}
-)
-_SECRET_WORDS: Final = (
-    "token", "secret", "key", "auth", "password", "passwd", "cookie", "credential",
-    "signature",
-)  # fmt: skip
-#: Headers this backend sets itself.
-_RESERVED_HEADERS: Final = frozenset(
-    {"content-type", "content-length", "transfer-encoding", "host", "idempotency-key"}
-)
-_TOKEN: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_RETRYABLE_STATUSES: Final = frozenset({408, 429})
-#: Answers to the default ``OPTIONS`` probe that mean deliveries would fail too.
-_PROBE_REFUSED: Final = frozenset({401, 403, 407, 408, 429})
-#: Secrets shorter than this are not searched for in error text (they would mask
-#: ordinary words and numbers, and are no secret worth the name).
-_MIN_REDACTED: Final = 4
-
-
-class _Group(msgspec.Struct):
-    """One session group on the wire (field order is the wire order)."""
-
-    session: UUID
-    erase: bool
-    records: Sequence[MessageRecord]
-
-
-class _Batch(msgspec.Struct):
-    """The body of a ``per_batch`` request: every group of the batch, in order."""
-
-    groups: list[_Group]
-
-
-#: Starts the hash of every batch body, so no batch key equals a one-group key.
-_BATCH_KEY_PREFIX: Final = b"journal-archivist webhook batch\x00"
-
-
-def _is_secret_header(name: str) -> bool:
-    """Whether a header's value is a secret, to be masked wherever it is shown."""
-    lower = name.lower()
-    return lower in _SECRET_HEADERS or any(word in lower for word in _SECRET_WORDS)
-
-
-def _mask_url(url: str) -> str:
-    """``url`` with its userinfo and every query-string value replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = f"{_MASK}@{netloc.rpartition('@')[2]}"
-    query = "&".join(
-        f"{name}={_MASK}" if value or "=" in raw else name
-        for raw in parts.query.split("&")
-        if raw
-        for name, _, value in [raw.partition("=")]
-    )
-    return parts._replace(netloc=netloc, query=query).geturl()
-
-
-def _url_secrets(url: str, parsed: httpx.URL) -> list[str]:
-    """Every form in which a receiver may echo the secrets of ``url``.
-
-    Each query value, user and password percent-encoded (as given and as httpx
-    sends them) and decoded (``+`` as a space or not), and the ``Basic`` value of
-    the userinfo with its base64 token alone.
-    """
-    raw: list[str] = []
-    for text in (url, str(parsed)):
-        try:
-            parts = urlsplit(text)
-        except ValueError:
-            continue
-        raw += [part.partition("=")[2] for part in parts.query.split("&")]
-        userinfo = parts.netloc.rpartition("@")[0]
-        raw += userinfo.split(":", 1) if userinfo else []
-    found = [form for value in raw for form in (value, unquote(value))]
-    found += [unquote_plus(value) for value in raw]
-    if parsed.userinfo:
-        token = base64.b64encode(f"{parsed.username}:{parsed.password}".encode())
-        found += [token.decode(), f"Basic {token.decode()}"]
-    return found
-
-
-def _idempotency_key(groups: Sequence[SessionGroup], *, batch: bool) -> str:
-    """The ``Idempotency-Key`` of a body carrying ``groups`` (one unless ``batch``).
-
-    Hex SHA-256 of each group's session, erase flag and message ids, with a prefix
-    and record counts for a batch body; random if any group erases (see the module
-    docstring).
-    """
-    if any(group.erase for group in groups):
-        return secrets.token_hex(32)
-    digest = hashlib.sha256(_BATCH_KEY_PREFIX if batch else b"")
-    for group in groups:
-        digest.update(group.session.bytes)
-        digest.update(b"\x00")  # the erase flag: kept so that keys stay as they were
-        if batch:
-            digest.update(len(group.records).to_bytes(4, "big"))
-        digest.update(b"".join([record.message_id.bytes for record in group.records]))
-    return digest.hexdigest()
-
-
-def _group_body(group: SessionGroup) -> _Group:
-    return _Group(group.session, group.erase, group.records)
-
-
-def _parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` value (delay-seconds or HTTP date).
-
-    Returns None for a missing or malformed value; a date in the past gives 0; the
-    result is at most ``MAX_RETRY_AFTER``.
-    """
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            return None  # RFC 9110 dates are GMT; a zoneless one is malformed
-        seconds = when.timestamp() - (time.time() if now is None else now)
-    if not math.isfinite(seconds):
-        return None
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
-
-
-class _MaskedURL(str):
-    """A masked URL that the log filter holds weakly (a plain str cannot be)."""
-
-    __slots__ = ("__weakref__",)
-
-
-class _HttpxLogMask(logging.Filter):
-    """Masks the query strings of our URLs in httpx's "HTTP Request: ..." lines.
-
-    ``masked`` maps a URL to its masked form for as long as an instance using that
-    URL is alive (each holds its ``_MaskedURL``), so it never outgrows them.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.masked: weakref.WeakValueDictionary[str, _MaskedURL] = (
-            weakref.WeakValueDictionary()
-        )
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        if self.masked and isinstance(args, tuple):
-            record.args = tuple(
-                self.masked.get(str(arg), arg) if isinstance(arg, httpx.URL) else arg
-                for arg in args
-            )
-        return True
-
-
-_httpx_log_mask: Final = _HttpxLogMask()
+_httpx_log_mask: Final = _HttpxLogMask(httpx.URL)
 logging.getLogger("httpx").addFilter(_httpx_log_mask)
 
 
@@ -323,45 +166,6 @@ def _check_url(url: object, what: str) -> tuple[httpx.URL, str]:
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise ValueError(f"{what} must be an http(s) URL with a host, got {masked!r}")
     return parsed, masked
-
-
-def _check_headers(headers: object) -> dict[str, str]:
-    if headers is None:
-        return {}
-    if not isinstance(headers, Mapping):
-        raise TypeError(f"headers must be a mapping, got {type(headers).__name__}")
-    checked: dict[str, str] = {}
-    seen: set[str] = set()
-    for name, value in headers.items():
-        if not isinstance(name, str) or not isinstance(value, str):
-            raise TypeError(
-                f"header names and values must be str, got"
-                f" {type(name).__name__} {name!r:.40}: {type(value).__name__}"
-            )
-        if not _TOKEN.fullmatch(name):
-            raise ValueError(f"invalid header name {name!r:.40}")
-        lower = name.lower()
-        shown = _MASK if _is_secret_header(name) else repr(value)
-        if not value.isascii() or any(c in value for c in "\r\n\0"):
-            raise ValueError(
-                f"header {name!r}: value must be ASCII without CR, LF or NUL,"
-                f" got {shown}"
-            )
-        if lower in _RESERVED_HEADERS:
-            raise ValueError(f"header {name!r} is set by WebhookArchive itself")
-        if lower in seen:
-            raise ValueError(f"header {name!r} is given twice (names ignore case)")
-        seen.add(lower)
-        checked[name] = value
-    return checked
-
-
-def _check_timeout(timeout: object) -> float:
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-        raise TypeError(f"timeout must be a number of seconds, got {timeout!r}")
-    if not (timeout > 0 and math.isfinite(timeout)):
-        raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
-    return float(timeout)
 
 
 @final
@@ -446,26 +250,16 @@ class WebhookArchive(ArchiveBackend):
                 )
             found += _url_secrets(health_url, self._health_url)
         # Held for the filter's sake: its entries live as long as an instance does.
-        self._log_masks = [
-            _httpx_log_mask.masked.setdefault(
-                str(target), _MaskedURL(_mask_url(str(target)))
-            )
+        self._log_masks = _httpx_log_mask.hold(
+            str(target)
             for target in (self._url, self._health_url)
             if target is not None and target.query
-        ]
-        # Every secret, and what follows its first word ("Bearer <token>"), longest
-        # first so that a secret containing another is masked whole.
-        words = {part for secret in found for part in (secret, *secret.split()[1:])}
-        self._secrets = sorted(
-            (w for w in words if len(w) >= _MIN_REDACTED), key=len, reverse=True
         )
+        self._secrets = _redaction_list(found)
         self._client: httpx.AsyncClient | None = None
 
     def __repr__(self) -> str:
-        headers = {
-            name: _MASK if _is_secret_header(name) else value
-            for name, value in self._headers.items()
-        }
+        headers = _masked_headers(self._headers)
         extra = "" if not headers else f", headers={headers!r}"
         if self._masked_health_url is not None:
             extra += f", health_url={self._masked_health_url!r}"
@@ -543,7 +337,7 @@ class WebhookArchive(ArchiveBackend):
         else:
             what = f"health check OPTIONS {self._masked_url}"
             status, retry_after, excerpt = await self._send("OPTIONS", self._url, what)
-            if status < 500 and not (300 <= status < 400 or status in _PROBE_REFUSED):
+            if _probe_passes(status):
                 return
         raise BackendError(
             f"{what}: {self._answer(status, excerpt)}",
@@ -582,23 +376,9 @@ class WebhookArchive(ArchiveBackend):
             BackendError: (not retryable) a record cannot be encoded, such as one
                 with a lone surrogate in a string; nothing was sent.
         """
-        if not self._per_batch:
-            [group] = groups
-        try:
-            if self._per_batch:
-                body = encode_record(_Batch([_group_body(group) for group in groups]))
-            else:
-                body = encode_record(_group_body(group))
-        except (msgspec.EncodeError, TypeError, ValueError) as exc:
-            raise _unencodable(groups, exc) from exc
+        body = _encode_body(groups, batch=self._per_batch)
         key = _idempotency_key(groups, batch=self._per_batch)
-        count = sum([len(group.records) for group in groups])
-        sessions = (
-            f"session {groups[0].session}"
-            if len(groups) == 1
-            else f"{len(groups)} session groups"
-        )
-        what = f"POST {self._masked_url} ({sessions}, {count} records)"
+        what = _describe_post(self._masked_url, groups)
         status, retry_after, excerpt = await self._send(
             "POST",
             self._url,
@@ -608,7 +388,7 @@ class WebhookArchive(ArchiveBackend):
         )
         if 200 <= status < 300:
             return
-        retryable = status >= 500 or status in _RETRYABLE_STATUSES
+        retryable = _is_retryable(status)
         raise BackendError(
             f"{what}: {self._answer(status, excerpt)}",
             retryable=retryable,
@@ -636,7 +416,7 @@ class WebhookArchive(ArchiveBackend):
                 async with client.stream(
                     method, url, content=content, headers=headers
                 ) as response:
-                    body = await _read_capped(response)
+                    body = await _read_capped(response.aiter_raw())
         except (TimeoutError, httpx.TimeoutException) as exc:
             raise BackendError(
                 f"{what}: no answer within {self._timeout:g} s", retryable=True
@@ -649,59 +429,15 @@ class WebhookArchive(ArchiveBackend):
         status = response.status_code
         logger.debug("%s: %d", what, status)
         retry_after = None
-        if status >= 500 or status in _RETRYABLE_STATUSES:
+        if _is_retryable(status):
             retry_after = _parse_retry_after(response.headers.get("Retry-After"))
-        excerpt = body[: _EXCERPT_CHARS * 4].decode("utf-8", "replace")
-        if 300 <= status < 400:
-            location = response.headers.get("Location")
-            excerpt = (
-                f"redirects to {_mask_url(location)!r}, and redirects are not"
-                " followed: configure the final URL"
-                if location
-                else "a redirect, and redirects are not followed"
-            )
+        excerpt = _excerpt(status, body, response.headers.get("Location"))
         return status, retry_after, excerpt
 
     def _answer(self, status: int, excerpt: str) -> str:
         """Describe an answer: status, reason and the start of the body, redacted."""
         reason = httpx.codes.get_reason_phrase(status)
-        text = f"answered {status} {reason}".rstrip()
-        excerpt = self._redact(excerpt).strip()
-        if excerpt:
-            if len(excerpt) > _EXCERPT_CHARS:
-                excerpt = excerpt[:_EXCERPT_CHARS] + "..."
-            text += f": {excerpt!r}"
-        return text
+        return _describe_answer(status, reason, self._redact(excerpt))
 
     def _redact(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, _MASK)
-        return text
-
-
-def _unencodable(groups: Sequence[SessionGroup], exc: Exception) -> BackendError:
-    """The error for a body that cannot be encoded, naming the first bad record."""
-    for group in groups:
-        for record in group.records:
-            try:
-                encode_record(record)
-            except (msgspec.EncodeError, TypeError, ValueError) as record_exc:
-                return BackendError(
-                    f"record {record.message_id} of session {group.session} cannot"
-                    f" be encoded as JSON: {record_exc}",
-                    retryable=False,
-                )
-    return BackendError(f"body cannot be encoded as JSON: {exc}", retryable=False)
-
-
-async def _read_capped(response: httpx.Response) -> bytes:
-    """Read at most ``_MAX_BODY_BYTES`` of a body (a whole small one, so the
-    connection can be reused)."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_raw():
-        chunks.append(chunk)
-        size += len(chunk)
-        if size >= _MAX_BODY_BYTES:
-            break
-    return b"".join(chunks)
+        return _redact(text, self._secrets)

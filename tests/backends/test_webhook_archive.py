@@ -34,11 +34,11 @@ from journal_archivist import (
 )
 from journal_archivist.backends import SessionGroup
 from journal_archivist.backends._codec import encode_record
+from journal_archivist.backends._webhook_wire import _parse_retry_after
 from journal_archivist.backends.webhook import (
     MAX_RETRY_AFTER,
     WebhookArchive,
     _httpx_log_mask,
-    _parse_retry_after,
 )
 from journal_archivist.testing import check_backend
 from tests.backends.webhook_server import Reply, WebhookServer
