@@ -330,7 +330,11 @@ class Committer:
             if queue:
                 self._kick.set()  # the rest are refused in the next round
             return [], Plan()
-        erasures = {i for i, a in enumerate(group) if a.op is not _APPEND_OP}
+        erasures = (  # rare: look for them only when some are queued
+            {i for i, a in enumerate(group) if a.op is not _APPEND_OP}
+            if self._queued_erasures
+            else set()
+        )
         plan = plan_admission(
             sizes,
             [w.backlog() for w in self._active],
@@ -351,12 +355,13 @@ class Committer:
         decided = plan.blocked[0] if plan.blocked is not None else len(group)
         for _ in range(decided):
             queue.popleft().queued = False
-        for append, _ in admitted:
-            if append.op is not _APPEND_OP:
-                self._queued_erasures -= 1
-                if append.queued:  # admitted past a blocked append
-                    queue.remove(append)
-                    append.queued = False
+        if self._queued_erasures:
+            for append, _ in admitted:
+                if append.op is not _APPEND_OP:
+                    self._queued_erasures -= 1
+                    if append.queued:  # admitted past a blocked append
+                        queue.remove(append)
+                        append.queued = False
         by_name = {w.name: w for w in self._active}
         for index, name in plan.rejected:
             group[index].finish(QueueFull(name, by_name[name].policy.capacity))

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID
 
 from journal_archivist import MessageRecord, Queued, Registration, RetryPolicy
+from journal_archivist.backends import SessionGroup, SessionInfo
 from journal_archivist.testing import MockBackend
 
 #: Retries fast enough for tests; a failing backend still goes UNHEALTHY after 3.
@@ -44,3 +45,48 @@ def tricky_uuids() -> list[UUID]:
         UUID("00000009-0000-0000-0000-000000000000"),
         UUID("ffffffff-ffff-ffff-ffff-fffffffffffe"),
     ]
+
+
+class ListsSessions(Protocol):
+    """A readable archive that lists its sessions (SQLite, PostgreSQL)."""
+
+    async def write_batch(self, groups: list[SessionGroup]) -> None: ...
+
+    async def list_sessions(
+        self, *, limit: int | None = None, after: UUID | None = None
+    ) -> list[SessionInfo]: ...
+
+
+async def check_session_paging(archive: ListsSessions) -> None:
+    """``list_sessions`` lists in UUID value order and pages with ``after``."""
+    sessions = tricky_uuids()
+    assert sorted(sessions, key=lambda u: u.bytes_le) != sorted(sessions)
+    await archive.write_batch(  # not in id order
+        [SessionGroup(s, tuple(records(s, 1))) for s in reversed(sessions)]
+    )
+    listed = [info.session for info in await archive.list_sessions()]
+    assert listed == sorted(sessions) == sorted(sessions, key=lambda u: u.int)
+    pages: list[UUID] = []
+    after: UUID | None = None
+    while page := await archive.list_sessions(limit=2, after=after):
+        assert len(page) <= 2
+        pages.extend(info.session for info in page)
+        after = page[-1].session
+    assert pages == listed
+    # ``after`` need not be an archived session.
+    between = UUID(int=sessions[4].int + 1)
+    assert [i.session for i in await archive.list_sessions(after=between)] == [
+        u for u in listed if u > between
+    ]
+    assert await archive.list_sessions(after=max(sessions)) == []
+    assert len(await archive.list_sessions(limit=2**70)) == len(sessions)
+
+
+#: ``list_sessions`` arguments every archive refuses: (options, error, message).
+BAD_PAGES: list[tuple[dict[str, object], type[Exception], str]] = [
+    ({"limit": 0}, ValueError, "limit must be >= 1, got 0"),  # empty page
+    ({"limit": -1}, ValueError, "limit must be >= 1, got -1"),  # not "all"
+    ({"limit": True}, TypeError, "limit must be an int or None, got bool"),
+    ({"limit": 2.0}, TypeError, "limit must be an int or None, got float"),
+    ({"after": "x"}, TypeError, "after must be a UUID, got str"),  # not parsed
+]

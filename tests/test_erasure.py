@@ -232,25 +232,26 @@ async def test_delete_session_checks_its_argument(journal_path: Path) -> None:
             await archivist.delete_session(str(uuid4()))  # type: ignore[arg-type]
 
 
-class AsksToWait(MockBackend):
-    """Fails its first call with a Retry-After of ``wait`` seconds."""
+class ScriptedFailures(MockBackend):
+    """Raises ``errors`` on its first calls, one each, then works; ``calls`` says
+    when each call came."""
 
-    def __init__(self, wait: float) -> None:
+    def __init__(self, *errors: BackendError) -> None:
         super().__init__()
-        self.wait = wait
+        self.errors = list(errors)
         self.calls: list[float] = []
 
     async def append_messages(
         self, session: UUID, records: Sequence[MessageRecord]
     ) -> None:
         self.calls.append(anyio.current_time())
-        if len(self.calls) == 1:
-            raise BackendError("busy", retry_after=self.wait)
+        if self.errors:
+            raise self.errors.pop(0)
         await super().append_messages(session, records)
 
 
 async def test_writer_honours_retry_after(journal_path: Path, session: UUID) -> None:
-    backend = AsksToWait(0.3)
+    backend = ScriptedFailures(BackendError("busy", retry_after=0.3))
     retry = RetryPolicy(initial_delay=0.001, max_delay=0.001, max_attempts=5)
     async with Archivist.open(
         journal_path, [registration(backend, retry=retry)]
@@ -262,29 +263,14 @@ async def test_writer_honours_retry_after(journal_path: Path, session: UUID) -> 
     assert second - first >= 0.25  # asked for 0.3 s; jitter alone is ~1 ms
 
 
-class GivesUpWithRetryAfter(MockBackend):
-    """Refuses its first record with a 429-like retry_after, then works."""
-
-    def __init__(self, wait: float) -> None:
-        super().__init__()
-        self.wait = wait
-        self.calls: list[float] = []
-
-    async def append_messages(
-        self, session: UUID, records: Sequence[MessageRecord]
-    ) -> None:
-        self.calls.append(anyio.current_time())
-        if len(self.calls) <= 2:
-            raise BackendError("too many requests", retry_after=self.wait)
-        if len(self.calls) == 3:
-            raise BackendError("transient")  # no retry_after: a short backoff
-        await super().append_messages(session, records)
-
-
 async def test_retry_after_is_honoured_before_giving_up_and_then_forgotten(
     journal_path: Path, session: UUID
 ) -> None:
-    backend = GivesUpWithRetryAfter(0.3)
+    backend = ScriptedFailures(
+        BackendError("too many requests", retry_after=0.3),
+        BackendError("too many requests", retry_after=0.3),
+        BackendError("transient"),  # no retry_after: a short backoff
+    )
     retry = RetryPolicy(initial_delay=0.001, max_delay=0.001, max_attempts=2)
     reg = registration(backend, retry=retry, failure_mode=FailureMode.BEST_EFFORT)
     async with Archivist.open(journal_path, [reg]) as archivist:

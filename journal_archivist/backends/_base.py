@@ -10,6 +10,7 @@ archivist.
 from __future__ import annotations
 
 import abc
+import os
 from datetime import datetime
 from typing import TYPE_CHECKING, Self
 from uuid import UUID
@@ -51,6 +52,19 @@ class SessionInfo(msgspec.Struct, frozen=True, kw_only=True):
     message_count: int
     first_ts: datetime
     last_ts: datetime
+
+
+def text_path(value: object, what: str) -> str:
+    """``value`` (a ``str`` or ``os.PathLike``) as a text path; ``TypeError`` if not."""
+    if not isinstance(value, str | os.PathLike):
+        raise TypeError(
+            f"{what} must be a str or os.PathLike, got {type(value).__name__}"
+            f" {value!r:.80}"
+        )
+    path = os.fspath(value)
+    if not isinstance(path, str):
+        raise TypeError(f"{what} must be a text path, got {path!r:.80}")
+    return path
 
 
 def checked_page(limit: object, after: object) -> tuple[int | None, UUID | None]:

@@ -70,7 +70,7 @@ import anyio.to_thread
 
 from .._errors import BackendError
 from . import _jsonl_files as _files
-from ._base import ArchiveBackend, SessionGroup
+from ._base import ArchiveBackend, SessionGroup, text_path
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -164,14 +164,7 @@ class JsonlArchive(ArchiveBackend):
         max_cached_sessions: int = DEFAULT_MAX_CACHED_SESSIONS,
         fsync_threads: int = DEFAULT_FSYNC_THREADS,
     ) -> None:
-        if not isinstance(directory, str | os.PathLike):
-            raise TypeError(
-                f"directory must be a str or os.PathLike, got"
-                f" {type(directory).__name__}"
-            )
-        path = os.fspath(directory)
-        if not isinstance(path, str):
-            raise TypeError(f"directory must be a str path, got {path!r}")
+        path = text_path(directory, "directory")
         if not path:
             raise ValueError("directory must not be empty")
         if type(max_cached_sessions) is not int:

@@ -49,7 +49,13 @@ import msgspec
 
 from .._errors import BackendError
 from . import _sqlite_sql as _sql
-from ._base import ArchiveBackend, SessionGroup, SessionInfo, checked_page
+from ._base import (
+    ArchiveBackend,
+    SessionGroup,
+    SessionInfo,
+    checked_page,
+    text_path,
+)
 from ._codec import decode_record
 from ._sqlite_sql import APPLICATION_ID, SCHEMA_VERSION
 
@@ -114,14 +120,7 @@ class SqliteArchive(ArchiveBackend):
         *,
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
     ) -> None:
-        if not isinstance(path, str | os.PathLike):
-            raise TypeError(
-                f"path must be a str or os.PathLike, got {type(path).__name__}"
-                f" {path!r:.80}"
-            )
-        raw = os.fspath(path)
-        if not isinstance(raw, str):
-            raise TypeError(f"path must be a text path, got {raw!r:.80}")
+        raw = text_path(path, "path")
         if not raw or raw == ":memory:" or "\x00" in raw:
             raise ValueError(f"path must name a file, got {raw!r:.80}")
         if isinstance(busy_timeout, bool) or not isinstance(busy_timeout, int | float):

@@ -37,7 +37,13 @@ from journal_archivist.backends import SessionGroup, SessionInfo
 from journal_archivist.backends._postgres_sql import classify, mask_dsn
 from journal_archivist.backends.postgres import PostgresArchive
 from journal_archivist.testing import check_backend
-from tests.helpers import FAST_RETRY, record, records, tricky_uuids
+from tests.helpers import (
+    BAD_PAGES,
+    FAST_RETRY,
+    check_session_paging,
+    record,
+    records,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator
@@ -495,40 +501,10 @@ async def test_a_session_whose_records_were_all_archived_already_is_not_listed(
 async def test_list_sessions_orders_and_pages_by_uuid_value(
     make_archive: Callable[..., PostgresArchive],
 ) -> None:
-    sessions = tricky_uuids()
-    assert sorted(sessions, key=lambda u: u.bytes_le) != sorted(sessions)
-    archive = make_archive()
-    await archive.write_batch(
-        [SessionGroup(s, tuple(records(s, 1))) for s in reversed(sessions)]
-    )
-    listed = [s.session for s in await archive.list_sessions()]
-    assert listed == sorted(sessions) == sorted(sessions, key=lambda u: u.int)
-    pages: list[UUID] = []
-    after: UUID | None = None
-    while page := await archive.list_sessions(limit=2, after=after):
-        assert len(page) <= 2
-        pages.extend(s.session for s in page)
-        after = page[-1].session
-    assert pages == listed
-    # ``after`` need not be an archived session.
-    between = UUID(int=sessions[4].int + 1)
-    assert [s.session for s in await archive.list_sessions(after=between)] == [
-        u for u in listed if u > between
-    ]
-    assert await archive.list_sessions(after=max(sessions)) == []
-    assert len(await archive.list_sessions(limit=2**70)) == len(sessions)
+    await check_session_paging(make_archive())
 
 
-@pytest.mark.parametrize(
-    ("options", "error", "complaint"),
-    [
-        ({"limit": 0}, ValueError, "limit must be >= 1, got 0"),  # empty page
-        ({"limit": -1}, ValueError, "limit must be >= 1, got -1"),  # not "all"
-        ({"limit": True}, TypeError, "limit must be an int or None, got bool"),
-        ({"limit": 2.0}, TypeError, "limit must be an int or None, got float"),
-        ({"after": "x"}, TypeError, "after must be a UUID, got str"),  # not parsed
-    ],
-)
+@pytest.mark.parametrize(("options", "error", "complaint"), BAD_PAGES)
 async def test_list_sessions_rejects_bad_arguments(
     options: dict[str, object], error: type[Exception], complaint: str
 ) -> None:

@@ -31,11 +31,12 @@ from journal_archivist.backends.sqlite import (
 )
 from journal_archivist.testing import check_backend
 from tests.helpers import (
+    BAD_PAGES,
     FAST_RETRY,
+    check_session_paging,
     record,
     records,
     registration,
-    tricky_uuids,
 )
 
 if TYPE_CHECKING:
@@ -394,38 +395,10 @@ async def test_counts_and_list_sessions(archive: SqliteArchive) -> None:
 async def test_list_sessions_orders_and_pages_by_uuid_value(
     archive: SqliteArchive,
 ) -> None:
-    sessions = tricky_uuids()
-    assert sorted(sessions, key=lambda u: u.bytes_le) != sorted(sessions)
-    for session in reversed(sessions):  # not in id order
-        await archive.append_messages(session, records(session, 1))
-    listed = [info.session for info in await archive.list_sessions()]
-    assert listed == sorted(sessions) == sorted(sessions, key=lambda u: u.int)
-    pages: list[UUID] = []
-    after: UUID | None = None
-    while page := await archive.list_sessions(limit=2, after=after):
-        assert len(page) <= 2
-        pages.extend(info.session for info in page)
-        after = page[-1].session
-    assert pages == listed
-    # ``after`` need not be an archived session.
-    between = UUID(int=sessions[4].int + 1)
-    assert [i.session for i in await archive.list_sessions(after=between)] == [
-        u for u in listed if u > between
-    ]
-    assert await archive.list_sessions(after=max(sessions)) == []
-    assert len(await archive.list_sessions(limit=2**70)) == len(sessions)
+    await check_session_paging(archive)
 
 
-@pytest.mark.parametrize(
-    ("options", "error", "complaint"),
-    [
-        ({"limit": 0}, ValueError, "limit must be >= 1, got 0"),  # empty page
-        ({"limit": -1}, ValueError, "limit must be >= 1, got -1"),  # not "all"
-        ({"limit": True}, TypeError, "limit must be an int or None, got bool"),
-        ({"limit": 2.0}, TypeError, "limit must be an int or None, got float"),
-        ({"after": "x"}, TypeError, "after must be a UUID, got str"),  # not parsed
-    ],
-)
+@pytest.mark.parametrize(("options", "error", "complaint"), BAD_PAGES)
 async def test_list_sessions_rejects_bad_arguments(
     archive: SqliteArchive,
     options: dict[str, object],

@@ -978,51 +978,17 @@ async def test_records_arrive_after_a_few_503s(
     assert len(server.posts()) >= 5  # four 503s, then at least one delivery
 
 
-async def test_best_effort_dead_letters_a_rejected_record_and_delivers_the_rest(
-    server: WebhookServer, journal_path: Path
+async def deliver_a_poisoned_batch(
+    server: WebhookServer, journal_path: Path, hook: WebhookArchive
 ) -> None:
+    """Deliver [a0], then one batch [b0 poison b1 a1] whose poison record the
+    receiver rejects with 422, under BEST_EFFORT: the rest arrives, it is
+    dead-lettered."""
     a, b = uuid4(), uuid4()
     poison = record(a, "poison")
     server.reject(poison.message_id, 422)
     gate = threading.Event()
     server.queue(Reply(200, gate=gate))  # holds the first batch
-    reg = registration(WebhookArchive(server.url), failure_mode=FailureMode.BEST_EFFORT)
-    try:
-        async with Archivist.open(journal_path, [reg]) as archivist:
-            await archivist.append_messages(a, [record(a, "a0")])
-            with anyio.fail_after(5):
-                await wait_for_requests(server, 1)
-            # Everything below queues up into one batch behind the held one.
-            await archivist.append_messages(b, [record(b, "b0")])
-            await archivist.append_messages(a, [poison])
-            await archivist.append_messages(b, [record(b, "b1")])
-            await archivist.append_messages(a, [record(a, "a1")])
-            gate.set()
-            with anyio.fail_after(5):
-                await archivist.wait_drained()
-            health = archivist.health().backends["webhook"]
-    finally:
-        gate.set()
-    assert contents(server, a) == ["a0", "a1"]
-    assert contents(server, b) == ["b0", "b1"]
-    assert (health.delivered, health.dead_lettered) == (4, 1)
-    [(backend, error)] = dead_letters(journal_path)
-    assert backend == "webhook"
-    assert "answered 422" in error
-    assert f"rejected {poison.message_id}" in error
-    # The receiver was probed before the record was given up on.
-    assert any(r.method == "OPTIONS" for r in server.requests)
-
-
-async def test_best_effort_per_batch_bisects_down_to_the_rejected_record(
-    server: WebhookServer, journal_path: Path
-) -> None:
-    a, b = uuid4(), uuid4()
-    poison = record(a, "poison")
-    server.reject(poison.message_id, 422)
-    gate = threading.Event()
-    server.queue(Reply(200, gate=gate))  # holds the first batch
-    hook = WebhookArchive(server.url, per_batch=True)
     reg = registration(hook, failure_mode=FailureMode.BEST_EFFORT)
     try:
         async with Archivist.open(journal_path, [reg]) as archivist:
@@ -1046,6 +1012,23 @@ async def test_best_effort_per_batch_bisects_down_to_the_rejected_record(
     [(backend, error)] = dead_letters(journal_path)
     assert backend == "webhook"
     assert f"rejected {poison.message_id}" in error
+
+
+async def test_best_effort_dead_letters_a_rejected_record_and_delivers_the_rest(
+    server: WebhookServer, journal_path: Path
+) -> None:
+    await deliver_a_poisoned_batch(server, journal_path, WebhookArchive(server.url))
+    [(_, error)] = dead_letters(journal_path)
+    assert "answered 422" in error
+    # The receiver was probed before the record was given up on.
+    assert any(r.method == "OPTIONS" for r in server.requests)
+
+
+async def test_best_effort_per_batch_bisects_down_to_the_rejected_record(
+    server: WebhookServer, journal_path: Path
+) -> None:
+    hook = WebhookArchive(server.url, per_batch=True)
+    await deliver_a_poisoned_batch(server, journal_path, hook)
     # Each attempt, and each half of a bisection, was one request: the batch
     # [b0 poison b1 a1], its left half [b0 poison] and that half's halves, then
     # the right half [b1 a1].
