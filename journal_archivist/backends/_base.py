@@ -2,7 +2,7 @@
 
 Required: ``append_messages``, ``delete_session`` and ``health_check``. Optional,
 with defaults: ``write_batch`` (one call per group, in order), ``read_session``
-(not readable) and ``aclose`` (nothing to release). A writer calls one backend
+(not readable), ``owned_paths`` (none) and ``aclose`` (nothing to release). A writer calls one backend
 method at a time, so a backend needs no locking of its own for calls from one
 archivist.
 """
@@ -137,6 +137,17 @@ class ArchiveBackend(abc.ABC):
         The default raises ``BackendError``: the backend is not readable.
         """
         raise BackendError(f"{type(self).__name__} is not readable", retryable=False)
+
+    def owned_paths(self) -> tuple[str, ...]:
+        """Local files and directories this backend writes and shares with no one.
+
+        ``Archivist.open`` refuses a registration whose owned path is the journal
+        (or its ``-wal``, ``-shm`` or lock file), holds it, or is, holds or lies
+        inside a path another registration owns: two writers on one file would
+        retry forever. Paths are compared after resolving symlinks. The default,
+        for a backend that keeps nothing on the local filesystem, owns none.
+        """
+        return ()
 
     async def aclose(self) -> None:
         """Release connections and files. The default has nothing to release.
