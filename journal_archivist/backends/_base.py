@@ -2,9 +2,9 @@
 
 Required: ``append_messages``, ``delete_session`` and ``health_check``. Optional,
 with defaults: ``write_batch`` (one call per group, in order), ``read_session``
-(not readable), ``owned_paths`` (none) and ``aclose`` (nothing to release). A writer calls one backend
-method at a time, so a backend needs no locking of its own for calls from one
-archivist.
+(not readable), ``owned_paths`` (none) and ``aclose`` (nothing to release). A
+writer calls one backend method at a time, so a backend needs no locking of its
+own for calls from one archivist.
 """
 
 from __future__ import annotations
