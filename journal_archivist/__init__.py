@@ -26,6 +26,7 @@ from ._errors import (
     QueueFull,
     ReadFailed,
     ValidationError,
+    WrongEventLoop,
 )
 from ._health import BackendHealth, HealthReport, HealthStatus, JournalHealth
 from ._policies import (
@@ -86,6 +87,7 @@ __all__ = [
     "Sync",
     "ValidationError",
     "WritePolicy",
+    "WrongEventLoop",
     "__version__",
     "uuid7",
 ]

@@ -15,6 +15,7 @@ Rules and theory:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -33,10 +34,11 @@ from ._config import (
 )
 from ._errors import (
     ArchivistClosed,
-    ArchivistFailed,
     DeliveryFailed,
     ReadFailed,
+    WrongEventLoop,
 )
+from ._failure import Failure
 from ._health import HealthReport, HealthStatus, JournalHealth
 from ._journal import Journal
 from ._policies import Durability, FailureMode, Sync
@@ -119,7 +121,10 @@ class Archivist:
         self._shutdown_started = False
         self._host: asyncio.Task[None] | None = None
         self._outer: anyio.abc.TaskGroup | None = None
-        self._serve_error: BaseException | None = None
+        self._failure: Failure | None = None
+        # The event loop that runs the loops: the only one the archivist serves.
+        self._loop = asyncio.get_running_loop()
+        self._abandoned = False
 
     # -- opening -------------------------------------------------------------
 
@@ -202,7 +207,7 @@ class Archivist:
                 row = journal.backends[reg.name]
                 reader = await journal.open_reader() if reg.enabled else query
                 oldest = (
-                    await query.oldest_pending(row.mask, row.cursor)
+                    await query.oldest_pending(row.mask, row.cursor, row.drop_floor)
                     if row.pending
                     else None
                 )
@@ -233,20 +238,22 @@ class Archivist:
     async def _serve(
         self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Run the committer and the writers until ``shutdown``."""
+        """Run the committer and the writers until ``shutdown`` or a failure."""
         try:
             async with anyio.create_task_group() as group:
-                await group.start(self._committer.run)
+                await group.start(self._run_loop, "the committer", self._committer.run)
                 async with anyio.create_task_group() as writers:
                     for writer in self._writers:
                         if writer.enabled:
-                            await writers.start(writer.run)
+                            what = f"the writer loop of backend {writer.name!r}"
+                            await writers.start(self._run_loop, what, writer.run)
                     task_status.started()
                     await self._stop.wait()
                     writers.cancel_scope.cancel()
                 # The writers are stopped; commit their last done-marks.
                 with anyio.move_on_after(FINAL_FLUSH_TIMEOUT, shield=True):
-                    await self._committer.flush()
+                    with contextlib.suppress(ArchivistClosed):  # a dead committer
+                        await self._committer.flush()
                 group.cancel_scope.cancel()
         finally:
             for writer in self._writers:
@@ -258,6 +265,41 @@ class Archivist:
                     await self._journal.close()
             finally:
                 self._stopped.set()
+
+    async def _run_loop(
+        self,
+        what: str,
+        loop: Callable[..., Awaitable[None]],
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run one of the archivist's loops; if it dies, the archivist fails."""
+        try:
+            await loop(task_status=task_status)
+        except Exception as exc:
+            self._fail(Failure(what, exc))
+
+    def _fail(self, failure: Failure) -> None:
+        """A loop died: refuse every call from now on, wake every waiter, stop."""
+        if self._failure is not None:
+            logger.error(
+                "journal %s: %s (after the failure)",
+                self._journal.path,
+                failure.summary,
+            )
+            return
+        self._failure = failure
+        logger.critical(
+            "journal %s: %s; the archivist stopped. What was acknowledged is in the"
+            " journal: open it again to deliver it.",
+            self._journal.path,
+            failure.summary,
+            exc_info=failure.cause,
+        )
+        self._committer.fail(failure)
+        for writer in self._writers:
+            writer.close()  # wakes wait_drained and Sync appenders now
+        self._stop.set()
 
     async def _close_backends(self) -> None:
         """``aclose`` every registered backend once, all at once and within
@@ -294,13 +336,20 @@ class Archivist:
             except BaseException as exc:
                 if not ready.done():
                     ready.set_exception(exc)
-                else:
-                    self._serve_error = exc
-                    logger.critical(
-                        "journal_archivist: background loop failed", exc_info=exc
+                elif isinstance(exc, Exception):
+                    self._fail(Failure("the archivist's task", exc))
+                elif not self._shutdown_started:
+                    # asyncio.run() cancels the tasks left when its coroutine
+                    # returns: the loop is going away under an open archivist.
+                    self._abandoned = True
+                    logger.warning(
+                        "journal %s: the event loop that opened the archivist is"
+                        " closing without shutdown() (did asyncio.run() return?);"
+                        " it stopped. What was acknowledged is in the journal.",
+                        self._journal.path,
                     )
-                    if not isinstance(exc, Exception):
-                        raise
+                if not isinstance(exc, Exception):
+                    raise
 
         self._host = loop.create_task(
             host(), name=f"journal_archivist {self._journal.path}"
@@ -336,7 +385,10 @@ class Archivist:
         timeout = self._close_timeout if exc is None else 0.0
         cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
         try:
-            await self.shutdown(timeout=timeout)
+            await self._shut_down(timeout)
+            if exc is None and self._failure is not None:
+                # Not silent: a failure the block never met is raised here.
+                raise self._failure.error()
         finally:
             if cancelled:
                 # Let the task group see its own cancellation (it may carry the
@@ -379,7 +431,7 @@ class Archivist:
                 dropped or quarantined for that backend.
             ArchivistClosed, ArchivistFailed: the archivist is shut down or failed.
         """
-        if self._shutdown_started or self._failed():
+        if self._shutdown_started or self._failure or not self._in_own_loop():
             self._check_open()
         if not isinstance(session, UUID):
             raise TypeError(
@@ -443,6 +495,8 @@ class Archivist:
                 remaining = policy.timeout - (time.monotonic() - start)
                 with anyio.move_on_after(max(0.0, remaining)):
                     await waiter.event.wait()
+                if self._failure is not None:
+                    raise self._failure.error()
                 error = waiter.error
                 if not waiter.event.is_set():
                     error = f"not delivered within {policy.timeout}s"
@@ -501,7 +555,7 @@ class Archivist:
         """Whether an erasure of ``session`` is pending for ``writer``, and the
         records pending after the last such erasure."""
         entries = await self._query.pending_for_session(
-            session, writer.mask, writer.settled_upto
+            session, writer.mask, writer.settled_upto, writer.drop_floor
         )
         erased = False
         records: list[MessageRecord] = []
@@ -528,7 +582,9 @@ class Archivist:
                 free_bytes=self._space.free,
                 low_space=self._space.low,
                 commit_failures=self._committer.commit_failures,
-                failed=self._committer.failure is not None,
+                failed=self._failure is not None,
+                failure=None if self._failure is None else self._failure.summary,
+                repaired_rows=self._journal.repaired_rows,
             ),
             backends=backends,
         )
@@ -543,6 +599,7 @@ class Archivist:
         Raises:
             ValueError: ``backend`` is not registered, or is disabled.
             ArchivistClosed: the archivist is shut down.
+            ArchivistFailed: the archivist failed (at once, also while waiting).
         """
         self._check_open()
         if backend is None:
@@ -554,9 +611,13 @@ class Archivist:
             if not writer.enabled:
                 raise ValueError(f"backend {backend!r} is disabled and will not drain")
             writers = [writer]
-        for writer in writers:
-            await writer.wait_settled()
-        await self._committer.flush()
+        try:
+            for writer in writers:
+                await writer.wait_settled()
+            await self._committer.flush()
+        except ArchivistClosed:
+            self._check_open()  # ArchivistFailed, if that is why
+            raise
 
     async def compact(self) -> None:
         """Return the journal's free pages to the filesystem now.
@@ -568,29 +629,34 @@ class Archivist:
         """
         self._check_open()
         await self._committer.compact()
+        self._check_open()  # it may have stopped meanwhile
 
     @property
     def is_closed(self) -> bool:
-        """Whether ``shutdown`` has begun."""
-        return self._shutdown_started
+        """Whether the archivist takes no more calls: ``shutdown`` has begun, or
+        it failed (``health().journal.failure`` says why)."""
+        return self._shutdown_started or self._failure is not None
 
     @property
     def journal_path(self) -> str:
         """The absolute path of the journal file."""
         return self._journal.path
 
-    def _failed(self) -> bool:
-        return self._committer.failure is not None or self._serve_error is not None
+    def _in_own_loop(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:  # not under asyncio at all
+            return False
 
     def _check_open(self) -> None:
+        """Raise if the archivist takes no calls (or not from this event loop)."""
+        if not self._in_own_loop():
+            closed = self._abandoned or self._loop.is_closed()
+            raise WrongEventLoop(self._journal.path, loop_closed=closed)
+        if self._failure is not None:
+            raise self._failure.error()
         if self._shutdown_started:
             raise ArchivistClosed()
-        if self._committer.failure is not None:
-            raise ArchivistFailed(
-                str(self._committer.failure)
-            ) from self._committer.failure
-        if self._serve_error is not None:
-            raise ArchivistFailed(repr(self._serve_error)) from self._serve_error
 
     # -- shutting down -------------------------------------------------------
 
@@ -601,7 +667,23 @@ class Archivist:
         Writers then deliver what they can until everything is delivered or the
         deadline passes (None: no deadline); the rest stays journaled for the next
         open. A second call waits for the first and returns.
+
+        Raises:
+            ArchivistFailed: the archivist had failed (it is closed all the same),
+                so a failure is never silent.
+            WrongEventLoop: called from another event loop while the archivist
+                still runs in its own.
         """
+        if not self._in_own_loop():
+            if not self._stopped.is_set():
+                raise WrongEventLoop(self._journal.path, loop_closed=False)
+            self._shutdown_started = True  # its own loop stopped it already
+        else:
+            await self._shut_down(timeout)
+        if self._failure is not None:
+            raise self._failure.error()
+
+    async def _shut_down(self, timeout: float | None) -> None:  # noqa: ASYNC109
         if self._shutdown_started:
             await self._stopped.wait()
             return
@@ -614,15 +696,14 @@ class Archivist:
                 with anyio.move_on_after(math.inf if timeout is None else timeout):
                     for writer in self._writers:
                         if writer.enabled:
-                            await writer.wait_settled()
+                            with contextlib.suppress(ArchivistClosed):
+                                await writer.wait_settled()
         finally:
             self._stop.set()
             with anyio.CancelScope(shield=True):
                 await self._stopped.wait()
                 if self._host is not None:
                     await asyncio.wait([self._host])
-        if self._serve_error is not None and isinstance(self._serve_error, Exception):
-            raise ArchivistFailed(repr(self._serve_error)) from self._serve_error
 
     async def aclose(self) -> None:
         """Shut down without waiting for delivery (``shutdown(timeout=0)``)."""

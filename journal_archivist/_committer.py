@@ -35,7 +35,7 @@ import math
 import sqlite3
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Final
 
 import anyio
@@ -45,14 +45,15 @@ from ._batching import Entry
 from ._errors import (
     ArchivistClosed,
     ArchivistError,
-    ArchivistFailed,
     JournalFull,
     JournalWriteFailed,
     QueueFull,
 )
+from ._failure import Failure
 from ._policies import OverflowPolicy, Sync
 from ._records import MessageRecord, Op
 from ._schema import entry_crc
+from ._throttle import Throttle
 from ._writer import SyncWaiter
 
 if TYPE_CHECKING:
@@ -73,8 +74,12 @@ logger = logging.getLogger("journal_archivist.committer")
 MAX_GROUP: Final = 1024
 #: Seconds between persisting rounds while there is bookkeeping to write.
 PERSIST_INTERVAL: Final = 0.05
-#: Consecutive failed I/O commits after which the archivist gives up.
+#: Commits in a row that fail with an I/O error (a failed read, write or fsync)
+#: after which the archivist fails. Other failures (a full disk) neither count
+#: nor reset the count; a successful commit resets it.
 MAX_IO_FAILURES: Final = 3
+#: Seconds between ERROR lines about failed commits.
+FAILURE_LOG_INTERVAL: Final = 10.0
 #: Free pages worth returning to the filesystem once the journal is drained.
 COMPACT_THRESHOLD: Final = 64 * 1024 * 1024
 COMPACT_PAGES_PER_ROUND: Final = 4096
@@ -133,6 +138,7 @@ class _Delta:
     delivered: int = 0
     dropped: int = 0
     upto: int = 0  # settled through this seq
+    missing: int = 0  # owed entries found missing from the journal
     dead: list[tuple[int, str, int]] = field(default_factory=list)
     damaged: list[tuple[int, str]] = field(default_factory=list)
     erased: list[tuple[bytes, int]] = field(default_factory=list)
@@ -142,6 +148,7 @@ class _Delta:
         self.pending_bytes -= settlement.nbytes
         self.delivered += settlement.delivered
         self.upto = max(self.upto, settlement.upto)
+        self.missing += settlement.missing
         self.dead.extend(settlement.dead)
         self.damaged.extend(settlement.damaged)
         self.erased.extend(settlement.erased)
@@ -152,6 +159,7 @@ class _Delta:
         self.delivered += newer.delivered
         self.dropped += newer.dropped
         self.upto = max(self.upto, newer.upto)
+        self.missing += newer.missing
         self.dead.extend(newer.dead)
         self.damaged.extend(newer.damaged)
         self.erased.extend(newer.erased)
@@ -196,7 +204,9 @@ class Committer:
         self._compacting = False
         self._compaction_done: anyio.Event | None = None
         self.commit_failures = 0
-        self.failure: BaseException | None = None
+        self._io_failures = 0
+        self._failure_log = Throttle(FAILURE_LOG_INTERVAL)
+        self.failure: Failure | None = None
         self.closing = False
         self.stopped = False
 
@@ -212,7 +222,7 @@ class Committer:
         takes no more appends.
         """
         if self.failure is not None:
-            raise ArchivistFailed(str(self.failure)) from self.failure
+            raise self.failure.error()
         if self.closing:
             raise ArchivistClosed()
         self._queue.append(append)
@@ -256,17 +266,30 @@ class Committer:
     # -- lifecycle -----------------------------------------------------------
 
     def close(self) -> None:
-        """Refuse new appends and withdraw the queued ones (``ArchivistClosed``).
+        """Refuse new appends and withdraw the queued ones (``ArchivistClosed``,
+        or ``ArchivistFailed`` once failed).
 
         Appends a round has already taken still commit.
         """
         self.closing = True
         self._finish_compaction()
+        failure = self.failure
         self._fail_queued(
-            lambda: ArchivistClosed(
+            failure.error
+            if failure is not None
+            else lambda: ArchivistClosed(
                 "the archivist shut down before this append was journaled"
             )
         )
+
+    def fail(self, failure: Failure) -> None:
+        """The archivist failed: refuse appends from now on, and the queued ones.
+
+        The loop keeps going until cancelled, to write the last settlements.
+        """
+        if self.failure is None:
+            self.failure = failure
+        self.close()
 
     def stop(self) -> None:
         """The loop has stopped: wake everyone still waiting on it."""
@@ -285,16 +308,19 @@ class Committer:
     async def run(
         self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Commit rounds until cancelled."""
+        """Commit rounds until cancelled (or failed: see ``MAX_IO_FAILURES``)."""
         task_status.started()
-        while True:
-            self._kick = anyio.Event()
-            worked = await self._round()
-            # Compaction runs between rounds: when idle, or at once if asked.
-            if self._compact_due and (not worked or self._compaction_done):
-                await self._compact()
-            elif not worked:
-                await self._idle()
+        try:
+            while True:
+                self._kick = anyio.Event()
+                worked = await self._round()
+                # Compaction runs between rounds: when idle, or at once if asked.
+                if self._compact_due and (not worked or self._compaction_done):
+                    await self._compact()
+                elif not worked:
+                    await self._idle()
+        finally:
+            self.stop()
 
     async def _idle(self) -> None:
         """Wait for a kick, a blocked append's deadline, or the next persist."""
@@ -415,14 +441,13 @@ class Committer:
         try:
             await self._commit(now, admitted, plan, trimming, persist)
         except BaseException as exc:
-            # A bug, not a journal error (those are handled in _commit): never
-            # leave an appender of this group waiting for an answer.
-            failure = ArchivistFailed(f"the committer failed: {exc!r}")
-            failure.__cause__ = exc
+            # Too many I/O errors, or a bug: never leave an appender of this
+            # group waiting for an answer (finish does nothing to an answered one).
+            failure = Failure("the committer", exc)
             for append, _ in admitted:
-                append.finish(failure)
+                append.finish(failure.error())
             if not isinstance(exc, anyio.get_cancelled_exc_class()):
-                self.failure = exc
+                self.failure = failure
             raise
         return True
 
@@ -437,7 +462,7 @@ class Committer:
         # Sequence numbers go to appends that still owe someone; an append every
         # backend dropped is acknowledged without a row.
         seq = self._journal.last_seq
-        inserts: list[tuple[int, bytes, int, bytes, int, int, float, int]] = []
+        inserts: list[tuple[int, bytes, int, bytes, int, int, float, int, int]] = []
         entries: list[tuple[Entry, int]] = []
         for append, targets in admitted:
             if not targets:
@@ -447,9 +472,11 @@ class Committer:
             sid = append.session
             payload = append.payload
             op = _APPEND if append.op is _APPEND_OP else int(append.op)
-            crc = entry_crc(seq, sid, op, payload)
+            crc = entry_crc(seq, sid, op, targets, payload)
             at = append.enqueued_at
-            inserts.append((seq, sid, op, payload, append.size, crc, at, targets))
+            # origin = targets: who is owed it, kept under the checksum for good.
+            row = (seq, sid, op, payload, append.size, crc, at, targets, targets)
+            inserts.append(row)
             entries.append((append, targets))
         erased = [e.session for e, _ in entries if e.op is not _APPEND_OP]
         added = self._added_by_writer(entries, plan.uniform)
@@ -481,7 +508,7 @@ class Committer:
             return
 
         # Committed: hand entries to the writers, then wake the appenders.
-        self.commit_failures = 0
+        self._on_success()
         if inserts:
             self._journal.record_high_water(seq)
         lost: dict[str, set[int]] = {}
@@ -550,6 +577,7 @@ class Committer:
         """Write settlements, drops and counters; return DROP_OLDEST drops by name."""
         by_bit = {w.bit: w for w in self._writers}
         at = time.time()
+        missing = 0
         for bit, delta in deltas.items():
             name = by_bit[bit].name
             if delta.dead:
@@ -589,19 +617,37 @@ class Committer:
             delta = deltas.get(writer.bit, _Delta())
             count, nbytes = added.get(writer.bit, (0, 0))
             drops = dropped.get(writer.name, [])
+            stored = self._journal.backends[writer.name]
+            pending = stored.pending + delta.pending + count - len(drops)
+            pending_bytes = (
+                stored.pending_bytes
+                + delta.pending_bytes
+                + nbytes
+                - sum(size for _, size in drops)
+            )
             rows.append(
-                (
-                    delta.pending + count - len(drops),
-                    delta.pending_bytes + nbytes - sum(size for _, size in drops),
-                    delta.delivered,
-                    delta.dropped + len(drops) + dropped_newest.get(writer.name, 0),
-                    len(delta.dead),
-                    len(delta.damaged),
-                    delta.upto,
-                    tail,
-                    writer.bit,
+                replace(
+                    stored,
+                    # Never below 0, even if damaged rows made the sums drift.
+                    pending=max(0, pending),
+                    pending_bytes=max(0, pending_bytes),
+                    delivered=stored.delivered + delta.delivered,
+                    dropped=stored.dropped
+                    + delta.dropped
+                    + len(drops)
+                    + dropped_newest.get(writer.name, 0),
+                    dead_lettered=stored.dead_lettered + len(delta.dead),
+                    quarantined=stored.quarantined + len(delta.damaged),
+                    cursor=max(stored.cursor, delta.upto),
+                    counted_through=max(stored.counted_through, tail),
+                    drop_floor=max(stored.drop_floor, drops[-1][0])
+                    if drops
+                    else stored.drop_floor,
                 )
             )
+            missing += delta.missing
+        if missing:
+            await tx.count_lost(missing)
         await tx.update_backends(rows)
         return dropped
 
@@ -654,12 +700,20 @@ class Committer:
         deltas: dict[int, _Delta],
     ) -> None:
         self.commit_failures += 1
-        logger.error(
-            "journal %s: commit failed (%d in a row): %s",
-            self._journal.path,
-            self.commit_failures,
-            exc.detail,
-        )
+        io_failure = _io_failure(exc)
+        if io_failure:
+            self._io_failures += 1
+        reported = self._failure_log.due()
+        if reported is not None:
+            logger.error(
+                "journal %s: commit failed (%d in a row%s): %s",
+                self._journal.path,
+                self.commit_failures,
+                f"; {reported - 1} not logged since the last line"
+                if reported > 1
+                else "",
+                exc.detail,
+            )
         for append, _ in admitted:
             error = JournalWriteFailed(exc.path, exc.detail)
             error.__cause__ = exc.__cause__
@@ -671,17 +725,23 @@ class Committer:
                 delta.merge(newer)
             self._deltas[bit] = delta
         self._persist_at = time.monotonic() + PERSIST_INTERVAL * 10
-        if _io_failure(exc) and self.commit_failures >= MAX_IO_FAILURES:
-            self.failure = exc
-            logger.critical(
-                "journal %s: %d I/O failures in a row; refusing appends. Acknowledged"
-                " entries remain in the journal; reopen it once the disk is healthy.",
+        if io_failure and self._io_failures >= MAX_IO_FAILURES:
+            # The loop ends here; the archivist fails with this as the cause.
+            raise JournalWriteFailed(
+                exc.path,
+                f"{self._io_failures} commits in a row failed with an I/O error,"
+                f" the last: {exc.detail}",
+            ) from exc.__cause__
+
+    def _on_success(self) -> None:
+        if self.commit_failures:
+            logger.info(
+                "journal %s: commits succeed again after %d failures",
                 self._journal.path,
                 self.commit_failures,
             )
-            self._fail_queued(
-                lambda: ArchivistFailed(f"journal I/O failed: {exc.detail}")
-            )
+            self.commit_failures = self._io_failures = 0
+            self._failure_log.reset()
 
     def _expire_blocked(self, now: float) -> None:
         if not self._queue:

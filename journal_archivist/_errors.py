@@ -8,6 +8,7 @@ ArchivistError              base of everything we raise on purpose
 ├── ReadFailed              read_session found no readable backend that answered
 ├── ArchivistClosed         used after shutdown() or outside its ``async with``
 ├── ArchivistFailed         a background loop died; the archivist accepts nothing more
+├── WrongEventLoop          used from an event loop other than the one that opened it
 └── JournalError            about the journal file itself
     ├── JournalLocked       another owner holds the journal
     ├── JournalCorrupt      the file is not a journal, or is damaged
@@ -43,6 +44,7 @@ __all__ = [
     "QueueFull",
     "ReadFailed",
     "ValidationError",
+    "WrongEventLoop",
 ]
 
 
@@ -176,6 +178,35 @@ class ArchivistFailed(ArchivistError):
     def __init__(self, reason: str) -> None:
         super().__init__(f"the archivist has failed: {reason}")
         self.reason = reason
+
+
+class WrongEventLoop(ArchivistError, RuntimeError):
+    """An archivist was used from an event loop other than the one that opened it.
+
+    An ``Archivist`` runs its loops as tasks of the event loop that opened it, and
+    serves that loop only; the call did nothing. The usual cause is opening it in
+    one ``asyncio.run()`` and using it in another: the first one closed its loop
+    on return, which stopped the archivist (``loop_closed`` says so). Open and use
+    it inside one ``asyncio.run()``/``anyio.run()``; from other threads, submit
+    calls to that loop.
+    """
+
+    def __init__(self, path: str, *, loop_closed: bool) -> None:
+        what = (
+            "was opened in an event loop that has since closed, which stopped it"
+            " (asyncio.run() closes its loop when it returns)"
+            if loop_closed
+            else "was opened in another event loop and serves only that one"
+        )
+        super().__init__(
+            f"the archivist of journal {path} {what}. Open it where it is used:"
+            " `async with Archivist.open(...) as archivist:` inside the one"
+            " asyncio.run() or anyio.run() of the program; from other threads,"
+            " submit calls to that loop (an anyio blocking portal, or"
+            " asyncio.run_coroutine_threadsafe)"
+        )
+        self.path = path
+        self.loop_closed = loop_closed
 
 
 class JournalError(ArchivistError):

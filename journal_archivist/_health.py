@@ -80,9 +80,15 @@ class JournalHealth(msgspec.Struct, frozen=True, kw_only=True):
 
     ``quarantined`` counts damaged entries moved aside (checksum mismatch), each
     once whichever backends read it;
-    ``lost_entries`` counts acknowledged entries found missing at open (a lost WAL
-    tail). ``low_space`` is true while appends are refused for lack of free space;
-    ``failed`` once repeated I/O errors stopped the archivist.
+    ``lost_entries`` counts acknowledged entries found missing: at open (a lost WAL
+    tail), or by a backend that was owed them (a damaged journal);
+    ``repaired_rows`` counts damaged rows of the journal's own bookkeeping
+    (backend progress, counters) found and rebuilt at open. ``free_bytes`` is the
+    free space of the journal's filesystem as last measured; ``low_space`` is true
+    while appends are refused for lack of it. ``commit_failures`` counts commits
+    that failed in a row. ``failed`` is true once a background loop died (three
+    I/O failures in a row, or a bug): ``failure`` says what died and why, and the
+    archivist takes no more calls.
     """
 
     path: str
@@ -92,6 +98,8 @@ class JournalHealth(msgspec.Struct, frozen=True, kw_only=True):
     low_space: bool
     commit_failures: int
     failed: bool
+    failure: str | None = None
+    repaired_rows: int = 0
 
 
 class HealthReport(msgspec.Struct, frozen=True, kw_only=True):

@@ -26,7 +26,6 @@ import functools
 import logging
 import os
 import sqlite3
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 import anyio
@@ -40,6 +39,7 @@ from ._journal_file import check_and_migrate, connect, is_corruption, prepare_fi
 from ._lockfile import LockFile
 from ._policies import Durability
 from ._reader import Reader
+from ._rows import BACKEND_COLUMNS, BackendRow, decode_text, typed
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -50,27 +50,6 @@ if TYPE_CHECKING:
 __all__ = ["BackendRow", "Journal", "Transaction"]
 
 logger = logging.getLogger("journal_archivist.journal")
-
-
-@dataclass(slots=True)
-class BackendRow:
-    """A backend's persistent state, as stored in the ``backends`` table."""
-
-    bit: int
-    name: str
-    cursor: int
-    pending: int
-    pending_bytes: int
-    delivered: int
-    dropped: int
-    dead_lettered: int
-    quarantined: int
-    counted_through: int
-
-    @property
-    def mask(self) -> int:
-        """This backend's bit in an entry's ``targets``."""
-        return 1 << self.bit
 
 
 class Journal:
@@ -93,6 +72,7 @@ class Journal:
         self.backends: dict[str, BackendRow] = {}
         self.last_seq = 0
         self.lost_entries = 0
+        self.repaired_rows = 0
         #: Seqs of entries quarantined (by any backend), to count each once.
         self.quarantined: set[int] = set()
         self.closed = False
@@ -143,26 +123,35 @@ class Journal:
 
     async def _load(self) -> None:
         conn = self._durable
-        rows = await conn.execute_fetchall(
-            "SELECT bit, name, cursor, pending, pending_bytes, delivered, dropped,"
-            " dead_lettered, quarantined, counted_through FROM backends"
-        )
-        self.backends = {row[1]: BackendRow(*row) for row in rows}
-        meta = {
-            str(key): int(value)
-            for key, value in await conn.execute_fetchall("SELECT key, value FROM meta")
-        }
-        self.lost_entries = meta.get("lost_entries", 0)
-        self.quarantined = {
-            int(seq)
-            for (seq,) in await conn.execute_fetchall(
-                "SELECT DISTINCT seq FROM quarantine"
+        rows = [
+            BackendRow.from_stored(tuple(row))
+            for row in await conn.execute_fetchall(
+                f"SELECT {BACKEND_COLUMNS} FROM backends"
             )
+        ]
+        meta: dict[str, int] = {}
+        damaged_meta: list[bytes | None] = []  # their stored keys, as bytes
+        for raw_key, value in await conn.execute_fetchall(
+            f"SELECT {typed('key', 'text')}, {typed('value', 'integer')} FROM meta"
+        ):
+            key = decode_text(raw_key)
+            if key is None or type(value) is not int:
+                damaged_meta.append(raw_key)
+            else:
+                meta[key] = value
+        self.lost_entries = meta.get("lost_entries", 0)
+        self.repaired_rows = meta.get("repaired_rows", 0)
+        self.quarantined = {
+            seq
+            for (seq,) in await conn.execute_fetchall(
+                f"SELECT DISTINCT {typed('seq', 'integer')} FROM quarantine"
+            )
+            if type(seq) is int
         }
         (max_seq,) = next(
             iter(await conn.execute_fetchall("SELECT max(seq) FROM entries"))
         )
-        counted = [row.counted_through for row in self.backends.values()]
+        counted = [row.counted_through for row in rows if row.exact]
         self.last_seq = max([int(max_seq or 0), *counted])
         recorded = self._lock.read_high_water()
         lost = 0
@@ -177,14 +166,67 @@ class Journal:
                 recorded,
             )
             self.last_seq = recorded  # never reuse a seq that was acknowledged
-        await self._settle_counters(lost)
+        for row in rows:
+            if row.damage is not None and not row.exact:
+                await self._derive_position(row)
+        self.backends = {row.name: row for row in rows}
+        repaired = [row for row in rows if row.damage is not None]
+        for row in repaired:
+            logger.error(
+                "journal %s: the stored state of backend %r (bit %d) was damaged (%s);"
+                " repaired%s (health().journal.repaired_rows counts it)",
+                self.path,
+                row.name,
+                row.bit,
+                row.damage,
+                ""
+                if row.exact
+                else ": its position was rebuilt from the journal's entries and its"
+                " delivered/dropped/dead-lettered/quarantined counts may be off",
+            )
+        if damaged_meta:
+            logger.error(
+                "journal %s: %d damaged rows of journal-wide counters were reset",
+                self.path,
+                len(damaged_meta),
+            )
+        await self._settle_counters(lost, len(repaired), damaged_meta)
         self._lock.write_high_water(self.last_seq)
 
-    async def _settle_counters(self, lost: int) -> None:
-        """Bring every backend's counters up to ``last_seq`` and persist them.
+    async def _derive_position(self, row: BackendRow) -> None:
+        """Rebuild a damaged backend row's position from the entries.
+
+        An entry keeps a backend's bit in ``targets`` until that backend settles
+        it, and settling moves the cursor in the same transaction, so the cursor
+        is just below the first entry that still has the bit. Above it, an append
+        the backend was journaled for (``origin``) that lost the bit was dropped by
+        DROP_OLDEST. What is pending is counted again.
+        """
+        conn = self._durable
+        mask = row.mask
+        ((first,),) = await conn.execute_fetchall(
+            "SELECT min(seq) FROM entries WHERE targets & ?", (mask,)
+        )
+        row.cursor = self.last_seq if first is None else int(first) - 1
+        ((floor,),) = await conn.execute_fetchall(
+            "SELECT max(seq) FROM entries WHERE seq > ? AND origin & ?"
+            " AND NOT targets & ? AND op = 1",
+            (row.cursor, mask, mask),
+        )
+        row.drop_floor = int(floor or 0)
+        row.pending = row.pending_bytes = 0
+        row.counted_through = row.cursor
+
+    async def _settle_counters(
+        self, lost: int, repaired: int, damaged_meta: list[bytes | None]
+    ) -> None:
+        """Bring every backend's counters up to ``last_seq`` and persist them, with
+        the journal-wide counters and the rows repaired on the way.
 
         Counters are written lazily, so entries journaled after a backend's
-        ``counted_through`` are added here, with one scan of that tail.
+        ``counted_through`` are added here, with one scan of that tail. A repaired
+        row whose name cannot be trusted is written by ``reconcile`` once the name
+        is known to be registered.
         """
         conn = self._durable
         for row in self.backends.values():
@@ -193,34 +235,39 @@ class Journal:
                     iter(
                         await conn.execute_fetchall(
                             "SELECT count(*), total(size) FROM entries"
-                            " WHERE seq > ? AND targets & ?",
-                            (row.counted_through, row.mask),
+                            " WHERE seq > ? AND origin & ?"
+                            " AND NOT (op = 1 AND seq <= ?)",
+                            (row.counted_through, row.mask, row.drop_floor),
                         )
                     )
                 )
                 row.pending += int(count)
                 row.pending_bytes += int(nbytes)
                 row.counted_through = self.last_seq
+        trusted = [row for row in self.backends.values() if row.exact]
         try:
-            await conn.executemany(
-                "UPDATE backends SET pending = ?, pending_bytes = ?,"
-                " counted_through = ? WHERE bit = ?",
-                [
-                    (row.pending, row.pending_bytes, row.counted_through, row.bit)
-                    for row in self.backends.values()
-                ],
-            )
-            if lost:
+            await _store_backend_rows(conn, trusted)
+            if damaged_meta:
                 await conn.execute(
-                    "INSERT INTO meta (key, value) VALUES ('lost_entries', ?)"
-                    " ON CONFLICT (key) DO UPDATE SET value = value + excluded.value",
-                    (lost,),
+                    "DELETE FROM meta WHERE typeof(key) != 'text'"
+                    " OR typeof(value) != 'integer'"
                 )
+                await conn.executemany(
+                    "DELETE FROM meta WHERE CAST(key AS BLOB) = ?",
+                    [(key,) for key in damaged_meta if key is not None],
+                )
+            repaired += len(damaged_meta)
+            for key, added in (("lost_entries", lost), ("repaired_rows", repaired)):
+                if added:
+                    await conn.execute(_ADD_TO_META, (key, added))
             await conn.commit()
         except sqlite3.Error as exc:
             await conn.rollback()
             raise JournalWriteFailed(self.path, str(exc)) from exc
         self.lost_entries += lost
+        self.repaired_rows += repaired
+        for row in trusted:
+            row.damage = None
 
     async def reconcile(self, names: Sequence[str]) -> tuple[list[str], dict[str, int]]:
         """Make the ``backends`` table match the registered ``names``.
@@ -229,12 +276,26 @@ class Journal:
         journaled before it was registered). A name no longer registered is
         removed: its pending entries are released. Returns the added names and the
         count of entries released per removed name.
+
+        Raises:
+            JournalCorrupt: a backend row repaired at open has a name that may be
+                damaged and is not registered: its entries are not released on the
+                word of a damaged row. Nothing was changed.
         """
+        doubtful = [row for row in self.backends.values() if not row.exact]
+        for row in doubtful:
+            if row.name not in names:
+                raise JournalCorrupt(
+                    self.path,
+                    f"the stored state of backend bit {row.bit} is damaged"
+                    f" ({row.damage}) and its name {row.name!r} is not registered;"
+                    " register it under its true name to keep its pending entries",
+                )
         added = [name for name in names if name not in self.backends]
         removed = {
             name: row for name, row in self.backends.items() if name not in names
         }
-        if not added and not removed:
+        if not added and not removed and not doubtful:
             return [], {}
         free_bits = sorted(
             set(range(62))
@@ -246,7 +307,7 @@ class Journal:
             )
         new_rows = [
             BackendRow(
-                free_bits[i], name, self.last_seq, 0, 0, 0, 0, 0, 0, self.last_seq
+                free_bits[i], name, self.last_seq, 0, 0, 0, 0, 0, 0, self.last_seq, 0
             )
             for i, name in enumerate(added)
         ]
@@ -260,18 +321,13 @@ class Journal:
                 await conn.execute("DELETE FROM backends WHERE bit = ?", (row.bit,))
             if removed:
                 await conn.execute("DELETE FROM entries WHERE targets = 0")
-            await conn.executemany(
-                "INSERT INTO backends (bit, name, cursor, counted_through)"
-                " VALUES (?, ?, ?, ?)",
-                [
-                    (row.bit, row.name, row.cursor, row.counted_through)
-                    for row in new_rows
-                ],
-            )
+            await _store_backend_rows(conn, [*doubtful, *new_rows])
             await conn.commit()
         except sqlite3.Error as exc:
             await conn.rollback()
             raise JournalWriteFailed(self.path, str(exc)) from exc
+        for row in doubtful:
+            row.damage, row.exact = None, True
         for name in removed:
             del self.backends[name]
         for row in new_rows:
@@ -357,7 +413,7 @@ class Journal:
             self._lock.release()
 
 
-#: Rows per INSERT statement (8 parameters each; one SQL text per size, all of
+#: Rows per INSERT statement (9 parameters each; one SQL text per size, all of
 #: which fit sqlite3's statement cache of 128).
 INSERT_CHUNK: Final = 64
 
@@ -366,7 +422,7 @@ INSERT_CHUNK: Final = 64
 def _insert_entries(count: int) -> str:
     return (
         "INSERT INTO entries (seq, session, op, payload, size, crc, enqueued_at,"
-        " targets) VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * count)
+        " targets, origin) VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * count)
     )
 
 
@@ -376,6 +432,8 @@ class Transaction:
     def __init__(self, journal: Journal, conn: aiosqlite.Connection) -> None:
         self._journal = journal
         self._conn = conn
+        self._backend_rows: Sequence[BackendRow] = ()
+        self._lost = 0
 
     async def __aenter__(self) -> Transaction:
         return self
@@ -390,9 +448,13 @@ class Transaction:
         if exc is None:
             try:
                 await conn.commit()
-                return
             except sqlite3.Error as commit_exc:
                 exc = commit_exc
+            else:
+                for row in self._backend_rows:
+                    self._journal.backends[row.name] = row
+                self._journal.lost_entries += self._lost
+                return
         try:
             await conn.rollback()
         except sqlite3.Error:
@@ -401,10 +463,10 @@ class Transaction:
             raise JournalWriteFailed(self._journal.path, str(exc)) from exc
 
     async def insert(
-        self, rows: Iterable[tuple[int, bytes, int, bytes, int, int, float, int]]
+        self, rows: Iterable[tuple[int, bytes, int, bytes, int, int, float, int, int]]
     ) -> None:
         """Insert entries: ``(seq, session, op, payload, size, crc, enqueued_at,
-        targets)`` each.
+        targets, origin)`` each.
 
         Up to ``INSERT_CHUNK`` rows go in one multi-row INSERT: one
         ``sqlite3_step``, so aiosqlite's thread gives up and retakes the GIL once
@@ -432,8 +494,9 @@ class Transaction:
         position = after
         while len(dropped) < count or freed < nbytes:
             rows = await self._conn.execute_fetchall(
-                "SELECT seq, size FROM entries WHERE seq > ? AND seq < ?"
-                " AND targets & ? AND op = 1 ORDER BY seq LIMIT ?",
+                f"SELECT seq, {typed('size', 'integer')} FROM entries"
+                " WHERE seq > ? AND seq < ? AND targets & ? AND op = 1"
+                " ORDER BY seq LIMIT ?",
                 (position, before, mask, max(count - len(dropped), 64)),
             )
             if not rows:
@@ -441,8 +504,9 @@ class Transaction:
             for seq, size in rows:
                 if len(dropped) >= count and freed >= nbytes:
                     break
-                dropped.append((int(seq), int(size)))
-                freed += int(size)
+                stored = size if type(size) is int else 0  # as the writer counts it
+                dropped.append((seq, stored))
+                freed += stored
             position = dropped[-1][0]
         if dropped:
             # The dropped entries are consecutive among this backend's appends,
@@ -465,8 +529,8 @@ class Transaction:
         """Copy entries ``(seq, error, attempts)`` to ``backend``'s dead letters."""
         await self._conn.executemany(
             "INSERT INTO dead_letters (backend, seq, session, op, payload, crc,"
-            " enqueued_at, error, attempts, failed_at)"
-            " SELECT ?, seq, session, op, payload, crc, enqueued_at, ?, ?, ?"
+            " origin, enqueued_at, error, attempts, failed_at)"
+            " SELECT ?, seq, session, op, payload, crc, origin, enqueued_at, ?, ?, ?"
             " FROM entries WHERE seq = ?",
             [
                 (backend, error, attempts, failed_at, seq)
@@ -480,8 +544,8 @@ class Transaction:
         """Copy damaged entries ``(seq, reason)`` to ``quarantine`` for ``backend``."""
         await self._conn.executemany(
             "INSERT INTO quarantine (backend, seq, session, op, payload, size, crc,"
-            " reason, quarantined_at)"
-            " SELECT ?, seq, session, op, payload, size, crc, ?, ?"
+            " origin, reason, quarantined_at)"
+            " SELECT ?, seq, session, op, payload, size, crc, origin, ?, ?"
             " FROM entries WHERE seq = ?",
             [(backend, reason, at, seq) for seq, reason in rows],
         )
@@ -525,8 +589,10 @@ class Transaction:
         settle the same entries in one transaction.
         """
         if not shared:
+            # "owes no one else", not "targets = mask": a row whose targets were
+            # damaged is deleted all the same once settled.
             await self._conn.executemany(
-                "DELETE FROM entries WHERE seq > ? AND seq <= ? AND targets = ?",
+                "DELETE FROM entries WHERE seq > ? AND seq <= ? AND targets & ~? = 0",
                 [(after, upto, mask) for mask, after, upto in ranges],
             )
             return
@@ -540,20 +606,64 @@ class Transaction:
             [(after, upto) for _, after, upto in ranges],
         )
 
-    async def update_backends(
-        self, rows: Sequence[tuple[int, int, int, int, int, int, int, int, int]]
-    ) -> None:
-        """Apply counter deltas ``(pending, pending_bytes, delivered, dropped,
-        dead_lettered, quarantined, cursor, counted_through, bit)``; the cursor and
-        ``counted_through`` only move forward."""
-        await self._conn.executemany(
-            "UPDATE backends SET pending = pending + ?,"
-            " pending_bytes = pending_bytes + ?, delivered = delivered + ?,"
-            " dropped = dropped + ?, dead_lettered = dead_lettered + ?,"
-            " quarantined = quarantined + ?, cursor = max(cursor, ?),"
-            " counted_through = max(counted_through, ?) WHERE bit = ?",
-            rows,
-        )
+    async def count_lost(self, count: int) -> None:
+        """Add ``count`` owed entries found missing to ``lost_entries``."""
+        await self._conn.execute(_ADD_TO_META, ("lost_entries", count))
+        self._lost += count
+
+    async def update_backends(self, rows: Sequence[BackendRow]) -> None:
+        """Store ``rows`` (whole, with their checksums); once committed they are
+        the journal's ``backends``."""
+        await _update_backend_rows(self._conn, rows)
+        self._backend_rows = rows
+
+
+_ADD_TO_META: Final = (
+    "INSERT INTO meta (key, value) VALUES (?, ?)"
+    " ON CONFLICT (key) DO UPDATE SET value = value + excluded.value"
+)
+_BACKEND_FIELDS: Final = (
+    "name, cursor, pending, pending_bytes, delivered, dropped, dead_lettered,"
+    " quarantined, counted_through, drop_floor, crc"
+)
+
+
+def _backend_values(row: BackendRow) -> tuple[object, ...]:
+    return (
+        row.name,
+        row.cursor,
+        row.pending,
+        row.pending_bytes,
+        row.delivered,
+        row.dropped,
+        row.dead_lettered,
+        row.quarantined,
+        row.counted_through,
+        row.drop_floor,
+        row.crc(),
+    )
+
+
+async def _update_backend_rows(
+    conn: aiosqlite.Connection, rows: Iterable[BackendRow]
+) -> None:
+    assignments = ", ".join(f"{f.strip()} = ?" for f in _BACKEND_FIELDS.split(","))
+    await conn.executemany(
+        f"UPDATE backends SET {assignments} WHERE bit = ?",
+        [(*_backend_values(row), row.bit) for row in rows],
+    )
+
+
+async def _store_backend_rows(
+    conn: aiosqlite.Connection, rows: Iterable[BackendRow]
+) -> None:
+    """Write ``rows`` whole, replacing a stored row of the same bit or name (a row
+    repaired at open may have had its bit or name damaged)."""
+    await conn.executemany(
+        f"INSERT OR REPLACE INTO backends (bit, {_BACKEND_FIELDS})"
+        f" VALUES (?, {', '.join('?' * 11)})",
+        [(row.bit, *_backend_values(row)) for row in rows],
+    )
 
 
 async def _close_quietly(conn: aiosqlite.Connection | Reader, path: str) -> None:

@@ -15,7 +15,14 @@ import aiosqlite
 import anyio
 
 from ._errors import JournalCorrupt, JournalError, JournalIncompatible
-from ._schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
+from ._rows import BACKEND_COLUMNS, BackendRow, typed
+from ._schema import (
+    APPLICATION_ID,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    entry_crc,
+    entry_crc_v1,
+)
 
 __all__ = [
     "JOURNAL_SIZE_LIMIT",
@@ -123,12 +130,15 @@ async def check_and_migrate(conn: aiosqlite.Connection, path: str) -> None:
             raise JournalError(path, f"cannot switch the journal to WAL (got {mode})")
         await conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
         while version < SCHEMA_VERSION:
-            await conn.executescript(
-                "BEGIN IMMEDIATE;"
-                + MIGRATIONS[version]
-                + f";PRAGMA application_id = {APPLICATION_ID};"
-                + f"PRAGMA user_version = {version + 1};COMMIT;"
-            )
+            migration = MIGRATIONS[version]
+            # The script's BEGIN stays open: the reseal and the version bump
+            # commit with it, or none of it does.
+            await conn.executescript("BEGIN IMMEDIATE;" + migration.sql)
+            if migration.reseal:
+                await _reseal(conn)
+            await conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            await conn.execute(f"PRAGMA user_version = {version + 1}")
+            await conn.commit()
             version += 1
     except sqlite3.Error as exc:
         if conn.in_transaction:
@@ -136,3 +146,56 @@ async def check_and_migrate(conn: aiosqlite.Connection, path: str) -> None:
         if is_corruption(exc):
             raise JournalCorrupt(path, str(exc)) from exc
         raise JournalError(path, f"cannot prepare the journal ({exc})") from exc
+
+
+#: Rows resealed per statement while migrating.
+_RESEAL_CHUNK: Final = 1024
+
+
+async def _reseal(conn: aiosqlite.Connection) -> None:
+    """Recompute checksums under the current rules, in the open transaction.
+
+    An entry or dead letter is resealed only if its old checksum still matches,
+    so a row damaged before the migration stays damaged (and is quarantined when
+    read). Backend rows get their first checksum. Reads every value through
+    ``typed``, so no stored value can raise here.
+    """
+    for table in ("entries", "dead_letters"):
+        key = "seq" if table == "entries" else "id"
+        position = -1
+        while True:
+            rows = list(
+                await conn.execute_fetchall(
+                    f"SELECT {key}, seq, {typed('session', 'blob')},"
+                    f" {typed('op', 'integer')}, {typed('payload', 'blob')},"
+                    f" {typed('crc', 'integer')}, {typed('origin', 'integer')}"
+                    f" FROM {table} WHERE {key} > ? ORDER BY {key} LIMIT ?",
+                    (position, _RESEAL_CHUNK),
+                )
+            )
+            if not rows:
+                break
+            position = rows[-1][0]
+            await conn.executemany(
+                f"UPDATE {table} SET crc = ? WHERE {key} = ?",
+                [
+                    (entry_crc(seq, session, op, origin, payload), row_id)
+                    for row_id, seq, session, op, payload, crc, origin in rows
+                    if type(seq) is int
+                    and type(session) is bytes
+                    and type(op) is int
+                    and type(payload) is bytes
+                    and type(origin) is int
+                    and crc == entry_crc_v1(seq, session, op, payload)
+                ],
+            )
+    backends = [
+        BackendRow.from_stored(tuple(row), sealed=False)
+        for row in await conn.execute_fetchall(
+            f"SELECT {BACKEND_COLUMNS} FROM backends"
+        )
+    ]
+    await conn.executemany(
+        "UPDATE backends SET crc = ? WHERE bit = ?",
+        [(row.crc(), row.bit) for row in backends if row.damage is None],
+    )

@@ -1,28 +1,45 @@
 """Reading the journal: a read-only connection whose rows are checked on the way.
 
-Every entry read is checked against its stored checksum (and its size); one that
-does not match comes back marked ``damage`` so the writer quarantines it rather
-than delivering it.
+Every row is read through ``_rows`` (no stored value can raise) and checked against
+its stored checksum; an entry that fails comes back marked ``damage`` so the writer
+quarantines it rather than delivering it. Who is owed an entry is read from its
+``origin`` (under the checksum), not from ``targets``; the caller passes the
+backend's position (``after``: its cursor, ``floor``: its DROP_OLDEST floor).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from ._batching import Entry
-from ._records import Op
-from ._schema import entry_crc
+from ._rows import ENTRY_COLUMNS, check_entries, decode_text, entry_columns, typed
 
 if TYPE_CHECKING:
-    import sqlite3
-    from collections.abc import Iterable
     from uuid import UUID
 
     import aiosqlite
 
-__all__ = ["Reader"]
+    from ._batching import Entry
 
-_ENTRY_COLUMNS: Final = "seq, session, op, payload, size, crc, enqueued_at"
+__all__ = ["DeadLetter", "Reader"]
+
+# A dead letter keeps no size of its own: its payload's length is its size.
+_DEAD_LETTER_ENTRY: Final = entry_columns(size="length(payload)")
+# An append a backend's DROP_OLDEST floor covers was dropped for it.
+_NOT_DROPPED: Final = "NOT (op = 1 AND seq <= ?)"
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One row of ``dead_letters``: the entry (``damage`` set if it is damaged)
+    and why its backend gave up on it. Unreadable text reads as None."""
+
+    id: int
+    backend: str | None
+    entry: Entry
+    error: str | None
+    attempts: int | None
+    failed_at: float | None
 
 
 class Reader:
@@ -42,82 +59,66 @@ class Reader:
     async def pending(
         self, mask: int, start: int, stop: int, limit: int
     ) -> list[Entry]:
-        """Entries owed to ``mask`` with ``start <= seq < stop``, oldest first.
+        """Entries journaled for ``mask`` with ``start <= seq < stop``, oldest first,
+        at most ``limit``.
 
-        An entry whose checksum or size does not match comes back with ``damage``
-        set; the caller must quarantine it rather than deliver it.
+        Appends DROP_OLDEST dropped come back too: the caller skips those under its
+        floor. An entry whose checksum, size or stored types do not match comes
+        back with ``damage`` set; the caller must quarantine it, not deliver it.
         """
         rows = await self._conn.execute_fetchall(
-            f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE seq >= ? AND seq < ?"
-            " AND targets & ? ORDER BY seq LIMIT ?",
+            f"SELECT {ENTRY_COLUMNS} FROM entries WHERE seq >= ? AND seq < ?"
+            " AND origin & ? ORDER BY seq LIMIT ?",
             (start, stop, mask, limit),
         )
-        return _check_rows(rows)
+        return check_entries(rows)
 
     async def pending_for_session(
-        self, session: UUID, mask: int, after: int
+        self, session: UUID, mask: int, after: int, floor: int
     ) -> list[Entry]:
-        """Entries of ``session`` owed to ``mask`` after ``after``, oldest first."""
+        """Entries of ``session`` still owed to ``mask`` after ``after``, oldest
+        first (appends under the DROP_OLDEST ``floor`` left out)."""
         # No index on session (it would slow every insert and delete), so this
         # scans the backlog: cheap while the backlog is small, as it usually is.
         rows = await self._conn.execute_fetchall(
-            f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE seq > ? AND targets & ?"
-            " AND session = ? ORDER BY seq",
-            (after, mask, session.bytes),
+            f"SELECT {ENTRY_COLUMNS} FROM entries WHERE seq > ? AND origin & ?"
+            f" AND session = ? AND {_NOT_DROPPED} ORDER BY seq",
+            (after, mask, session.bytes, floor),
         )
-        return _check_rows(rows)
+        return check_entries(rows)
 
-    async def oldest_pending(self, mask: int, after: int) -> float | None:
-        """When the oldest entry owed to ``mask`` after ``after`` was journaled."""
+    async def oldest_pending(self, mask: int, after: int, floor: int) -> float | None:
+        """When the oldest entry still owed to ``mask`` after ``after`` was
+        journaled (None if none is, or its time is unreadable)."""
         rows = list(
             await self._conn.execute_fetchall(
-                "SELECT enqueued_at FROM entries WHERE seq > ? AND targets & ?"
+                f"SELECT {typed('enqueued_at', 'real')} FROM entries"
+                f" WHERE seq > ? AND origin & ? AND {_NOT_DROPPED}"
                 " ORDER BY seq LIMIT 1",
-                (after, mask),
+                (after, mask, floor),
             )
         )
-        return float(rows[0][0]) if rows else None
+        return float(rows[0][0]) if rows and rows[0][0] is not None else None
 
-
-def _check_rows(rows: Iterable[sqlite3.Row]) -> list[Entry]:
-    entries: list[Entry] = []
-    append = entries.append
-    for seq, session, op, payload, size, crc, enqueued_at in rows:
-        if (
-            type(payload) is bytes
-            and type(session) is bytes
-            and len(session) == 16
-            and size == len(payload)
-            and op in _OPS
-            and crc == entry_crc(seq, session, op, payload)
-        ):
-            append(Entry(seq, session, op, payload, size, enqueued_at))
-        else:
-            # Keep the stored size so the backlog's byte count stays balanced,
-            # and the stored op, which says whether DROP_OLDEST could drop it.
-            stored = size if isinstance(size, int) else 0
-            damage = _damage(seq, session, op, payload, size, crc)
-            sid = session if isinstance(session, bytes) else b""
-            kind = op if isinstance(op, int) else 0
-            append(Entry(seq, sid, kind, b"", stored, enqueued_at, damage=damage))
-    return entries
-
-
-_OPS: Final = frozenset(int(op) for op in Op)
-
-
-def _damage(
-    seq: int, session: object, op: object, payload: object, size: object, crc: object
-) -> str:
-    """Why a row cannot be trusted."""
-    if not isinstance(payload, bytes) or not isinstance(session, bytes):
-        return "payload or session is not a blob"
-    if len(session) != 16:
-        return f"session is {len(session)} bytes, not 16"
-    if op not in _OPS:
-        return f"unknown operation {op!r}"
-    if size != len(payload):
-        return f"size {size!r} != payload length {len(payload)}"
-    assert isinstance(op, int)
-    actual = entry_crc(seq, session, op, payload)
-    return f"checksum mismatch (stored {crc!r}, computed {actual})"
+    async def dead_letters(self, after: int = 0, limit: int = 1000) -> list[DeadLetter]:
+        """Dead letters with ``id > after``, oldest first, checked like entries."""
+        rows = await self._conn.execute_fetchall(
+            f"SELECT id, {typed('backend', 'text')}, {_DEAD_LETTER_ENTRY},"
+            f" {typed('error', 'text')}, {typed('attempts', 'integer')},"
+            f" {typed('failed_at', 'real')}"
+            " FROM dead_letters WHERE id > ? ORDER BY id LIMIT ?",
+            (after, limit),
+        )
+        letters = []
+        for row_id, backend, *entry, error, attempts, failed_at in rows:
+            letters.append(
+                DeadLetter(
+                    row_id,
+                    decode_text(backend),
+                    check_entries([tuple(entry)])[0],
+                    decode_text(error),
+                    attempts,
+                    failed_at,
+                )
+            )
+        return letters

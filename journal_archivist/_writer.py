@@ -41,9 +41,11 @@ import msgspec
 from ._admission import Backlog
 from ._batching import Entry, bisect, coalesce, cut
 from ._errors import ArchivistClosed, BackendError
+from ._failure import describe
 from ._health import UNHEALTHY_AFTER, BackendHealth, status_for
 from ._policies import FailureMode, OverflowPolicy
 from ._records import Op, decode_entry
+from ._throttle import Throttle
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -51,8 +53,8 @@ if TYPE_CHECKING:
     from anyio.abc import TaskStatus
 
     from ._config import Registration
-    from ._journal import BackendRow
     from ._reader import Reader
+    from ._rows import BackendRow
 
 __all__ = ["Settlement", "SyncWaiter", "Writer"]
 
@@ -79,6 +81,8 @@ class Settlement:
     count: int
     nbytes: int
     delivered: int
+    #: Entries the backlog count said were owed that are not in the journal.
+    missing: int = 0
     dead: list[tuple[int, str, int]] = field(default_factory=list)
     damaged: list[tuple[int, str]] = field(default_factory=list)
     #: ``(session, seq)`` of each erasure settled (its session's parked copies
@@ -117,11 +121,6 @@ class SyncWaiter:
             self.event.set()
 
 
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 class Writer:
     """The delivery loop of one registered backend."""
 
@@ -156,8 +155,7 @@ class Writer:
         self.quarantined = row.quarantined
         self.cursor = row.cursor  # as last committed to the journal
         self._dropped_at_open = row.dropped
-        self._unlogged_drops = 0
-        self._drops_logged_at = -math.inf
+        self._drop_log = Throttle(DROP_LOG_INTERVAL)
 
         # Where the untaken entries are (see the module docstring).
         self.last_taken = row.cursor
@@ -166,7 +164,7 @@ class Writer:
         self._mem: deque[Entry] = deque()
         self._mem_bytes = 0
         self._mem_from = tail + 1
-        self._drop_floor = 0
+        self._drop_floor = row.drop_floor
         self._retry_after = 0.0
         self._gate: anyio.Event | None = None
         self._inflight: Sequence[Entry] = ()
@@ -202,6 +200,11 @@ class Writer:
             self.pending,
             self.pending_bytes,
         )
+
+    @property
+    def drop_floor(self) -> int:
+        """DROP_OLDEST dropped every untaken append owed here up to this seq."""
+        return self._drop_floor
 
     @property
     def in_flight(self) -> int:
@@ -269,9 +272,8 @@ class Writer:
 
     def _log_drops(self, count: int) -> None:
         """Log drops at WARNING, at most once per ``DROP_LOG_INTERVAL`` seconds."""
-        self._unlogged_drops += count
-        now = time.monotonic()
-        if now - self._drops_logged_at >= DROP_LOG_INTERVAL:
+        reported = self._drop_log.due(count)
+        if reported is not None:
             policy = self.policy
             limit = f"{policy.capacity} entries"
             if policy.capacity_bytes is not None:
@@ -282,11 +284,9 @@ class Writer:
                 self.name,
                 policy.overflow.name,
                 limit,
-                self._unlogged_drops,
+                reported,
                 self.dropped - self._dropped_at_open,
             )
-            self._unlogged_drops = 0
-            self._drops_logged_at = now
 
     def add_waiter(self, seq: int) -> SyncWaiter:
         """Register an appender waiting for entry ``seq`` to be settled here."""
@@ -382,11 +382,13 @@ class Writer:
     def _repair_backlog(self) -> None:
         """The backlog count says entries are owed, yet none is left to take.
 
-        That means the persisted counters drifted from the entries (a bug, or a
-        damaged journal). Settle the difference so both agree again, loudly.
+        The count is exact (kept with the entries, checked at open), so owed
+        entries are missing from the journal: a damaged journal (or a bug). They
+        are counted in ``lost_entries`` and the count settled, loudly.
         """
         logger.error(
-            "backend %r: backlog count %d has no entries behind it; correcting",
+            "backend %r: %d entries it is owed are missing from the journal"
+            " (health().journal.lost_entries counts them)",
             self.name,
             self.undispatched,
         )
@@ -491,7 +493,7 @@ class Writer:
                     await self._honour_retry_after()
                 if self._best_effort and give_up and await self._probe(entries):
                     if len(entries) == 1:
-                        dead.append((entries[0], _describe(exc), attempt))
+                        dead.append((entries[0], describe(exc), attempt))
                         return
                     left, right = bisect(entries)
                     await self._deliver_part(left, dead)
@@ -532,7 +534,7 @@ class Writer:
         self, exc: Exception, entries: Sequence[Entry], *, probe: bool = False
     ) -> None:
         self.consecutive_failures += 1
-        self.last_error = _describe(exc)
+        self.last_error = describe(exc)
         if isinstance(exc, BackendError) and exc.retry_after is not None:
             self._retry_after = exc.retry_after
         what = "health check" if probe else f"delivery of {len(entries)} entries"
@@ -587,6 +589,7 @@ class Writer:
             count=count,
             nbytes=nbytes,
             delivered=len(batch) - len(dead) - len(damaged),
+            missing=drift[0] if drift else 0,
             dead=[(entry.seq, error, attempts) for entry, error, attempts in dead],
             damaged=damaged,
             # A damaged (quarantined) erasure was not applied: it purges nothing.
@@ -596,6 +599,16 @@ class Writer:
         )
         self.pending -= settlement.count
         self.pending_bytes -= settlement.nbytes
+        if self.pending <= 0 and (self.pending or self.pending_bytes):
+            # More was settled than counted (a damaged row's size, say): a
+            # negative count would keep this writer asleep with entries owed.
+            logger.error(
+                "backend %r: backlog count drifted to %d entries, %d bytes; reset",
+                self.name,
+                self.pending,
+                self.pending_bytes,
+            )
+            self.pending = self.pending_bytes = 0
         self.delivered += settlement.delivered
         self.dead_lettered += len(dead)
         self.quarantined += len(damaged)

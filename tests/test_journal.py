@@ -36,6 +36,7 @@ from journal_archivist import (
     _committer,
     _space,
 )
+from journal_archivist._schema import SCHEMA_VERSION
 from journal_archivist.testing import MockBackend
 from tests.helpers import record, records, registration
 
@@ -183,7 +184,7 @@ class TestFiles:
             db.execute("PRAGMA user_version = 99")
         with pytest.raises(JournalIncompatible, match="version 99 is newer") as info:
             await Archivist.open(journal_path, [registration()])
-        assert (info.value.found, info.value.supported) == (99, 1)
+        assert (info.value.found, info.value.supported) == (99, SCHEMA_VERSION)
 
 
 class TestChecksums:
