@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import time
 import warnings
 from typing import TYPE_CHECKING, Any, Final, final
@@ -41,13 +42,13 @@ from ._errors import (
 from ._failure import Failure
 from ._health import HealthReport, HealthStatus, JournalHealth
 from ._journal import Journal
+from ._ownership import check_ownership
 from ._policies import Durability, FailureMode, Sync
 from ._records import MessageRecord, Op, decode_entry, encode_append
 from ._space import SpaceGuard
 from ._writer import Writer
 
 if TYPE_CHECKING:
-    import os
     from collections.abc import Awaitable, Callable, Generator, Sequence
     from types import TracebackType
 
@@ -153,9 +154,12 @@ class Archivist:
         Raises:
             JournalLocked, JournalCorrupt, JournalIncompatible, JournalError: see
                 each; nothing was changed.
-            ValueError, TypeError: bad arguments, named in the message.
+            ValueError, TypeError: bad arguments, named in the message; among them
+                a backend that would write the journal's files, or a file or
+                directory another registration writes (``owned_paths``).
         """
         regs = _check_registrations(registrations)
+        check_ownership(os.fspath(journal_path), regs)
         if max_record_bytes < 1:
             raise ValueError(f"max_record_bytes must be >= 1, got {max_record_bytes}")
         if free_space_reserve < 0:
@@ -253,7 +257,7 @@ class Archivist:
                 # The writers are stopped; commit their last done-marks.
                 with anyio.move_on_after(FINAL_FLUSH_TIMEOUT, shield=True):
                     with contextlib.suppress(ArchivistClosed):  # a dead committer
-                        await self._committer.flush()
+                        await self._committer.flush(counters=True)
                 group.cancel_scope.cancel()
         finally:
             for writer in self._writers:
@@ -579,7 +583,7 @@ class Archivist:
                 path=self._journal.path,
                 quarantined=len(self._journal.quarantined),
                 lost_entries=self._journal.lost_entries,
-                free_bytes=self._space.free,
+                free_bytes=self._space.current_free(),
                 low_space=self._space.low,
                 commit_failures=self._committer.commit_failures,
                 failed=self._failure is not None,

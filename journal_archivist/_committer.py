@@ -249,11 +249,15 @@ class Committer:
         self._settle_gen += 1
         self._kick.set()  # room in the backlog may unblock an append
 
-    async def flush(self) -> None:
-        """Wait until every settlement reported so far is written.
+    async def flush(self, *, counters: bool = False) -> None:
+        """Wait until every settlement reported so far is written (``counters``:
+        and the backlog counters of every entry journaled so far, as at
+        shutdown, so the next open need not count them from the entries).
 
         Raises ``ArchivistClosed`` if the committer stops first.
         """
+        if counters and self._deltas:
+            self._settle_gen += 1
         target = self._settle_gen
         while self._flushed_gen < target:
             if self.stopped:

@@ -221,11 +221,19 @@ class JournalLocked(JournalError):
     """Another ``Archivist`` (in this process or another) owns the journal.
 
     Nothing was opened or changed. The lock is an OS file lock, so it is released
-    when its owner exits, even by a crash.
+    when its owner exits, even by a crash. ``pid`` is the owner's process id, when
+    it is known.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        super().__init__(path, "journal is locked by another owner")
+    def __init__(self, path: str | os.PathLike[str], *, pid: int | None = None):
+        if pid is None:
+            holder = "another owner"
+        elif pid == os.getpid():
+            holder = f"another Archivist of this process (pid {pid})"
+        else:
+            holder = f"another process (pid {pid})"
+        super().__init__(path, f"journal is locked by {holder}")
+        self.pid = pid
 
 
 class JournalCorrupt(JournalError):

@@ -592,7 +592,8 @@ class Transaction:
             # "owes no one else", not "targets = mask": a row whose targets were
             # damaged is deleted all the same once settled.
             await self._conn.executemany(
-                "DELETE FROM entries WHERE seq > ? AND seq <= ? AND targets & ~? = 0",
+                "DELETE FROM entries WHERE seq > ? AND seq <= ?"
+                " AND coalesce(targets, 0) & ~? = 0",
                 [(after, upto, mask) for mask, after, upto in ranges],
             )
             return
@@ -602,7 +603,8 @@ class Transaction:
             [(mask, after, upto, mask) for mask, after, upto in ranges],
         )
         await self._conn.executemany(
-            "DELETE FROM entries WHERE seq > ? AND seq <= ? AND targets = 0",
+            "DELETE FROM entries WHERE seq > ? AND seq <= ?"
+            " AND coalesce(targets, 0) = 0",
             [(after, upto) for _, after, upto in ranges],
         )
 

@@ -7,7 +7,9 @@ that is not one, or is damaged, raises ``JournalCorrupt`` and is left untouched.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import sqlite3
 from typing import Final
 
@@ -24,6 +26,8 @@ from ._schema import (
     entry_crc_v1,
 )
 
+logger = logging.getLogger("journal_archivist.journal")
+
 __all__ = [
     "JOURNAL_SIZE_LIMIT",
     "check_and_migrate",
@@ -34,6 +38,12 @@ __all__ = [
 
 #: The WAL is truncated back to this size after a checkpoint that outgrew it.
 JOURNAL_SIZE_LIMIT: Final = 64 * 1024 * 1024
+#: Findings ``PRAGMA quick_check`` lists at most; a file with as many is refused.
+QUICK_CHECK_LIMIT: Final = 100
+
+_NULL_IN_ROW: Final = re.compile(
+    r"NULL value in (entries|backends|meta|dead_letters|quarantine)\.\w+$"
+)
 
 
 def is_corruption(exc: sqlite3.Error) -> bool:
@@ -111,10 +121,25 @@ async def check_and_migrate(conn: aiosqlite.Connection, path: str) -> None:
         if version > SCHEMA_VERSION:
             raise JournalIncompatible(path, version, SCHEMA_VERSION)
         problems = [
-            row[0] for row in await conn.execute_fetchall("PRAGMA quick_check(5)")
+            str(row[0])
+            for row in await conn.execute_fetchall(
+                f"PRAGMA quick_check({QUICK_CHECK_LIMIT})"
+            )
         ]
+        # A NULL where NOT NULL belongs is one row's damage (a flipped type
+        # byte), which every reader handles; damage to the file's structure, or
+        # more findings than were listed, refuses the file.
+        structural = [p for p in problems if p != "ok" and not _NULL_IN_ROW.match(p)]
+        if structural or len(problems) >= QUICK_CHECK_LIMIT:
+            raise JournalCorrupt(path, "; ".join(structural[:5] or problems[:5]))
         if problems != ["ok"]:
-            raise JournalCorrupt(path, "; ".join(map(str, problems)))
+            logger.warning(
+                "journal %s: %d stored values are NULL where none belong (%s);"
+                " those rows are quarantined or repaired when read",
+                path,
+                len(problems),
+                "; ".join(problems[:3]),
+            )
     except sqlite3.DatabaseError as exc:
         if is_corruption(exc):
             raise JournalCorrupt(path, str(exc)) from exc

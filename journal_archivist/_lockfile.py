@@ -5,6 +5,8 @@ Rules:
   when the owner exits, even by SIGKILL. A second owner (another process, or another
   open in this process) gets ``JournalLocked``. SQLite's own locks are POSIX record
   locks on the journal file and are unaffected.
+- The owner writes its pid into the file once it holds the lock, so a second
+  opener can say who holds it (``JournalLocked.pid``).
 - The file also records the highest sequence number ever committed, rewritten after
   each commit without an fsync. It lets open detect a lost WAL tail (committed
   entries that SQLite silently dropped because a WAL frame was damaged): if the
@@ -29,6 +31,9 @@ logger = logging.getLogger("journal_archivist.journal")
 
 _MAGIC = b"JALOCK01"
 _RECORD = struct.Struct(">8sQI")  # magic, high-water, crc32 of the first two
+_OWNER_MAGIC = b"JAOWNER1"
+_OWNER = struct.Struct(">8sQI")  # magic, pid, crc32 of the first two
+_OWNER_AT = 32
 
 
 class LockFile:
@@ -40,13 +45,16 @@ class LockFile:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            holder = _read_owner(fd)
             os.close(fd)
-            raise JournalLocked(journal_path) from None
+            raise JournalLocked(journal_path, pid=holder) from None
         except BaseException:
             os.close(fd)
             raise
         self._fd: int | None = fd
         self._write_failed = False
+        head = _OWNER_MAGIC + os.getpid().to_bytes(8, "big")
+        self._pwrite(head + zlib.crc32(head).to_bytes(4, "big"), _OWNER_AT)
 
     def read_high_water(self) -> int | None:
         """The recorded high-water, or None if there is none or it is damaged."""
@@ -68,15 +76,33 @@ class LockFile:
         if self._fd is None:
             return
         head = _MAGIC + value.to_bytes(8, "big")
+        self._pwrite(head + zlib.crc32(head).to_bytes(4, "big"), 0)
+
+    def _pwrite(self, data: bytes, offset: int) -> None:
+        assert self._fd is not None
         try:
-            os.pwrite(self._fd, head + zlib.crc32(head).to_bytes(4, "big"), 0)
+            os.pwrite(self._fd, data, offset)
         except OSError as exc:
             if not self._write_failed:
                 self._write_failed = True
-                logger.warning("cannot record the high-water in %s: %s", self.path, exc)
+                logger.warning("cannot write the lock file %s: %s", self.path, exc)
 
     def release(self) -> None:
         """Unlock and close; harmless to call twice."""
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)  # closing the last descriptor releases the flock
+
+
+def _read_owner(fd: int) -> int | None:
+    """The pid the holder of the lock wrote, or None if unknown."""
+    try:
+        data = os.pread(fd, _OWNER.size, _OWNER_AT)
+    except OSError:
+        return None
+    if len(data) != _OWNER.size:
+        return None
+    magic, pid, crc = _OWNER.unpack(data)
+    if magic != _OWNER_MAGIC or zlib.crc32(data[:16]) != crc:
+        return None
+    return int(pid)

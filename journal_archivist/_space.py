@@ -40,6 +40,7 @@ class SpaceGuard:
         self.low = False
         self._checked_at = -float("inf")
         self._since_check = 0
+        self._refresh(time.monotonic())  # known from open, not first append
 
     def refusal(self, incoming: int) -> JournalFull | None:
         """The error to refuse appends of ``incoming`` bytes with, or None."""
@@ -54,6 +55,13 @@ class SpaceGuard:
             return None
         assert self.free is not None
         return JournalFull(self._path, self.free, self.reserve)
+
+    def current_free(self) -> int | None:
+        """Free bytes, measured again if the last reading is stale."""
+        now = time.monotonic()
+        if now - self._checked_at >= CHECK_INTERVAL:
+            self._refresh(now)
+        return self.free
 
     def _refresh(self, now: float) -> None:
         try:

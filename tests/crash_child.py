@@ -2,14 +2,16 @@
 
 Usage: python -m tests.crash_child JOURNAL DURABILITY DELIVERED_LOG [ERASE_EVERY]
 
-Appends to 4 sessions forever and prints ``ack <session> <content>`` after each
-append returns (the acknowledgement). With ERASE_EVERY, each session's producer
-also erases its session after every ERASE_EVERY appends and prints ``erased
-<session>`` once ``delete_session`` returns. Its backend appends every record it
-is given (``<session> <message_id> <content>``) and every erasure (``<session>
-ERASE``) to DELIVERED_LOG and fsyncs before returning, like a durable archive,
-but is slow, so a SIGKILL usually lands with a backlog both journaled and in
-flight.
+Appends to 4 sessions forever, one producer per session, and prints ``begin
+<session> <content>`` before each append and ``ack <session> <content>`` after it
+returns (the acknowledgement). With ERASE_EVERY, each session's producer also erases
+its session after every ERASE_EVERY appends, printing ``begin-erase <session>``
+before ``delete_session`` and ``erased <session>`` once it returns. So the parent
+knows what was acknowledged, and what was in flight at the kill. Its backend appends
+every record it is given (``<session> <message_id> <content>``) and every erasure
+(``<session> ERASE``) to DELIVERED_LOG and fsyncs before returning, like a durable
+archive, but is slow, so a SIGKILL usually lands with a backlog both journaled and
+in flight.
 """
 
 from __future__ import annotations
@@ -72,11 +74,13 @@ async def main(journal: str, durability: str, log: str, erase_every: str = "0") 
         appended = 0
         while True:
             if int(erase_every) and appended and appended % int(erase_every) == 0:
+                print(f"begin-erase {session}", flush=True)  # noqa: T201
                 await archivist.delete_session(session)
                 print(f"erased {session}", flush=True)  # noqa: T201
             appended += 1
             counter += 1
             content = f"n{counter}"
+            print(f"begin {session} {content}", flush=True)  # noqa: T201
             await archivist.append_messages(
                 session,
                 [MessageRecord(session=session, role="user", content_md=content)],

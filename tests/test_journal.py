@@ -67,9 +67,11 @@ class TestOwnership:
         self, journal_path: Path
     ) -> None:
         async with Archivist.open(journal_path, [registration()]):
-            with pytest.raises(JournalLocked, match="locked by another owner") as info:
+            this_process = rf"another Archivist of this process \(pid {os.getpid()}\)"
+            with pytest.raises(JournalLocked, match=this_process) as info:
                 await Archivist.open(journal_path, [registration()])
         assert info.value.path == str(journal_path)
+        assert info.value.pid == os.getpid()
         async with Archivist.open(journal_path, [registration()]):
             pass  # released at shutdown
 
@@ -95,6 +97,10 @@ class TestOwnership:
             )
         assert result.returncode == 3, result.stderr.decode()
         assert str(journal_path) in result.stdout.decode()
+        # The holder is named: the operator knows which process to look at.
+        assert f"locked by another process (pid {os.getpid()})" in (
+            result.stdout.decode()
+        )
 
     async def test_a_symlink_to_the_journal_shares_its_lock(
         self, journal_path: Path, tmp_path: Path
@@ -291,6 +297,12 @@ class TestLostTail:
 
 
 class TestSpace:
+    async def test_free_space_is_known_from_open(self, journal_path: Path) -> None:
+        async with Archivist.open(journal_path, [registration()]) as archivist:
+            free = archivist.health().journal.free_bytes
+        assert free is not None
+        assert free > 0
+
     async def test_appends_are_refused_below_the_reserve_and_resume_by_themselves(
         self, journal_path: Path, session: UUID, monkeypatch: pytest.MonkeyPatch
     ) -> None:

@@ -1,0 +1,299 @@
+"""A dead archivist says so: health reports it, every call raises at once, nothing
+hangs, and the journal is released for the next open.
+
+A loop dies on a bug or a journal that cannot be read (here: the journal reader
+raising as a damaged page makes it), or when the committer meets three I/O errors
+in a row. Also: an archivist used from another event loop says what happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import threading
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import pytest
+
+from journal_archivist import (
+    Archivist,
+    ArchivistFailed,
+    JournalWriteFailed,
+    OverflowPolicy,
+    Sync,
+    WrongEventLoop,
+)
+from journal_archivist._journal import Transaction
+from journal_archivist._reader import Reader
+from journal_archivist.testing import MockBackend
+from tests.helpers import record, registration
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+    from uuid import UUID
+
+MALFORMED = "database disk image is malformed"
+
+
+@pytest.fixture
+def unreadable_journal(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The journal's reader raises, as a damaged page makes SQLite do."""
+
+    async def pending(*args: Any) -> Any:
+        raise sqlite3.DatabaseError(MALFORMED)
+
+    monkeypatch.setattr(Reader, "pending", pending)
+    yield
+    monkeypatch.undo()
+
+
+async def with_backlog(path: Path, session: UUID, count: int = 3) -> None:
+    held = MockBackend()
+    held.hold()
+    archivist = await Archivist.open(path, [registration(held)])
+    for i in range(count):
+        await archivist.append_messages(session, [record(session, f"m{i}")])
+    await archivist.shutdown(timeout=0)
+
+
+def assert_one_line_failure(error: BaseException, what: str) -> None:
+    assert isinstance(error, ArchivistFailed)
+    assert "\n" not in str(error)
+    assert f"{what} died: DatabaseError: {MALFORMED}" in str(error)
+    assert isinstance(error.__cause__, sqlite3.DatabaseError)
+
+
+WRITER = "the writer loop of backend 'mock'"
+
+
+class TestALoopDies:
+    async def test_health_and_every_call_say_so_at_once(
+        self,
+        journal_path: Path,
+        session: UUID,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        await with_backlog(journal_path, session)
+        died = anyio.Event()
+        original = Reader.pending
+
+        async def pending(reader: Reader, *args: Any) -> Any:
+            died.set()
+            raise sqlite3.DatabaseError(MALFORMED)
+
+        monkeypatch.setattr(Reader, "pending", pending)
+        archivist = await Archivist.open(journal_path, [registration()])
+        with anyio.fail_after(5):
+            await died.wait()
+            # wait_drained was the call that hung: it now raises, and at once.
+            with pytest.raises(ArchivistFailed) as drained:
+                await archivist.wait_drained()
+        assert_one_line_failure(drained.value, WRITER)
+        report = archivist.health()
+        assert report.journal.failed
+        assert report.journal.failure == f"{WRITER} died: DatabaseError: {MALFORMED}"
+        assert archivist.is_closed
+        with pytest.raises(ArchivistFailed) as appended:
+            await archivist.append_messages(session, [record(session, "late")])
+        assert_one_line_failure(appended.value, WRITER)
+        with pytest.raises(ArchivistFailed):
+            await archivist.delete_session(session)
+        with pytest.raises(ArchivistFailed):
+            await archivist.read_session(session)
+        with pytest.raises(ArchivistFailed):  # a failure is never silent
+            await archivist.shutdown()
+        assert [r.levelno for r in caplog.records if WRITER in r.getMessage()] == [
+            logging.CRITICAL
+        ]
+        # The lock is released and nothing acknowledged was lost.
+        monkeypatch.setattr(Reader, "pending", original)
+        mock = MockBackend()
+        async with Archivist.open(journal_path, [registration(mock)]) as reopened:
+            with anyio.fail_after(5):
+                await reopened.wait_drained()
+        assert [r.content_md for r in mock.records(session)] == ["m0", "m1", "m2"]
+
+    async def test_appenders_waiting_on_it_are_woken(
+        self, journal_path: Path, session: UUID, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # A Sync appender waits for delivery; a BLOCKed one for room: neither
+        # may hang when the archivist dies under them.
+        await with_backlog(journal_path, session, count=2)
+        gate = anyio.Event()
+
+        async def pending(*args: Any) -> Any:
+            await gate.wait()
+            raise sqlite3.DatabaseError(MALFORMED)
+
+        monkeypatch.setattr(Reader, "pending", pending)
+        policy = Sync(timeout=60, capacity=3, overflow=OverflowPolicy.BLOCK)
+        errors: list[BaseException] = []
+
+        async def append(archivist: Archivist, content: str) -> None:
+            try:
+                await archivist.append_messages(session, [record(session, content)])
+            except ArchivistFailed as exc:
+                errors.append(exc)
+
+        async def use() -> None:
+            async with Archivist.open(
+                journal_path, [registration(write_policy=policy)]
+            ) as archivist:
+                with anyio.fail_after(10):
+                    async with anyio.create_task_group() as group:
+                        group.start_soon(append, archivist, "syncs")  # fits: waits
+                        await anyio.wait_all_tasks_blocked()
+                        group.start_soon(append, archivist, "blocks")  # no room
+                        await anyio.wait_all_tasks_blocked()
+                        assert errors == []
+                        gate.set()
+
+        with pytest.raises(ArchivistFailed):  # at the end of the block
+            await use()
+        assert len(errors) == 2
+        for error in errors:
+            assert_one_line_failure(error, WRITER)
+
+    async def test_the_end_of_its_async_with_block_raises_it(
+        self, journal_path: Path, session: UUID, unreadable_journal: None
+    ) -> None:
+        await with_backlog(journal_path, session)
+
+        async def use() -> None:
+            async with Archivist.open(journal_path, [registration()]) as archivist:
+                with anyio.fail_after(5), pytest.raises(ArchivistFailed):
+                    await archivist.wait_drained()
+
+        with pytest.raises(ArchivistFailed) as info:
+            await use()
+        assert_one_line_failure(info.value, WRITER)
+
+    async def test_the_blocks_own_error_is_not_hidden_by_it(
+        self, journal_path: Path, session: UUID, unreadable_journal: None
+    ) -> None:
+        await with_backlog(journal_path, session)
+
+        async def use() -> None:
+            async with Archivist.open(journal_path, [registration()]) as archivist:
+                with anyio.fail_after(5), pytest.raises(ArchivistFailed):
+                    await archivist.wait_drained()
+                raise KeyError("the body's own")
+
+        with pytest.raises(KeyError, match="the body's own"):
+            await use()
+
+
+def io_error(code: int, message: str) -> sqlite3.OperationalError:
+    error = sqlite3.OperationalError(message)
+    error.sqlite_errorcode = code  # type: ignore[attr-defined]
+    return error
+
+
+class TestCommitFailures:
+    async def test_three_io_failures_in_a_row_fail_the_archivist(
+        self, journal_path: Path, session: UUID, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        async def insert(tx: Transaction, rows: Any) -> None:
+            raise io_error(sqlite3.SQLITE_IOERR_WRITE, "disk I/O error")
+
+        async def use() -> None:
+            async with Archivist.open(journal_path, [registration()]) as archivist:
+                monkeypatch.setattr(Transaction, "insert", insert)
+                for attempt in range(3):
+                    assert not archivist.health().journal.failed
+                    with pytest.raises(JournalWriteFailed, match="disk I/O error"):
+                        await archivist.append_messages(session, [record(session, "x")])
+                    assert archivist.health().journal.commit_failures == attempt + 1
+                assert archivist.health().journal.failed
+                monkeypatch.undo()
+                with pytest.raises(ArchivistFailed, match="3 commits in a row"):
+                    await archivist.append_messages(session, [record(session, "y")])
+                with pytest.raises(ArchivistFailed):
+                    await archivist.wait_drained()
+
+        # Leaving the block raises the failure too (it never met it there).
+        with pytest.raises(ArchivistFailed, match="failed with an I/O error"):
+            await use()
+
+    async def test_a_full_disk_refuses_appends_but_never_fails_the_archivist(
+        self,
+        journal_path: Path,
+        session: UUID,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        async def insert(tx: Transaction, rows: Any) -> None:
+            raise io_error(sqlite3.SQLITE_FULL, "database or disk is full")
+
+        mock = MockBackend()
+        async with Archivist.open(journal_path, [registration(mock)]) as archivist:
+            monkeypatch.setattr(Transaction, "insert", insert)
+            with caplog.at_level(logging.ERROR, logger="journal_archivist"):
+                for _ in range(8):
+                    with pytest.raises(JournalWriteFailed, match="full"):
+                        await archivist.append_messages(session, [record(session, "x")])
+            assert archivist.health().journal.commit_failures == 8
+            assert not archivist.health().journal.failed
+            # One line for the streak, not one per failed commit.
+            lines = [r for r in caplog.records if "commit failed" in r.getMessage()]
+            assert len(lines) == 1
+            monkeypatch.undo()
+            await archivist.append_messages(session, [record(session, "after")])
+            assert archivist.health().journal.commit_failures == 0
+            with anyio.fail_after(5):
+                await archivist.wait_drained()
+        assert [r.content_md for r in mock.records(session)] == ["after"]
+
+
+class TestEventLoops:
+    def test_opening_in_one_asyncio_run_and_using_it_in_another_says_why(
+        self, journal_path: Path, session: UUID, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        # The first thing a newcomer tries.
+        async def open_it() -> Archivist:
+            return await Archivist.open(journal_path, [registration()])
+
+        with caplog.at_level(logging.WARNING, logger="journal_archivist"):
+            archivist = asyncio.run(open_it())
+        assert "closing without shutdown() (did asyncio.run() return?)" in caplog.text
+        assert "CancelledError" not in caplog.text
+        with pytest.raises(WrongEventLoop, match="has since closed") as info:
+            asyncio.run(archivist.append_messages(session, [record(session, "x")]))
+        assert info.value.loop_closed
+        assert "asyncio.run()" in str(info.value)
+        # Stopped already: shutting down from anywhere just says it is done.
+        asyncio.run(archivist.shutdown())
+
+        # And the journal was released by its own loop on the way out.
+        async def reopen() -> None:
+            async with Archivist.open(journal_path, [registration()]):
+                pass
+
+        asyncio.run(reopen())
+
+    async def test_using_it_from_another_running_loop_is_refused(
+        self, journal_path: Path, session: UUID
+    ) -> None:
+        errors: list[BaseException] = []
+        async with Archivist.open(journal_path, [registration()]) as archivist:
+
+            def other_thread() -> None:
+                try:
+                    asyncio.run(
+                        archivist.append_messages(session, [record(session, "x")])
+                    )
+                except WrongEventLoop as exc:
+                    errors.append(exc)
+
+            thread = threading.Thread(target=other_thread)
+            thread.start()
+            await anyio.to_thread.run_sync(thread.join)
+            await archivist.append_messages(session, [record(session, "here")])
+        [error] = errors
+        assert isinstance(error, WrongEventLoop)
+        assert not error.loop_closed
+        assert "serves only that one" in str(error)
