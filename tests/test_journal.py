@@ -26,6 +26,7 @@ import pytest
 
 from journal_archivist import (
     Archivist,
+    Durability,
     JournalCorrupt,
     JournalError,
     JournalFull,
@@ -171,6 +172,23 @@ class TestFiles:
             await Archivist.open(journal_path, [registration()])
         assert journal_path.read_bytes() == before
 
+    async def test_a_damaged_page_that_open_never_reads_is_refused_at_open(
+        self, journal_path: Path, session: UUID
+    ) -> None:
+        # Open reads the first and last pages of the entries; a damaged page in
+        # between would otherwise be found by a writer, later, mid-delivery.
+        await journal_with_backlog(journal_path, session, 400)
+        data = bytearray(journal_path.read_bytes())
+        page_size = int.from_bytes(data[16:18], "big")
+        pages = len(data) // page_size
+        assert pages > 10, "the entries must span many pages"
+        middle = (pages // 2) * page_size
+        data[middle : middle + page_size] = bytes(page_size)
+        journal_path.write_bytes(bytes(data))
+        with pytest.raises(JournalCorrupt, match="corrupt"):
+            await Archivist.open(journal_path, [registration()])
+        assert journal_path.read_bytes() == bytes(data), "left untouched"
+
     async def test_a_truncated_journal_is_refused(
         self, journal_path: Path, session: UUID
     ) -> None:
@@ -191,6 +209,28 @@ class TestFiles:
         with pytest.raises(JournalIncompatible, match="version 99 is newer") as info:
             await Archivist.open(journal_path, [registration()])
         assert (info.value.found, info.value.supported) == (99, SCHEMA_VERSION)
+
+
+class TestDurabilitySettings:
+    @pytest.mark.parametrize(
+        ("durability", "level"),
+        [
+            (Durability.FULL, 2),  # synchronous=FULL: an fsync per commit
+            (Durability.NORMAL, 1),  # synchronous=NORMAL: fsync at checkpoints
+        ],
+    )
+    async def test_appends_commit_at_the_durability_asked_for(
+        self, journal_path: Path, durability: Durability, level: int
+    ) -> None:
+        # White box: what an append's transaction runs under. (The power-loss
+        # torture test is what proves the setting keeps its promise.)
+        async with Archivist.open(
+            journal_path, [registration()], durability=durability
+        ) as archivist:
+            journal = archivist._journal
+            for conn, expected in ((journal._durable, level), (journal._lazy, 1)):
+                ((got,),) = await conn.execute_fetchall("PRAGMA synchronous")
+                assert got == expected
 
 
 class TestChecksums:

@@ -15,6 +15,7 @@ import anyio
 import pytest
 
 from journal_archivist import Archivist, OverflowPolicy, Queued, QueueFull
+from journal_archivist._records import encode_append
 from journal_archivist.testing import MockBackend
 from tests.helpers import record, registration
 
@@ -260,28 +261,47 @@ class TestDropOldest:
     ) -> None:
         mock = MockBackend()
         sessions = [uuid4() for _ in range(6)]
-        small = policy(OverflowPolicy.DROP_OLDEST, capacity=100, capacity_bytes=900)
+        recs = [record(s, "x" * 100) for s in sessions[:5]]
+        big = record(sessions[5], "y" * 300)
+        size, big_size = (
+            len(encode_append(r.session, [r], max_record_bytes=1 << 20))
+            for r in (recs[0], big)
+        )
+        # Three entries fit, a fourth does not; the big one needs two to go.
+        capacity = 3 * size + size // 2
+        assert 2 * size + big_size > capacity >= size + big_size
+        small = policy(
+            OverflowPolicy.DROP_OLDEST, capacity=100, capacity_bytes=capacity
+        )
         regs = [registration(mock, write_policy=small)]
+        seen = []
         async with Archivist.open(journal_path, regs) as archivist:
             mock.hold()
-            for i, s in enumerate(sessions[:5]):
-                await archivist.append_messages(s, [record(s, "x" * 100)])
+            for i, rec in enumerate(recs):
+                await archivist.append_messages(rec.session, [rec])
                 if i == 0:
                     with anyio.fail_after(5):
-                        await mock.wait_held()
-                assert archivist.health().backends["mock"].lag_bytes <= 900
-            big = sessions[5]
-            await archivist.append_messages(big, [record(big, "y" * 300)])
+                        await mock.wait_held()  # the first is in flight
+                health = archivist.health().backends["mock"]
+                seen.append((health.lag_entries, health.lag_bytes, health.dropped))
+            await archivist.append_messages(big.session, [big])
             health = archivist.health().backends["mock"]
-            assert health.lag_bytes <= 900
-            dropped = health.dropped
+            seen.append((health.lag_entries, health.lag_bytes, health.dropped))
             mock.release()
             with anyio.fail_after(5):
                 await archivist.wait_drained()
-        assert mock.appended_count(sessions[0]) == 1  # in flight: kept
-        assert mock.appended_count(big) == 1  # the newest: kept
-        delivered = sum(mock.appended_count(s) for s in sessions[1:5])
-        assert dropped == 4 - delivered > 0
+            final = archivist.health().backends["mock"]
+        assert seen == [
+            (1, size, 0),
+            (2, 2 * size, 0),
+            (3, 3 * size, 0),
+            (3, 3 * size, 1),  # the oldest not in flight (the 2nd) made room
+            (3, 3 * size, 2),  # then the 3rd
+            (2, size + big_size, 4),  # the 4th and 5th, for the big one
+        ]
+        # In flight (kept) and the newest (kept): nothing else arrived.
+        assert [mock.appended_count(s) for s in sessions] == [1, 0, 0, 0, 0, 1]
+        assert (final.delivered, final.dropped, final.lag_entries) == (2, 4, 0)
 
     async def test_incoming_entry_is_dropped_when_only_in_flight_ones_are_older(
         self, journal_path: Path, session: UUID
