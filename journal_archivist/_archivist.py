@@ -444,10 +444,12 @@ class Archivist:
         if not records:
             return
         records = list(records)
-        payload = encode_append(
-            session, records, max_record_bytes=self._max_record_bytes
+        append = PendingAppend(
+            session,
+            encode_append(session, records, max_record_bytes=self._max_record_bytes),
+            records,
         )
-        await self._journal_entry(PendingAppend(session, payload, records))
+        await self._journal_entry(append)  # held by the append alone: see _commit
 
     async def delete_session(self, session: UUID) -> None:
         """Erase ``session`` from every backend: a journaled privacy erasure.

@@ -528,6 +528,9 @@ class Committer:
                     (writer, self._sync_waiter(writer, append, targets, lost))
                     for writer in self._sync
                 ]
+            # Writers deliver the records they are handed; the encoded payload
+            # lives on in the journal only (a large record is not held twice).
+            append.payload = b""
             # PendingAppend.finish, inlined: this runs for every append. The
             # future is already done if its caller was cancelled meanwhile.
             append.queued = False

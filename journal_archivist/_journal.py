@@ -36,6 +36,7 @@ from ._errors import (
     JournalWriteFailed,
 )
 from ._journal_file import check_and_migrate, connect, is_corruption, prepare_file
+from ._large_values import LargeValues
 from ._lockfile import LockFile
 from ._policies import Durability
 from ._reader import Reader
@@ -62,8 +63,10 @@ class Journal:
         durability: Durability,
         durable_conn: aiosqlite.Connection,
         lazy_conn: aiosqlite.Connection,
+        large: LargeValues,
     ) -> None:
         self.path = path
+        self.large = large
         self.durability = durability
         self._lock = lock
         self._durable = durable_conn
@@ -101,11 +104,13 @@ class Journal:
             durable = await connect(full, synchronous=sync)
             conns.append(durable)
             await check_and_migrate(durable, full)
+            large = LargeValues()
+            await large.register(durable)  # appends are inserted here only
             lazy = durable
             if durability is Durability.FULL:
                 lazy = await connect(full, synchronous="NORMAL")
                 conns.append(lazy)
-            journal = cls(full, lock, durability, durable, lazy)
+            journal = cls(full, lock, durability, durable, lazy, large)
             await journal._load()
         except BaseException as exc:
             # Cancellation must not stop the cleanup: a leaked connection or
@@ -418,6 +423,12 @@ class Journal:
 INSERT_CHUNK: Final = 64
 
 
+_INSERT_LARGE: Final = (
+    "INSERT INTO entries (seq, session, op, payload, size, crc, enqueued_at,"
+    f" targets, origin) VALUES (?, ?, ?, {LargeValues().sql()}, ?, ?, ?, ?, ?)"
+)
+
+
 @functools.cache
 def _insert_entries(count: int) -> str:
     return (
@@ -474,11 +485,24 @@ class Transaction:
         the event loop's thread each time.
         """
         rows = list(rows)
-        for at in range(0, len(rows), INSERT_CHUNK):
-            chunk = rows[at : at + INSERT_CHUNK]
+        small = [row for row in rows if row[4] < LargeValues.THRESHOLD]
+        for at in range(0, len(small), INSERT_CHUNK):
+            chunk = small[at : at + INSERT_CHUNK]
             await self._conn.execute(
                 _insert_entries(len(chunk)), [v for row in chunk for v in row]
             )
+        if len(small) < len(rows):
+            # One by one, the payload through LargeValues: no copy stays behind.
+            large = self._journal.large
+            for seq, session, op, payload, *rest in rows:
+                if len(payload) >= LargeValues.THRESHOLD:
+                    key = large.put(payload)
+                    try:
+                        await self._conn.execute(
+                            _INSERT_LARGE, (seq, session, op, key, *rest)
+                        )
+                    finally:
+                        large.discard([key])
 
     async def drop_oldest(
         self, mask: int, after: int, count: int, nbytes: int, *, before: int

@@ -286,8 +286,10 @@ def encode_append(
             encoded for the call.
     """
     if len(records) == 1:
-        # The common case, without the bookkeeping of several records.
-        return b"\x91" + _checked_encode(records[0], 0, session, max_record_bytes)
+        # The common case, without the bookkeeping of several records, and
+        # encoded as the one-element array it is stored as: no second copy of
+        # a large record to prepend the array header.
+        return _checked_encode(records[0], 0, session, max_record_bytes, alone=True)
     parts: list[bytes] = []
     seen: dict[UUID, int] = {}
     for index, record in enumerate(records):
@@ -303,9 +305,15 @@ def encode_append(
 
 
 def _checked_encode(
-    record: MessageRecord, index: int, session: UUID, max_record_bytes: int
+    record: MessageRecord,
+    index: int,
+    session: UUID,
+    max_record_bytes: int,
+    *,
+    alone: bool = False,
 ) -> bytes:
-    """Check one record of an append and encode it; raise ``ValidationError``."""
+    """Check one record of an append and encode it (``alone``: as a one-element
+    array, the whole payload); raise ``ValidationError``."""
     if not isinstance(record, MessageRecord):
         raise ValidationError(
             f"expected a MessageRecord, got {type(record).__name__}", index=index
@@ -321,15 +329,15 @@ def _checked_encode(
             field="session",
         )
     try:
-        encoded = _encode(record)
+        encoded = _encode((record,) if alone else record)
     except (msgspec.EncodeError, OverflowError, UnicodeEncodeError) as exc:
         # Well-typed but not representable: an int beyond 64 bits, a lone
         # surrogate in a string, a timestamp outside years 1..9999 in UTC.
         raise ValidationError(f"cannot be encoded: {exc}", index=index) from exc
-    if len(encoded) > max_record_bytes:
+    size = len(encoded) - alone  # the array header is one byte
+    if size > max_record_bytes:
         raise ValidationError(
-            f"encoded size {len(encoded)} bytes exceeds max_record_bytes"
-            f" ({max_record_bytes})",
+            f"encoded size {size} bytes exceeds max_record_bytes ({max_record_bytes})",
             index=index,
         )
     return encoded

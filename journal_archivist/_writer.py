@@ -11,7 +11,8 @@ Rules and theory:
   them -- the fast path, which needs no read and no decode). ``_mem`` holds every
   entry owed to this backend with ``seq >= _mem_from``; when it would outgrow its
   bound it is emptied and ``_mem_from`` moves past the newest entry, so the writer
-  reads the rest from the journal.
+  reads the rest from the journal. An empty ``_mem`` takes what it is handed
+  whatever its size. Entries keep their records, not their encoded payload.
 - ``DROP_OLDEST`` drops the oldest *untaken* appends. The committer closes the
   claim gate before its transaction and opens it after; the writer claims entries
   only while the gate is open, and skips appends at or below ``_drop_floor``:
@@ -234,11 +235,14 @@ class Writer:
             return
         self.pending += len(entries)
         self.pending_bytes += nbytes
-        if (
+        if self._mem and (
             len(self._mem) + len(entries) > MEM_MAX_ENTRIES
             or self._mem_bytes + nbytes > MEM_MAX_BYTES
         ):
             # Fallen behind: forget the in-memory copies and read from the journal.
+            # (Into an empty buffer entries always go, however large: their
+            # records are in memory already, and reading them back would make a
+            # second copy.)
             self._mem.clear()
             self._mem_bytes = 0
             self._mem_from = tail + 1
@@ -458,6 +462,8 @@ class Writer:
                         entry.records = decode_entry(entry.payload, entry.op)
                     except msgspec.DecodeError as exc:
                         entry.damage = f"undecodable payload: {exc}"
+                    else:
+                        entry.payload = b""  # the records are what is delivered
         self._inflight = batch
         return batch
 
