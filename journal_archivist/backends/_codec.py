@@ -13,7 +13,7 @@ import msgspec
 
 from .._records import MessageRecord
 
-__all__ = ["decode_record", "encode_record"]
+__all__ = ["DECODE_ERRORS", "decode_record", "encode_record"]
 
 _encoder: Final = msgspec.json.Encoder()
 _decoder: Final = msgspec.json.Decoder(MessageRecord)
@@ -23,3 +23,8 @@ encode_record: Final = _encoder.encode
 
 decode_record: Final = _decoder.decode
 """``decode_record(data: bytes | str) -> MessageRecord``: the inverse."""
+
+#: What ``decode_record`` raises for bytes that are not a record: msgspec's
+#: ``DecodeError`` (its ``ValidationError`` is one), and ``RecursionError`` for
+#: nesting deeper than msgspec decodes.
+DECODE_ERRORS: Final = (msgspec.DecodeError, RecursionError)

@@ -36,7 +36,7 @@ from uuid import UUID
 import msgspec
 
 from .._errors import BackendError
-from ._codec import decode_record, encode_record
+from ._codec import DECODE_ERRORS, decode_record, encode_record
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -55,7 +55,6 @@ _DIR_MODE: Final = 0o700
 _NOFOLLOW: Final = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)
 _DIRECTORY: Final = getattr(os, "O_DIRECTORY", 0)
-_DECODE_ERRORS: Final = (msgspec.DecodeError, msgspec.ValidationError)
 
 
 class Corrupt(Exception):
@@ -92,7 +91,13 @@ def encode_line(record: MessageRecord) -> bytes:
     """
     try:
         return encode_record(record)
-    except (msgspec.EncodeError, TypeError, ValueError, OverflowError) as exc:
+    except (
+        msgspec.EncodeError,
+        TypeError,
+        ValueError,
+        OverflowError,
+        RecursionError,
+    ) as exc:
         # The journal validates what it accepts; this guards direct callers.
         raise BackendError(
             f"cannot archive record {record.message_id} of session"
@@ -206,14 +211,19 @@ def settle_new_directory(path: str) -> None:
     fsync_directory(os.path.dirname(path))
 
 
-def scan(path: str, file: IO[bytes]) -> Iterator[tuple[int, MessageRecord]]:
+def scan(
+    path: str, session: UUID, file: IO[bytes]
+) -> Iterator[tuple[int, MessageRecord]]:
     """Yield ``(end offset, record)`` for each good line; stop before a torn tail.
 
-    A torn tail is a final fragment without a newline and, before it, a final line
-    that does not decode. Raises ``Corrupt`` for a bad line before the end.
+    A good line is a record of ``session`` (the file's) followed by a newline. A
+    torn tail is a final fragment without a newline and, before it, a final line
+    that is not good. Raises ``Corrupt`` for a line before the end that is not
+    good: anything from JSON that is not a record to bytes that are not UTF-8.
     """
     end = 0
     bad: tuple[int, int, str] | None = None  # (line number, offset, error)
+    want = session.int
     for number, line in enumerate(file, start=1):
         if not line.endswith(b"\n"):
             return  # a fragment: at most the last line; never acknowledged
@@ -221,15 +231,21 @@ def scan(path: str, file: IO[bytes]) -> Iterator[tuple[int, MessageRecord]]:
             raise Corrupt(path, *bad)
         try:
             record = decode_record(line)
-        except _DECODE_ERRORS as exc:
-            zeros = "; it holds NUL bytes" if b"\0" in line else ""
-            bad = (number, end, f"{exc}{zeros}")
-            continue
-        end += len(line)
-        yield end, record
+        except DECODE_ERRORS as exc:
+            problem = str(exc)
+        else:
+            if record.session.int == want:
+                end += len(line)
+                yield end, record
+                continue
+            # Never written here: returning it would hand out another session's
+            # record (a flipped digit, a file copied or renamed by hand).
+            problem = f"a record of session {record.session}, not of {session}"
+        zeros = "; it holds NUL bytes" if b"\0" in line else ""
+        bad = (number, end, f"{problem}{zeros}")
 
 
-def load_ids(path: str, fd: int) -> tuple[set[int], int]:
+def load_ids(path: str, session: UUID, fd: int) -> tuple[set[int], int]:
     """Read the ids of an open session file, repairing a torn tail.
 
     Returns the ``message_id.int`` of every good line and the file's size after
@@ -239,7 +255,7 @@ def load_ids(path: str, fd: int) -> tuple[set[int], int]:
     ids: set[int] = set()
     end = 0  # just past the last good line
     with os.fdopen(fd, "rb", closefd=False) as file:
-        for line_end, record in scan(path, file):
+        for line_end, record in scan(path, session, file):
             ids.add(record.message_id.int)
             end = line_end
     size = os.fstat(fd).st_size
@@ -255,7 +271,7 @@ def load_ids(path: str, fd: int) -> tuple[set[int], int]:
     return ids, end
 
 
-def read_records(path: str) -> list[MessageRecord]:
+def read_records(path: str, session: UUID) -> list[MessageRecord]:
     """The records in ``path`` in file order, first copy of each id; ``[]`` if none.
 
     Skips a torn tail without cutting it. Raises ``Corrupt`` for a bad line before
@@ -268,7 +284,7 @@ def read_records(path: str) -> list[MessageRecord]:
     records: list[MessageRecord] = []
     seen: set[int] = set()
     with os.fdopen(fd, "rb") as file:
-        for _, record in scan(path, file):
+        for _, record in scan(path, session, file):
             if record.message_id.int not in seen:
                 seen.add(record.message_id.int)
                 records.append(record)

@@ -29,11 +29,14 @@ Rules and theory:
   have left lines that were never synced). A failed batch cuts what it appended
   (best effort) and drops the cache entries it touched, so the redelivery writes
   and syncs again rather than trusting pages a failed fsync may have lost.
+- A good line decodes as a record of the file's session. Anything else (bytes
+  that are not UTF-8 or not JSON, JSON that is not a record, NUL bytes, a record
+  of another session) is a bad line, and never returned.
 - Torn tail: the load on the write path cuts a final fragment without ``\\n`` and a
-  final line that does not decode (truncate, fsync, WARNING with the bytes cut).
-  Reads never cut; they skip such a tail. A line that does not decode anywhere
-  else is corruption this backend cannot repair: reads and appends for that
-  session raise a non-retryable ``BackendError`` naming file, line and offset.
+  final bad line (truncate, fsync, WARNING with the bytes cut). Reads never cut;
+  they skip such a tail. A bad line anywhere else is corruption this backend
+  cannot repair: reads and appends for that session raise a non-retryable
+  ``BackendError`` naming file, line and offset.
   Erasing the session still works. A power loss during an unacknowledged write of
   several lines can cause it too (zeros inside it, a good last line) where a new
   size can reach the disk before the data (ext4 ``data=writeback``). Nothing says
@@ -204,6 +207,10 @@ class JsonlArchive(ArchiveBackend):
         """The absolute path of the directory holding the session files."""
         return self._dir
 
+    def owned_paths(self) -> tuple[str, ...]:
+        """The directory, absolute, with symlinks resolved as they are now."""
+        return (os.path.realpath(self._dir),)
+
     @property
     def cached_sessions(self) -> int:
         """How many id sets are cached now (never more than ``max_cached_sessions``)."""
@@ -281,7 +288,7 @@ class JsonlArchive(ArchiveBackend):
                 ``OSError``.
         """
         return await anyio.to_thread.run_sync(
-            self._locked, _files.read_records, self.path_of(_checked(session))
+            self._locked, self._read, _checked(session)
         )
 
     async def health_check(self) -> None:
@@ -325,6 +332,9 @@ class JsonlArchive(ArchiveBackend):
                 raise BackendError(
                     f"{self!r}: {_files.describe(exc)}", retryable=True
                 ) from exc
+
+    def _read(self, session: UUID) -> list[MessageRecord]:
+        return _files.read_records(self.path_of(session), session)
 
     def _forget(self, _: None) -> None:
         self._cache.clear()
@@ -406,7 +416,7 @@ class JsonlArchive(ArchiveBackend):
         if fresh and stat.st_size == 0:
             return _Cached(set(), stat.st_ino, 0), False
         self._dir_dirty = True
-        ids, size = _files.load_ids(path, fd)
+        ids, size = _files.load_ids(path, session, fd)
         return _Cached(ids, stat.st_ino, size), False
 
     def _fsync_all(self, fds: list[int]) -> None:

@@ -34,18 +34,17 @@ Rules and theory:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import sqlite3
 import warnings
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final, final
 from uuid import UUID
 
 import aiosqlite
 import anyio
-import msgspec
 
 from .._errors import BackendError
 from . import _sqlite_sql as _sql
@@ -56,7 +55,6 @@ from ._base import (
     checked_page,
     text_path,
 )
-from ._codec import decode_record
 from ._sqlite_sql import APPLICATION_ID, SCHEMA_VERSION
 
 if TYPE_CHECKING:
@@ -142,6 +140,13 @@ class SqliteArchive(ArchiveBackend):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._path!r})"
+
+    def owned_paths(self) -> tuple[str, ...]:
+        """The archive file, absolute, with symlinks resolved as they are now.
+
+        Its ``-wal`` and ``-shm`` files are not listed: the archivist covers them.
+        """
+        return (os.path.realpath(self._path),)
 
     def __del__(self, _warn: Any = warnings.warn) -> None:
         if getattr(self, "_conn", None) is not None:
@@ -258,25 +263,31 @@ class SqliteArchive(ArchiveBackend):
     async def read_session(self, session: UUID) -> list[MessageRecord]:
         """The archived records of ``session`` in append order (empty if none).
 
+        Every record is decoded and must be of ``session``: a damaged row is never
+        returned as a record.
+
         Raises:
             BackendError: the archive cannot be read (``retryable`` as the class
-                docstring says), or a stored record no longer decodes
-                (``retryable=False``).
+                docstring says), or a stored record is damaged (``retryable=False``;
+                the message names the file, the row's ``seq`` and what is wrong).
         """
-        rows = await self._read(_sql.READ, (str(_check_uuid(session)),))
-        try:
-            return [decode_record(row[0]) for row in rows]
-        except msgspec.DecodeError as exc:
-            raise BackendError(
-                f"{self._path}: a stored record of session {session} does not"
-                f" decode: {exc}",
-                retryable=False,
-            ) from exc
+        key = (str(_check_uuid(session)),)
+        found = _sql.records(session, await self._read(_sql.READ, key))
+        if found is None:
+            # Rare: read again with each row's seq, to say which row and why.
+            rows = await self._read(_sql.READ_CHECKED, key)
+            found = _sql.checked_records(self._path, session, rows)
+        return found
 
     async def count(self, session: UUID) -> int:
-        """How many distinct records of ``session`` are archived (0 if none)."""
+        """How many distinct records of ``session`` are archived (0 if none).
+
+        Raises:
+            BackendError: the archive cannot be read, or the session's count row
+                is damaged (``retryable=False``).
+        """
         rows = await self._read(_sql.COUNT, (str(_check_uuid(session)),))
-        return int(rows[0][0]) if rows else 0
+        return _sql.message_count(self._path, session, rows[0][0]) if rows else 0
 
     async def list_sessions(
         self, *, limit: int | None = None, after: UUID | None = None
@@ -296,7 +307,8 @@ class SqliteArchive(ArchiveBackend):
         Raises:
             TypeError: ``limit`` is not an int or ``after`` not a UUID.
             ValueError: ``limit`` is less than 1.
-            BackendError: the archive cannot be read, as the class docstring says.
+            BackendError: the archive cannot be read, as the class docstring says,
+                or a session row is damaged (``retryable=False``, naming it).
         """
         limit, after = checked_page(limit, after)
         bound = -1 if limit is None else limit  # -1: no limit, to SQLite
@@ -304,15 +316,7 @@ class SqliteArchive(ArchiveBackend):
             rows = await self._read(_sql.LIST_ALL, (bound,))
         else:
             rows = await self._read(_sql.LIST_AFTER, (str(after), bound))
-        return [
-            SessionInfo(
-                session=UUID(session),
-                message_count=count,
-                first_ts=datetime.fromisoformat(first),
-                last_ts=datetime.fromisoformat(last),
-            )
-            for session, count, first, last in rows
-        ]
+        return [_sql.session_info(self._path, row) for row in rows]
 
     async def health_check(self) -> None:
         """Open the archive if needed and run a trivial query against it.
@@ -370,7 +374,9 @@ class SqliteArchive(ArchiveBackend):
                 try:
                     await self._prepare(conn)
                 except BaseException:
-                    await conn.close()
+                    # A failure to close must not hide why the file was refused.
+                    with contextlib.suppress(sqlite3.Error):
+                        await conn.close()
                     raise
             self._conn = conn
         return self._conn
@@ -400,10 +406,16 @@ class SqliteArchive(ArchiveBackend):
                 await conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
-                await conn.rollback()
+                # The caller closes the connection, which rolls back anyway.
+                with contextlib.suppress(sqlite3.Error):
+                    await conn.rollback()
             raise self._error("open", exc) from exc
 
     def _error(self, doing: str, exc: sqlite3.Error) -> BackendError:
+        if doing == "write":
+            damaged = _sql.damaged_session_row(self._path, exc)
+            if damaged is not None:
+                return damaged
         retryable, _ = _sql.classify(exc)
         if doing == "open" and not retryable:
             return BackendError(
@@ -418,10 +430,12 @@ async def _identity(conn: aiosqlite.Connection) -> tuple[int, int, list[str]]:
     """``(application_id, user_version, table names)`` of the open file."""
     (app_id,) = next(iter(await conn.execute_fetchall("PRAGMA application_id")))
     (version,) = next(iter(await conn.execute_fetchall("PRAGMA user_version")))
+    # As bytes: the names only go into a message, and a damaged name that is not
+    # UTF-8 would raise in the driver.
     tables = [
-        str(row[0])
+        bytes(row[0] or b"").decode(errors="replace")
         for row in await conn.execute_fetchall(
-            "SELECT name FROM sqlite_schema WHERE type = 'table'"
+            "SELECT CAST(name AS BLOB) FROM sqlite_schema WHERE type = 'table'"
         )
     ]
     return int(app_id), int(version), tables
@@ -445,6 +459,7 @@ def _create_file(path: str) -> None:
         )
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        os.close(fd)
     except FileExistsError:
         if os.path.isdir(path):
             raise BackendError(
@@ -461,7 +476,6 @@ def _create_file(path: str) -> None:
             f"{path}: cannot create the archive file ({exc.strerror})",
             retryable=True,
         ) from exc
-    os.close(fd)
 
 
 def _check_uuid(session: object, what: str = "session") -> UUID:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import stat
 import threading
 from pathlib import Path
@@ -44,6 +45,56 @@ def append_to(path: str, data: bytes) -> None:
 
 def contents(got: list[MessageRecord]) -> list[str]:
     return [r.content_md for r in got]
+
+
+# A record of some other session, as one line; the shapes below are made from it.
+_STRANGER = record(uuid4(), "caf\u00e9")
+_STRANGER_LINE = encode_record(_STRANGER)
+
+#: Newline-ended lines that are not a record of the file's session, with what the
+#: error says about each.
+BAD_LINES = [
+    # JSON, but not a record
+    pytest.param(b"12345\n", "Expected `object`, got `int`", id="a-number"),
+    pytest.param(b"[1, 2]\n", "Expected `object`, got `array`", id="a-list"),
+    pytest.param(b"null\n", "Expected `object`, got `null`", id="null"),
+    pytest.param(b"\n", "Input data was truncated", id="an-empty-line"),
+    pytest.param(
+        _STRANGER_LINE.replace(b'"role":"user",', b"") + b"\n",
+        "Object missing required field `role`",
+        id="a-record-missing-a-field",
+    ),
+    pytest.param(
+        _STRANGER_LINE.replace(b'"role":"user"', b'"role":5') + b"\n",
+        r"Expected `str`, got `int` - at `\$.role`",
+        id="a-field-of-the-wrong-type",
+    ),
+    # bytes that are not UTF-8 inside a string
+    pytest.param(
+        _STRANGER_LINE.replace("\u00e9".encode(), b"\xff") + b"\n",
+        "Invalid UTF-8 encoded string",
+        id="invalid-utf-8",
+    ),
+    # zeros where a block never reached the disk, and the next line's newline
+    pytest.param(
+        b"\0" * 100 + b"\n", "malformed.*; it holds NUL bytes", id="nul-filled"
+    ),
+    # nested deeper than msgspec decodes (RecursionError, not a DecodeError)
+    pytest.param(
+        _STRANGER_LINE.replace(
+            b'"metadata":null', b'"metadata":' + b"[" * 5000 + b"]" * 5000
+        )
+        + b"\n",
+        "maximum recursion depth exceeded",
+        id="nested-too-deep",
+    ),
+    # a good record, but of another session: never returned as this one's
+    pytest.param(
+        _STRANGER_LINE + b"\n",
+        f"a record of session {_STRANGER.session}, not of",
+        id="another-sessions-record",
+    ),
+]
 
 
 async def test_meets_the_backend_contract(directory: Path) -> None:
@@ -281,6 +332,13 @@ class TestTornTail:
             pytest.param(None, id="record-without-newline"),
             # zeros where unsynced data never reached the disk, then a newline
             pytest.param(b"\x00" * 40 + b"\n", id="undecodable-last-line"),
+            # a power cut after the file grew: its last block reads as zeros
+            pytest.param(b"\x00" * 4096, id="nul-filled-block"),
+            pytest.param(
+                b'{"version":1,"mess' + b"\x00" * 4000, id="fragment-then-nuls"
+            ),
+            # a whole last line of any other bad shape is torn the same way
+            *[pytest.param(p.values[0], id=f"last-line-{p.id}") for p in BAD_LINES],
         ],
     )
     async def test_a_torn_last_line_is_cut_and_the_record_redelivered(
@@ -337,6 +395,45 @@ class TestTornTail:
             await restarted.append_messages(other, records(other, 1))
             await restarted.delete_session(session)
             assert await restarted.read_session(session) == []
+
+    @pytest.mark.parametrize(("line", "detail"), BAD_LINES)
+    async def test_a_bad_middle_line_of_any_shape_is_refused_naming_file_and_offset(
+        self, directory: Path, session: UUID, line: bytes, detail: str
+    ) -> None:
+        first, second = (encode_record(r) + b"\n" for r in records(session, 2))
+        directory.mkdir()
+        async with JsonlArchive(directory) as archive:
+            path = archive.path_of(session)
+            damaged = first + line + second
+            Path(path).write_bytes(damaged)
+            match = (
+                rf"{re.escape(path)}: line 2 \(at byte {len(first)}\) is corrupt and"
+                rf" cannot be repaired automatically \(.*{detail}"
+            )
+            with pytest.raises(BackendError, match=match) as reading:
+                await archive.read_session(session)
+            with pytest.raises(BackendError, match=match) as appending:
+                await archive.append_messages(session, [record(session)])
+            assert reading.value.retryable is appending.value.retryable is False
+            assert Path(path).read_bytes() == damaged
+
+    async def test_a_file_of_zeros_reads_empty_and_is_cut_on_the_next_write(
+        self, directory: Path, session: UUID, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        # Created, then a power cut kept its new size but none of its data.
+        async with JsonlArchive(directory) as archive:
+            await archive.health_check()
+            path = archive.path_of(session)
+            Path(path).write_bytes(b"\0" * 8192)
+            assert await archive.read_session(session) == []
+            recs = records(session, 2)
+            with caplog.at_level(logging.WARNING, "journal_archivist"):
+                await archive.append_messages(session, recs)
+            assert await archive.read_session(session) == recs
+        assert Path(path).read_bytes() == b"".join(
+            encode_record(r) + b"\n" for r in recs
+        )
+        assert "cut 8192 bytes" in caplog.text
 
     async def test_zeros_inside_an_unacknowledged_write_name_where_to_cut(
         self, directory: Path, session: UUID
@@ -628,6 +725,30 @@ class TestHealthAndErrors:
     ) -> None:
         with pytest.raises(error, match=match):
             JsonlArchive(*args, **kwargs)
+
+
+class TestOwnedPaths:
+    def test_the_directory_is_owned_with_symlinks_resolved(
+        self, tmp_path: Path
+    ) -> None:
+        real = tmp_path / "real"
+        real.mkdir()
+        (tmp_path / "link").symlink_to(real)
+        want = (os.path.realpath(real / "archive"),)
+        # Through a symlinked parent, to a directory not created yet...
+        assert JsonlArchive(tmp_path / "link" / "archive").owned_paths() == want
+        # ...and through a symlink to the directory itself.
+        (real / "archive").mkdir()
+        (tmp_path / "to-archive").symlink_to(real / "archive")
+        assert JsonlArchive(tmp_path / "to-archive").owned_paths() == want
+
+    def test_a_relative_directory_is_owned_as_an_absolute_path(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.chdir(tmp_path)
+        archive = JsonlArchive("archive")
+        monkeypatch.chdir("/")  # made absolute when constructed, not when asked
+        assert archive.owned_paths() == (os.path.realpath(tmp_path / "archive"),)
 
 
 async def test_an_archivist_delivers_to_it_and_reads_back(

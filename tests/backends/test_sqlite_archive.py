@@ -6,8 +6,10 @@ Every test uses a real archive file under ``tmp_path``.
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import stat
+from contextlib import closing
 from datetime import UTC, datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 from uuid import UUID, uuid4
@@ -103,6 +105,30 @@ def test_a_relative_path_is_made_absolute_at_construction(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     assert SqliteArchive("archive.db").path == str(tmp_path / "archive.db")
+
+
+def test_owned_paths_is_the_archive_file_with_symlinks_resolved(
+    tmp_path: Path,
+) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    (real / "named.db").symlink_to(real / "archive.db")
+    want = (os.path.realpath(real / "archive.db"),)
+    # Through a symlinked directory, and a symlink to the file (not there yet).
+    assert SqliteArchive(tmp_path / "link" / "archive.db").owned_paths() == want
+    assert SqliteArchive(tmp_path / "link" / "named.db").owned_paths() == want
+    # The -wal and -shm files are the archivist's to cover, not listed here.
+    assert SqliteArchive(real / "archive.db").owned_paths() == want
+
+
+def test_owned_paths_of_a_relative_path_is_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    backend = SqliteArchive("archive.db")
+    monkeypatch.chdir("/")  # made absolute when constructed, not when asked
+    assert backend.owned_paths() == (os.path.realpath(tmp_path / "archive.db"),)
 
 
 @pytest.mark.parametrize(
@@ -443,6 +469,274 @@ async def test_queryable_columns_hold_the_record_fields(
         "nul\x00inside",
         "user",
     )
+
+
+# -- damaged rows ----------------------------------------------------------------------
+#
+# A flipped bit in a row header can change the type of a stored value (TEXT to BLOB,
+# INTEGER, REAL or NULL) or leave TEXT that is not UTF-8, which Python's sqlite3
+# cannot even fetch. Reads must name the damage; writes must get past it or fail
+# as a BackendError.
+
+
+def damage(path: Path, table: str, column: str, value: str, where: str) -> None:
+    """Store ``value`` (SQL) in ``column`` of the rows ``where`` picks, from a second
+    connection, as a flipped bit in a row header would: whatever its type.
+
+    The column's declared type (its affinity, and NOT NULL) is relaxed through
+    ``writable_schema`` for the one UPDATE and restored after it.
+    """
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        (version,) = conn.execute("PRAGMA schema_version").fetchone()
+        (schema,) = conn.execute(
+            "SELECT sql FROM sqlite_schema WHERE name = ?", (table,)
+        ).fetchone()
+        relaxed, found = re.subn(
+            rf"^(\s*{column}) +\w+( NOT NULL)?", r"\1 BLOB", schema, flags=re.M
+        )
+        assert found == 1, schema
+        conn.execute("PRAGMA writable_schema = ON")
+        conn.execute(
+            "UPDATE sqlite_schema SET sql = ? WHERE name = ?", (relaxed, table)
+        )
+        conn.execute(f"PRAGMA schema_version = {version + 1}")
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute(f"UPDATE {table} SET {column} = {value} WHERE {where}")
+        conn.execute("PRAGMA writable_schema = ON")
+        conn.execute("UPDATE sqlite_schema SET sql = ? WHERE name = ?", (schema, table))
+        conn.execute(f"PRAGMA schema_version = {version + 2}")
+
+
+def damage_message(path: Path, row: str, problem: str) -> str:
+    """The pattern of the error naming ``row`` of the archive at ``path``."""
+    return re.escape(f"{path}: damaged archive: {row}: ") + problem
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        # bytes that are not UTF-8 (sqlite3 would raise fetching them)
+        (
+            "CAST(x'7b22fffe' AS TEXT)",
+            r"column record is TEXT but not UTF-8 \(byte 0xff at offset 2\)",
+        ),
+        # a BLOB that is not UTF-8 either
+        (
+            "x'7b22fffe'",
+            r"column record is BLOB but not UTF-8 \(byte 0xff at offset 2\)",
+        ),
+        ("12345", "column record is INTEGER, expected TEXT"),
+        ("1.5", "column record is REAL, expected TEXT"),
+        ("NULL", "column record is NULL, expected TEXT"),
+        # JSON, but not a record
+        (
+            "'[1, 2]'",
+            r"column record does not decode as a record \(Expected `object`, got"
+            r" `array`\)",
+        ),
+        # a record with a field of the wrong type
+        (
+            """replace(record, '"role":"user"', '"role":5')""",
+            r"column record does not decode as a record \(Expected `str`, got `int`"
+            r" - at `\$.role`\)",
+        ),
+        # nested deeper than msgspec decodes (RecursionError, not a DecodeError)
+        (
+            """replace(record, '"metadata":null', '"metadata":'"""
+            """ || printf('%.*c', 5000, '[') || printf('%.*c', 5000, ']'))""",
+            r"column record does not decode as a record \(maximum recursion depth",
+        ),
+        # a good record of another session, as a row the index files wrongly
+        (
+            "(SELECT record FROM messages WHERE session = '{other}' LIMIT 1)",
+            "column record holds a record of session {other}",
+        ),
+    ],
+)
+async def test_a_damaged_record_fails_the_read_naming_the_row_and_never_returns_it(
+    archive: SqliteArchive, archive_path: Path, value: str, problem: str
+) -> None:
+    session, other = uuid4(), uuid4()
+    mine, theirs = records(session, 3), records(other, 2)
+    await archive.write_batch([group(session, mine), group(other, theirs)])
+    seq = {m: s for s, m in file_seqs(archive_path)}[str(mine[1].message_id)]
+    damage(
+        archive_path, "messages", "record", value.format(other=other), f"seq = {seq}"
+    )
+
+    row = f"messages row {seq} of session {session}"
+    match = damage_message(archive_path, row, problem.format(other=other))
+    with pytest.raises(BackendError, match=match) as info:
+        await archive.read_session(session)
+    # A retry reads the same bytes: only restoring the file or erasing helps.
+    assert info.value.retryable is False
+    # The rest of the archive reads as before.
+    assert await archive.read_session(other) == theirs
+    assert await archive.count(session) == 3
+    assert [i.session for i in await archive.list_sessions()] == sorted(
+        [session, other]
+    )
+
+
+async def test_a_record_stored_as_a_blob_of_its_bytes_reads_as_that_record(
+    archive: SqliteArchive, archive_path: Path
+) -> None:
+    # One flipped bit of a serial type turns TEXT into a BLOB of the same bytes:
+    # the record column is only read back whole, so it is still the same record.
+    session = uuid4()
+    recs = records(session, 3)
+    await archive.append_messages(session, recs)
+    damage(archive_path, "messages", "record", "CAST(record AS BLOB)", "seq = 1")
+    assert await archive.read_session(session) == recs
+    # A row damaged for real is still named, past the BLOB (the checked re-read).
+    damage(archive_path, "messages", "record", "NULL", "seq = 3")
+    match = damage_message(
+        archive_path,
+        f"messages row 3 of session {session}",
+        "column record is NULL, expected TEXT",
+    )
+    with pytest.raises(BackendError, match=match):
+        await archive.read_session(session)
+
+
+# ``count`` reads only message_count; ``list_sessions`` reads every column.
+@pytest.mark.parametrize(
+    ("column", "value", "problem"),
+    [
+        (
+            "message_count",
+            "CAST(x'fffe' AS TEXT)",
+            "column message_count is TEXT, expected INTEGER",
+        ),
+        ("message_count", "1.5", "column message_count is REAL, expected INTEGER"),
+        ("message_count", "NULL", "column message_count is NULL, expected INTEGER"),
+        ("message_count", "x'03'", "column message_count is BLOB, expected INTEGER"),
+        # well typed, but no session row ever counts less than one record
+        ("message_count", "0", "column message_count is 0, expected >= 1"),
+        (
+            "first_ts",
+            "CAST(x'fffe' AS TEXT)",
+            r"column first_ts is TEXT but not UTF-8 \(byte 0xff at offset 0\)",
+        ),
+        ("first_ts", "12345", "column first_ts is INTEGER, expected TEXT"),
+        ("first_ts", "NULL", "column first_ts is NULL, expected TEXT"),
+        (
+            "last_ts",
+            "'yesterday'",
+            "column last_ts is 'yesterday', expected a UTC time as text",
+        ),
+        # a time, but not the fixed-width UTC text the archive writes
+        (
+            "last_ts",
+            "'2026-01-01T12:00:00+01:00'",
+            "column last_ts is '2026-01-01T12:00:00\\+01:00', expected a UTC time",
+        ),
+        ("last_ts", "'2000-01-01T00:00:00.000000Z'", "first_ts .* is after last_ts"),
+        # the key itself: the row can only be named by what it holds
+        ("session", "CAST(session AS BLOB)", "column session is BLOB, expected TEXT"),
+        ("session", "CAST(x'fffe' AS TEXT)", "column session is TEXT but not UTF-8"),
+        # upper case sorts differently: paging by session id would skip sessions
+        (
+            "session",
+            "upper(session)",
+            "column session is '[0-9A-F-]{36}', expected a canonical session id",
+        ),
+    ],
+)
+async def test_a_damaged_session_row_fails_count_and_list_sessions_naming_it(
+    archive: SqliteArchive, archive_path: Path, column: str, value: str, problem: str
+) -> None:
+    session = uuid4()
+    recs = records(session, 3)
+    await archive.append_messages(session, recs)
+    damage(archive_path, "sessions", column, value, f"session = '{session}'")
+
+    row = (
+        "a sessions row"
+        if column == "session"
+        else f"sessions row of session {session}"
+    )
+    match = damage_message(archive_path, row, problem)
+    with pytest.raises(BackendError, match=match) as info:
+        await archive.list_sessions()
+    assert info.value.retryable is False
+    if column == "message_count":
+        with pytest.raises(BackendError, match=match):
+            await archive.count(session)
+    elif column != "session":
+        assert await archive.count(session) == 3
+    assert await archive.read_session(session) == recs  # the records are intact
+
+
+# A NULL where the count trigger adds or compares fails the insert (NOT NULL);
+# every other damaged type is converted by SQLite on the write path, and the
+# reads report it.
+@pytest.mark.parametrize(
+    ("table", "column", "value", "refused"),
+    [
+        ("messages", "record", "CAST(x'fffe' AS TEXT)", False),
+        ("messages", "record", "12345", False),
+        ("messages", "record", "NULL", False),
+        ("sessions", "message_count", "CAST(x'fffe' AS TEXT)", False),
+        ("sessions", "message_count", "1.5", False),
+        ("sessions", "message_count", "NULL", True),
+        ("sessions", "first_ts", "CAST(x'fffe' AS TEXT)", False),
+        ("sessions", "first_ts", "12345", False),
+        ("sessions", "first_ts", "NULL", True),
+        ("sessions", "last_ts", "NULL", True),
+        ("sessions", "session", "CAST(session AS BLOB)", False),
+        ("sessions", "session", "CAST(x'fffe' AS TEXT)", False),
+    ],
+)
+async def test_writes_past_a_damaged_row_succeed_or_fail_as_a_backend_error(
+    archive: SqliteArchive,
+    archive_path: Path,
+    table: str,
+    column: str,
+    value: str,
+    refused: bool,
+) -> None:
+    session, other = uuid4(), uuid4()
+    await archive.write_batch(
+        [group(session, records(session, 3)), group(other, records(other, 1))]
+    )
+    where = "seq = 2" if table == "messages" else f"session = '{session}'"
+    damage(archive_path, table, column, value, where)
+
+    await archive.health_check()  # a probe of reachability, not of rows
+    more = records(session, 2, "more")
+    batch = [group(other, records(other, 1, "x")), group(session, more)]
+    if refused:
+        row = "the sessions row of a session this batch writes"
+        problem = re.escape(
+            f"a column holds NULL (NOT NULL constraint failed: sessions.{column})"
+        )
+        with pytest.raises(
+            BackendError, match=damage_message(archive_path, row, problem)
+        ) as info:
+            await archive.write_batch(batch)
+        # Not retryable: the retry meets the same NULL; only an erasure or a
+        # repair of the file helps.
+        assert info.value.retryable is False
+        assert await archive.count(other) == 1  # nothing of the batch applied
+        # As the message says, list_sessions names the row.
+        named = f"sessions row of session {session}: column {column} is NULL"
+        with pytest.raises(BackendError, match=named):
+            await archive.list_sessions()
+    else:
+        await archive.write_batch(batch)
+
+    # Erasing the session removes its damaged rows (a damaged key stays: no
+    # session id names it), and the session is written to again.
+    await archive.delete_session(session)
+    await archive.write_batch([group(session, more)])
+    assert await archive.read_session(session) == more
+    if column == "session":
+        with pytest.raises(BackendError, match="damaged archive: a sessions row"):
+            await archive.list_sessions()
+    else:
+        assert await archive.count(session) == 2
+        assert len(await archive.list_sessions()) == 2
 
 
 # -- the file ------------------------------------------------------------------------
