@@ -66,6 +66,9 @@ DEFAULT_CLOSE_TIMEOUT: Final = 10.0
 FINAL_FLUSH_TIMEOUT: Final = 5.0
 #: Seconds shutdown gives the backends' ``aclose`` calls (run together).
 BACKEND_CLOSE_TIMEOUT: Final = 5.0
+#: Past ``shutdown``'s deadline, the last done-marks and the backends' ``aclose``
+#: get this many seconds each at most (never more than the two limits above).
+CLOSE_GRACE: Final = 0.5
 
 
 def _check_registrations(registrations: Sequence[Registration]) -> list[Registration]:
@@ -123,6 +126,7 @@ class Archivist:
         self._host: asyncio.Task[None] | None = None
         self._outer: anyio.abc.TaskGroup | None = None
         self._failure: Failure | None = None
+        self._deadline: float | None = None  # shutdown's, as time.monotonic()
         # The event loop that runs the loops: the only one the archivist serves.
         self._loop = asyncio.get_running_loop()
         self._abandoned = False
@@ -255,7 +259,8 @@ class Archivist:
                     await self._stop.wait()
                     writers.cancel_scope.cancel()
                 # The writers are stopped; commit their last done-marks.
-                with anyio.move_on_after(FINAL_FLUSH_TIMEOUT, shield=True):
+                flush_for = self._time_left(FINAL_FLUSH_TIMEOUT)
+                with anyio.move_on_after(flush_for, shield=True):
                     with contextlib.suppress(ArchivistClosed):  # a dead committer
                         await self._committer.flush(counters=True)
                 group.cancel_scope.cancel()
@@ -306,8 +311,8 @@ class Archivist:
         self._stop.set()
 
     async def _close_backends(self) -> None:
-        """``aclose`` every registered backend once, all at once and within
-        ``BACKEND_CLOSE_TIMEOUT`` in all; a failure is only logged."""
+        """``aclose`` every registered backend once, all at once, within
+        ``_time_left(BACKEND_CLOSE_TIMEOUT)`` in all; a failure is only logged."""
         unique = {id(w.registration.backend): w for w in self._writers}
 
         async def close(writer: Writer) -> None:
@@ -318,14 +323,20 @@ class Archivist:
                     "backend %r: aclose failed: %r", writer.name, exc, exc_info=exc
                 )
 
-        with anyio.move_on_after(BACKEND_CLOSE_TIMEOUT) as scope:
+        limit = self._time_left(BACKEND_CLOSE_TIMEOUT)
+        with anyio.move_on_after(limit) as scope:
             async with anyio.create_task_group() as group:
                 for writer in unique.values():
                     group.start_soon(close, writer)
         if scope.cancelled_caught:
-            logger.warning(
-                "backends did not finish aclose within %ss", BACKEND_CLOSE_TIMEOUT
-            )
+            logger.warning("backends did not finish aclose within %.1fs", limit)
+
+    def _time_left(self, limit: float) -> float:
+        """Seconds a closing step may take: what is left of ``shutdown``'s
+        deadline, but at least ``CLOSE_GRACE``, and at most ``limit``."""
+        if self._deadline is None:
+            return limit
+        return min(limit, max(CLOSE_GRACE, self._deadline - time.monotonic()))
 
     async def _start_detached(self) -> Archivist:
         loop = asyncio.get_running_loop()
@@ -672,7 +683,10 @@ class Archivist:
         Appends not yet committed when shutdown begins raise ``ArchivistClosed``.
         Writers then deliver what they can until everything is delivered or the
         deadline passes (None: no deadline); the rest stays journaled for the next
-        open. A second call waits for the first and returns.
+        open. Then the last done-marks are written and the backends closed
+        (``aclose``), each within what is left of the deadline but at least
+        ``CLOSE_GRACE`` (0.5 s): it returns within ``timeout`` + 1 s. A second call
+        waits for the first and returns.
 
         Raises:
             ArchivistFailed: the archivist had failed (it is closed all the same),
@@ -694,6 +708,8 @@ class Archivist:
             await self._stopped.wait()
             return
         self._shutdown_started = True
+        if timeout is not None:
+            self._deadline = time.monotonic() + timeout
         self._committer.close()
         try:
             if not self._stopped.is_set():

@@ -78,8 +78,16 @@ PERSIST_INTERVAL: Final = 0.05
 #: after which the archivist fails. Other failures (a full disk) neither count
 #: nor reset the count; a successful commit resets it.
 MAX_IO_FAILURES: Final = 3
+#: Seconds before the attempt after a first I/O failure; doubled after each one.
+#: (So the archivist fails only after about 0.75 s of failing I/O.)
+IO_RETRY_DELAY: Final = 0.25
 #: Seconds between ERROR lines about failed commits.
 FAILURE_LOG_INTERVAL: Final = 10.0
+#: The committer checkpoints once about this many bytes went to the WAL (as
+#: SQLite's automatic checkpoint would at 1,000 pages, which is turned off so that
+#: a checkpoint's failed fsync is seen).
+CHECKPOINT_BYTES: Final = 4 * 1024 * 1024
+WAL_PAGE: Final = 4096
 #: Free pages worth returning to the filesystem once the journal is drained.
 COMPACT_THRESHOLD: Final = 64 * 1024 * 1024
 COMPACT_PAGES_PER_ROUND: Final = 4096
@@ -205,6 +213,10 @@ class Committer:
         self._compaction_done: anyio.Event | None = None
         self.commit_failures = 0
         self._io_failures = 0
+        # Bytes written to the WAL since the last checkpoint, roughly.
+        self._wal_debt = 0
+        # After an I/O failure, no attempt before this (time.monotonic()).
+        self._hold_until = 0.0
         self._failure_log = Throttle(FAILURE_LOG_INTERVAL)
         self.failure: Failure | None = None
         self.closing = False
@@ -317,7 +329,11 @@ class Committer:
         try:
             while True:
                 self._kick = anyio.Event()
+                if self._hold_until > time.monotonic():
+                    await anyio.sleep(self._hold_until - time.monotonic())
                 worked = await self._round()
+                if self._wal_debt >= CHECKPOINT_BYTES:
+                    await self._checkpoint()
                 # Compaction runs between rounds: when idle, or at once if asked.
                 if self._compact_due and (not worked or self._compaction_done):
                     await self._compact()
@@ -463,6 +479,14 @@ class Committer:
         trimming: list[Writer],
         persist: bool,
     ) -> None:
+        if self._journal.rewrite_needed:
+            # After a failed write or fsync nothing is acknowledged again before
+            # the journal is rewritten (Journal.rewrite says why).
+            try:
+                await self._rewrite()
+            except JournalWriteFailed as exc:
+                self._on_failure(exc, admitted, {})
+                return
         # Sequence numbers go to appends that still owe someone; an append every
         # backend dropped is acknowledged without a row.
         seq = self._journal.last_seq
@@ -513,6 +537,9 @@ class Committer:
 
         # Committed: hand entries to the writers, then wake the appenders.
         self._on_success()
+        self._wal_debt += WAL_PAGE * (2 + len(inserts) // 8) + sum(
+            [row[4] for row in inserts]
+        )
         if inserts:
             self._journal.record_high_water(seq)
         lost: dict[str, set[int]] = {}
@@ -710,6 +737,13 @@ class Committer:
         io_failure = _io_failure(exc)
         if io_failure:
             self._io_failures += 1
+            if not self._journal.rewrite_needed:
+                self._journal.rewrite_needed = True
+                logger.warning(
+                    "journal %s: a write or fsync failed: the journal is rewritten"
+                    " before anything is acknowledged again",
+                    self._journal.path,
+                )
         reported = self._failure_log.due()
         if reported is not None:
             logger.error(
@@ -732,6 +766,11 @@ class Committer:
                 delta.merge(newer)
             self._deltas[bit] = delta
         self._persist_at = time.monotonic() + PERSIST_INTERVAL * 10
+        if io_failure:
+            # Give a passing fault time to pass: the next attempt waits (appends
+            # queue meanwhile), longer each time.
+            pause = IO_RETRY_DELAY * 2 ** (self._io_failures - 1)
+            self._hold_until = time.monotonic() + pause
         if io_failure and self._io_failures >= MAX_IO_FAILURES:
             # The loop ends here; the archivist fails with this as the cause.
             raise JournalWriteFailed(
@@ -739,6 +778,24 @@ class Committer:
                 f"{self._io_failures} commits in a row failed with an I/O error,"
                 f" the last: {exc.detail}",
             ) from exc.__cause__
+
+    async def _rewrite(self) -> None:
+        await self._journal.rewrite()
+        self._journal.rewrite_needed = False
+        self._wal_debt = 0
+        logger.warning(
+            "journal %s: rewritten after a failed write or fsync; accepting appends",
+            self._journal.path,
+        )
+
+    async def _checkpoint(self) -> None:
+        """Copy the WAL into the database file, in the open: a failure counts as
+        a failed commit (and asks for a rewrite) rather than go unnoticed."""
+        self._wal_debt = 0
+        try:
+            await self._journal.checkpoint()
+        except JournalWriteFailed as exc:
+            self._on_failure(exc, [], {})
 
     def _on_success(self) -> None:
         if self.commit_failures:
@@ -793,7 +850,12 @@ class Committer:
             logger.info(
                 "journal %s: returning %d bytes of free pages", self._journal.path, free
             )
-        freed, remaining = await self._journal.compact(COMPACT_PAGES_PER_ROUND)
+        try:
+            freed, remaining = await self._journal.compact(COMPACT_PAGES_PER_ROUND)
+        except JournalWriteFailed as exc:
+            self._finish_compaction()
+            self._on_failure(exc, [], {})
+            return
         asked = self._compaction_done is not None
         drained = all(w.pending == 0 for w in self._active)
         if freed and remaining and (asked or drained):

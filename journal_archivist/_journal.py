@@ -76,6 +76,8 @@ class Journal:
         self.last_seq = 0
         self.lost_entries = 0
         self.repaired_rows = 0
+        #: A write or fsync failed: ``rewrite`` before anything is acknowledged.
+        self.rewrite_needed = False
         #: Seqs of entries quarantined (by any backend), to count each once.
         self.quarantined: set[int] = set()
         self.closed = False
@@ -354,6 +356,51 @@ class Journal:
         self.last_seq = seq
         self._lock.write_high_water(seq)
 
+    async def checkpoint(self) -> None:
+        """Copy what the WAL holds into the database file (a passive checkpoint).
+
+        Raises:
+            JournalWriteFailed: it failed (a write or fsync of the file).
+        """
+        try:
+            await self._durable.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as exc:
+            raise JournalWriteFailed(self.path, f"checkpoint failed: {exc}") from exc
+
+    async def rewrite(self) -> None:
+        """Make everything the journal holds durable again, after a failed write or
+        fsync: rewrite every page (``VACUUM``, committed with an fsync of the
+        WAL), checkpoint the whole WAL into the file (synced) and empty it, and
+        sync the emptied WAL.
+
+        After a failed fsync, Linux may drop the pages it did not write and report
+        success to the next fsync. SQLite would build on them: WAL frames chain
+        their checksums (recovery stops at the first dropped frame, and with it
+        every later commit) and a checkpoint trusts pages it copied earlier.
+        Rewritten from what this process still reads, they are on disk again.
+        The order matters: until the rewrite is committed the WAL keeps what the
+        file may have lost, and once the WAL is emptied its old frames (which
+        recovery would replay up to the hole, over newer pages) are gone for good.
+
+        Raises:
+            JournalWriteFailed: a step failed; retry (nothing was lost meanwhile).
+        """
+        conn = self._durable
+        try:
+            await conn.execute("VACUUM")
+            ((busy, _, _),) = await conn.execute_fetchall(
+                "PRAGMA wal_checkpoint(TRUNCATE)"
+            )
+            if busy:
+                raise JournalWriteFailed(
+                    self.path, "rewrite: readers kept the checkpoint from finishing"
+                )
+            await anyio.to_thread.run_sync(_fsync_if_present, self.path + "-wal")
+        except (sqlite3.Error, OSError) as exc:
+            if conn.in_transaction:
+                await conn.rollback()
+            raise JournalWriteFailed(self.path, f"rewrite failed: {exc}") from exc
+
     async def compact(self, max_pages: int) -> tuple[int, int]:
         """Return up to ``max_pages`` free pages to the filesystem.
 
@@ -361,6 +408,9 @@ class Journal:
         incremental_vacuum`` frees one page per result row, so every row is
         fetched. Once no free page is left, the WAL is truncated as well. A journal
         created without incremental auto-vacuum frees nothing.
+
+        Raises:
+            JournalWriteFailed: it failed writing (an I/O error).
         """
         conn = self._lazy
         try:
@@ -374,6 +424,8 @@ class Journal:
             if conn.in_transaction:
                 await conn.rollback()
             logger.warning("journal %s: compaction failed: %s", self.path, exc)
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_IOERR:
+                raise JournalWriteFailed(self.path, f"compaction: {exc}") from exc
             return 0, 0
         return int(before) - int(left), int(left)
 
@@ -407,15 +459,42 @@ class Journal:
         if self.closed:
             return
         self.closed = True
+        guard: aiosqlite.Connection | None = None
         try:
             with anyio.CancelScope(shield=True):
+                if self.rewrite_needed:
+                    guard = await self._keep_the_wal()
                 for reader in self._readers:
                     await _close_quietly(reader, self.path)
                 if self._lazy is not self._durable:
                     await _close_quietly(self._lazy, self.path)
                 await _close_quietly(self._durable, self.path)
+                if guard is not None:
+                    await _close_quietly(guard, self.path)
         finally:
             self._lock.release()
+
+    async def _keep_the_wal(self) -> aiosqlite.Connection | None:
+        """Rewrite the journal before closing it; if that fails, open a read-only
+        connection to close last, so no closing connection checkpoints the WAL
+        into the file and deletes it on top of pages a failed fsync may have
+        dropped. The next open replays the whole WAL."""
+        try:
+            await self.rewrite()
+        except JournalWriteFailed as exc:
+            logger.error(
+                "journal %s: closing with the WAL kept (%s); the next open replays it",
+                self.path,
+                exc.detail,
+            )
+        else:
+            self.rewrite_needed = False
+            return None
+        try:
+            return await connect(self.path, synchronous="NORMAL", read_only=True)
+        except (sqlite3.Error, OSError) as exc:
+            logger.error("journal %s: cannot keep the WAL: %s", self.path, exc)
+            return None
 
 
 #: Rows per INSERT statement (9 parameters each; one SQL text per size, all of
@@ -690,6 +769,17 @@ async def _store_backend_rows(
         f" VALUES (?, {', '.join('?' * 11)})",
         [(row.bit, *_backend_values(row)) for row in rows],
     )
+
+
+def _fsync_if_present(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 async def _close_quietly(conn: aiosqlite.Connection | Reader, path: str) -> None:

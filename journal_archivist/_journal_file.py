@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pathlib
 import re
 import sqlite3
 from typing import Final
@@ -75,24 +76,46 @@ def prepare_file(path: str) -> None:
     except OSError as exc:
         raise JournalError(path, f"cannot create the journal file ({exc})") from exc
     os.close(fd)
+    # The new name must survive a power loss too, not only what is written to it.
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise JournalError(path, f"cannot sync the journal directory ({exc})") from exc
 
 
 async def connect(
-    path: str, *, synchronous: str, query_only: bool = False
+    path: str, *, synchronous: str, query_only: bool = False, read_only: bool = False
 ) -> aiosqlite.Connection:
     """A configured aiosqlite connection to ``path``.
 
+    ``read_only`` opens the file read-only, which SQLite honours even when the
+    connection closes last: it never checkpoints or deletes the WAL then.
     Shielded from cancellation: a connection half made when its caller gave up
     would be a thread and a file handle nobody closes.
     """
     with anyio.CancelScope(shield=True):
-        conn = await aiosqlite.connect(path, isolation_level="IMMEDIATE")
+        if read_only:
+            uri = pathlib.Path(path).as_uri() + "?mode=ro"
+            conn = await aiosqlite.connect(uri, uri=True)
+        else:
+            conn = await aiosqlite.connect(path, isolation_level="IMMEDIATE")
         try:
+            if read_only:
+                # A read takes the shared lock a closing writer must not get.
+                await conn.execute_fetchall("SELECT count(*) FROM sqlite_schema")
             # Another connection of ours may be checkpointing; wait, don't fail.
             await conn.execute("PRAGMA busy_timeout = 10000")
             await conn.execute(f"PRAGMA synchronous = {synchronous}")
-            if query_only:
+            if query_only or read_only:
                 await conn.execute("PRAGMA query_only = 1")
+            else:
+                # The committer checkpoints itself (Journal.checkpoint): an
+                # automatic checkpoint's failed fsync would go unreported.
+                await conn.execute("PRAGMA wal_autocheckpoint = 0")
         except BaseException:
             await conn.close()
             raise
@@ -207,10 +230,14 @@ async def _reseal(conn: aiosqlite.Connection) -> None:
                     (entry_crc(seq, session, op, origin, payload), row_id)
                     for row_id, seq, session, op, payload, crc, origin in rows
                     if type(seq) is int
+                    and seq >= 0
                     and type(session) is bytes
+                    and len(session) == 16
                     and type(op) is int
+                    and 0 <= op < 256
                     and type(payload) is bytes
                     and type(origin) is int
+                    and 0 <= origin < 1 << 62
                     and crc == entry_crc_v1(seq, session, op, payload)
                 ],
             )

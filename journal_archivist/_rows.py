@@ -90,6 +90,9 @@ def entry_columns(size: str = typed("size", "integer")) -> str:
 ENTRY_COLUMNS: Final = entry_columns()
 
 _OPS: Final = frozenset(int(op) for op in Op)
+# An origin is a set of backend bits (at most 62 of them); anything else, a
+# negative number above all, is damage (and would not even pack into the CRC).
+_ORIGIN_LIMIT: Final = 1 << 62
 
 
 def check_entries(rows: Iterable[Any]) -> list[Entry]:
@@ -111,6 +114,8 @@ def check_entries(rows: Iterable[Any]) -> list[Entry]:
             and size == len(payload)
             and op in _OPS
             and type(origin) is int
+            and 0 <= origin < _ORIGIN_LIMIT
+            and seq >= 0
             and crc == entry_crc(seq, session, op, origin, payload)
         ):
             append(Entry(seq, session, op, payload, size, at))
@@ -161,6 +166,8 @@ def _damage(
         return f"size {size!r} != payload length {len(payload)}"
     assert isinstance(op, int)
     assert isinstance(origin, int)
+    if not 0 <= origin < _ORIGIN_LIMIT or seq < 0:
+        return f"seq {seq} or origin {origin} out of range"
     actual = entry_crc(seq, session, op, origin, payload)
     return f"checksum mismatch (stored {crc!r}, computed {actual})"
 
