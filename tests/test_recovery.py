@@ -40,7 +40,7 @@ def run_until_killed(
     """Start the crash child, SIGKILL it after ``acks`` acknowledgements.
 
     Returns every line the child printed (``begin``, ``ack``, ``begin-erase``,
-    ``erased``), in order.
+    ``erased``) until it died, in order.
     """
     child = subprocess.Popen(
         [
@@ -73,7 +73,9 @@ def run_until_killed(
     finally:
         watchdog.cancel()
         child.send_signal(signal.SIGKILL)
-        _, stderr = child.communicate(timeout=30)
+        # What it printed before the kill landed counts too: it went on meanwhile.
+        rest, stderr = child.communicate(timeout=30)
+    printed.extend(line.strip() for line in rest.splitlines() if line.strip())
     assert count >= acks, f"child stopped early: {stderr}"
     return printed
 
