@@ -55,3 +55,7 @@ class LargeValues:
         """Forget values a failed statement never took."""
         for key in keys:
             self._values.pop(key, None)
+
+    def clear(self) -> None:
+        """Forget every value not taken (after a transaction, failed or not)."""
+        self._values.clear()

@@ -34,6 +34,7 @@ from uuid import UUID
 import msgspec
 
 from .._errors import BackendError
+from .._large_values import LargeValues
 from ._base import SessionInfo
 from ._codec import DECODE_ERRORS, decode_record, encode_record
 
@@ -44,8 +45,14 @@ if TYPE_CHECKING:
 
 #: "JARC" in ASCII: marks a SQLite file as a journal_archivist archive.
 APPLICATION_ID: Final = 0x4A415243
-#: The archive schema this version writes (``PRAGMA user_version``).
-SCHEMA_VERSION: Final = 1
+#: The archive schema this version writes (``PRAGMA user_version``). Version 2
+#: stores a record's ``content_md`` once, in its column, and its JSON without it
+#: (version 1 stored it in both); version 1 files are read as they are and
+#: upgraded by a version bump (UPGRADES), so an older library, which would read
+#: version 2 records without their content, refuses them.
+SCHEMA_VERSION: Final = 2
+#: What takes an archive from version ``n`` (the key) to ``n + 1``.
+UPGRADES: Final = {1: ("PRAGMA user_version = 2",)}
 # The journal's application_id ("JRNL", journal_archivist._schema): named here so
 # that pointing an archive at the journal says so (backends never import it).
 JOURNAL_APPLICATION_ID: Final = 0x4A524E4C
@@ -71,7 +78,8 @@ SCHEMA: Final = (
         role       TEXT NOT NULL,
         author     TEXT,
         content_md TEXT NOT NULL,  -- may hold NUL characters
-        record     TEXT NOT NULL   -- the whole record as JSON (backends._codec)
+        record     TEXT NOT NULL   -- the record as JSON (backends._codec), with
+                                   -- content_md "" (the column above holds it)
     )
     """,
     # Every index entry ends with the rowid (seq), so this one also orders by seq.
@@ -98,29 +106,51 @@ _INSERT_COLUMNS: Final = (
 _ROW_PLACEHOLDERS: Final = "(?, ?, ?, ?, ?, ?, ?, ?)"
 #: Rows per multi-row INSERT, largest first; any count is a sum of these.
 INSERT_CHUNKS: Final = (64, 16, 4, 1)
+_ON_CONFLICT: Final = " ON CONFLICT (message_id) DO NOTHING"
 _INSERT_MANY: Final = {
-    k: _INSERT_COLUMNS
-    + ", ".join([_ROW_PLACEHOLDERS] * k)
-    + " ON CONFLICT (message_id) DO NOTHING"
+    k: _INSERT_COLUMNS + ", ".join([_ROW_PLACEHOLDERS] * k) + _ON_CONFLICT
     for k in INSERT_CHUNKS
 }
 
 
-def insert_statements(rows: Sequence[Row]) -> list[tuple[str, list[Any]]]:
+def insert_statements(
+    rows: Sequence[Row], large: LargeValues
+) -> list[tuple[str, list[Any]]]:
     """``rows`` as a few multi-row INSERTs (one SQL text per chunk size).
 
     One statement inserts up to 64 rows in one ``sqlite3_step``, which releases
     the GIL once instead of once per row: under load, every reacquisition makes
-    the archive's thread wait for the event loop's.
+    the archive's thread wait for the event loop's. A row whose content reaches
+    ``LargeValues.THRESHOLD`` goes alone, its content through ``large`` (no copy
+    of it stays with the cached statement); its keys are ``large``'s to discard.
     """
     statements: list[tuple[str, list[Any]]] = []
+    small: list[Row] = []
+    for row in rows:  # in order: the rowid is the append order
+        if len(row[6]) < LargeValues.THRESHOLD:
+            small.append(row)
+            continue
+        _insert_small(small, statements)
+        small = []
+        values: list[Any] = list(row)
+        values[6] = large.put(row[6])
+        statements.append((_insert_large(large), values))
+    _insert_small(small, statements)
+    return statements
+
+
+def _insert_small(rows: list[Row], statements: list[tuple[str, list[Any]]]) -> None:
     at = 0
     for size in INSERT_CHUNKS:
         while len(rows) - at >= size:
             chunk = rows[at : at + size]
             statements.append((_INSERT_MANY[size], [v for row in chunk for v in row]))
             at += size
-    return statements
+
+
+def _insert_large(large: LargeValues) -> str:
+    content = large.sql()
+    return _INSERT_COLUMNS + f"(?, ?, ?, ?, ?, ?, {content}, ?)" + _ON_CONFLICT
 
 
 ERASE_MESSAGES: Final = "DELETE FROM messages WHERE session = ?"
@@ -157,15 +187,19 @@ def _integer(column: str) -> str:
     )
 
 
-# ``record`` is the one column taken as TEXT or BLOB: it is only ever read back
-# whole, never compared or indexed, so a BLOB of the same bytes (one flipped bit
-# of the header's serial type) is the same record. The hot path (READ) therefore
-# needs no typeof(): an INTEGER, REAL or NULL cast to a BLOB never decodes as a
-# record, ``records`` notices, and READ_CHECKED then says which row and why.
-READ: Final = "SELECT CAST(record AS BLOB) FROM messages WHERE session = ? ORDER BY seq"
-READ_CHECKED: Final = (
-    "SELECT seq, typeof(record), CAST(record AS BLOB) FROM messages"
+# ``record`` and ``content_md`` are the columns taken as TEXT or BLOB: they are
+# only ever read back whole, never compared or indexed, so a BLOB of the same
+# bytes (one flipped bit of the header's serial type) is the same value. The hot
+# path (READ) therefore needs no typeof(): an INTEGER, REAL or NULL cast to a BLOB
+# never decodes as a record (or as text), ``records`` notices, and READ_CHECKED
+# then says which row and why.
+READ: Final = (
+    "SELECT CAST(record AS BLOB), CAST(content_md AS BLOB) FROM messages"
     " WHERE session = ? ORDER BY seq"
+)
+READ_CHECKED: Final = (
+    "SELECT seq, typeof(record), CAST(record AS BLOB), typeof(content_md),"
+    " CAST(content_md AS BLOB) FROM messages WHERE session = ? ORDER BY seq"
 )
 COUNT: Final = f"SELECT {_integer('message_count')} FROM sessions WHERE session = ?"
 _SESSION_COLUMNS: Final = (
@@ -212,13 +246,21 @@ def records(session: UUID, rows: Sequence[Any]) -> list[MessageRecord] | None:
         # flipped digit in its JSON) must not be returned as this one's. Filtered
         # here and noticed by the length: cheaper than a second loop.
         result = [
-            record
-            for (value,) in rows
+            _with_content(record, content)
+            for value, content in rows
             if (record := decode_record(value)).session.int == want
         ]
     except _DECODE_ERRORS:
         return None
     return result if len(result) == len(rows) else None
+
+
+def _with_content(record: MessageRecord, content: bytes) -> MessageRecord:
+    """``record`` with its content from the ``content_md`` column (a version 1
+    record carries it in its JSON too)."""
+    if record.content_md:
+        return record
+    return msgspec.structs.replace(record, content_md=content.decode())
 
 
 def checked_records(
@@ -231,11 +273,15 @@ def checked_records(
             ``seq``), the column and what is wrong with it.
     """
     result = []
-    for seq, kind, data in rows:
+    for seq, kind, data, content_kind, content in rows:
         row = f"messages row {seq} of session {session}"
-        if kind not in ("text", "blob"):
-            raise damaged(path, row, f"column record is {kind.upper()}, expected TEXT")
+        for column, stored in (("record", kind), ("content_md", content_kind)):
+            if stored not in ("text", "blob"):
+                raise damaged(
+                    path, row, f"column {column} is {stored.upper()}, expected TEXT"
+                )
         text = _utf8(path, row, "record", kind.upper(), data)
+        content_md = _utf8(path, row, "content_md", content_kind.upper(), content)
         try:
             record = decode_record(text)
         except _DECODE_ERRORS as exc:
@@ -246,7 +292,13 @@ def checked_records(
             raise damaged(
                 path, row, f"column record holds a record of session {record.session}"
             )
-        result.append(record)
+        if record.content_md and record.content_md != content_md:
+            raise damaged(path, row, "columns record and content_md disagree")
+        result.append(
+            record
+            if record.content_md
+            else msgspec.structs.replace(record, content_md=content_md)
+        )
     return result
 
 
@@ -361,7 +413,8 @@ def _row(record: MessageRecord, session: UUID, session_text: str) -> Row:
         record.role,
         record.author,
         record.content_md,
-        encode_record(record).decode(),
+        # Without its content, which the row holds once, in content_md.
+        encode_record(msgspec.structs.replace(record, content_md="")).decode(),
     )
 
 

@@ -47,6 +47,7 @@ import aiosqlite
 import anyio
 
 from .._errors import BackendError
+from .._large_values import LargeValues
 from . import _sqlite_sql as _sql
 from ._base import (
     ArchiveBackend,
@@ -132,6 +133,7 @@ class SqliteArchive(ArchiveBackend):
         self._busy_timeout_ms = min(round(busy_timeout * 1000), 2**31 - 1)
         self._conn: aiosqlite.Connection | None = None
         self._lock = anyio.Lock()
+        self._large = LargeValues()
 
     @property
     def path(self) -> str:
@@ -219,7 +221,9 @@ class SqliteArchive(ArchiveBackend):
                 await conn.execute("BEGIN IMMEDIATE")
                 for kind, arg in steps:
                     if kind == "insert":
-                        for statement, params in _sql.insert_statements(arg):
+                        for statement, params in _sql.insert_statements(
+                            arg, self._large
+                        ):
                             await conn.execute(statement, params)
                     else:
                         await conn.execute(_sql.ERASE_MESSAGES, (arg,))
@@ -230,6 +234,8 @@ class SqliteArchive(ArchiveBackend):
                 if isinstance(exc, sqlite3.Error):
                     raise self._error("write", exc) from exc
                 raise
+            finally:
+                self._large.clear()  # what a failed statement never took
             if erases:
                 await self._checkpoint(conn)
 
@@ -395,6 +401,17 @@ class SqliteArchive(ArchiveBackend):
                 )
             await conn.execute("PRAGMA synchronous = FULL")
             await conn.execute("PRAGMA secure_delete = ON")
+            await self._large.register(conn)
+            if 0 < version < SCHEMA_VERSION:
+                await conn.execute("BEGIN IMMEDIATE")
+                (version,) = next(
+                    iter(await conn.execute_fetchall("PRAGMA user_version"))
+                )
+                while version < SCHEMA_VERSION:
+                    for statement in _sql.UPGRADES[version]:
+                        await conn.execute(statement)
+                    version += 1
+                await conn.execute("COMMIT")
             if version == 0:
                 await conn.execute("BEGIN IMMEDIATE")
                 # Another process may have created it since we looked.

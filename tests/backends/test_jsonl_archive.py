@@ -548,9 +548,9 @@ class TestDurability:
         failure: str,
     ) -> None:
         other = uuid4()
-        real_write, recording_fsync = os.write, os.fsync
+        real_writev, recording_fsync = os.writev, os.fsync
 
-        def fill_the_disk(fd: int, data: Any) -> int:
+        def fill_the_disk(fd: int, buffers: Any) -> int:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
         def fail_directory_fsyncs(fd: int) -> None:
@@ -568,12 +568,12 @@ class TestDurability:
             if failure == "write-after-an-erasure":
                 batch.append(SessionGroup(other, tuple(records(other, 1, "n"))))
             if failure.startswith("write"):
-                monkeypatch.setattr(os, "write", fill_the_disk)
+                monkeypatch.setattr(os, "writev", fill_the_disk)
             else:
                 monkeypatch.setattr(os, "fsync", fail_directory_fsyncs)
             with pytest.raises(BackendError, match=r"ENOSPC|EIO"):
                 await archive.write_batch(batch)
-            monkeypatch.setattr(os, "write", real_write)
+            monkeypatch.setattr(os, "writev", real_writev)
             monkeypatch.setattr(os, "fsync", recording_fsync)
 
             fsyncs.clear()
@@ -625,19 +625,21 @@ class TestDurability:
         async with JsonlArchive(directory) as archive:
             await archive.append_messages(session, first)
             before = Path(archive.path_of(session)).read_bytes()
-            real_write = os.write
+            real_write, real_writev = os.write, os.writev
 
-            def write_half_then_fill_the_disk(fd: int, data: Any) -> int:
+            def write_half_then_fill_the_disk(fd: int, buffers: Any) -> int:
+                # Short writes that end in the middle of a line, then a full disk.
+                data = b"".join(bytes(buffer) for buffer in buffers)
                 if len(data) > 1:
-                    return real_write(fd, bytes(data[: len(data) // 2]))
+                    return real_write(fd, data[: len(data) // 2])
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-            monkeypatch.setattr(os, "write", write_half_then_fill_the_disk)
+            monkeypatch.setattr(os, "writev", write_half_then_fill_the_disk)
             with pytest.raises(BackendError, match="ENOSPC") as caught:
                 await archive.append_messages(session, second)
             assert caught.value.retryable is True
             assert Path(archive.path_of(session)).read_bytes() == before
-            monkeypatch.setattr(os, "write", real_write)
+            monkeypatch.setattr(os, "writev", real_writev)
             await archive.append_messages(session, second)  # the redelivery
             assert await archive.read_session(session) == first + second
 

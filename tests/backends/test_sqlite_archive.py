@@ -471,6 +471,84 @@ async def test_queryable_columns_hold_the_record_fields(
     )
 
 
+async def test_content_is_stored_once(
+    archive: SqliteArchive, archive_path: Path
+) -> None:
+    # In its column, not again inside the record's JSON: half the file for long
+    # messages, and one copy less in memory while a large one is written.
+    session = uuid4()
+    rec = record(session, "the content " * 100)
+    await archive.append_messages(session, [rec])
+    with sqlite3.connect(archive_path) as conn:
+        ((content, in_json),) = conn.execute(
+            "SELECT content_md, json_extract(record, '$.content_md') FROM messages"
+        )
+    assert (content, in_json) == (rec.content_md, "")
+    assert await archive.read_session(session) == [rec]
+
+
+async def test_a_content_over_a_mebibyte_round_trips(
+    archive: SqliteArchive, archive_path: Path
+) -> None:
+    # It reaches SQLite through a function (LargeValues), not a binding.
+    session = uuid4()
+    big = record(session, "".join(chr(0x3B1 + i % 24) for i in range(1_200_000)))
+    small = record(session, "small")
+    await archive.write_batch([group(session, [small, big, record(session, "after")])])
+    assert [r.content_md for r in await archive.read_session(session)] == [
+        "small",
+        big.content_md,
+        "after",
+    ]
+    assert archive._large._values == {}  # white box: nothing held after the write
+
+
+async def test_a_failed_write_holds_no_large_value(
+    archive: SqliteArchive, archive_path: Path
+) -> None:
+    session = uuid4()
+    big = record(session, "x" * (2 << 20))
+    await archive.append_messages(session, [record(session, "first")])
+    with sqlite3.connect(archive_path) as conn:  # make the next insert fail
+        conn.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON messages"
+            " BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        )
+    with pytest.raises(BackendError, match="refused"):
+        await archive.append_messages(session, [big])
+    assert archive._large._values == {}  # white box
+
+
+async def test_a_version_1_archive_reads_and_is_upgraded(
+    archive_path: Path,
+) -> None:
+    # Version 1 kept the content in the record's JSON too.
+    session = uuid4()
+    old = record(session, "from version 1")
+    async with SqliteArchive(archive_path) as archive:
+        await archive.append_messages(session, [record(session, "warm up")])
+    with sqlite3.connect(archive_path) as conn:
+        conn.execute("DELETE FROM messages")
+        conn.execute(
+            "INSERT INTO messages (message_id, session, ts, role, content_md, record)"
+            " VALUES (?, ?, '2026-01-01T00:00:00.000000Z', 'user', ?, ?)",
+            (
+                str(old.message_id),
+                str(session),
+                old.content_md,
+                msgspec.json.encode(old).decode(),
+            ),
+        )
+        conn.execute("PRAGMA user_version = 1")
+    async with SqliteArchive(archive_path) as archive:
+        assert await archive.read_session(session) == [old]
+        new = record(session, "from version 2")
+        await archive.append_messages(session, [new])
+        assert await archive.read_session(session) == [old, new]
+    with sqlite3.connect(archive_path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+
+
 # -- damaged rows ----------------------------------------------------------------------
 #
 # A flipped bit in a row header can change the type of a stored value (TEXT to BLOB,
@@ -811,7 +889,11 @@ def make_not_a_database(path: Path) -> None:
         # an ordinary SQLite database with tables of its own
         (make_plain_db, r"something else.*\['customers'\]"),
         # an archive written by a newer schema
-        (make_newer_archive, "schema version 2 is newer than the supported 1"),
+        (
+            make_newer_archive,
+            f"schema version {SCHEMA_VERSION + 1} is newer than the supported"
+            f" {SCHEMA_VERSION}",
+        ),
         # not SQLite at all
         (make_not_a_database, "not a usable SQLite archive"),
     ],
