@@ -40,7 +40,7 @@ from ._large_values import LargeValues
 from ._lockfile import LockFile
 from ._policies import Durability
 from ._reader import Reader
-from ._rows import BACKEND_COLUMNS, BackendRow, decode_text, typed
+from ._rows import BACKEND_COLUMNS, ENTRIES, BackendRow, decode_text, typed
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -328,6 +328,7 @@ class Journal:
                 await conn.execute("DELETE FROM backends WHERE bit = ?", (row.bit,))
             if removed:
                 await conn.execute("DELETE FROM entries WHERE targets = 0")
+                await conn.execute(_DELETE_ORPHAN_PAYLOADS, (-1, self.last_seq))
             await _store_backend_rows(conn, [*doubtful, *new_rows])
             await conn.commit()
         except sqlite3.Error as exc:
@@ -502,9 +503,13 @@ class Journal:
 INSERT_CHUNK: Final = 64
 
 
-_INSERT_LARGE: Final = (
-    "INSERT INTO entries (seq, session, op, payload, size, crc, enqueued_at,"
-    f" targets, origin) VALUES (?, ?, ?, {LargeValues().sql()}, ?, ?, ?, ?, ?)"
+_INSERT_PAYLOAD: Final = (
+    f"INSERT INTO payloads (seq, payload) VALUES (?, {LargeValues().sql()})"
+)
+# After entries are deleted: the large payloads of those among seqs (?, ?].
+_DELETE_ORPHAN_PAYLOADS: Final = (
+    "DELETE FROM payloads WHERE seq > ? AND seq <= ?"
+    " AND NOT EXISTS (SELECT 1 FROM entries WHERE entries.seq = payloads.seq)"
 )
 
 
@@ -571,15 +576,17 @@ class Transaction:
                 _insert_entries(len(chunk)), [v for row in chunk for v in row]
             )
         if len(small) < len(rows):
-            # One by one, the payload through LargeValues: no copy stays behind.
+            # One by one: the payload in a row of its own (see ``_schema``),
+            # through LargeValues, so no copy of it stays behind.
             large = self._journal.large
             for seq, session, op, payload, *rest in rows:
                 if len(payload) >= LargeValues.THRESHOLD:
+                    await self._conn.execute(
+                        _insert_entries(1), (seq, session, op, b"", *rest)
+                    )
                     key = large.put(payload)
                     try:
-                        await self._conn.execute(
-                            _INSERT_LARGE, (seq, session, op, key, *rest)
-                        )
+                        await self._conn.execute(_INSERT_PAYLOAD, (seq, key))
                     finally:
                         large.discard([key])
 
@@ -624,6 +631,7 @@ class Transaction:
                 "DELETE FROM entries WHERE seq BETWEEN ? AND ? AND targets = 0",
                 (first, last),
             )
+            await self._conn.execute(_DELETE_ORPHAN_PAYLOADS, (first - 1, last))
         return dropped
 
     async def dead_letter(
@@ -633,8 +641,8 @@ class Transaction:
         await self._conn.executemany(
             "INSERT INTO dead_letters (backend, seq, session, op, payload, crc,"
             " origin, enqueued_at, error, attempts, failed_at)"
-            " SELECT ?, seq, session, op, payload, crc, origin, enqueued_at, ?, ?, ?"
-            " FROM entries WHERE seq = ?",
+            " SELECT ?, seq, session, op, coalesce(payloads.payload, entries.payload),"
+            f" crc, origin, enqueued_at, ?, ?, ? FROM {ENTRIES} WHERE seq = ?",
             [
                 (backend, error, attempts, failed_at, seq)
                 for seq, error, attempts in rows
@@ -648,8 +656,8 @@ class Transaction:
         await self._conn.executemany(
             "INSERT INTO quarantine (backend, seq, session, op, payload, size, crc,"
             " origin, reason, quarantined_at)"
-            " SELECT ?, seq, session, op, payload, size, crc, origin, ?, ?"
-            " FROM entries WHERE seq = ?",
+            " SELECT ?, seq, session, op, coalesce(payloads.payload, entries.payload),"
+            f" size, crc, origin, ?, ? FROM {ENTRIES} WHERE seq = ?",
             [(backend, reason, at, seq) for seq, reason in rows],
         )
 
@@ -699,6 +707,7 @@ class Transaction:
                 " AND coalesce(targets, 0) & ~? = 0",
                 [(after, upto, mask) for mask, after, upto in ranges],
             )
+            await self._delete_orphan_payloads(ranges)
             return
         await self._conn.executemany(
             "UPDATE entries SET targets = targets & ~? WHERE seq > ? AND seq <= ?"
@@ -709,6 +718,15 @@ class Transaction:
             "DELETE FROM entries WHERE seq > ? AND seq <= ?"
             " AND coalesce(targets, 0) = 0",
             [(after, upto) for _, after, upto in ranges],
+        )
+        await self._delete_orphan_payloads(ranges)
+
+    async def _delete_orphan_payloads(
+        self, ranges: Sequence[tuple[int, int, int]]
+    ) -> None:
+        # Cheap: payloads holds only the few large entries, found by their key.
+        await self._conn.executemany(
+            _DELETE_ORPHAN_PAYLOADS, [(after, upto) for _, after, upto in ranges]
         )
 
     async def count_lost(self, count: int) -> None:

@@ -12,7 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from ._rows import ENTRY_COLUMNS, check_entries, decode_text, entry_columns, typed
+from ._rows import (
+    ENTRIES,
+    ENTRY_COLUMNS,
+    check_entries,
+    decode_text,
+    entry_columns,
+    typed,
+)
 
 if TYPE_CHECKING:
     from uuid import UUID
@@ -67,7 +74,7 @@ class Reader:
         back with ``damage`` set; the caller must quarantine it, not deliver it.
         """
         rows = await self._conn.execute_fetchall(
-            f"SELECT {ENTRY_COLUMNS} FROM entries WHERE seq >= ? AND seq < ?"
+            f"SELECT {ENTRY_COLUMNS} FROM {ENTRIES} WHERE seq >= ? AND seq < ?"
             " AND origin & ? ORDER BY seq LIMIT ?",
             (start, stop, mask, limit),
         )
@@ -81,7 +88,7 @@ class Reader:
         # No index on session (it would slow every insert and delete), so this
         # scans the backlog: cheap while the backlog is small, as it usually is.
         rows = await self._conn.execute_fetchall(
-            f"SELECT {ENTRY_COLUMNS} FROM entries WHERE seq > ? AND origin & ?"
+            f"SELECT {ENTRY_COLUMNS} FROM {ENTRIES} WHERE seq > ? AND origin & ?"
             f" AND session = ? AND {_NOT_DROPPED} ORDER BY seq",
             (after, mask, session.bytes, floor),
         )

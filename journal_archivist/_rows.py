@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BACKEND_COLUMNS",
+    "ENTRIES",
     "ENTRY_COLUMNS",
     "BackendRow",
     "check_entries",
@@ -69,15 +70,17 @@ def decode_text(raw: object) -> str | None:
 # -- entries -------------------------------------------------------------------
 
 
-def entry_columns(size: str = typed("size", "integer")) -> str:
-    """The columns ``check_entries`` takes, in its order; ``size`` is the SQL for
-    the stored size (a table that keeps none passes ``length(payload)``)."""
+def entry_columns(
+    payload: str = typed("payload", "blob"), size: str = typed("size", "integer")
+) -> str:
+    """The columns ``check_entries`` takes, in its order; ``payload`` and ``size``
+    are the SQL for the payload and the stored size (see ``ENTRIES``)."""
     return ", ".join(
         [
             "seq",
             typed("session", "blob"),
             typed("op", "integer"),
-            typed("payload", "blob"),
+            payload,
             size,
             typed("crc", "integer"),
             typed("enqueued_at", "real"),
@@ -86,8 +89,13 @@ def entry_columns(size: str = typed("size", "integer")) -> str:
     )
 
 
-#: The columns of an ``entries`` row, for ``check_entries``.
-ENTRY_COLUMNS: Final = entry_columns()
+#: What entries are read from: a large payload is in ``payloads`` (``_schema``).
+ENTRIES: Final = "entries LEFT JOIN payloads USING (seq)"
+#: The columns of an entry read from ``ENTRIES``, for ``check_entries``.
+ENTRY_COLUMNS: Final = entry_columns(
+    payload=f"CASE WHEN payloads.seq IS NULL THEN {typed('entries.payload', 'blob')}"
+    f" ELSE {typed('payloads.payload', 'blob')} END"
+)
 
 _OPS: Final = frozenset(int(op) for op in Op)
 # An origin is a set of backend bits (at most 62 of them); anything else, a

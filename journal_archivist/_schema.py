@@ -25,6 +25,10 @@ Rules:
                     they account for), and open adds the entries journaled after it.
                     The highest seq ever used is the larger of
                     ``max(counted_through)`` and ``max(entries.seq)``.
+  ``payloads``      the payload of an entry of at least ``LargeValues.THRESHOLD``
+                    bytes, whose ``entries`` row then holds an empty one: settling
+                    an entry for one backend rewrites its row (``targets``), which
+                    must not mean rewriting megabytes. Deleted with its entry.
   ``dead_letters``  entries a BEST_EFFORT backend gave up on, kept for inspection
                     (``crc`` and ``origin`` copied from the entry).
   ``quarantine``    damaged rows moved aside per backend, as they were found.
@@ -117,6 +121,10 @@ ALTER TABLE dead_letters ADD COLUMN origin INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE quarantine ADD COLUMN origin INTEGER;
 ALTER TABLE backends ADD COLUMN drop_floor INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE backends ADD COLUMN crc INTEGER;
+CREATE TABLE payloads (
+    seq     INTEGER PRIMARY KEY,
+    payload BLOB NOT NULL
+);
 """
 
 

@@ -245,6 +245,58 @@ class TestLargeRecords:
             assert archivist.health().journal.quarantined == 0
         assert later.records(session) == big
 
+    async def test_a_large_payload_lives_in_a_row_of_its_own_until_settled(
+        self, journal_path: Path, session: UUID
+    ) -> None:
+        # Settling it for one backend rewrites its entries row (targets); the
+        # megabytes are not in that row.
+        content = "y" * (2 << 20)
+        fast, slow = MockBackend(), MockBackend()
+        slow.hold()
+        regs = [registration(fast, name="fast"), registration(slow, name="slow")]
+        async with Archivist.open(
+            journal_path, regs, max_record_bytes=4 << 20
+        ) as archivist:
+            await archivist.append_messages(session, [record(session, content)])
+            with anyio.fail_after(10):
+                await archivist.wait_drained("fast")
+            [(entry_payload, targets)] = query(
+                journal_path, "SELECT length(payload), targets FROM entries"
+            )
+            [(length,)] = query(journal_path, "SELECT length(payload) FROM payloads")
+            assert entry_payload == 0
+            assert length > len(content)  # the whole encoded record
+            assert targets == archivist._writers[1].mask  # only "slow" owes it
+            slow.release()
+            with anyio.fail_after(10):
+                await archivist.wait_drained()
+        assert [r.content_md for r in slow.records(session)] == [content]
+        assert query(journal_path, "SELECT count(*) FROM payloads") == [(0,)]
+        assert query(journal_path, "SELECT count(*) FROM entries") == [(0,)]
+
+    async def test_a_large_entry_without_its_payload_row_is_quarantined(
+        self, journal_path: Path, session: UUID
+    ) -> None:
+        held = MockBackend()
+        held.hold()
+        archivist = await Archivist.open(
+            journal_path, [registration(held)], max_record_bytes=4 << 20
+        )
+        await archivist.append_messages(session, [record(session, "z" * (2 << 20))])
+        await archivist.append_messages(session, [record(session, "small")])
+        await archivist.shutdown(timeout=0)
+        with closing(sqlite3.connect(journal_path)) as db:
+            db.execute("DELETE FROM payloads")
+            db.commit()
+        mock = MockBackend()
+        async with Archivist.open(
+            journal_path, [registration(mock)], max_record_bytes=4 << 20
+        ) as archivist:
+            with anyio.fail_after(10):
+                await archivist.wait_drained()
+            assert archivist.health().journal.quarantined == 1
+        assert [r.content_md for r in mock.records(session)] == ["small"]
+
 
 class TestDurabilitySettings:
     @pytest.mark.parametrize(
@@ -469,6 +521,39 @@ class TestSpace:
 
 
 class TestRegistrations:
+    async def test_a_backend_given_a_removed_backends_bit_owes_none_of_its_entries(
+        self, journal_path: Path, session: UUID
+    ) -> None:
+        # A bit freed by a removed backend goes to the next one registered, which
+        # starts at the tail: it owes nothing of what its bit meant before.
+        held, old = MockBackend(), MockBackend()
+        held.hold()  # "held" keeps the entries journaled after "old" had them
+        archivist = await Archivist.open(
+            journal_path,
+            [registration(held, name="held"), registration(old, name="old")],
+        )
+        await archivist.append_messages(session, records(session, 3))
+        with anyio.fail_after(5):
+            await archivist.wait_drained("old")
+        await archivist.shutdown(timeout=0)
+        assert old.appended_count(session) == 3
+
+        # "old" is gone, "new" takes its bit; the old entries are owed to "held".
+        again, new = MockBackend(), MockBackend()
+        regs = [registration(again, name="held"), registration(new, name="new")]
+        async with Archivist.open(journal_path, regs) as archivist:
+            await archivist.append_messages(session, [record(session, "after")])
+            with anyio.fail_after(5):
+                await archivist.wait_drained()
+            assert archivist.health().backends["new"].delivered == 1
+        assert [r.content_md for r in new.records(session)] == ["after"]
+        assert [r.content_md for r in again.records(session)] == [
+            "m0",
+            "m1",
+            "m2",
+            "after",
+        ]
+
     async def test_a_new_backend_starts_at_the_tail(
         self, journal_path: Path, session: UUID
     ) -> None:
