@@ -74,7 +74,14 @@ def run_until_killed(
         watchdog.cancel()
         child.send_signal(signal.SIGKILL)
         # What it printed before the kill landed counts too: it went on meanwhile.
-        rest, stderr = child.communicate(timeout=30)
+        # Read through the same file object: lines it has buffered already would
+        # be skipped by communicate(), which reads the pipe itself.
+        rest = child.stdout.read()
+        stderr = child.stderr.read() if child.stderr else ""
+        child.wait(timeout=30)
+        child.stdout.close()
+        if child.stderr:
+            child.stderr.close()
     printed.extend(line.strip() for line in rest.splitlines() if line.strip())
     assert count >= acks, f"child stopped early: {stderr}"
     return printed
