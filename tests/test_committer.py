@@ -1,16 +1,29 @@
 """Group commit: many appends per transaction, and every appender gets an answer.
 
 These tests hold the committer inside its transaction (a white-box hook on the
-journal's INSERT) to reach the states that matter deterministically.
+journal's INSERT) to reach the states that matter deterministically. Also: which
+connection (which ``synchronous`` level) appends commit on, how failed commits
+count toward failing the archivist, and the DROP_OLDEST trim done in the commit.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from typing import TYPE_CHECKING, Any
+from uuid import uuid4
 
 import anyio
+import pytest
 
-from journal_archivist import Archivist
+import journal_archivist._committer as committer_module
+from journal_archivist import (
+    Archivist,
+    ArchivistFailed,
+    Durability,
+    JournalWriteFailed,
+    OverflowPolicy,
+    Queued,
+)
 from journal_archivist._journal import Journal, Transaction
 from journal_archivist.testing import MockBackend
 from tests.helpers import record, registration
@@ -18,8 +31,6 @@ from tests.helpers import record, registration
 if TYPE_CHECKING:
     from pathlib import Path
     from uuid import UUID
-
-    import pytest
 
 
 class InsertGate:
@@ -126,3 +137,136 @@ async def test_a_cancelled_open_releases_the_journal(
 async def _open_and_close(path: Path) -> None:
     archivist = await Archivist.open(path, [registration()])
     await archivist.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("durability", "level"),
+    [
+        (Durability.FULL, 2),  # synchronous=FULL: the commit fsyncs
+        (Durability.NORMAL, 1),  # synchronous=NORMAL
+    ],
+)
+async def test_appends_commit_on_the_connection_of_the_durability_asked_for(
+    journal_path: Path,
+    session: UUID,
+    monkeypatch: pytest.MonkeyPatch,
+    durability: Durability,
+    level: int,
+) -> None:
+    # Each connection's level is checked in test_journal; this checks that the
+    # transactions that journal appends run on the durable one, not on the one
+    # done-marks use.
+    levels: list[int] = []
+    original = Transaction.insert
+
+    async def insert(tx: Transaction, rows: Any) -> None:
+        ((got,),) = await tx._conn.execute_fetchall("PRAGMA synchronous")
+        levels.append(got)
+        await original(tx, rows)
+
+    monkeypatch.setattr(Transaction, "insert", insert)
+    async with Archivist.open(
+        journal_path, [registration()], durability=durability
+    ) as archivist:
+        for i in range(3):
+            await archivist.append_messages(session, [record(session, f"m{i}")])
+            with anyio.fail_after(5):
+                await archivist.wait_drained()  # done-marks commit in between
+    assert levels == [level] * 3
+
+
+def _commit_error(code: int, message: str) -> sqlite3.OperationalError:
+    error = sqlite3.OperationalError(message)
+    error.sqlite_errorcode = code  # type: ignore[attr-defined]
+    return error
+
+
+async def test_a_full_disk_between_io_errors_neither_counts_nor_resets_the_streak(
+    journal_path: Path, session: UUID, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # guarantees.md 1: a full disk "does not count toward failing, and does not
+    # reset the count"; the third I/O error in a row fails the archivist.
+    failures = [
+        (sqlite3.SQLITE_IOERR_WRITE, "disk I/O error"),
+        (sqlite3.SQLITE_IOERR_FSYNC, "disk I/O error"),
+        (sqlite3.SQLITE_FULL, "database or disk is full"),
+        (sqlite3.SQLITE_IOERR_WRITE, "disk I/O error"),
+    ]
+
+    async def insert(tx: Transaction, rows: Any) -> None:
+        raise _commit_error(*failures.pop(0))
+
+    async def use() -> None:
+        async with Archivist.open(journal_path, [registration()]) as archivist:
+            monkeypatch.setattr(Transaction, "insert", insert)
+            for _ in range(3):
+                with pytest.raises(JournalWriteFailed):
+                    await archivist.append_messages(session, [record(session, "x")])
+                assert not archivist.health().journal.failed
+            with pytest.raises(JournalWriteFailed, match="disk I/O error"):
+                await archivist.append_messages(session, [record(session, "x")])
+            assert archivist.health().journal.failed
+            monkeypatch.undo()
+
+    with pytest.raises(ArchivistFailed, match="3 commits in a row"):
+        await use()
+    assert failures == []
+
+
+async def test_drop_oldest_never_drops_the_entry_it_makes_room_for(
+    journal_path: Path, session: UUID
+) -> None:
+    # Nothing in flight (the writer lingers for a fuller batch): a new entry
+    # bigger than the whole byte capacity pushes out the older one and stays,
+    # alone, as an oversized entry fits an empty backlog.
+    mock = MockBackend()
+    lingering = Queued(
+        batch_window_ms=60_000,
+        overflow=OverflowPolicy.DROP_OLDEST,
+        capacity_bytes=1_000,
+    )
+    async with Archivist.open(
+        journal_path, [registration(mock, write_policy=lingering)]
+    ) as archivist:
+        await archivist.append_messages(session, [record(session, "small")])
+        await archivist.append_messages(session, [record(session, "big" * 500)])
+        health = archivist.health().backends["mock"]
+        assert (health.lag_entries, health.dropped) == (1, 1)
+        await archivist.shutdown()  # drains at once: no lingering when draining
+    assert [r.content_md for r in mock.records(session)] == ["big" * 500]
+
+
+async def test_an_erasure_beyond_the_planned_group_stays_behind_its_sessions_append(
+    journal_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # guarantees.md 11: an erasure passes blocked appends of other sessions, but
+    # an undecided append of its own session made before it stays ahead of it,
+    # also when both wait beyond the appends one round plans.
+    monkeypatch.setattr(committer_module, "MAX_GROUP", 4)  # rounds plan 4 appends
+    mock = MockBackend()
+    policy = Queued(capacity=1, overflow=OverflowPolicy.BLOCK, batch_window_ms=0)
+    erased, filler = uuid4(), uuid4()
+    async with Archivist.open(
+        journal_path, [registration(mock, write_policy=policy)]
+    ) as archivist:
+        mock.hold()
+        await archivist.append_messages(filler, [record(filler, "held")])
+        with anyio.fail_after(5):
+            await mock.wait_held()
+        others = [uuid4() for _ in range(4)]
+        async with anyio.create_task_group() as group:
+            for other in others:  # the four appends a round plans: all blocked
+                group.start_soon(archivist.append_messages, other, [record(other)])
+                await anyio.wait_all_tasks_blocked()
+            group.start_soon(
+                archivist.append_messages, erased, [record(erased, "before")]
+            )
+            await anyio.wait_all_tasks_blocked()
+            group.start_soon(archivist.delete_session, erased)
+            await anyio.wait_all_tasks_blocked()
+            mock.release()
+        with anyio.fail_after(5):
+            await archivist.wait_drained()
+    assert mock.erasures == [erased]
+    assert mock.records(erased) == []  # erased after it was archived, not before
+    assert all(mock.appended_count(other) == 1 for other in others)

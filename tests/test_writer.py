@@ -407,3 +407,26 @@ async def test_sync_append_behind_a_failing_batch_fails_fast(
         with anyio.fail_after(5):
             await archivist.wait_drained()
     assert [r.content_md for r in mock.records(session)] == ["first", "second"]
+
+
+async def test_a_bisected_batch_delivers_its_halves_in_order(
+    journal_path: Path, session: UUID
+) -> None:
+    # Contract 3 holds across bisection: the half before the split goes first.
+    mock = MockBackend()
+    reg = registration(mock, failure_mode=FailureMode.BEST_EFFORT)
+    poison = record(session, "poison")
+    mock.poison(poison.message_id)
+    async with Archivist.open(journal_path, [reg]) as archivist:
+        mock.hold()
+        await archivist.append_messages(session, [record(session, "first")])
+        with anyio.fail_after(5):
+            await mock.wait_held()
+        # One batch behind the held one: [a, poison | b, c, d] when bisected.
+        for rec in [record(session, "a"), poison, *records(session, 3, "r")]:
+            await archivist.append_messages(session, [rec])
+        mock.release()
+        with anyio.fail_after(5):
+            await archivist.wait_drained()
+        assert archivist.health().backends["mock"].dead_lettered == 1
+    assert contents(mock, session) == ["first", "a", "r0", "r1", "r2"]

@@ -471,6 +471,15 @@ async def test_queryable_columns_hold_the_record_fields(
     )
 
 
+async def test_writes_commit_with_a_full_fsync(archive: SqliteArchive) -> None:
+    # White box: what each write's commit runs under. (The power-loss torture
+    # test is what proves it keeps its promise.)
+    session = uuid4()
+    await archive.append_messages(session, [record(session)])
+    assert archive._conn is not None
+    assert await archive._conn.execute_fetchall("PRAGMA synchronous") == [(2,)]
+
+
 async def test_content_is_stored_once(
     archive: SqliteArchive, archive_path: Path
 ) -> None:

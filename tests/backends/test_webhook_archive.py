@@ -418,6 +418,33 @@ class TestBatchIdempotencyKey:
         keys = [p.headers["idempotency-key"] for p in server.posts()]
         assert len(set(keys)) == 4
 
+    async def test_records_moved_to_another_group_get_another_key_even_if_bytes_align(
+        self, server: WebhookServer
+    ) -> None:
+        # Each group's record count is hashed, so a key is never a hash of a bare
+        # stream of 16-byte ids and sessions. Without it, a batch whose ids line
+        # up with another batch's sessions (message_id is the caller's to choose)
+        # would share that batch's key, and a receiver skipping known keys would
+        # drop it unapplied.
+        a = uuid4()
+        b = UUID(bytes=b"\0" + uuid4().bytes[1:])  # starts like the erase flag
+        x, y = records(a, 2)
+        z = record(b)
+        moved = UUID(bytes=y.message_id.bytes)  # y's id, as a session
+        w = record(moved, message_id=UUID(bytes=b.bytes[1:] + b"\0"))
+        first = [SessionGroup(a, (x, y)), SessionGroup(b, (z,))]
+        # a, flag, x | y, b, flag, z  ==  a, flag, x | moved, flag, w, z
+        second = [
+            SessionGroup(a, (x,)),
+            SessionGroup(moved, (w, record(moved, message_id=z.message_id))),
+        ]
+        async with WebhookArchive(server.url, per_batch=True) as hook:
+            await hook.write_batch(first)
+            await hook.write_batch(second)
+        keys = [p.headers["idempotency-key"] for p in server.posts()]
+        assert len(keys) == 2
+        assert keys[0] != keys[1]
+
 
 # -- failure classification ------------------------------------------------------------
 

@@ -1,0 +1,1313 @@
+"""Mutation testing: plant one realistic bug at a time and check that a test fails.
+
+Usage (from the repository root, with the project's virtualenv)::
+
+    .venv/bin/python tools/mutants.py               # every mutant, 2 at a time
+    .venv/bin/python tools/mutants.py --list        # names, files, what each plants
+    .venv/bin/python tools/mutants.py --only NAME --only OTHER --jobs 1
+    .venv/bin/python tools/mutants.py --full        # the whole suite for every mutant
+
+Each mutant is a small exact textual replacement ``(file, old, new, description)``
+in the real code: a bug a tired engineer might write (an off-by-one, a dropped
+fsync, a check skipped), not syntax noise. The output is one line per mutant and a
+score line, ``mutants: 37/38 caught (97.4 %), 1 survived: <names>``.
+
+Rules and theory:
+- **A mutant runs in a scratch copy** of the work tree (``.venv``, ``.git`` and
+  caches left out) with the existing virtualenv. pytest runs with the copy as its
+  working directory and ``PYTHONPATH`` pointing at it, so the copy is what the
+  tests and their child processes import (the editable install's finder comes last
+  on ``sys.meta_path``). A probe plugin records ``journal_archivist.__file__`` of
+  every run: a run that imported anything else is an error, never a result.
+- **A baseline run comes first**: the unmutated copy under the same command must
+  pass, or nothing is run (a failing suite would "catch" every mutant).
+- **One snapshot per run.** The work tree is copied once, at the start; the
+  baseline and every mutant are copies of that snapshot, so edits made to the tree
+  during a run (others at work) change nothing of it.
+- **Stale mutants are refused.** ``old`` must occur exactly once in its file and
+  the mutated file must compile; otherwise the code moved under the mutant, and it
+  must be rewritten, not silently skipped. So give ``old`` enough context: a
+  mutant that still applies to code that changed around it may plant another bug
+  than the one it describes.
+- **Caught means a test failed** (pytest exit status 1). A run that times out is
+  counted as caught and said so in its line and in the score line (a hang is a
+  failure CI reports too). A collection or import error (status 2-5) is an
+  *error*, not a catch: none of these mutants should break an import.
+- **Subsets first, then the whole suite.** A mutant may name the tests that should
+  catch it, to keep runs short. One that survives its subset runs again on the
+  whole suite before it is reported as a survivor (``--no-confirm`` skips that).
+- **A catch must be reproducible.** The failing test runs again, alone, on the
+  mutated copy (up to ``RECHECKS`` times). If it passes, it is a flaky test, not a
+  catch: it is set aside (deselected) and the same tests run again without it. A
+  mutant that only flaky tests "caught" is reported ``FLAKY``, not counted as
+  caught, with the tests named (``--no-recheck`` trusts every first failure). A
+  test known to be flaky can be left out of every run with ``--deselect``.
+- ``tests/test_tooling.py`` is left out: ruff and mypy would "catch" a mutant for
+  its style, not for its behaviour, and mypy alone takes minutes.
+- ``CI=true`` is set for every run: Hypothesis uses its derandomised ``ci``
+  profile, so a result can be reproduced, and the PostgreSQL tests fail rather
+  than skip without a server (a skipped test catches nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, NamedTuple
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+ROOT: Final = Path(__file__).resolve().parent.parent
+
+#: Left out of every scratch copy.
+_NOT_COPIED: Final = frozenset(
+    {
+        ".venv",
+        ".git",
+        "__pycache__",
+        ".pytest_cache",
+        ".ruff_cache",
+        ".mypy_cache",
+        ".hypothesis",
+        "journal_archivist.egg-info",
+    }
+)
+#: Seconds one pytest run may take before it is killed and counted as a timeout.
+DEFAULT_TIMEOUT: Final = 900.0
+DEFAULT_JOBS: Final = 2
+
+_PROBE_MODULE: Final = "_mutants_probe"
+_PROBE_SOURCE: Final = '''"""tools/mutants.py: which journal_archivist was imported?"""
+
+import os
+import sys
+
+
+def pytest_sessionfinish(session, exitstatus):
+    module = sys.modules.get("journal_archivist")
+    where = getattr(module, "__file__", None) or "not imported"
+    with open(os.environ["MUTANTS_PROBE_OUT"], "w") as out:
+        out.write(where)
+'''
+
+
+class Mutant(NamedTuple):
+    """One planted bug: replace ``old`` (exactly once in ``file``) by ``new``."""
+
+    name: str
+    file: str
+    old: str
+    new: str
+    description: str
+    #: Test paths (files or node ids) that should catch it, run first; empty: the
+    #: whole suite.
+    tests: tuple[str, ...] = ()
+
+
+_J = "journal_archivist/"
+_B = "journal_archivist/backends/"
+
+MUTANTS: Final[tuple[Mutant, ...]] = (
+    # -- the journal -------------------------------------------------------------
+    Mutant(
+        "journal-synchronous-normal",
+        _J + "_journal.py",
+        'sync = "FULL" if durability is Durability.FULL else "NORMAL"',
+        'sync = "NORMAL"',
+        "the journal opens at synchronous=NORMAL even when Durability.FULL is asked",
+        ("tests/test_journal.py", "tests/torture/test_powerloss.py"),
+    ),
+    Mutant(
+        "journal-quick-check-skipped",
+        _J + "_journal_file.py",
+        'f"PRAGMA quick_check({QUICK_CHECK_LIMIT})"',
+        "\"SELECT 'ok'\"",
+        "PRAGMA quick_check at open replaced by a cheap query: a damaged page that"
+        " open never reads is not refused",
+        ("tests/test_journal.py", "tests/test_damage.py"),
+    ),
+    Mutant(
+        "journal-directory-not-synced",
+        _J + "_journal_file.py",
+        "            os.fsync(fd)\n        finally:\n            os.close(fd)\n"
+        "    except OSError as exc:\n"
+        '        raise JournalError(path, f"cannot sync the journal directory',
+        "            pass\n        finally:\n            os.close(fd)\n"
+        "    except OSError as exc:\n"
+        '        raise JournalError(path, f"cannot sync the journal directory',
+        "a new journal file's directory is not fsync'd: the file's name may not"
+        " survive a power loss",
+        ("tests/test_journal_file.py", "tests/torture/test_powerloss.py"),
+    ),
+    Mutant(
+        "entry-crc-ignores-header",
+        _J + "_schema.py",
+        "return zlib.crc32(payload, zlib.crc32(_CRC_HEADER.pack(seq, session, op,"
+        " origin)))",
+        'return zlib.crc32(payload, zlib.crc32(origin.to_bytes(8, "big")))',
+        "the entry checksum covers payload and origin but not seq, session or op",
+        ("tests/test_damage.py", "tests/test_journal.py"),
+    ),
+    Mutant(
+        "journal-settle-off-by-one",
+        _J + "_journal.py",
+        '"DELETE FROM entries WHERE seq > ? AND seq <= ?"\n'
+        '                " AND coalesce(targets, 0) & ~? = 0"',
+        '"DELETE FROM entries WHERE seq > ? AND seq < ?"\n'
+        '                " AND coalesce(targets, 0) & ~? = 0"',
+        "a done-mark deletes the settled range but its last entry (seq < upto)",
+        ("tests/test_journal.py", "tests/test_archivist.py"),
+    ),
+    Mutant(
+        "reader-skips-first-pending",
+        _J + "_reader.py",
+        "FROM entries WHERE seq >= ? AND seq < ?",
+        "FROM entries WHERE seq > ? AND seq < ?",
+        "a writer reading its backlog from the journal skips the entry at its"
+        " start (seq > start)",
+        ("tests/test_recovery.py", "tests/test_archivist.py", "tests/test_overflow.py"),
+    ),
+    Mutant(
+        "reader-delivers-damaged",
+        _J + "_rows.py",
+        "            and crc == entry_crc(seq, session, op, origin, payload)\n",
+        "",
+        "the reader no longer compares the stored checksum: a damaged entry is"
+        " delivered, not quarantined",
+        ("tests/test_journal.py", "tests/test_damage.py"),
+    ),
+    Mutant(
+        "lost-tail-off-by-one",
+        _J + "_journal.py",
+        "lost = recorded - self.last_seq\n",
+        "lost = recorded - self.last_seq - 1\n",
+        "entries lost with a WAL tail are counted one short",
+        ("tests/test_journal.py",),
+    ),
+    Mutant(
+        "drop-oldest-drops-newest",
+        _J + "_journal.py",
+        '" ORDER BY seq LIMIT ?",',
+        '" ORDER BY seq DESC LIMIT ?",',
+        "DROP_OLDEST picks the newest untaken entries instead of the oldest",
+        ("tests/test_overflow.py",),
+    ),
+    Mutant(
+        "drop-oldest-ignores-bytes",
+        _J + "_journal.py",
+        "while len(dropped) < count or freed < nbytes:",
+        "while len(dropped) < count:",
+        "DROP_OLDEST drops as many entries as the count excess asks, ignoring the"
+        " byte excess",
+        ("tests/test_overflow.py",),
+    ),
+    Mutant(
+        "migration-launders-damage",
+        _J + "_journal_file.py",
+        "                    and crc == entry_crc_v1(seq, session, op, payload)\n",
+        "",
+        "migrating to v2 reseals every entry, also one whose old checksum fails: the"
+        " damage is laundered and delivered",
+        ("tests/test_damage.py",),
+    ),
+    Mutant(
+        "new-backend-starts-at-zero",
+        _J + "_journal.py",
+        "free_bits[i], name, self.last_seq, 0, 0, 0, 0, 0, 0, self.last_seq, 0",
+        "free_bits[i], name, 0, 0, 0, 0, 0, 0, 0, self.last_seq, 0",
+        "a newly registered backend starts at seq 0, not at the tail: it may be"
+        " owed entries journaled before it (under a reused bit)",
+        ("tests/test_registration_bits.py", "tests/test_journal.py"),
+    ),
+    Mutant(
+        "rebuilt-row-skips-first-owed",
+        _J + "_journal.py",
+        "row.cursor = self.last_seq if first is None else int(first) - 1",
+        "row.cursor = self.last_seq if first is None else int(first)",
+        "a backend row rebuilt from the entries starts just past its first owed"
+        " entry, which is never delivered",
+        ("tests/test_damage.py",),
+    ),
+    # -- the committer -------------------------------------------------------------
+    Mutant(
+        "append-commit-not-durable",
+        _J + "_committer.py",
+        "self._journal.transaction(durable=bool(inserts))",
+        "self._journal.transaction(durable=False)",
+        "appends commit on the settle-only connection (synchronous=NORMAL): a"
+        " dropped fsync under Durability.FULL",
+        ("tests/test_committer.py", "tests/test_journal.py"),
+    ),
+    Mutant(
+        "failed-commit-acknowledged",
+        _J + "_committer.py",
+        "            append.finish(error)\n",
+        "            append.finish()\n",
+        "the appends of a group whose commit failed are acknowledged",
+        ("tests/test_journal.py", "tests/test_failure.py"),
+    ),
+    Mutant(
+        "drop-newest-count-not-persisted",
+        _J + "_committer.py",
+        "                    + len(drops)\n"
+        "                    + dropped_newest.get(writer.name, 0),\n",
+        "                    + len(drops),\n",
+        "DROP_NEWEST drops are counted in memory only: the count does not survive a"
+        " restart",
+        ("tests/test_overflow.py", "tests/test_archivist.py"),
+    ),
+    Mutant(
+        "disk-full-counts-as-io-error",
+        _J + "_committer.py",
+        "code & 0xFF == 10",
+        "code & 0xFF in (10, 13)",
+        "a full disk (SQLITE_FULL) counts as an I/O error: full-disk commits fail"
+        " the archivist",
+        ("tests/test_failure.py", "tests/test_committer.py"),
+    ),
+    Mutant(
+        "fails-at-fourth-io-error",
+        _J + "_committer.py",
+        "self._io_failures >= MAX_IO_FAILURES",
+        "self._io_failures > MAX_IO_FAILURES",
+        "the archivist fails at the fourth I/O error in a row, not the third",
+        ("tests/test_failure.py", "tests/test_committer.py"),
+    ),
+    Mutant(
+        "disk-full-resets-io-streak",
+        _J + "_committer.py",
+        "        io_failure = _io_failure(exc)\n",
+        "        io_failure = _io_failure(exc)\n"
+        "        if not io_failure:\n"
+        "            self._io_failures = 0  # the streak is of I/O errors in a row\n",
+        "a failed commit that is not an I/O error resets the I/O-error streak",
+        ("tests/test_committer.py", "tests/test_failure.py"),
+    ),
+    Mutant(
+        "no-rewrite-after-failed-write",
+        _J + "_committer.py",
+        "            if not self._journal.rewrite_needed:\n"
+        "                self._journal.rewrite_needed = True\n",
+        "            if not self._journal.rewrite_needed:\n",
+        "after a failed write or fsync the journal is not rewritten before the"
+        " next acknowledgement (fsyncgate: pages the kernel dropped stay lost)",
+        ("tests/torture/test_ioerrors.py", "tests/test_failure.py"),
+    ),
+    Mutant(
+        "erasure-keeps-unregistered-copies",
+        _J + "_committer.py",
+        "await tx.purge_unregistered(erased, self._names)",
+        "pass  # each backend purges its copies when it settles the erasure",
+        "an erasure leaves the dead letters and quarantined copies kept for"
+        " backends no longer registered",
+        ("tests/test_erasure.py",),
+    ),
+    Mutant(
+        "sync-waits-for-dropped-entry",
+        _J + "_committer.py",
+        "        if not targets & writer.mask:\n"
+        "            return SyncWaiter.dropped(writer.policy.overflow)\n",
+        "",
+        "a Sync appender waits for delivery of an entry its backend's overflow"
+        " policy dropped",
+        ("tests/test_writer.py", "tests/test_overflow.py"),
+    ),
+    Mutant(
+        "drop-oldest-drops-lone-newest",
+        _J + "_committer.py",
+        "keep = tail if not writer.in_flight else tail + 1",
+        "keep = tail + 1",
+        "with nothing in flight, DROP_OLDEST may drop the entry just appended",
+        ("tests/test_overflow.py", "tests/test_committer.py"),
+    ),
+    Mutant(
+        "dead-letter-not-written",
+        _J + "_committer.py",
+        "            if delta.dead:\n"
+        "                await tx.dead_letter(name, delta.dead, at)\n",
+        "",
+        "a BEST_EFFORT backend gives up on an entry without copying it to dead_letters",
+        ("tests/test_writer.py",),
+    ),
+    Mutant(
+        "settle-deletes-shared-entries",
+        _J + "_committer.py",
+        "self._shared = len(journal.backends) > 1",
+        "self._shared = len(journal.backends) > 2",
+        "with two backends, a done-mark deletes entries the other backend still owes",
+        ("tests/test_journal.py", "tests/test_archivist.py"),
+    ),
+    Mutant(
+        "late-erasure-passes-own-session",
+        _J + "_committer.py",
+        "if append.op is not _APPEND_OP and append.session not in waiting:",
+        "if append.op is not _APPEND_OP:",
+        "an erasure queued beyond the planned group passes a blocked append of"
+        " its own session made before it",
+        ("tests/test_committer.py", "tests/test_erasure.py"),
+    ),
+    # -- the writers -------------------------------------------------------------
+    Mutant(
+        "settled-before-delivered",
+        _J + "_writer.py",
+        "        if live:\n"
+        "            await self._deliver_part(live, dead)\n"
+        "        self._settle(batch, dead)\n",
+        "        self._settle(batch, dead)\n"
+        "        if live:\n"
+        "            await self._deliver_part(live, dead)\n",
+        "a batch is settled (marked done) before its delivery succeeds",
+        ("tests/test_writer.py", "tests/test_recovery.py"),
+    ),
+    Mutant(
+        "required-dead-letters",
+        _J + "_writer.py",
+        "if self._best_effort and give_up and await self._probe(entries):",
+        "if give_up and await self._probe(entries):",
+        "a REQUIRED backend gives up on a failing batch and dead-letters it",
+        ("tests/test_writer.py",),
+    ),
+    Mutant(
+        "best-effort-gives-up-early",
+        _J + "_writer.py",
+        "give_up = not retryable or attempt >= self._retry.max_attempts",
+        "give_up = not retryable or attempt >= self._retry.max_attempts - 1",
+        "a BEST_EFFORT batch is given up one attempt before max_attempts",
+        ("tests/test_writer.py",),
+    ),
+    Mutant(
+        "dead-letters-during-outage",
+        _J + "_writer.py",
+        "if self._best_effort and give_up and await self._probe(entries):",
+        "if self._best_effort and give_up:",
+        "a BEST_EFFORT batch is given up without probing health_check: an outage"
+        " dead-letters everything",
+        ("tests/test_writer.py",),
+    ),
+    Mutant(
+        "bisect-right-half-first",
+        _J + "_writer.py",
+        "                    await self._deliver_part(left, dead)\n"
+        "                    await self._deliver_part(right, dead)\n",
+        "                    await self._deliver_part(right, dead)\n"
+        "                    await self._deliver_part(left, dead)\n",
+        "a bisected batch delivers its right half before its left: a session's"
+        " records are reordered",
+        ("tests/test_writer.py", "tests/test_erasure.py"),
+    ),
+    Mutant(
+        "drop-floor-skips-erasures",
+        _J + "_writer.py",
+        "or (source[0].seq <= floor and source[0].op == _APPEND)",
+        "or source[0].seq <= floor",
+        "a writer skips every entry under its DROP_OLDEST floor, erasures included",
+        ("tests/test_erasure.py", "tests/test_overflow.py"),
+    ),
+    Mutant(
+        "sync-waiter-off-by-one",
+        _J + "_writer.py",
+        "lambda w: w.seq <= upto, lambda w: failed.get(w.seq), final=True",
+        "lambda w: w.seq < upto, lambda w: failed.get(w.seq), final=True",
+        "settling a batch wakes the Sync appenders of every entry but its last",
+        ("tests/test_writer.py",),
+    ),
+    Mutant(
+        "required-sync-not-told-of-failure",
+        _J + "_writer.py",
+        "        if not self._best_effort:\n            # Every waiting Sync",
+        "        if self._best_effort:\n            # Every waiting Sync",
+        "a failed attempt wakes BEST_EFFORT Sync appenders instead of REQUIRED ones",
+        ("tests/test_writer.py",),
+    ),
+    Mutant(
+        "retry-after-ignored",
+        _J + "_writer.py",
+        "return max(delay, min(asked, RETRY_AFTER_CAP))",
+        "return delay",
+        "the backoff ignores the retry_after a backend asked for",
+        ("tests/test_erasure.py", "tests/test_writer.py"),
+    ),
+    Mutant(
+        "unhealthy-one-failure-late",
+        _J + "_health.py",
+        "if consecutive_failures < UNHEALTHY_AFTER:",
+        "if consecutive_failures <= UNHEALTHY_AFTER:",
+        "a backend turns UNHEALTHY after four failures in a row, not three (and"
+        " its writer probes health_check one failure late)",
+        ("tests/test_health.py", "tests/test_writer.py"),
+    ),
+    # -- admission -----------------------------------------------------------------
+    Mutant(
+        "fits-off-by-one",
+        _J + "_admission.py",
+        "if self.pending + 1 > self.capacity:",
+        "if self.pending + 1 >= self.capacity:",
+        "a backlog is full one entry before its capacity",
+        ("tests/test_admission.py",),
+    ),
+    Mutant(
+        "oversized-entry-never-fits",
+        _J + "_admission.py",
+        "if self.capacity_bytes is None or self.pending == 0:",
+        "if self.capacity_bytes is None:",
+        "an entry larger than capacity_bytes does not fit even an empty backlog",
+        ("tests/test_admission.py",),
+    ),
+    Mutant(
+        "drop-oldest-acts-as-drop-newest",
+        _J + "_admission.py",
+        "and backlog.overflow is OverflowPolicy.DROP_NEWEST",
+        "and backlog.overflow is not OverflowPolicy.BLOCK",
+        "DROP_OLDEST drops the incoming entry, as DROP_NEWEST does",
+        ("tests/test_admission.py",),
+    ),
+    Mutant(
+        "erasure-subject-to-capacity",
+        _J + "_admission.py",
+        "        if index in erasures:\n"
+        "            admit_erasure(index)\n"
+        "            continue\n",
+        "",
+        "an erasure is refused, blocked or dropped for capacity like an append",
+        ("tests/test_admission.py", "tests/test_erasure.py"),
+    ),
+    Mutant(
+        "erasure-passes-own-session",
+        _J + "_admission.py",
+        "if later in erasures and sessions[later] not in waiting:",
+        "if later in erasures:",
+        "an erasure passes a blocked append of its own session made before it",
+        ("tests/test_admission.py", "tests/test_erasure.py"),
+    ),
+    Mutant(
+        "fast-path-ignores-bytes",
+        _J + "_admission.py",
+        "        b.pending + count <= b.capacity\n"
+        "        and (b.capacity_bytes is None"
+        " or b.pending_bytes + total <= b.capacity_bytes)\n",
+        "        b.pending + count <= b.capacity\n",
+        "the all-fit fast path checks the entry count but not capacity_bytes",
+        ("tests/test_admission.py",),
+    ),
+    Mutant(
+        "blocked-append-overtaken",
+        _J + "_admission.py",
+        "            break\n        targets = 0\n",
+        "            continue\n        targets = 0\n",
+        "appends behind a blocked one are admitted before it",
+        ("tests/test_admission.py", "tests/test_overflow.py"),
+    ),
+    Mutant(
+        "excess-trims-lone-oversized",
+        _J + "_admission.py",
+        "if self.capacity_bytes is None or self.pending <= 1:",
+        "if self.capacity_bytes is None:",
+        "a lone entry larger than capacity_bytes counts as excess, so DROP_OLDEST"
+        " trims the backlog it alone fills",
+        ("tests/test_admission.py", "tests/test_overflow.py"),
+    ),
+    # -- batching ------------------------------------------------------------------
+    Mutant(
+        "bisect-loses-an-entry",
+        _J + "_batching.py",
+        "return entries[:middle], entries[middle:]",
+        "return entries[:middle], entries[middle + 1 :]",
+        "bisecting a batch loses the entry at the middle",
+        ("tests/test_batching.py",),
+    ),
+    Mutant(
+        "cut-returns-zero",
+        _J + "_batching.py",
+        "if total > max_bytes and count > 0:",
+        "if total > max_bytes:",
+        "a first entry larger than max_batch_bytes makes an empty batch",
+        ("tests/test_batching.py",),
+    ),
+    Mutant(
+        "coalesce-erasure-keeps-earlier",
+        _J + "_batching.py",
+        "merged[entry.session] = []",
+        "merged.setdefault(entry.session, [])",
+        "an erasure in a batch keeps its session's records coalesced before it,"
+        " which the backend then archives after erasing",
+        ("tests/test_batching.py", "tests/test_erasure.py"),
+    ),
+    Mutant(
+        "coalesce-reorders-session",
+        _J + "_batching.py",
+        "            group += records\n",
+        "            group[:0] = records\n",
+        "coalescing puts a session's later records before its earlier ones",
+        ("tests/test_batching.py",),
+    ),
+    # -- records -------------------------------------------------------------------
+    Mutant(
+        "whitespace-role-accepted",
+        _J + "_records.py",
+        "if not record.role.strip():",
+        "if not record.role:",
+        "a role of whitespace only passes validation",
+        ("tests/test_records.py",),
+    ),
+    Mutant(
+        "repeated-message-id-accepted",
+        _J + "_records.py",
+        "first = seen.setdefault(record.message_id, index)",
+        "first = seen.get(record.message_id, index)",
+        "a message_id repeated within one append is not detected",
+        ("tests/test_records.py",),
+    ),
+    Mutant(
+        "record-size-off-by-one",
+        _J + "_records.py",
+        "if size > max_record_bytes:",
+        "if size >= max_record_bytes:",
+        "a record of exactly max_record_bytes is refused",
+        ("tests/test_records.py",),
+    ),
+    Mutant(
+        "uuid7-counter-not-incremented",
+        _J + "_records.py",
+        "ms, counter = last_ms, last_counter + 1",
+        "ms, counter = last_ms, last_counter",
+        "UUIDv7 ids within one millisecond are not strictly increasing",
+        ("tests/test_records.py",),
+    ),
+    Mutant(
+        "attachment-size-unchecked",
+        _J + "_records.py",
+        "    if att.data is not None and att.size != len(att.data):\n"
+        '        return f"{where}.size {att.size} != len(data) {len(att.data)}"\n',
+        "",
+        "an inline attachment whose size disagrees with its data passes validation",
+        ("tests/test_records.py",),
+    ),
+    # -- SqliteArchive ------------------------------------------------------------
+    Mutant(
+        "sqlite-archive-synchronous-off",
+        _B + "sqlite.py",
+        'await conn.execute("PRAGMA synchronous = FULL")',
+        'await conn.execute("PRAGMA synchronous = OFF")',
+        "the SQLite archive acknowledges batches at synchronous=OFF",
+        ("tests/backends/test_sqlite_archive.py", "tests/torture/test_powerloss.py"),
+    ),
+    Mutant(
+        "sqlite-archive-not-idempotent",
+        _B + "_sqlite_sql.py",
+        '_ON_CONFLICT: Final = " ON CONFLICT (message_id) DO NOTHING"',
+        '_ON_CONFLICT: Final = ""',
+        "the SQLite archive inserts without ON CONFLICT DO NOTHING: a redelivered"
+        " record is refused",
+        ("tests/backends/test_sqlite_archive.py",),
+    ),
+    Mutant(
+        "sqlite-erase-after-group-records",
+        _B + "sqlite.py",
+        "            if group.erase:\n"
+        "                if pending:\n"
+        '                    steps.append(("insert", pending))\n'
+        "                    pending = []\n"
+        '                steps.append(("erase", str(group.session)))\n'
+        "                erases = True\n"
+        "            pending.extend(_sql.rows(group.session, group.records))\n",
+        "            pending.extend(_sql.rows(group.session, group.records))\n"
+        "            if group.erase:\n"
+        "                if pending:\n"
+        '                    steps.append(("insert", pending))\n'
+        "                    pending = []\n"
+        '                steps.append(("erase", str(group.session)))\n'
+        "                erases = True\n",
+        "the SQLite archive erases a session after inserting the records that"
+        " follow the erasure in its group",
+        ("tests/backends/test_sqlite_archive.py",),
+    ),
+    Mutant(
+        "sqlite-reads-by-ts",
+        _B + "_sqlite_sql.py",
+        '" WHERE session = ? ORDER BY seq"\n)\nREAD_CHECKED',
+        '" WHERE session = ? ORDER BY ts"\n)\nREAD_CHECKED',
+        "the SQLite archive reads a session back by timestamp, not append order",
+        ("tests/backends/test_sqlite_archive.py",),
+    ),
+    Mutant(
+        "sqlite-corrupt-retried",
+        _B + "_sqlite_sql.py",
+        '    if primary in _DAMAGE_CODES or "malformed" in str(exc):\n'
+        "        return False, False\n",
+        '    if primary in _DAMAGE_CODES or "malformed" in str(exc):\n'
+        "        return True, False\n",
+        "a corrupt SQLite archive is classified retryable: its batches are retried"
+        " forever instead of failing for good",
+        ("tests/backends/test_sqlite_archive.py",),
+    ),
+    Mutant(
+        "sqlite-erase-leaves-wal",
+        _B + "sqlite.py",
+        "            if erases:\n                await self._checkpoint(conn)\n",
+        "",
+        "an erasure in the SQLite archive is not followed by a WAL checkpoint:"
+        " erased content stays in the WAL",
+        ("tests/backends/test_sqlite_archive.py",),
+    ),
+    # -- JsonlArchive --------------------------------------------------------------
+    Mutant(
+        "jsonl-written-file-not-synced",
+        _B + "jsonl.py",
+        "                    target.synced = False\n",
+        "",
+        "a JSONL file already known synced is not fsync'd after new lines are appended",
+        ("tests/backends/test_jsonl_archive.py", "tests/torture/test_powerloss.py"),
+    ),
+    Mutant(
+        "jsonl-created-file-dir-not-synced",
+        _B + "jsonl.py",
+        "                self._dir_dirty |= created\n",
+        "",
+        "creating a JSONL session file does not mark the directory for an fsync",
+        ("tests/backends/test_jsonl_archive.py", "tests/torture/test_powerloss.py"),
+    ),
+    Mutant(
+        "jsonl-not-idempotent",
+        _B + "jsonl.py",
+        "                        state.ids.add(key)\n",
+        "",
+        "the JSONL archive never remembers the ids it writes: a redelivered record"
+        " is written again",
+        ("tests/backends/test_jsonl_archive.py",),
+    ),
+    Mutant(
+        "jsonl-erase-keeps-earlier",
+        _B + "jsonl.py",
+        "                plan.records.clear()\n",
+        "",
+        "a JSONL erasing group keeps the records of the session's earlier groups,"
+        " which it writes after erasing",
+        ("tests/backends/test_jsonl_archive.py",),
+    ),
+    Mutant(
+        "jsonl-cache-trusts-grown-file",
+        _B + "jsonl.py",
+        "            and cached.size == stat.st_size\n",
+        "",
+        "the JSONL id cache is trusted though the file changed size behind it"
+        " (another writer, an operator's edit)",
+        ("tests/backends/test_jsonl_archive.py",),
+    ),
+    # -- PostgresArchive -----------------------------------------------------------
+    Mutant(
+        "postgres-not-idempotent",
+        _B + "_postgres_sql.py",
+        "                ON CONFLICT (message_id) DO NOTHING\n"
+        "                RETURNING session, ts\n",
+        "                RETURNING session, ts\n",
+        "the PostgreSQL archive inserts without ON CONFLICT DO NOTHING: a"
+        " redelivered record is refused",
+        ("tests/backends/test_postgres_archive.py",),
+    ),
+    Mutant(
+        "postgres-no-transaction",
+        _B + "postgres.py",
+        "            async with connection.transaction():\n"
+        "                # Lock first",
+        "            async with contextlib.nullcontext():\n"
+        "                # Lock first",
+        "the PostgreSQL archive runs a batch's statements outside a transaction:"
+        " a failed batch keeps what ran before the failure",
+        ("tests/backends/test_postgres_archive.py",),
+    ),
+    Mutant(
+        "postgres-erase-keeps-count",
+        _B + "_postgres_sql.py",
+        "                message_count = CASE WHEN s.session = ANY($3::uuid[]) THEN 0\n"
+        "                                     ELSE s.message_count END,\n",
+        "                message_count = s.message_count,\n",
+        "a PostgreSQL erasure deletes the messages but keeps the session's count",
+        ("tests/backends/test_postgres_archive.py",),
+    ),
+    Mutant(
+        "postgres-reads-by-ts",
+        _B + "_postgres_sql.py",
+        "WHERE session = $1 ORDER BY seq",
+        "WHERE session = $1 ORDER BY ts",
+        "the PostgreSQL archive reads a session back by timestamp, not append order",
+        ("tests/backends/test_postgres_archive.py",),
+    ),
+    Mutant(
+        "postgres-deadlock-not-retryable",
+        _B + "_postgres_sql.py",
+        'RETRYABLE_CLASSES: Final = frozenset({"08", "40", "53", "57", "58"})',
+        'RETRYABLE_CLASSES: Final = frozenset({"08", "53", "57", "58"})',
+        "a PostgreSQL serialization failure or deadlock (class 40) is final, so a"
+        " BEST_EFFORT backend dead-letters sound records",
+        ("tests/backends/test_postgres_archive.py",),
+    ),
+    Mutant(
+        "postgres-unreachable-final",
+        _B + "_postgres_sql.py",
+        'return True, f"cannot reach the server: {type(exc).__name__}: {exc}"',
+        'return False, f"cannot reach the server: {type(exc).__name__}: {exc}"',
+        "an OSError reaching PostgreSQL (connection refused) is classified final:"
+        " an outage dead-letters records",
+        ("tests/backends/test_postgres_archive.py",),
+    ),
+    # -- WebhookArchive ------------------------------------------------------------
+    Mutant(
+        "webhook-429-final",
+        _B + "_webhook_wire.py",
+        "return status >= 500 or status in _RETRYABLE_STATUSES",
+        "return status >= 500",
+        "a webhook answer 429 (or 408) is classified as final, not retryable",
+        ("tests/backends/test_webhook_archive.py",),
+    ),
+    Mutant(
+        "webhook-redirect-delivered",
+        _B + "webhook.py",
+        "        if 200 <= status < 300:\n            return\n        retryable",
+        "        if 200 <= status < 400:\n            return\n        retryable",
+        "a webhook answer 3xx counts as delivered",
+        ("tests/backends/test_webhook_archive.py",),
+    ),
+    Mutant(
+        "webhook-erasure-keyed-by-content",
+        _B + "_webhook_wire.py",
+        "    if any(group.erase for group in groups):\n"
+        "        return secrets.token_hex(32)\n",
+        "",
+        "a webhook body with an erasure gets the content key, so two erasures of a"
+        " session share one Idempotency-Key",
+        ("tests/backends/test_webhook_archive.py",),
+    ),
+    Mutant(
+        "webhook-drops-bare-erasure",
+        _B + "webhook.py",
+        "groups = [group for group in groups if group.erase or group.records]",
+        "groups = [group for group in groups if group.records]",
+        "the webhook leaves out a batch's erasing groups that carry no records",
+        ("tests/backends/test_webhook_archive.py",),
+    ),
+    Mutant(
+        "webhook-probe-ignores-refused-credentials",
+        _B + "_webhook_wire.py",
+        "_PROBE_REFUSED: Final = frozenset({401, 403, 407, 408, 429})",
+        "_PROBE_REFUSED: Final = frozenset({408, 429})",
+        "the webhook's OPTIONS probe passes when the receiver refuses our"
+        " credentials (401/403/407), so BEST_EFFORT dead-letters every record",
+        ("tests/backends/test_webhook_archive.py",),
+    ),
+    Mutant(
+        "webhook-batch-key-ignores-grouping",
+        _B + "_webhook_wire.py",
+        "        if batch:\n"
+        '            digest.update(len(group.records).to_bytes(4, "big"))\n',
+        "",
+        "a per_batch body's Idempotency-Key leaves out each group's record count:"
+        " regrouped records share a key",
+        ("tests/backends/test_webhook_archive.py",),
+    ),
+)
+
+
+# -- running -------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    """What one mutant's runs found."""
+
+    mutant: Mutant
+    status: str  # "caught", "timeout", "survived", "flaky", "error"
+    seconds: float
+    detail: str  # the first failing test, or why it is an error
+    whole_suite: bool  # whether the deciding run was the whole suite
+
+    @property
+    def caught(self) -> bool:
+        return self.status in ("caught", "timeout")
+
+
+class Stale(Exception):
+    """A mutant that no longer applies to the code (internal)."""
+
+
+def mutated_source(mutant: Mutant, root: Path = ROOT) -> str:
+    """The mutated text of ``mutant.file`` under ``root``.
+
+    Raises:
+        Stale: the file is missing, ``old`` is not found exactly once, or the
+            result does not compile.
+    """
+    path = root / mutant.file
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise Stale(f"{mutant.file}: {exc.strerror}") from None
+    found = text.count(mutant.old)
+    if found != 1:
+        raise Stale(
+            f"{mutant.file}: the text to replace is found {found} times, not once"
+            f" (first line: {mutant.old.strip().splitlines()[0]!r:.70});"
+            " the code changed: rewrite the mutant"
+        )
+    result = text.replace(mutant.old, mutant.new)
+    try:
+        compile(result, str(path), "exec")
+    except SyntaxError as exc:
+        raise Stale(
+            f"{mutant.file}: the mutated file does not compile: {exc}"
+        ) from None
+    return result
+
+
+def _ignore(directory: str, names: list[str]) -> set[str]:
+    return {name for name in names if name in _NOT_COPIED}
+
+
+def take_snapshot(destination: Path) -> Path:
+    """Copy the work tree once, so that every run tests the same code even while
+    others go on editing the tree."""
+    shutil.rmtree(destination, ignore_errors=True)
+    shutil.copytree(ROOT, destination, ignore=_ignore, symlinks=True)
+    return destination
+
+
+def make_copy(snapshot: Path, destination: Path) -> None:
+    """Copy ``snapshot`` to ``destination``, with the probe plugin in it."""
+    shutil.rmtree(destination, ignore_errors=True)
+    shutil.copytree(snapshot, destination, symlinks=True)
+    (destination / f"{_PROBE_MODULE}.py").write_text(_PROBE_SOURCE)
+
+
+# A line of pytest's short summary (not a captured log line at level ERROR).
+_FIRST_FAILURE: Final = re.compile(
+    r"^(?:FAILED|ERROR) (\S+?\.py(?:::.+?)?)(?: - .*)?$", re.MULTILINE
+)
+_children_lock = threading.Lock()
+_children: set[subprocess.Popen[bytes]] = set()
+
+
+class Run(NamedTuple):
+    """One pytest run: its exit status (None: timed out), time and output."""
+
+    returncode: int | None
+    seconds: float
+    output: str
+    imported: str
+
+
+def run_pytest(
+    copy: Path,
+    paths: Sequence[str],
+    timeout: float,
+    log: Path,
+    deselect: Sequence[str] = (),
+) -> Run:
+    """Run pytest in ``copy`` on ``paths`` (all of ``tests`` if empty), leaving
+    out the tests ``deselect`` names (node ids or their prefixes)."""
+    probe = copy.parent / f"{copy.name}.probe"
+    probe.unlink(missing_ok=True)
+    basetemp = copy.parent / f"{copy.name}.tmp"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(copy), *filter(None, [os.environ.get("PYTHONPATH")])]
+    )
+    env["MUTANTS_PROBE_OUT"] = str(probe)
+    env["CI"] = "true"
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-x",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        _PROBE_MODULE,
+        f"--basetemp={basetemp}",
+        "--ignore=tests/test_tooling.py",
+        *(f"--deselect={node}" for node in deselect),
+        *paths,
+    ]
+    started = time.monotonic()
+    with log.open("wb") as out:
+        # A session of its own, so a timeout kills the tests' children too.
+        process = subprocess.Popen(
+            command,
+            cwd=copy,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        with _children_lock:
+            _children.add(process)
+        try:
+            returncode: int | None = process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill(process)
+            returncode = None
+        finally:
+            with _children_lock:
+                _children.discard(process)
+    seconds = time.monotonic() - started
+    output = log.read_text(errors="replace")
+    imported = probe.read_text() if probe.exists() else "unknown (no probe output)"
+    shutil.rmtree(basetemp, ignore_errors=True)
+    return Run(returncode, seconds, output, imported)
+
+
+def _kill(process: subprocess.Popen[bytes]) -> None:
+    """Kill ``process`` and its process group (started by us, by its id)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def first_failure(output: str) -> str:
+    summary = output.rfind("short test summary info")
+    found = _FIRST_FAILURE.search(output, max(summary, 0))
+    return found.group(1) if found else "(no test named in the output)"
+
+
+def judge(run: Run, copy: Path) -> tuple[str, str]:
+    """``(status, detail)`` of one run of the mutated copy."""
+    package = str(copy / "journal_archivist")
+    if run.returncode is not None and not run.imported.startswith(package):
+        return "error", f"imported journal_archivist from {run.imported}, not the copy"
+    if run.returncode is None:
+        return "timeout", f"no result within the timeout ({first_failure(run.output)})"
+    if run.returncode == 0:
+        return "survived", ""
+    if run.returncode == 1:
+        return "caught", first_failure(run.output)
+    lines = [line for line in run.output.strip().splitlines() if line.strip()]
+    return "error", f"pytest exit status {run.returncode}: {lines[-1] if lines else ''}"
+
+
+#: Times a failing test is run again alone to tell a catch from a flaky test.
+RECHECKS: Final = 2
+#: Flaky tests set aside per mutant before it is given up as undecided.
+MAX_FLAKY: Final = 3
+
+
+def run_mutant(
+    mutant: Mutant,
+    snapshot: Path,
+    scratch: Path,
+    *,
+    timeout: float,
+    full: bool,
+    confirm: bool,
+    recheck: bool,
+    deselect: Sequence[str],
+    keep: bool,
+) -> Outcome:
+    """Copy, mutate, test: the subset, then (for a survivor) the whole suite.
+
+    A catch counts only if the failing test fails again when run alone (up to
+    ``RECHECKS`` times); one that passes is flaky: it is set aside (deselected)
+    and the same tests run again without it.
+    """
+    copy = scratch / mutant.name
+    started = time.monotonic()
+    flaky: list[str] = []
+    runs = 0
+
+    def log() -> Path:
+        nonlocal runs
+        runs += 1
+        return scratch / f"{mutant.name}.{runs}.log"
+
+    try:
+        make_copy(snapshot, copy)
+        (copy / mutant.file).write_text(mutated_source(mutant, copy))
+        subset = () if full else mutant.tests
+        stages = [subset, ()] if subset and confirm else [subset]
+        status, detail, whole = "survived", "", False
+        for paths in stages:
+            whole = not paths
+            while True:
+                run = run_pytest(copy, paths, timeout, log(), [*deselect, *flaky])
+                status, detail = judge(run, copy)
+                if status != "caught" or not recheck or "::" not in detail:
+                    break
+                if not _passes_alone(copy, detail, timeout, log):
+                    break
+                flaky.append(detail)
+                if len(flaky) >= MAX_FLAKY:
+                    status = "flaky"
+                    break
+            if status != "survived":
+                break
+        if flaky and status == "survived":
+            status = "flaky"
+        if flaky:
+            detail += f" (flaky, set aside: {', '.join(flaky)})"
+    except Stale as exc:
+        status, detail, whole = "error", f"stale: {exc}", False
+    finally:
+        if not keep:
+            shutil.rmtree(copy, ignore_errors=True)
+    return Outcome(mutant, status, time.monotonic() - started, detail, whole)
+
+
+def _passes_alone(
+    copy: Path, node: str, timeout: float, log: Callable[[], Path]
+) -> bool:
+    """Whether the test ``node`` passes in any of ``RECHECKS`` runs of it alone."""
+    for _ in range(RECHECKS):
+        again = run_pytest(copy, (node,), timeout, log())
+        if again.returncode == 0:
+            return True
+        if again.returncode != 1:
+            return False  # not selectable alone, or a timeout: trust the catch
+    return False
+
+
+def baseline(
+    snapshot: Path,
+    scratch: Path,
+    timeout: float,
+    deselect: Sequence[str],
+    keep: bool,
+) -> Run:
+    """Run the whole suite on an unmutated copy; exit if it does not pass."""
+    copy = scratch / "baseline"
+    make_copy(snapshot, copy)
+    run = run_pytest(copy, (), timeout, scratch / "baseline.log", deselect)
+    if not keep:
+        shutil.rmtree(copy, ignore_errors=True)
+    package = str(copy / "journal_archivist")
+    if not run.imported.startswith(package):
+        sys.exit(
+            f"baseline: the tests imported journal_archivist from {run.imported},"
+            f" not from the copy {package}: results would be meaningless"
+        )
+    if run.returncode != 0:
+        tail = "\n".join(run.output.strip().splitlines()[-15:])
+        status = "timed out" if run.returncode is None else f"exit {run.returncode}"
+        sys.exit(
+            f"baseline: the unmutated suite does not pass ({status}; first failure:"
+            f" {first_failure(run.output)}); fix it or wait for it first.\n{tail}"
+        )
+    return run
+
+
+# -- reporting -----------------------------------------------------------------------
+
+
+def line(outcome: Outcome) -> str:
+    label = {
+        "caught": "caught",
+        "timeout": "caught (timeout)",
+        "survived": "SURVIVED",
+        "flaky": "FLAKY",
+        "error": "ERROR",
+    }[outcome.status]
+    where = "whole suite" if outcome.whole_suite else "subset"
+    detail = outcome.detail or (
+        "no test failed" + (", whole suite" if outcome.whole_suite else "")
+    )
+    return (
+        f"{label:<17} {outcome.mutant.name:<36} {outcome.seconds:7.1f} s"
+        f"  [{where}] {detail}"
+    )
+
+
+def score(outcomes: list[Outcome]) -> str:
+    caught = [o for o in outcomes if o.caught]
+    missed = [o for o in outcomes if not o.caught]
+    survived = [o.mutant.name for o in missed if o.status == "survived"]
+    errors = [o.mutant.name for o in missed if o.status == "error"]
+    total = len(outcomes)
+    percent = 100.0 * len(caught) / total if total else 0.0
+    text = f"mutants: {len(caught)}/{total} caught ({percent:.1f} %)"
+    text += f", {len(survived)} survived" + (
+        f": {', '.join(survived)}" if survived else ""
+    )
+    if errors:
+        text += f"; {len(errors)} errors (not caught): {', '.join(errors)}"
+    flaky = [o.mutant.name for o in missed if o.status == "flaky"]
+    if flaky:
+        text += f"; {len(flaky)} caught only by a flaky test: {', '.join(flaky)}"
+    timeouts = [o.mutant.name for o in caught if o.status == "timeout"]
+    if timeouts:
+        text += f"; counted as caught by timeout: {', '.join(timeouts)}"
+    return text
+
+
+def list_mutants(selected: list[Mutant]) -> int:
+    stale = 0
+    for mutant in selected:
+        try:
+            mutated_source(mutant)
+            state = "ok"
+        except Stale as exc:
+            state, stale = f"STALE: {exc}", stale + 1
+        print(f"{mutant.name:<36} {mutant.file}")
+        print(f"    {mutant.description}")
+        print(f"    tests: {' '.join(mutant.tests) or '(the whole suite)'}; {state}")
+    by_file: dict[str, int] = {}
+    for mutant in selected:
+        by_file[mutant.file] = by_file.get(mutant.file, 0) + 1
+    print(f"{len(selected)} mutants, {stale} stale, in {len(by_file)} files")
+    return 1 if stale else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Plant one realistic bug at a time; check that a test fails.",
+    )
+    parser.add_argument(
+        "--list", action="store_true", help="list the mutants, run none"
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="NAME",
+        help="run only this mutant (repeatable, or comma-separated)",
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=DEFAULT_JOBS, help="mutants run at once (2)"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        help="seconds per pytest run before it is killed (900)",
+    )
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="run the whole suite for every mutant, not its subset first",
+    )
+    parser.add_argument(
+        "--no-confirm",
+        action="store_true",
+        help="report a survivor of its subset without running the whole suite",
+    )
+    parser.add_argument(
+        "--no-recheck",
+        action="store_true",
+        help="trust a catch without running the failing test once more",
+    )
+    parser.add_argument(
+        "--deselect",
+        action="append",
+        default=[],
+        metavar="NODE",
+        help="leave out this test (a node id or its prefix) in every run,"
+        " the baseline too: for a test known to be flaky (repeatable)",
+    )
+    parser.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="skip the unmutated run of the whole suite (results may mislead)",
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the scratch copies and logs"
+    )
+    parser.add_argument(
+        "--scratch",
+        type=Path,
+        help="a new directory for the copies and logs (default: a temp dir);"
+        " it is removed at the end unless --keep",
+    )
+    args = parser.parse_args(argv)
+
+    selected = list(MUTANTS)
+    if args.only:
+        wanted = [n.strip() for item in args.only for n in item.split(",") if n.strip()]
+        known = {m.name: m for m in MUTANTS}
+        unknown = [n for n in wanted if n not in known]
+        if unknown:
+            parser.error(f"unknown mutants: {', '.join(unknown)} (see --list)")
+        selected = [known[n] for n in dict.fromkeys(wanted)]
+    if args.list:
+        return list_mutants(selected)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
+    if args.scratch is not None and args.scratch.exists():
+        # It is removed at the end: never a directory that holds anything else.
+        parser.error(f"--scratch {args.scratch} exists; name a new directory")
+
+    scratch = args.scratch or Path(tempfile.mkdtemp(prefix="mutants-"))
+    scratch.mkdir(parents=True, exist_ok=True)  # new: checked above
+    started = time.monotonic()
+    print(f"scratch: {scratch}", flush=True)
+    try:
+        snapshot = take_snapshot(scratch / "snapshot")
+        stale = []
+        for mutant in selected:
+            try:
+                mutated_source(mutant, snapshot)
+            except Stale as exc:
+                stale.append(f"  {mutant.name}: {exc}")
+        if stale:
+            print(
+                "stale mutants, refused (the code moved under them):", *stale, sep="\n"
+            )
+            return 2
+        if not args.no_baseline:
+            run = baseline(snapshot, scratch, args.timeout, args.deselect, args.keep)
+            print(
+                f"baseline: the whole suite passes unmutated ({run.seconds:.0f} s),"
+                f" importing {Path(run.imported).parent}",
+                flush=True,
+            )
+        outcomes: dict[str, Outcome] = {}
+        with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+            futures = [
+                pool.submit(
+                    run_mutant,
+                    mutant,
+                    snapshot,
+                    scratch,
+                    timeout=args.timeout,
+                    full=args.full,
+                    confirm=not args.no_confirm,
+                    recheck=not args.no_recheck,
+                    deselect=args.deselect,
+                    keep=args.keep,
+                )
+                for mutant in selected
+            ]
+            try:
+                for future in concurrent.futures.as_completed(futures):
+                    outcome = future.result()
+                    outcomes[outcome.mutant.name] = outcome
+                    print(line(outcome), flush=True)
+            except KeyboardInterrupt:
+                for future in futures:
+                    future.cancel()
+                with _children_lock:
+                    for process in list(_children):
+                        _kill(process)
+                raise
+    finally:
+        if not args.keep:
+            shutil.rmtree(scratch, ignore_errors=True)
+    ordered = [outcomes[m.name] for m in selected]
+    print()
+    print("\n".join(line(o) for o in ordered))
+    print(f"elapsed: {time.monotonic() - started:.0f} s, {args.jobs} jobs")
+    print(score(ordered))
+    return 0 if all(o.caught for o in ordered) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
