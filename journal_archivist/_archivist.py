@@ -7,6 +7,12 @@ Rules and theory:
   awaits at shutdown. Either way no loop outlives ``shutdown``.
 - Writers run in a nested group so shutdown can stop them first, then let the
   committer flush their last settlements, then stop the committer.
+- Each loop runs under ``_run_loop``: one that dies does not take the caller's
+  task with it. It *fails* the archivist (``_fail``): every call raises
+  ``ArchivistFailed`` from then on, every waiter is woken, and the loops stop as
+  at shutdown; ``shutdown`` (or the end of the ``async with``) raises it too.
+- The archivist serves the event loop that opened it; a call from another one
+  raises ``WrongEventLoop`` before touching anything.
 - ``read_session`` reads the journal before the backend: an entry that is settled
   between the two reads is then found by the second, so nothing acknowledged is
   missed (read your writes, contract 10).
@@ -291,11 +297,7 @@ class Archivist:
     def _fail(self, failure: Failure) -> None:
         """A loop died: refuse every call from now on, wake every waiter, stop."""
         if self._failure is not None:
-            logger.error(
-                "journal %s: %s (after the failure)",
-                self._journal.path,
-                failure.summary,
-            )
+            logger.error("journal %s: also %s", self._journal.path, failure.summary)
             return
         self._failure = failure
         logger.critical(
