@@ -23,6 +23,7 @@ from ._schema import (
     APPLICATION_ID,
     MIGRATIONS,
     SCHEMA_VERSION,
+    TABLES,
     entry_crc,
     entry_crc_v1,
 )
@@ -130,12 +131,7 @@ async def check_and_migrate(conn: aiosqlite.Connection, path: str) -> None:
     try:
         (app_id,) = next(iter(await conn.execute_fetchall("PRAGMA application_id")))
         (version,) = next(iter(await conn.execute_fetchall("PRAGMA user_version")))
-        tables = [
-            row[0]
-            for row in await conn.execute_fetchall(
-                "SELECT name FROM sqlite_schema WHERE type = 'table'"
-            )
-        ]
+        tables = await _table_names(conn)
         if app_id != APPLICATION_ID and (app_id != 0 or tables or version):
             raise JournalCorrupt(
                 path,
@@ -188,6 +184,9 @@ async def check_and_migrate(conn: aiosqlite.Connection, path: str) -> None:
             await conn.execute(f"PRAGMA user_version = {version + 1}")
             await conn.commit()
             version += 1
+        missing = TABLES - set(await _table_names(conn))
+        if missing:
+            raise JournalCorrupt(path, f"tables missing: {sorted(missing)}")
     except sqlite3.Error as exc:
         if conn.in_transaction:
             await conn.rollback()
@@ -251,3 +250,11 @@ async def _reseal(conn: aiosqlite.Connection) -> None:
         "UPDATE backends SET crc = ? WHERE bit = ?",
         [(row.crc(), row.bit) for row in backends if row.damage is None],
     )
+
+
+async def _table_names(conn: aiosqlite.Connection) -> list[str]:
+    # As bytes: a damaged name that is not UTF-8 would raise in the driver.
+    rows = await conn.execute_fetchall(
+        "SELECT CAST(name AS BLOB) FROM sqlite_schema WHERE type = 'table'"
+    )
+    return [bytes(name or b"").decode(errors="replace") for (name,) in rows]

@@ -45,6 +45,7 @@ __all__ = [
     "APPLICATION_ID",
     "MIGRATIONS",
     "SCHEMA_VERSION",
+    "TABLES",
     "Migration",
     "backend_crc",
     "entry_crc",
@@ -141,6 +142,10 @@ class Migration(NamedTuple):
 #: What takes a journal from version ``n`` (the key) to ``n + 1``.
 MIGRATIONS: Final[dict[int, Migration]] = {0: Migration(_V1), 1: Migration(_V2, True)}
 SCHEMA_VERSION: Final = len(MIGRATIONS)
+#: The tables a journal of the current version has; open refuses one without.
+TABLES: Final = frozenset(
+    {"meta", "backends", "entries", "payloads", "dead_letters", "quarantine"}
+)
 
 
 _CRC_HEADER: Final = struct.Struct(">Q16sBQ")

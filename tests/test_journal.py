@@ -189,6 +189,19 @@ class TestFiles:
             await Archivist.open(journal_path, [registration()])
         assert journal_path.read_bytes() == bytes(data), "left untouched"
 
+    async def test_a_journal_missing_a_table_is_refused_at_open(
+        self, journal_path: Path, session: UUID
+    ) -> None:
+        # Rather than a writer dying on it later.
+        await journal_with_backlog(journal_path, session, 2)
+        with closing(sqlite3.connect(journal_path)) as db:
+            db.execute("DROP TABLE payloads")
+            db.commit()
+        before = journal_path.read_bytes()
+        with pytest.raises(JournalCorrupt, match=r"tables missing: \['payloads'\]"):
+            await Archivist.open(journal_path, [registration()])
+        assert journal_path.read_bytes() == before
+
     async def test_a_truncated_journal_is_refused(
         self, journal_path: Path, session: UUID
     ) -> None:
@@ -244,6 +257,8 @@ class TestLargeRecords:
                 await archivist.wait_drained()
             assert archivist.health().journal.quarantined == 0
         assert later.records(session) == big
+        # Settled, the entry went, and its payload row with it.
+        assert query(journal_path, "SELECT count(*) FROM payloads") == [(0,)]
 
     async def test_a_large_payload_lives_in_a_row_of_its_own_until_settled(
         self, journal_path: Path, session: UUID

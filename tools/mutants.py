@@ -174,8 +174,8 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     Mutant(
         "reader-skips-first-pending",
         _J + "_reader.py",
-        "FROM entries WHERE seq >= ? AND seq < ?",
-        "FROM entries WHERE seq > ? AND seq < ?",
+        "FROM {ENTRIES} WHERE seq >= ? AND seq < ?",
+        "FROM {ENTRIES} WHERE seq > ? AND seq < ?",
         "a writer reading its backlog from the journal skips the entry at its"
         " start (seq > start)",
         ("tests/test_recovery.py", "tests/test_archivist.py", "tests/test_overflow.py"),
@@ -240,6 +240,61 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
         "a backend row rebuilt from the entries starts just past its first owed"
         " entry, which is never delivered",
         ("tests/test_damage.py",),
+    ),
+    Mutant(
+        "backend-row-checksum-unchecked",
+        _J + "_rows.py",
+        "        elif crc != row.crc():",
+        "        elif False:",
+        "a backend row's checksum is not checked at open: a cursor flipped upwards"
+        " silently skips entries",
+        ("tests/test_damage.py",),
+    ),
+    Mutant(
+        "missing-entries-not-counted",
+        _J + "_writer.py",
+        "            missing=drift[0] if drift else 0,",
+        "            missing=0,",
+        "owed entries found missing from the journal are settled without being"
+        " counted as lost",
+        ("tests/test_damage.py",),
+    ),
+    Mutant(
+        "reader-owed-by-targets",
+        _J + "_reader.py",
+        '" AND origin & ? ORDER BY seq LIMIT ?",',
+        '" AND targets & ? ORDER BY seq LIMIT ?",',
+        "a writer reads what it is owed from targets (no checksum) instead of origin:"
+        " a flipped targets bit loses the entry for that backend",
+        ("tests/test_damage.py",),
+    ),
+    Mutant(
+        "large-payload-row-leaks",
+        _J + "_journal.py",
+        "            await self._delete_orphan_payloads(ranges)\n            return",
+        "            return",
+        "a large entry's payload row is not deleted with it (single backend)",
+        ("tests/test_journal.py",),
+    ),
+    Mutant(
+        "no-rewrite-after-failed-fsync",
+        _J + "_committer.py",
+        "            if not self._journal.rewrite_needed:\n"
+        "                self._journal.rewrite_needed = True",
+        "            if False:\n                self._journal.rewrite_needed = True",
+        "after a failed write or fsync the journal is not rewritten before"
+        " acknowledging again: later commits chain onto dropped WAL frames",
+        ("tests/torture/test_ioerrors.py", "tests/test_failure.py"),
+    ),
+    Mutant(
+        "closing-journal-drops-its-wal",
+        _J + "_journal.py",
+        "                if self.rewrite_needed:\n"
+        "                    guard = await self._keep_the_wal()",
+        "                if False:\n                    guard = await self._keep_the_wal()",
+        "a journal closed while it must be rewritten checkpoints and deletes its WAL"
+        " on top of pages a failed fsync may have dropped",
+        ("tests/test_failure.py", "tests/torture/test_ioerrors.py"),
     ),
     # -- the committer -------------------------------------------------------------
     Mutant(
@@ -448,6 +503,42 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
         "a backend turns UNHEALTHY after four failures in a row, not three (and"
         " its writer probes health_check one failure late)",
         ("tests/test_health.py", "tests/test_writer.py"),
+    ),
+    Mutant(
+        "failure-wakes-no-waiter",
+        _J + "_archivist.py",
+        "        for writer in self._writers:\n"
+        "            writer.close()  # wakes wait_drained and Sync appenders now",
+        "        for writer in self._writers:\n            pass",
+        "a dead loop does not wake wait_drained or Sync appenders: they wait until"
+        " the shutdown sequence reaches them",
+        ("tests/test_failure.py",),
+    ),
+    Mutant(
+        "no-event-loop-check",
+        _J + "_archivist.py",
+        "        if not self._in_own_loop():\n"
+        "            closed = self._abandoned or self._loop.is_closed()",
+        "        if False:\n            closed = self._abandoned or self._loop.is_closed()",
+        "a call from another event loop goes ahead instead of raising WrongEventLoop",
+        ("tests/test_failure.py",),
+    ),
+    Mutant(
+        "aclose-not-bounded-by-shutdown",
+        _J + "_archivist.py",
+        "        limit = self._time_left(BACKEND_CLOSE_TIMEOUT)",
+        "        limit = BACKEND_CLOSE_TIMEOUT",
+        "the backends' aclose get their 5 s whatever is left of shutdown's deadline",
+        ("tests/torture/test_hung.py",),
+    ),
+    Mutant(
+        "payload-kept-after-commit",
+        _J + "_committer.py",
+        '            append.payload = b""\n',
+        "",
+        "the encoded payload stays with the entry handed to the writers (a large"
+        " record held twice while it is delivered)",
+        ("tests/test_committer.py", "tests/test_writer.py", "tests/test_journal.py"),
     ),
     # -- admission -----------------------------------------------------------------
     Mutant(
@@ -705,6 +796,30 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
         "the JSONL id cache is trusted though the file changed size behind it"
         " (another writer, an operator's edit)",
         ("tests/backends/test_jsonl_archive.py",),
+    ),
+    Mutant(
+        "jsonl-writev-drops-partial-rest",
+        _B + "_jsonl_files.py",
+        "                views[at] = views[at][written:]\n                written = 0",
+        "                at += 1\n                written = 0",
+        "after a short writev the rest of the partly written line is skipped",
+        ("tests/backends/test_jsonl_archive.py",),
+    ),
+    Mutant(
+        "sqlite-large-values-kept",
+        _B + "sqlite.py",
+        "                self._large.clear()  # what a failed statement never took",
+        "                pass",
+        "a failed write keeps the large contents it put aside (memory held)",
+        ("tests/backends/test_sqlite_archive.py",),
+    ),
+    Mutant(
+        "sqlite-content-not-restored",
+        _B + "_sqlite_sql.py",
+        "    if record.content_md:\n        return record\n",
+        "    return record\n",
+        "a record read back keeps the empty content of its JSON",
+        ("tests/backends/test_sqlite_archive.py",),
     ),
     # -- PostgresArchive -----------------------------------------------------------
     Mutant(
