@@ -291,7 +291,8 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
         _J + "_journal.py",
         "                if self.rewrite_needed:\n"
         "                    guard = await self._keep_the_wal()",
-        "                if False:\n                    guard = await self._keep_the_wal()",
+        "                if False:\n"
+        "                    guard = await self._keep_the_wal()",
         "a journal closed while it must be rewritten checkpoints and deletes its WAL"
         " on top of pages a failed fsync may have dropped",
         ("tests/test_failure.py", "tests/torture/test_ioerrors.py"),
@@ -519,7 +520,8 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
         _J + "_archivist.py",
         "        if not self._in_own_loop():\n"
         "            closed = self._abandoned or self._loop.is_closed()",
-        "        if False:\n            closed = self._abandoned or self._loop.is_closed()",
+        "        if False:\n"
+        "            closed = self._abandoned or self._loop.is_closed()",
         "a call from another event loop goes ahead instead of raising WrongEventLoop",
         ("tests/test_failure.py",),
     ),
