@@ -270,3 +270,21 @@ async def test_an_erasure_beyond_the_planned_group_stays_behind_its_sessions_app
     assert mock.erasures == [erased]
     assert mock.records(erased) == []  # erased after it was archived, not before
     assert all(mock.appended_count(other) == 1 for other in others)
+
+
+async def test_entries_reach_the_writers_without_their_encoded_payload(
+    journal_path: Path, session: UUID
+) -> None:
+    # The writers deliver the records; the encoded payload lives on in the
+    # journal only, so a large record is not held twice while it is delivered.
+    mock = MockBackend()
+    mock.hold()
+    async with Archivist.open(journal_path, [registration(mock)]) as archivist:
+        await archivist.append_messages(session, [record(session, "x" * 10_000)])
+        with anyio.fail_after(5):
+            await mock.wait_held()
+        [entry] = archivist._writers[0]._inflight  # white box
+        assert entry.payload == b""
+        assert entry.size > 10_000
+        assert [r.content_md for r in entry.records or []] == ["x" * 10_000]
+        mock.release()

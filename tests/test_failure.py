@@ -9,6 +9,7 @@ in a row. Also: an archivist used from another event loop says what happened.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 import threading
@@ -25,10 +26,11 @@ from journal_archivist import (
     Sync,
     WrongEventLoop,
 )
-from journal_archivist._journal import Transaction
+from journal_archivist._journal import Journal, Transaction
 from journal_archivist._reader import Reader
 from journal_archivist.testing import MockBackend
 from tests.helpers import record, registration
+from tests.test_committer import InsertGate
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -158,6 +160,41 @@ class TestALoopDies:
         for error in errors:
             assert_one_line_failure(error, WRITER)
 
+    async def test_wait_drained_raises_at_once_though_stopping_takes_long(
+        self, journal_path: Path, session: UUID, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # The committer is held inside a transaction, so stopping the archivist
+        # (which writes the last done-marks) takes its full time; wait_drained
+        # must not wait for that.
+        await with_backlog(journal_path, session)
+        gate = anyio.Event()
+
+        async def pending(*args: Any) -> Any:
+            await gate.wait()
+            raise sqlite3.DatabaseError(MALFORMED)
+
+        monkeypatch.setattr(Reader, "pending", pending)
+        held = InsertGate(monkeypatch)
+        archivist = await Archivist.open(journal_path, [registration()])
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(self._append_quietly, archivist, session)
+                with anyio.fail_after(5):
+                    await held.entered.wait()
+                gate.set()
+                with anyio.fail_after(1), pytest.raises(ArchivistFailed):
+                    await archivist.wait_drained()
+                held.release()
+        finally:
+            held.release()
+            with contextlib.suppress(ArchivistFailed):
+                await archivist.shutdown()
+
+    @staticmethod
+    async def _append_quietly(archivist: Archivist, session: UUID) -> None:
+        with contextlib.suppress(ArchivistFailed):
+            await archivist.append_messages(session, [record(session, "held")])
+
     async def test_the_end_of_its_async_with_block_raises_it(
         self, journal_path: Path, session: UUID, unreadable_journal: None
     ) -> None:
@@ -185,6 +222,33 @@ class TestALoopDies:
 
         with pytest.raises(KeyError, match="the body's own"):
             await use()
+
+
+class TestAJournalThatMustBeRewritten:
+    async def test_closing_it_unrewritten_keeps_the_wal_for_the_next_open(
+        self, journal_path: Path, session: UUID, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # After a failed fsync the file may lack pages the WAL still has: closing
+        # must not checkpoint the WAL into it and delete it.
+        async def rewrite(journal: Journal) -> None:
+            raise JournalWriteFailed(journal.path, "rewrite failed: disk I/O error")
+
+        mock = MockBackend()
+        mock.hold()
+        archivist = await Archivist.open(journal_path, [registration(mock)])
+        await archivist.append_messages(session, [record(session, "kept")])
+        archivist._journal.rewrite_needed = True  # white box: as a failed fsync
+        monkeypatch.setattr(Journal, "rewrite", rewrite)
+        await archivist.shutdown(timeout=0)
+        wal = journal_path.with_name(journal_path.name + "-wal")
+        assert wal.exists()
+        assert wal.stat().st_size > 0
+        monkeypatch.undo()
+        later = MockBackend()
+        async with Archivist.open(journal_path, [registration(later)]) as reopened:
+            with anyio.fail_after(5):
+                await reopened.wait_drained()
+        assert [r.content_md for r in later.records(session)] == ["kept"]
 
 
 def io_error(code: int, message: str) -> sqlite3.OperationalError:

@@ -230,7 +230,7 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
         "free_bits[i], name, 0, 0, 0, 0, 0, 0, 0, self.last_seq, 0",
         "a newly registered backend starts at seq 0, not at the tail: it may be"
         " owed entries journaled before it (under a reused bit)",
-        ("tests/test_registration_bits.py", "tests/test_journal.py"),
+        ("tests/test_journal.py",),
     ),
     Mutant(
         "rebuilt-row-skips-first-owed",

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid4
 
 import anyio
+import msgspec
 import pytest
 
 from journal_archivist import Archivist, BackendError, Queued, Registration
@@ -617,6 +618,30 @@ class TestDurability:
             fsyncs.clear()
             await archive.delete_session(session)  # nothing to remove
             assert fsyncs == []
+
+    async def test_short_writes_still_write_every_line_whole(
+        self, directory: Path, session: UUID, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # A writev may write less than asked, ending anywhere, even mid-line.
+        real_write = os.write
+
+        def write_seven_bytes(fd: int, buffers: Any) -> int:
+            data = b"".join(bytes(buffer) for buffer in buffers)
+            return real_write(fd, data[:7])
+
+        recs = records(session, 3, "short")
+        async with JsonlArchive(directory) as archive:
+            monkeypatch.setattr(os, "writev", write_seven_bytes)
+            await archive.append_messages(session, recs)
+            monkeypatch.undo()
+            assert await archive.read_session(session) == recs
+            lines = Path(archive.path_of(session)).read_bytes().split(b"\n")
+        assert lines[-1] == b""
+        assert [msgspec.json.decode(line)["content_md"] for line in lines[:-1]] == [
+            "short0",
+            "short1",
+            "short2",
+        ]
 
     async def test_a_failed_write_is_rolled_back_and_redelivered_once(
         self, directory: Path, session: UUID, monkeypatch: pytest.MonkeyPatch

@@ -518,14 +518,14 @@ async def test_a_failed_write_holds_no_large_value(
     session = uuid4()
     big = record(session, "x" * (2 << 20))
     await archive.append_messages(session, [record(session, "first")])
-    with sqlite3.connect(archive_path) as conn:  # make the next insert fail
+    with sqlite3.connect(archive_path) as conn:  # the row before the big one fails
         conn.execute(
             "CREATE TRIGGER refuse BEFORE INSERT ON messages"
-            " BEGIN SELECT RAISE(ABORT, 'refused'); END"
+            " WHEN NEW.content_md = 'boom' BEGIN SELECT RAISE(ABORT, 'refused'); END"
         )
     with pytest.raises(BackendError, match="refused"):
-        await archive.append_messages(session, [big])
-    assert archive._large._values == {}  # white box
+        await archive.append_messages(session, [record(session, "boom"), big])
+    assert archive._large._values == {}  # white box: the big one was never taken
 
 
 async def test_a_version_1_archive_reads_and_is_upgraded(

@@ -18,19 +18,12 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 
-from journal_archivist import Archivist, BackendError, Registration
-from journal_archivist.backends import ArchiveBackend
+from journal_archivist import Archivist, Registration
+from journal_archivist.testing import MockBackend
 from tools.torture import _shim, ioerrors
-
-if TYPE_CHECKING:
-    import uuid
-    from collections.abc import Sequence
-
-    from journal_archivist import MessageRecord
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,31 +64,21 @@ SCRIPT = r"""
 import errno, mmap, os, sys, uuid
 import anyio
 from journal_archivist import (
-    Archivist, BackendError, JournalWriteFailed, MessageRecord, Registration,
+    Archivist, JournalWriteFailed, MessageRecord, Registration,
 )
-from journal_archivist.backends import ArchiveBackend
+from journal_archivist.testing import MockBackend
 
 control = mmap.mmap(os.open(os.environ["TORTURE_SHIM_CTL"], os.O_RDWR), 4096)
 
 def sync_fault(code):
     control[12:16] = code.to_bytes(4, "little")
 
-class Down(ArchiveBackend):
-    async def append_messages(self, session, records):
-        raise BackendError("down", retryable=True)
-    async def delete_session(self, session):
-        raise BackendError("down", retryable=True)
-    async def health_check(self):
-        raise BackendError("down", retryable=True)
-
-class Up(Down):
-    async def append_messages(self, session, records):
-        pass
-
 async def main():
+    down = MockBackend()
+    down.go_down()
     registrations = [
-        Registration(name="up", backend=Up()),
-        Registration(name="down", backend=Down()),
+        Registration(name="up", backend=MockBackend()),
+        Registration(name="down", backend=down),
     ]
     async with Archivist.open(sys.argv[1], registrations) as archivist:
         session = uuid.UUID(int=1)
@@ -123,28 +106,6 @@ anyio.run(main)
 """
 
 
-class Down(ArchiveBackend):
-    """Down for good: the journal keeps every entry for it."""
-
-    async def append_messages(
-        self, session: uuid.UUID, records: Sequence[MessageRecord]
-    ) -> None:
-        raise BackendError("down", retryable=True)
-
-    async def delete_session(self, session: uuid.UUID) -> None:
-        raise BackendError("down", retryable=True)
-
-    async def health_check(self) -> None:
-        raise BackendError("down", retryable=True)
-
-
-class Up(Down):
-    async def append_messages(
-        self, session: uuid.UUID, records: Sequence[MessageRecord]
-    ) -> None:
-        return None
-
-
 @pytest.fixture(scope="module")
 def one_failed_fsync(
     tmp_path_factory: pytest.TempPathFactory, library: Path
@@ -168,9 +129,11 @@ def one_failed_fsync(
 
 
 async def pending_for_down(journal: Path) -> int:
+    down = MockBackend()
+    down.go_down()  # the journal keeps every entry for it
     registrations = [
-        Registration(name="up", backend=Up()),
-        Registration(name="down", backend=Down()),
+        Registration(name="up", backend=MockBackend()),
+        Registration(name="down", backend=down),
     ]
     async with Archivist.open(journal, registrations, close_timeout=0) as archivist:
         return archivist.health().backends["down"].lag_entries

@@ -24,15 +24,13 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from journal_archivist import Archivist, BackendError, Registration
-from journal_archivist.backends import ArchiveBackend
+from journal_archivist import Archivist, Registration
+from journal_archivist.testing import MockBackend
 from tools.torture import _shim, powerloss
 
 if TYPE_CHECKING:
-    import uuid
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Iterator
 
-    from journal_archivist import MessageRecord
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -238,21 +236,13 @@ def test_a_victim_with_fsync_loses_nothing(machine: _shim.Machine) -> None:
 JOURNAL_VICTIM = r"""
 import sys, uuid
 import anyio
-from journal_archivist import (
-    Archivist, BackendError, Durability, MessageRecord, Registration,
-)
-from journal_archivist.backends import ArchiveBackend
-
-class Down(ArchiveBackend):
-    async def append_messages(self, session, records):
-        raise BackendError("down", retryable=True)
-    async def delete_session(self, session):
-        raise BackendError("down", retryable=True)
-    async def health_check(self):
-        raise BackendError("down", retryable=True)
+from journal_archivist import Archivist, Durability, MessageRecord, Registration
+from journal_archivist.testing import MockBackend
 
 async def main():
-    registration = Registration(name="down", backend=Down())
+    down = MockBackend()
+    down.go_down()
+    registration = Registration(name="down", backend=down)
     durability = Durability[sys.argv[2]]
     async with Archivist.open(sys.argv[1], [registration], durability=durability) as a:
         session = uuid.UUID(int=1)
@@ -265,23 +255,10 @@ anyio.run(main)
 """
 
 
-class Down(ArchiveBackend):
-    """A backend that is down: the journal keeps every entry for it."""
-
-    async def append_messages(
-        self, session: uuid.UUID, records: Sequence[MessageRecord]
-    ) -> None:
-        raise BackendError("down", retryable=True)
-
-    async def delete_session(self, session: uuid.UUID) -> None:
-        raise BackendError("down", retryable=True)
-
-    async def health_check(self) -> None:
-        raise BackendError("down", retryable=True)
-
-
 async def journal_backlog(path: Path) -> int:
-    registration = Registration(name="down", backend=Down())
+    down = MockBackend()
+    down.go_down()  # the journal keeps every entry for it
+    registration = Registration(name="down", backend=down)
     async with Archivist.open(path, [registration], close_timeout=0) as archivist:
         return archivist.health().backends["down"].lag_entries
 
