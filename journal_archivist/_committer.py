@@ -627,6 +627,9 @@ class Committer:
         ]
         if ranges:
             await tx.settle(ranges, shared=self._shared)
+            # Deleting settled entries rewrites about a page per 16 of them.
+            settled = sum(upto - after for _, after, upto in ranges)
+            self._wal_debt += WAL_PAGE * (1 + settled // 16)
         dropped: dict[str, list[tuple[int, int]]] = {}
         for writer in trimming:
             # Measured now, not when planned: deliveries may have made room.

@@ -40,7 +40,7 @@ from ._large_values import LargeValues
 from ._lockfile import LockFile
 from ._policies import Durability
 from ._reader import Reader
-from ._rows import BACKEND_COLUMNS, ENTRIES, BackendRow, decode_text, typed
+from ._rows import BACKEND_COLUMNS, BackendRow, decode_text, typed
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -503,6 +503,8 @@ class Journal:
 INSERT_CHUNK: Final = 64
 
 
+# An entry with its payload, wherever it is kept (``_schema``).
+_ENTRIES: Final = "entries LEFT JOIN payloads USING (seq)"
 _INSERT_PAYLOAD: Final = (
     f"INSERT INTO payloads (seq, payload) VALUES (?, {LargeValues().sql()})"
 )
@@ -642,7 +644,7 @@ class Transaction:
             "INSERT INTO dead_letters (backend, seq, session, op, payload, crc,"
             " origin, enqueued_at, error, attempts, failed_at)"
             " SELECT ?, seq, session, op, coalesce(payloads.payload, entries.payload),"
-            f" crc, origin, enqueued_at, ?, ?, ? FROM {ENTRIES} WHERE seq = ?",
+            f" crc, origin, enqueued_at, ?, ?, ? FROM {_ENTRIES} WHERE seq = ?",
             [
                 (backend, error, attempts, failed_at, seq)
                 for seq, error, attempts in rows
@@ -657,7 +659,7 @@ class Transaction:
             "INSERT INTO quarantine (backend, seq, session, op, payload, size, crc,"
             " origin, reason, quarantined_at)"
             " SELECT ?, seq, session, op, coalesce(payloads.payload, entries.payload),"
-            f" size, crc, origin, ?, ? FROM {ENTRIES} WHERE seq = ?",
+            f" size, crc, origin, ?, ? FROM {_ENTRIES} WHERE seq = ?",
             [(backend, reason, at, seq) for seq, reason in rows],
         )
 

@@ -1,27 +1,30 @@
 """Reading the journal: a read-only connection whose rows are checked on the way.
 
-Every row is read through ``_rows`` (no stored value can raise) and checked against
-its stored checksum; an entry that fails comes back marked ``damage`` so the writer
-quarantines it rather than delivering it. Who is owed an entry is read from its
-``origin`` (under the checksum), not from ``targets``; the caller passes the
-backend's position (``after``: its cursor, ``floor``: its DROP_OLDEST floor).
+Every entry is read as its raw values on a connection that never decodes text
+(``_rows.StoredText``) and checked against its stored types and checksum; an
+entry that fails comes back marked ``damage`` so the writer quarantines it rather
+than delivering it. Who is owed an entry is read from its ``origin`` (under the
+checksum), not from ``targets``; the caller passes the backend's position
+(``after``: its cursor, ``floor``: its DROP_OLDEST floor). A large payload is
+fetched from ``payloads`` only for the rows that have one.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from ._rows import (
-    ENTRIES,
+    DEAD_LETTER_COLUMNS,
     ENTRY_COLUMNS,
+    StoredText,
     check_entries,
     decode_text,
-    entry_columns,
     typed,
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
     from uuid import UUID
 
     import aiosqlite
@@ -30,8 +33,6 @@ if TYPE_CHECKING:
 
 __all__ = ["DeadLetter", "Reader"]
 
-# A dead letter keeps no size of its own: its payload's length is its size.
-_DEAD_LETTER_ENTRY: Final = entry_columns(size="length(payload)")
 # An append a backend's DROP_OLDEST floor covers was dropped for it.
 _NOT_DROPPED: Final = "NOT (op = 1 AND seq <= ?)"
 
@@ -55,6 +56,7 @@ class Reader:
     def __init__(self, path: str, conn: aiosqlite.Connection) -> None:
         self._path = path
         self._conn = conn
+        conn.text_factory = StoredText  # text is never decoded: see _rows
         self._closed = False
 
     async def close(self) -> None:
@@ -74,11 +76,11 @@ class Reader:
         back with ``damage`` set; the caller must quarantine it, not deliver it.
         """
         rows = await self._conn.execute_fetchall(
-            f"SELECT {ENTRY_COLUMNS} FROM {ENTRIES} WHERE seq >= ? AND seq < ?"
+            f"SELECT {ENTRY_COLUMNS} FROM entries WHERE seq >= ? AND seq < ?"
             " AND origin & ? ORDER BY seq LIMIT ?",
             (start, stop, mask, limit),
         )
-        return check_entries(rows)
+        return await self._checked(rows)
 
     async def pending_for_session(
         self, session: UUID, mask: int, after: int, floor: int
@@ -88,11 +90,33 @@ class Reader:
         # No index on session (it would slow every insert and delete), so this
         # scans the backlog: cheap while the backlog is small, as it usually is.
         rows = await self._conn.execute_fetchall(
-            f"SELECT {ENTRY_COLUMNS} FROM {ENTRIES} WHERE seq > ? AND origin & ?"
+            f"SELECT {ENTRY_COLUMNS} FROM entries WHERE seq > ? AND origin & ?"
             f" AND session = ? AND {_NOT_DROPPED} ORDER BY seq",
             (after, mask, session.bytes, floor),
         )
-        return check_entries(rows)
+        return await self._checked(rows)
+
+    async def _checked(self, rows: Iterable[Any]) -> list[Entry]:
+        """``rows`` checked, with the payloads kept in ``payloads`` put in place
+        (a row whose payload row is missing stays damaged)."""
+        rows = list(rows)
+        elsewhere: list[int] = []
+        entries = check_entries(rows, elsewhere)
+        if elsewhere:  # rare: only entries from LargeValues.THRESHOLD bytes
+            seqs = [rows[i][0] for i in elsewhere]
+            found = {
+                int(seq): payload
+                for seq, payload in await self._conn.execute_fetchall(
+                    f"SELECT seq, payload FROM payloads WHERE seq IN"
+                    f" ({', '.join('?' * len(seqs))})",
+                    seqs,
+                )
+            }
+            for i in elsewhere:
+                row = rows[i]
+                if row[0] in found:
+                    [entries[i]] = check_entries([(*row[:3], found[row[0]], *row[4:])])
+        return entries
 
     async def oldest_pending(self, mask: int, after: int, floor: int) -> float | None:
         """When the oldest entry still owed to ``mask`` after ``after`` was
@@ -110,7 +134,7 @@ class Reader:
     async def dead_letters(self, after: int = 0, limit: int = 1000) -> list[DeadLetter]:
         """Dead letters with ``id > after``, oldest first, checked like entries."""
         rows = await self._conn.execute_fetchall(
-            f"SELECT id, {typed('backend', 'text')}, {_DEAD_LETTER_ENTRY},"
+            f"SELECT id, {typed('backend', 'text')}, {DEAD_LETTER_COLUMNS},"
             f" {typed('error', 'text')}, {typed('attempts', 'integer')},"
             f" {typed('failed_at', 'real')}"
             " FROM dead_letters WHERE id > ? ORDER BY id LIMIT ?",

@@ -3,10 +3,15 @@
 Rules and theory:
 - One flipped bit in a row's header can change a stored value's type: a BLOB
   becomes TEXT whose bytes need not be UTF-8 (Python's sqlite3 then raises while
-  fetching the row) or an INTEGER, and ``PRAGMA quick_check`` does not notice. So
-  every stored column is selected through ``typed``: its value if it has the
-  expected type, else NULL. Text never reaches the driver as text: it is selected
-  as a BLOB and decoded here, where a bad byte is a finding, not an exception.
+  fetching the row) or an INTEGER, and ``PRAGMA quick_check`` does not notice.
+  Text must therefore never reach the driver's decoder:
+  - the readers of entries (the hot path) use connections whose ``text_factory``
+    is ``StoredText``: any TEXT arrives as that ``bytes`` subclass, undecoded, and
+    every value is checked in Python for its exact type (``check_entries``). A
+    sound journal holds no TEXT in an entry, so this costs nothing;
+  - other reads (backend rows, counters, side tables) select each column through
+    ``typed``: its value if it has the expected type, else NULL; a text column as
+    the BLOB of its bytes, decoded here (``decode_text``).
 - A row with a value of the wrong type, or whose checksum fails, is *damaged*.
   What happens to it is the caller's decision: an entry is quarantined by the
   writer that meets it; a backend row is repaired at open (``_journal``).
@@ -21,6 +26,7 @@ from dataclasses import astuple, dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from ._batching import Entry
+from ._large_values import LargeValues
 from ._records import Op
 from ._schema import backend_crc, entry_crc
 
@@ -29,12 +35,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BACKEND_COLUMNS",
-    "ENTRIES",
+    "DEAD_LETTER_COLUMNS",
     "ENTRY_COLUMNS",
     "BackendRow",
+    "StoredText",
     "check_entries",
     "decode_text",
-    "entry_columns",
     "typed",
 ]
 
@@ -70,31 +76,21 @@ def decode_text(raw: object) -> str | None:
 # -- entries -------------------------------------------------------------------
 
 
-def entry_columns(
-    payload: str = typed("payload", "blob"), size: str = typed("size", "integer")
-) -> str:
-    """The columns ``check_entries`` takes, in its order; ``payload`` and ``size``
-    are the SQL for the payload and the stored size (see ``ENTRIES``)."""
-    return ", ".join(
-        [
-            "seq",
-            typed("session", "blob"),
-            typed("op", "integer"),
-            payload,
-            size,
-            typed("crc", "integer"),
-            typed("enqueued_at", "real"),
-            typed("origin", "integer"),
-        ]
-    )
+class StoredText(bytes):
+    """TEXT read from a column that should hold none, as its bytes, undecoded
+    (the ``text_factory`` of the journal's readers)."""
+
+    __slots__ = ()
 
 
-#: What entries are read from: a large payload is in ``payloads`` (``_schema``).
-ENTRIES: Final = "entries LEFT JOIN payloads USING (seq)"
-#: The columns of an entry read from ``ENTRIES``, for ``check_entries``.
-ENTRY_COLUMNS: Final = entry_columns(
-    payload=f"CASE WHEN payloads.seq IS NULL THEN {typed('entries.payload', 'blob')}"
-    f" ELSE {typed('payloads.payload', 'blob')} END"
+#: The columns ``check_entries`` takes, in its order, read on a connection whose
+#: ``text_factory`` is ``StoredText``. A payload from ``LargeValues.THRESHOLD``
+#: bytes is in ``payloads`` (``_schema``): its ``entries.payload`` is empty, and
+#: the reader fills it in (``with_large_payloads``).
+ENTRY_COLUMNS: Final = "seq, session, op, payload, size, crc, enqueued_at, origin"
+#: The columns of a dead letter, which keeps its payload and no size.
+DEAD_LETTER_COLUMNS: Final = (
+    "seq, session, op, payload, length(payload), crc, enqueued_at, origin"
 )
 
 _OPS: Final = frozenset(int(op) for op in Op)
@@ -103,31 +99,47 @@ _OPS: Final = frozenset(int(op) for op in Op)
 _ORIGIN_LIMIT: Final = 1 << 62
 
 
-def check_entries(rows: Iterable[Any]) -> list[Entry]:
+def check_entries(
+    rows: Iterable[Any], elsewhere: list[int] | None = None
+) -> list[Entry]:
     """Entries from rows of ``ENTRY_COLUMNS``; a damaged one has ``damage`` set.
 
     A damaged entry keeps its stored size (so a backlog's byte count stays
     balanced) and its stored op (which says whether DROP_OLDEST could drop it),
-    where those are readable; its payload is never used.
+    where those are readable; its payload is never used. The index of a row whose
+    payload may be in ``payloads`` (empty here, large by its size) goes to
+    ``elsewhere``: check it again with its payload in place.
     """
     entries: list[Entry] = []
     append = entries.append
-    for seq, session, op, payload, size, crc, enqueued_at, origin in rows:
+    for index, (seq, session, op, payload, size, crc, enqueued_at, origin) in enumerate(
+        rows
+    ):
         assert type(seq) is int  # the rowid: always an integer
         at = enqueued_at if type(enqueued_at) is float else time.time()
         if (
             type(payload) is bytes
             and type(session) is bytes
             and len(session) == 16
+            and type(size) is int
             and size == len(payload)
+            and type(op) is int
             and op in _OPS
             and type(origin) is int
             and 0 <= origin < _ORIGIN_LIMIT
             and seq >= 0
+            and type(crc) is int
             and crc == entry_crc(seq, session, op, origin, payload)
         ):
             append(Entry(seq, session, op, payload, size, at))
         else:
+            if (
+                elsewhere is not None
+                and payload == b""
+                and type(size) is int
+                and size >= LargeValues.THRESHOLD
+            ):
+                elsewhere.append(index)
             damage = _damage(seq, session, op, payload, size, crc, origin)
             append(
                 Entry(
@@ -153,15 +165,15 @@ def _damage(
     origin: object,
 ) -> str:
     """Why an entry row cannot be trusted."""
-    stored = {
-        "session": session,
-        "op": op,
-        "payload": payload,
-        "size": size,
-        "crc": crc,
-        "origin": origin,
-    }
-    wrong = [name for name, value in stored.items() if value is None]
+    stored = (
+        ("session", session, bytes),
+        ("op", op, int),
+        ("payload", payload, bytes),
+        ("size", size, int),
+        ("crc", crc, int),
+        ("origin", origin, int),
+    )
+    wrong = [name for name, value, kind in stored if type(value) is not kind]
     if wrong:
         return f"stored with the wrong type: {', '.join(wrong)}"
     assert isinstance(session, bytes)
