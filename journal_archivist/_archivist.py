@@ -73,8 +73,12 @@ FINAL_FLUSH_TIMEOUT: Final = 5.0
 #: Seconds shutdown gives the backends' ``aclose`` calls (run together).
 BACKEND_CLOSE_TIMEOUT: Final = 5.0
 #: Past ``shutdown``'s deadline, the last done-marks and the backends' ``aclose``
-#: get this many seconds each at most (never more than the two limits above).
+#: (and the rewrite a journal may need after an I/O failure) get this many seconds
+#: each at most (never more than their limits).
 CLOSE_GRACE: Final = 0.5
+#: Longest a journal that must be rewritten (after an I/O failure) may take to be
+#: rewritten at close; past it, its WAL is kept for the next open.
+REWRITE_AT_CLOSE_TIMEOUT: Final = 30.0
 
 
 def _check_registrations(registrations: Sequence[Registration]) -> list[Registration]:
@@ -277,7 +281,9 @@ class Archivist:
             try:
                 with anyio.CancelScope(shield=True):
                     await self._close_backends()  # never raises
-                    await self._journal.close()
+                    await self._journal.close(
+                        rewrite_within=self._time_left(REWRITE_AT_CLOSE_TIMEOUT)
+                    )
             finally:
                 self._stopped.set()
 
@@ -687,8 +693,10 @@ class Archivist:
         deadline passes (None: no deadline); the rest stays journaled for the next
         open. Then the last done-marks are written and the backends closed
         (``aclose``), each within what is left of the deadline but at least
-        ``CLOSE_GRACE`` (0.5 s): it returns within ``timeout`` + 1 s. A second call
-        waits for the first and returns.
+        ``CLOSE_GRACE`` (0.5 s): it returns within ``timeout`` + 1 s (+ 0.5 s
+        if an I/O failure left the journal to be rewritten, see guarantees.md),
+        unless a backend call that cannot be cancelled (a thread) is stuck. A
+        second call waits for the first and returns.
 
         Raises:
             ArchivistFailed: the archivist had failed (it is closed all the same),

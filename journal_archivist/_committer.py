@@ -174,10 +174,17 @@ class _Delta:
 
 
 def _io_failure(exc: BaseException) -> bool:
-    """Whether a commit error is an I/O failure (not a full disk, which passes)."""
+    """Whether a commit error is an I/O failure (not a full disk, which passes):
+    SQLite's ``SQLITE_IOERR``, or an ``OSError`` of our own fsync."""
     cause = exc.__cause__
+    if isinstance(cause, OSError):
+        return True
     code = getattr(cause, "sqlite_errorcode", None)
     return isinstance(cause, sqlite3.Error) and code is not None and code & 0xFF == 10
+
+
+def _closed_before_journaled() -> ArchivistClosed:
+    return ArchivistClosed("the archivist shut down before this append was journaled")
 
 
 class Committer:
@@ -291,11 +298,7 @@ class Committer:
         self._finish_compaction()
         failure = self.failure
         self._fail_queued(
-            failure.error
-            if failure is not None
-            else lambda: ArchivistClosed(
-                "the archivist shut down before this append was journaled"
-            )
+            failure.error if failure is not None else _closed_before_journaled
         )
 
     def fail(self, failure: Failure) -> None:
@@ -339,6 +342,13 @@ class Committer:
                     await self._compact()
                 elif not worked:
                     await self._idle()
+        except BaseException as exc:
+            # Whatever ended the loop decides how the queued appends are refused.
+            if self.failure is None and not isinstance(
+                exc, anyio.get_cancelled_exc_class()
+            ):
+                self.failure = Failure("the committer", exc)
+            raise
         finally:
             self.stop()
 
@@ -461,13 +471,18 @@ class Committer:
         try:
             await self._commit(now, admitted, plan, trimming, persist)
         except BaseException as exc:
-            # Too many I/O errors, or a bug: never leave an appender of this
-            # group waiting for an answer (finish does nothing to an answered one).
-            failure = Failure("the committer", exc)
+            # Too many I/O errors, a bug, or shutdown: never leave an appender of
+            # this group waiting for an answer (finish does nothing to an answered
+            # one). Cancelled, nothing of the group was journaled (the transaction
+            # is shielded once started).
+            make: Callable[[], ArchivistError]
+            if isinstance(exc, anyio.get_cancelled_exc_class()):
+                make = _closed_before_journaled
+            else:
+                self.failure = Failure("the committer", exc)
+                make = self.failure.error
             for append, _ in admitted:
-                append.finish(failure.error())
-            if not isinstance(exc, anyio.get_cancelled_exc_class()):
-                self.failure = failure
+                append.finish(make())
             raise
         return True
 
@@ -479,14 +494,10 @@ class Committer:
         trimming: list[Writer],
         persist: bool,
     ) -> None:
-        if self._journal.rewrite_needed:
-            # After a failed write or fsync nothing is acknowledged again before
-            # the journal is rewritten (Journal.rewrite says why).
-            try:
-                await self._rewrite()
-            except JournalWriteFailed as exc:
-                self._on_failure(exc, admitted, {})
-                return
+        # After a failed write or fsync nothing is acknowledged again before the
+        # journal is rewritten (Journal.rewrite says why).
+        if not await self._rewrite_if_needed(admitted):
+            return
         # Sequence numbers go to appends that still owe someone; an append every
         # backend dropped is acknowledged without a row.
         seq = self._journal.last_seq
@@ -733,7 +744,7 @@ class Committer:
     def _on_failure(
         self,
         exc: JournalWriteFailed,
-        admitted: list[tuple[PendingAppend, int]],
+        admitted: Sequence[tuple[PendingAppend, int]],
         deltas: dict[int, _Delta],
     ) -> None:
         self.commit_failures += 1
@@ -782,19 +793,38 @@ class Committer:
                 f" the last: {exc.detail}",
             ) from exc.__cause__
 
-    async def _rewrite(self) -> None:
-        await self._journal.rewrite()
+    async def _rewrite_if_needed(
+        self, admitted: Sequence[tuple[PendingAppend, int]] = ()
+    ) -> bool:
+        """Rewrite the journal if a failed write or fsync asked for it; whether
+        the journal may be written on (a failed rewrite refuses ``admitted``).
+
+        Everything else that writes the journal outside a commit (checkpoints,
+        compaction) asks here first: they would empty the WAL, which holds what
+        the file may have lost until the rewrite is committed.
+        """
+        if not self._journal.rewrite_needed:
+            return True
+        try:
+            await self._journal.rewrite()
+        except JournalWriteFailed as exc:
+            self._on_failure(exc, admitted, {})
+            return False
         self._journal.rewrite_needed = False
         self._wal_debt = 0
         logger.warning(
             "journal %s: rewritten after a failed write or fsync; accepting appends",
             self._journal.path,
         )
+        return True
 
     async def _checkpoint(self) -> None:
         """Copy the WAL into the database file, in the open: a failure counts as
         a failed commit (and asks for a rewrite) rather than go unnoticed."""
         self._wal_debt = 0
+        if self._journal.rewrite_needed:
+            await self._rewrite_if_needed()  # checkpoints the whole WAL itself
+            return
         try:
             await self._journal.checkpoint()
         except JournalWriteFailed as exc:
@@ -840,6 +870,10 @@ class Committer:
         ``COMPACT_THRESHOLD`` bytes of free pages, or when ``compact()`` asks.
         """
         self._compact_due = False
+        # A rewrite due first is a VACUUM: it leaves no free page behind.
+        if not await self._rewrite_if_needed():
+            self._finish_compaction()
+            return
         if not self._compacting:
             free = await self._journal.free_page_bytes()
             # Read after the await: compact() may have asked meanwhile.

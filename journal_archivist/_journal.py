@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import sqlite3
 from typing import TYPE_CHECKING, Final
@@ -241,10 +242,11 @@ class Journal:
                 (count, nbytes) = next(
                     iter(
                         await conn.execute_fetchall(
-                            "SELECT count(*), total(size) FROM entries"
+                            f"SELECT count(*), total({typed('size', 'integer')})"
+                            " FROM entries"
                             " WHERE seq > ? AND origin & ?"
-                            " AND NOT (op = 1 AND seq <= ?)",
-                            (row.counted_through, row.mask, row.drop_floor),
+                            " AND NOT (op = 1 AND seq <= ? AND NOT targets & ?)",
+                            (row.counted_through, row.mask, row.drop_floor, row.mask),
                         )
                     )
                 )
@@ -451,11 +453,13 @@ class Journal:
         self._readers.append(reader)
         return reader
 
-    async def close(self) -> None:
+    async def close(self, *, rewrite_within: float = math.inf) -> None:
         """Close every connection and release the lock; harmless twice.
 
-        A connection that fails to close is logged; the others are still closed
-        and the lock is released.
+        A journal that must be rewritten (after a failed write or fsync) is
+        rewritten first if that takes at most ``rewrite_within`` seconds, else its
+        WAL is kept for the next open. A connection that fails to close is logged;
+        the others are still closed and the lock is released.
         """
         if self.closed:
             return
@@ -464,7 +468,7 @@ class Journal:
         try:
             with anyio.CancelScope(shield=True):
                 if self.rewrite_needed:
-                    guard = await self._keep_the_wal()
+                    guard = await self._keep_the_wal(rewrite_within)
                 for reader in self._readers:
                     await _close_quietly(reader, self.path)
                 if self._lazy is not self._durable:
@@ -475,22 +479,29 @@ class Journal:
         finally:
             self._lock.release()
 
-    async def _keep_the_wal(self) -> aiosqlite.Connection | None:
-        """Rewrite the journal before closing it; if that fails, open a read-only
-        connection to close last, so no closing connection checkpoints the WAL
-        into the file and deletes it on top of pages a failed fsync may have
-        dropped. The next open replays the whole WAL."""
-        try:
-            await self.rewrite()
-        except JournalWriteFailed as exc:
-            logger.error(
-                "journal %s: closing with the WAL kept (%s); the next open replays it",
-                self.path,
-                exc.detail,
-            )
-        else:
-            self.rewrite_needed = False
-            return None
+    async def _keep_the_wal(self, within: float) -> aiosqlite.Connection | None:
+        """Rewrite the journal before closing it; if that fails or takes longer
+        than ``within`` seconds, open a read-only connection to close last, so no
+        closing connection checkpoints the WAL into the file and deletes it on top
+        of pages a failed fsync may have dropped. The next open replays the whole
+        WAL."""
+        problem = f"the rewrite took longer than {within:.1f}s"
+        with anyio.move_on_after(within) as scope:
+            try:
+                await self.rewrite()
+            except JournalWriteFailed as exc:
+                problem = exc.detail
+            else:
+                self.rewrite_needed = False
+                return None
+        if scope.cancelled_caught:
+            # Its statement runs on in the connection's thread until interrupted.
+            await self._durable.interrupt()
+        logger.error(
+            "journal %s: closing with the WAL kept (%s); the next open replays it",
+            self.path,
+            problem,
+        )
         try:
             return await connect(self.path, synchronous="NORMAL", read_only=True)
         except (sqlite3.Error, OSError) as exc:

@@ -44,7 +44,7 @@ JOURNAL_SIZE_LIMIT: Final = 64 * 1024 * 1024
 QUICK_CHECK_LIMIT: Final = 100
 
 _NULL_IN_ROW: Final = re.compile(
-    r"NULL value in (entries|backends|meta|dead_letters|quarantine)\.\w+$"
+    r"NULL value in (entries|backends|payloads|meta|dead_letters|quarantine)\.\w+$"
 )
 
 
@@ -56,10 +56,18 @@ def is_corruption(exc: sqlite3.Error) -> bool:
 
 
 def prepare_file(path: str) -> None:
-    """Create the journal's directory and an empty owner-only file if missing."""
+    """Create the journal's directory and an empty owner-only file if missing,
+    durably: each new name is synced in its parent directory."""
     directory = os.path.dirname(path)
+    created: list[str] = []
+    missing = directory
+    while not os.path.isdir(missing) and os.path.dirname(missing) != missing:
+        created.append(missing)
+        missing = os.path.dirname(missing)
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
+        for new in reversed(created):
+            _sync_directory(os.path.dirname(new))
     except OSError as exc:
         raise JournalError(
             path, f"cannot create the journal directory {directory!r} ({exc})"
@@ -79,13 +87,17 @@ def prepare_file(path: str) -> None:
     os.close(fd)
     # The new name must survive a power loss too, not only what is written to it.
     try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _sync_directory(directory)
     except OSError as exc:
         raise JournalError(path, f"cannot sync the journal directory ({exc})") from exc
+
+
+def _sync_directory(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 async def connect(
@@ -213,8 +225,9 @@ async def _reseal(conn: aiosqlite.Connection) -> None:
         while True:
             rows = list(
                 await conn.execute_fetchall(
-                    f"SELECT {key}, seq, {typed('session', 'blob')},"
-                    f" {typed('op', 'integer')}, {typed('payload', 'blob')},"
+                    f"SELECT {key}, {typed('seq', 'integer')},"
+                    f" {typed('session', 'blob')}, {typed('op', 'integer')},"
+                    f" {typed('payload', 'blob')},"
                     f" {typed('crc', 'integer')}, {typed('origin', 'integer')}"
                     f" FROM {table} WHERE {key} > ? ORDER BY {key} LIMIT ?",
                     (position, _RESEAL_CHUNK),

@@ -33,8 +33,10 @@ if TYPE_CHECKING:
 
 __all__ = ["DeadLetter", "Reader"]
 
-# An append a backend's DROP_OLDEST floor covers was dropped for it.
-_NOT_DROPPED: Final = "NOT (op = 1 AND seq <= ?)"
+# An append under a backend's DROP_OLDEST floor that lost its bit in ``targets``
+# was dropped for it (one that kept it was taken before the drop: still owed).
+# Parameters: the floor, the backend's mask.
+_NOT_DROPPED: Final = "NOT (op = 1 AND seq <= ? AND NOT targets & ?)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,19 +68,19 @@ class Reader:
             await self._conn.close()
 
     async def pending(
-        self, mask: int, start: int, stop: int, limit: int
+        self, mask: int, start: int, stop: int, limit: int, floor: int
     ) -> list[Entry]:
         """Entries journaled for ``mask`` with ``start <= seq < stop``, oldest first,
-        at most ``limit``.
+        at most ``limit`` (appends dropped under the DROP_OLDEST ``floor`` left
+        out; one dropped after this read is the caller's to skip).
 
-        Appends DROP_OLDEST dropped come back too: the caller skips those under its
-        floor. An entry whose checksum, size or stored types do not match comes
-        back with ``damage`` set; the caller must quarantine it, not deliver it.
+        An entry whose checksum, size or stored types do not match comes back with
+        ``damage`` set; the caller must quarantine it, not deliver it.
         """
         rows = await self._conn.execute_fetchall(
             f"SELECT {ENTRY_COLUMNS} FROM entries WHERE seq >= ? AND seq < ?"
-            " AND origin & ? ORDER BY seq LIMIT ?",
-            (start, stop, mask, limit),
+            f" AND origin & ? AND {_NOT_DROPPED} ORDER BY seq LIMIT ?",
+            (start, stop, mask, floor, mask, limit),
         )
         return await self._checked(rows)
 
@@ -92,7 +94,7 @@ class Reader:
         rows = await self._conn.execute_fetchall(
             f"SELECT {ENTRY_COLUMNS} FROM entries WHERE seq > ? AND origin & ?"
             f" AND session = ? AND {_NOT_DROPPED} ORDER BY seq",
-            (after, mask, session.bytes, floor),
+            (after, mask, session.bytes, floor, mask),
         )
         return await self._checked(rows)
 
@@ -126,7 +128,7 @@ class Reader:
                 f"SELECT {typed('enqueued_at', 'real')} FROM entries"
                 f" WHERE seq > ? AND origin & ? AND {_NOT_DROPPED}"
                 " ORDER BY seq LIMIT 1",
-                (after, mask, floor),
+                (after, mask, floor, mask),
             )
         )
         return float(rows[0][0]) if rows and rows[0][0] is not None else None

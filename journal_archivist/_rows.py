@@ -112,10 +112,18 @@ def check_entries(
     """
     entries: list[Entry] = []
     append = entries.append
-    for index, (seq, session, op, payload, size, crc, enqueued_at, origin) in enumerate(
-        rows
-    ):
-        assert type(seq) is int  # the rowid: always an integer
+    for index, (
+        stored_seq,
+        session,
+        op,
+        payload,
+        size,
+        crc,
+        enqueued_at,
+        origin,
+    ) in enumerate(rows):
+        # An entry's seq is its rowid, always an integer; a dead letter's is not.
+        seq = stored_seq if type(stored_seq) is int else -1
         at = enqueued_at if type(enqueued_at) is float else time.time()
         if (
             type(payload) is bytes
@@ -140,7 +148,7 @@ def check_entries(
                 and size >= LargeValues.THRESHOLD
             ):
                 elsewhere.append(index)
-            damage = _damage(seq, session, op, payload, size, crc, origin)
+            damage = _damage(stored_seq, session, op, payload, size, crc, origin)
             append(
                 Entry(
                     seq,
@@ -156,7 +164,7 @@ def check_entries(
 
 
 def _damage(
-    seq: int,
+    seq: object,
     session: object,
     op: object,
     payload: object,
@@ -166,6 +174,7 @@ def _damage(
 ) -> str:
     """Why an entry row cannot be trusted."""
     stored = (
+        ("seq", seq, int),
         ("session", session, bytes),
         ("op", op, int),
         ("payload", payload, bytes),
@@ -186,6 +195,7 @@ def _damage(
         return f"size {size!r} != payload length {len(payload)}"
     assert isinstance(op, int)
     assert isinstance(origin, int)
+    assert isinstance(seq, int)
     if not 0 <= origin < _ORIGIN_LIMIT or seq < 0:
         return f"seq {seq} or origin {origin} out of range"
     actual = entry_crc(seq, session, op, origin, payload)
@@ -275,54 +285,97 @@ class BackendRow:
         """A row from the values of ``BACKEND_COLUMNS``, with ``damage`` set if
         they are not a sound row (``sealed=False``: its checksum is not checked,
         as for a row of a journal being migrated)."""
-        bit, raw_name, *numbers, crc = stored
+        bit, raw_name, *stored_numbers, crc = stored
         assert type(bit) is int  # the rowid: always an integer
-        name = decode_text(raw_name)
-        values = [n if type(n) is int and n >= 0 else None for n in numbers]
+        raw = raw_name if isinstance(raw_name, bytes) else None
+        name = decode_text(raw)
+        named = name is not None and _NAME.fullmatch(name) is not None
+        numbers = [n if type(n) is int else None for n in stored_numbers]
         # An unreadable name gets one no registration can have.
-        shown = name if name else f"<unreadable name, bit {bit}>"
-        row = cls.of(shown, [bit, *(v or 0 for v in values)])
-        wrong = [f for f, v in zip(_INT_FIELDS, values, strict=True) if v is None]
-        if name is None or not _NAME.fullmatch(name):
+        shown = name if named and name else f"<unreadable name, bit {bit}>"
+        row = cls.of(shown, [bit, *(n if n and n > 0 else 0 for n in numbers)])
+        untyped = [f for f, n in zip(_INT_FIELDS, numbers, strict=True) if n is None]
+        negative = [
+            f
+            for f, n in zip(_INT_FIELDS, numbers, strict=True)
+            if n is not None and n < 0
+        ]
+        if untyped:
+            row.damage, row.exact = f"wrong type: {', '.join(untyped)}", False
+            return row
+        if sealed and type(crc) is int and raw is not None:
+            if named and not negative and crc == row.crc():
+                return row
+            whole = [bit, *(n for n in numbers if n is not None)]
+            found = _one_bit_from(raw, whole, crc)
+            if found is not None:
+                found.damage = "one flipped bit, corrected"
+                return found
+        if not named:
             row.damage, row.exact = f"unreadable name {raw_name!r:.40}", False
-        elif wrong:
-            row.damage = f"wrong type or sign: {', '.join(wrong)}"
-            row.exact = False
+        elif negative:
+            row.damage, row.exact = f"wrong sign: {', '.join(negative)}", False
         elif not sealed:
             pass
         elif type(crc) is not int:
             row.damage, row.exact = "no checksum", False
-        elif crc != row.crc():
-            found = row._one_bit_from(crc)
-            if found is None:
-                row.damage = f"checksum mismatch (stored {crc}, computed {row.crc()})"
-                row.exact = False
-            else:
-                row, row.damage = found, "one flipped bit, corrected"
+        else:
+            row.damage = f"checksum mismatch (stored {crc}, computed {row.crc()})"
+            row.exact = False
         return row
 
-    def _one_bit_from(self, stored_crc: int) -> BackendRow | None:
-        """The row one flipped bit away from this one (in a number, the name or
-        the checksum itself) that matches ``stored_crc``, if exactly one does.
 
-        CRC-32 tells apart every single-bit error in a message this short, so a
-        row damaged by one flipped bit is repaired exactly.
-        """
-        if (stored_crc ^ self.crc()).bit_count() == 1:
-            return BackendRow.of(self.name, self.numbers())  # the checksum flipped
-        found: list[BackendRow] = []
-        numbers = self.numbers()
-        for index, value in enumerate(numbers):
-            for bit in range(63):
-                flipped = (*numbers[:index], value ^ (1 << bit), *numbers[index + 1 :])
-                if backend_crc(self.name, flipped) == stored_crc:
-                    found.append(BackendRow.of(self.name, flipped))
-        raw = self.name.encode()
-        for index in range(len(raw) * 8):
-            name = bytearray(raw)
-            name[index // 8] ^= 1 << (index % 8)
-            text = decode_text(bytes(name))
-            valid = text is not None and _NAME.fullmatch(text) is not None
-            if valid and backend_crc(text or "", numbers) == stored_crc:
-                found.append(BackendRow.of(text or "", numbers))
-        return found[0] if len(found) == 1 else None
+def _one_bit_from(
+    raw_name: bytes, numbers: Sequence[int], stored_crc: int
+) -> BackendRow | None:
+    """The sound row one flipped bit away from the stored one (in a number, the
+    name's bytes or the checksum itself) that matches ``stored_crc``, if exactly
+    one is.
+
+    CRC-32 tells apart every single-bit error in a message this short, so a row
+    damaged by one flipped bit is repaired exactly. SQLite stores a small integer
+    in as few bytes as it needs (1, 2, 3, 4, 6 or 8), so a flipped top bit makes
+    it negative by ``2 ** (8 * n - 1)``.
+    """
+    numbers = tuple(numbers)
+    candidates: list[tuple[bytes, tuple[int, ...]]] = []
+    sound_numbers = all(n >= 0 for n in numbers)
+    name = decode_text(raw_name)
+    if name is not None and _NAME.fullmatch(name) is not None:
+        wrong = [i for i, n in enumerate(numbers) if n < 0]
+        if not wrong:
+            if (stored_crc ^ backend_crc(name, numbers)).bit_count() == 1:
+                return BackendRow.of(name, numbers)  # the checksum flipped
+            for index, value in enumerate(numbers):
+                for bit in range(63):
+                    flipped = value ^ (1 << bit)
+                    candidates.append((raw_name, _replace(numbers, index, flipped)))
+        elif len(wrong) == 1:
+            index = wrong[0]
+            value = numbers[index]
+            for width in (1, 2, 3, 4, 6, 8):
+                sign = 1 << (8 * width - 1)
+                if value >= -sign:
+                    candidates.append(
+                        (raw_name, _replace(numbers, index, value + sign))
+                    )
+    if sound_numbers:
+        for index in range(len(raw_name) * 8):
+            flipped_name = bytearray(raw_name)
+            flipped_name[index // 8] ^= 1 << (index % 8)
+            candidates.append((bytes(flipped_name), tuple(numbers)))
+    found: list[BackendRow] = []
+    for raw, values in candidates:
+        text = decode_text(raw)
+        if (
+            text is not None
+            and _NAME.fullmatch(text) is not None
+            and min(values) >= 0
+            and backend_crc(text, values) == stored_crc
+        ):
+            found.append(BackendRow.of(text, values))
+    return found[0] if len(found) == 1 else None
+
+
+def _replace(numbers: Sequence[int], index: int, value: int) -> tuple[int, ...]:
+    return (*numbers[:index], value, *numbers[index + 1 :])

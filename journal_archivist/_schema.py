@@ -11,15 +11,19 @@ Rules:
                     the backends it was journaled for, never changed; ``targets``
                     starts equal and loses a backend's bit when that backend settles
                     or drops it, and the row is deleted once ``targets`` is 0. So
-                    ``targets`` only decides when a row may go; who is owed a row is
-                    ``origin`` with the backend's ``cursor`` and ``drop_floor``.
+                    ``targets`` decides when a row may go; who is owed a row is
+                    ``origin`` above the backend's ``cursor``, less the appends
+                    under its ``drop_floor`` that lost its bit. (A damaged
+                    ``targets`` above the floor therefore loses nothing.)
                     ``crc`` is ``entry_crc`` of seq, session, op, origin and
                     payload. No secondary index: an index is paid for on each insert
                     and each delete of a queue that does little else.
   ``backends``      one row per registered backend: its bit, its ``cursor`` (every
                     entry it owed with ``seq <= cursor`` is settled), its
-                    ``drop_floor`` (DROP_OLDEST dropped every append it owed with
-                    ``cursor < seq <= drop_floor``), counters, and ``crc``
+                    ``drop_floor`` (DROP_OLDEST dropped the appends it owed with
+                    ``cursor < seq <= drop_floor`` whose bit ``targets`` lost;
+                    those still holding it were taken before the drop and are
+                    owed), counters, and ``crc``
                     (``backend_crc`` of all of them). The counters are written
                     lazily; they are exact as of ``counted_through`` (the last seq
                     they account for), and open adds the entries journaled after it.

@@ -18,7 +18,10 @@ Rules and theory:
   only while the gate is open, and skips appends at or below ``_drop_floor``:
   exactly the rows the journal's ``drop_oldest`` picks (stored ``op`` 1), so an
   erasure, or a damaged row with another stored op, is kept. So an entry is never
-  both dropped and delivered.
+  both dropped and delivered. The floor passes entries taken before the drop,
+  which stay owed: in the journal, an append is dropped if it is under the floor
+  *and* has lost its bit in ``targets``, so a batch in flight at a crash or
+  shutdown is read again at the next open.
 - A delivery attempt that fails is retried with backoff. While the backend is
   UNHEALTHY, ``health_check`` is probed first; a failing probe is an outage and
   does not use up the batch's attempts. A BEST_EFFORT batch that exhausts its
@@ -165,7 +168,11 @@ class Writer:
         self._mem: deque[Entry] = deque()
         self._mem_bytes = 0
         self._mem_from = tail + 1
-        self._drop_floor = row.drop_floor
+        # DROP_OLDEST: the floor stored at open (the reader leaves out what was
+        # dropped under it), and the floor of the drops since, for entries read
+        # or handed over before a drop (see on_dropped_oldest).
+        self._stored_floor = row.drop_floor
+        self._drop_floor = 0
         self._retry_after = 0.0
         self._gate: anyio.Event | None = None
         self._inflight: Sequence[Entry] = ()
@@ -204,8 +211,9 @@ class Writer:
 
     @property
     def drop_floor(self) -> int:
-        """DROP_OLDEST dropped every untaken append owed here up to this seq."""
-        return self._drop_floor
+        """DROP_OLDEST dropped every append owed here up to this seq that is no
+        longer in this backend's ``targets``."""
+        return max(self._stored_floor, self._drop_floor)
 
     @property
     def in_flight(self) -> int:
@@ -425,7 +433,9 @@ class Writer:
         if not self._prefetch and self._db_pos < self._mem_from:
             start = max(self._db_pos, self.last_taken + 1)
             stop = self._mem_from  # may move while we read; this read covers up to here
-            rows = await self._reader.pending(self.mask, start, stop, max_rows)
+            rows = await self._reader.pending(
+                self.mask, start, stop, max_rows, self.drop_floor
+            )
             self._prefetch.extend(rows)
             self._db_pos = rows[-1].seq + 1 if len(rows) == max_rows else stop
         while self._gate is not None:

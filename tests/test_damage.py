@@ -122,6 +122,35 @@ class TestStoredTypes:
         assert seq == 2
         assert "wrong type" in str(reason) or "mismatch" in str(reason)
 
+    @pytest.mark.parametrize(
+        "damage",
+        [
+            "payload = NULL",  # quick_check lists it: one row's damage, not the file's
+            "payload = CAST(x'fffe00' AS TEXT)",
+            "payload = 7",
+        ],
+    )
+    async def test_a_damaged_payload_row_is_quarantined_not_fatal(
+        self, journal_path: Path, session: UUID, damage: str
+    ) -> None:
+        # A payload from LargeValues.THRESHOLD bytes lives in a row of its own.
+        large = record(session, "L" * (1 << 20))
+        held = MockBackend()
+        held.hold()
+        archivist = await Archivist.open(
+            journal_path, [registration(held)], max_record_bytes=2 << 20
+        )
+        for batch in ([record(session, "first")], [large], [record(session, "last")]):
+            await archivist.append_messages(session, batch)
+        await archivist.shutdown(timeout=0)
+        assert query(journal_path, "SELECT seq FROM payloads") == [(2,)]
+        damage_row(journal_path, "payloads", damage)
+        mock = MockBackend()
+        report = await deliver(journal_path, mock)
+        assert [r.content_md for r in mock.records(session)] == ["first", "last"]
+        assert report.journal.quarantined == 1
+        assert query(journal_path, "SELECT seq FROM quarantine") == [(2,)]
+
     async def test_a_damaged_time_is_not_damage(
         self, journal_path: Path, session: UUID
     ) -> None:
@@ -326,15 +355,45 @@ class TestBackendRows:
         with pytest.raises(JournalCorrupt, match="unreadable name"):
             await Archivist.open(journal_path, [registration()])
 
+    @pytest.mark.parametrize(
+        "flipped",
+        [
+            "'lock'",  # 'mock' ^ 0x01: another valid name
+            "CAST(x'6d6fe36b' AS TEXT)",  # 'c' ^ 0x80: not UTF-8
+            "'mo#k'",  # 'c' ^ 0x40: a character no name may have
+        ],
+    )
     async def test_one_flipped_bit_of_the_name_is_undone(
-        self, journal_path: Path, session: UUID
+        self,
+        journal_path: Path,
+        session: UUID,
+        flipped: str,
+        caplog: pytest.LogCaptureFixture,
     ) -> None:
         await backlog(journal_path, session)
-        execute(journal_path, "UPDATE backends SET name = 'lock'")  # 'mock' ^ 0x01
+        execute(journal_path, f"UPDATE backends SET name = {flipped}")
         mock = MockBackend()
-        report = await deliver(journal_path, mock)
+        with caplog.at_level(logging.ERROR, logger="journal_archivist"):
+            report = await deliver(journal_path, mock)
         assert [r.content_md for r in mock.records(session)] == CONTENTS
         assert report.journal.repaired_rows == 1
+        assert "one flipped bit, corrected" in caplog.text
+
+    async def test_a_small_number_whose_top_bit_flipped_is_undone_exactly(
+        self, journal_path: Path, session: UUID, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        # SQLite keeps 3 in one byte: its top bit flipped reads -125. Rebuilt from
+        # the entries, the counters would start again from 0.
+        await backlog(journal_path, session)
+        ((pending,),) = query(journal_path, "SELECT pending FROM backends")
+        assert pending == 3
+        execute(journal_path, "UPDATE backends SET pending = pending - 128")
+        mock = MockBackend()
+        with caplog.at_level(logging.ERROR, logger="journal_archivist"):
+            report = await deliver(journal_path, mock)
+        assert [r.content_md for r in mock.records(session)] == CONTENTS
+        assert report.journal.repaired_rows == 1
+        assert "one flipped bit, corrected" in caplog.text
 
 
 class TestOtherTables:
@@ -373,8 +432,14 @@ class TestOtherTables:
             " origin, enqueued_at, error, attempts, failed_at)"
             " SELECT backend, seq, session, op, payload, crc, origin, enqueued_at,"
             " error, attempts, failed_at FROM dead_letters",
+            "INSERT INTO dead_letters (backend, seq, session, op, payload, crc,"
+            " origin, enqueued_at, error, attempts, failed_at)"
+            " SELECT backend, seq, session, op, payload, crc, origin, enqueued_at,"
+            " error, attempts, failed_at FROM dead_letters WHERE id = 1",
             "UPDATE dead_letters SET payload = CAST(x'fffe' AS TEXT),"
             " backend = CAST(x'ff' AS TEXT) WHERE id = 2",
+            # Not the rowid here: a seq can be of any type, or NULL.
+            "UPDATE dead_letters SET seq = CAST(x'ff' AS TEXT) WHERE id = 3",
         )
         from journal_archivist._journal_file import connect
 
@@ -382,7 +447,7 @@ class TestOtherTables:
             str(journal_path), await connect(str(journal_path), synchronous="NORMAL")
         )
         try:
-            sound, damaged = await reader.dead_letters()
+            sound, damaged, no_seq = await reader.dead_letters()
         finally:
             await reader.close()
         assert sound.backend == "mock"
@@ -391,6 +456,7 @@ class TestOtherTables:
         assert "poison" in sound.error
         assert damaged.backend is None
         assert damaged.entry.damage == "stored with the wrong type: payload"
+        assert no_seq.entry.damage == "stored with the wrong type: seq"
 
 
 class TestMigration:
@@ -416,6 +482,12 @@ class TestMigration:
                 "INSERT INTO backends (bit, name, cursor, pending, pending_bytes,"
                 " counted_through) VALUES (0, 'mock', 0, 2, ?, 2)",
                 (rows[0][4] + rows[1][4],),
+            )
+            # A dead letter's seq is not its rowid: it can hold text (not UTF-8).
+            db.execute(
+                "INSERT INTO dead_letters VALUES (1, 'mock', CAST(x'ff' AS TEXT),"
+                " ?, 1, x'00', 0, 0.0, 'gave up', 1, 0.0)",
+                (session.bytes,),
             )
             db.commit()
         mock = MockBackend()

@@ -20,12 +20,14 @@ import pytest
 
 from journal_archivist import (
     Archivist,
+    ArchivistClosed,
     ArchivistFailed,
     JournalWriteFailed,
     OverflowPolicy,
     Sync,
     WrongEventLoop,
 )
+from journal_archivist._committer import CHECKPOINT_BYTES
 from journal_archivist._journal import Journal, Transaction
 from journal_archivist._reader import Reader
 from journal_archivist.testing import MockBackend
@@ -150,7 +152,10 @@ class TestALoopDies:
                         group.start_soon(append, archivist, "syncs")  # fits: waits
                         await anyio.wait_all_tasks_blocked()
                         group.start_soon(append, archivist, "blocks")  # no room
-                        await anyio.wait_all_tasks_blocked()
+                        # White box: until it waits for room, not only its turn.
+                        queue = archivist._committer._queue
+                        while not (queue and queue[0].blocked_on is not None):
+                            await anyio.wait_all_tasks_blocked()
                         assert errors == []
                         gate.set()
 
@@ -182,7 +187,7 @@ class TestALoopDies:
                 with anyio.fail_after(5):
                     await held.entered.wait()
                 gate.set()
-                with anyio.fail_after(1), pytest.raises(ArchivistFailed):
+                with anyio.fail_after(10), pytest.raises(ArchivistFailed):
                     await archivist.wait_drained()
                 held.release()
         finally:
@@ -249,6 +254,125 @@ class TestAJournalThatMustBeRewritten:
             with anyio.fail_after(5):
                 await reopened.wait_drained()
         assert [r.content_md for r in later.records(session)] == ["kept"]
+
+    async def test_compaction_rewrites_it_before_emptying_the_wal(
+        self, journal_path: Path, session: UUID, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # Compaction ends in a TRUNCATE checkpoint: before the rewrite, that would
+        # throw away what the file may have lost.
+        async with Archivist.open(journal_path, [registration()]) as archivist:
+            for _ in range(64):
+                await archivist.append_messages(session, [record(session, "x" * 4096)])
+            with anyio.fail_after(5):
+                await archivist.wait_drained()
+        calls: list[tuple[str, bool]] = []
+        for name in ("rewrite", "compact", "checkpoint"):
+            original = getattr(Journal, name)
+
+            def spy(
+                journal: Journal,
+                *args: Any,
+                _name: str = name,
+                _original: Any = original,
+            ) -> Any:
+                calls.append((_name, journal.rewrite_needed))
+                return _original(journal, *args)
+
+            monkeypatch.setattr(Journal, name, spy)
+        # Reopened with free pages and nothing to deliver: compact() alone acts.
+        async with Archivist.open(journal_path, [registration()]) as archivist:
+            archivist._journal.rewrite_needed = True  # white box: as a failed fsync
+            with anyio.fail_after(5):
+                await archivist.compact()
+            assert calls == [("rewrite", True)]  # a VACUUM: nothing left to compact
+            assert not archivist._journal.rewrite_needed
+
+    async def test_a_rewrite_that_fails_counts_toward_the_three_failures(
+        self, journal_path: Path, session: UUID, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # Its last step, the fsync of the emptied WAL, fails with an OSError.
+        async def rewrite(journal: Journal) -> None:
+            raise JournalWriteFailed(
+                journal.path, "rewrite failed: [Errno 5] Input/output error"
+            ) from OSError(5, "Input/output error")
+
+        async def use() -> None:
+            async with Archivist.open(journal_path, [registration()]) as archivist:
+                archivist._journal.rewrite_needed = True  # white box
+                monkeypatch.setattr(Journal, "rewrite", rewrite)
+                for _ in range(3):
+                    with pytest.raises(JournalWriteFailed, match="rewrite failed"):
+                        await archivist.append_messages(session, [record(session, "x")])
+                assert archivist.health().journal.failed
+                monkeypatch.undo()
+
+        with pytest.raises(ArchivistFailed, match="3 commits in a row"):
+            await use()
+
+    async def test_shutdown_during_the_rewrite_closes_rather_than_fails(
+        self, journal_path: Path, session: UUID, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        entered = anyio.Event()
+
+        async def rewrite(journal: Journal) -> None:
+            entered.set()
+            await anyio.sleep_forever()
+
+        archivist = await Archivist.open(journal_path, [registration()])
+        archivist._journal.rewrite_needed = True  # white box: as a failed fsync
+        monkeypatch.setattr(Journal, "rewrite", rewrite)
+        outcome: list[BaseException] = []
+
+        async def append() -> None:
+            try:
+                await archivist.append_messages(session, [record(session, "x")])
+            except ArchivistClosed as exc:
+                outcome.append(exc)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(append)
+            with anyio.fail_after(5):
+                await entered.wait()
+            # The rewrite at close hangs too: the WAL is kept, past its bound.
+            with anyio.fail_after(5):
+                await archivist.shutdown(timeout=0)
+        assert [type(e) for e in outcome] == [ArchivistClosed]
+        assert not archivist.health().journal.failed
+
+
+class TestACommitterThatDies:
+    async def test_appends_queued_behind_it_learn_why(
+        self, journal_path: Path, session: UUID, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # It dies between rounds (here in a checkpoint, of a bug): the appends
+        # waiting for the next round get ArchivistFailed, not ArchivistClosed.
+        gate = anyio.Event()
+
+        async def checkpoint(journal: Journal) -> None:
+            await gate.wait()
+            raise RuntimeError("a bug in the checkpoint")
+
+        monkeypatch.setattr(Journal, "checkpoint", checkpoint)
+        archivist = await Archivist.open(journal_path, [registration()])
+        archivist._committer._wal_debt = CHECKPOINT_BYTES  # white box: due now
+        await archivist.append_messages(session, [record(session, "first")])
+        outcome: list[BaseException] = []
+
+        async def append() -> None:
+            try:
+                await archivist.append_messages(session, [record(session, "queued")])
+            except ArchivistFailed as exc:
+                outcome.append(exc)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(append)
+            await anyio.wait_all_tasks_blocked()
+            assert archivist._committer._queue  # white box: it is queued
+            gate.set()
+        assert len(outcome) == 1
+        assert "the committer died: RuntimeError: a bug" in str(outcome[0])
+        with pytest.raises(ArchivistFailed):
+            await archivist.shutdown()
 
 
 def io_error(code: int, message: str) -> sqlite3.OperationalError:

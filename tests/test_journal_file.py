@@ -39,7 +39,8 @@ def fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 async def test_a_new_journal_s_directory_is_synced_before_the_first_append(
     tmp_path: Path, session: UUID, fsyncs: list[str]
 ) -> None:
-    directory = tmp_path / "journals"  # created by open, like the file
+    directory = tmp_path / "journals" / "a"  # created by open, like the file
     async with Archivist.open(directory / "journal.db", [registration()]) as archivist:
-        assert str(directory) in fsyncs
+        # Each new name, in the directory that holds it.
+        assert fsyncs[:3] == [str(tmp_path), str(directory.parent), str(directory)]
         await archivist.append_messages(session, [record(session)])

@@ -256,6 +256,32 @@ class TestDropOldest:
                 await archivist.wait_drained()
         assert contents(mock, session) == ["m0", "m4", "new"]
 
+    async def test_a_batch_in_flight_at_shutdown_is_delivered_after_the_restart(
+        self, journal_path: Path, session: UUID
+    ) -> None:
+        # The drops pass the batch in flight (m0): the stored floor is above it,
+        # yet it was never dropped, so the next open must deliver it.
+        held = MockBackend()
+        tight = policy(OverflowPolicy.DROP_OLDEST, capacity=3)
+        archivist = await Archivist.open(
+            journal_path, [registration(held, write_policy=tight)]
+        )
+        await fill(archivist, held, session, 8)
+        assert archivist.health().backends["mock"].dropped == 5  # m1..m5
+        await archivist.shutdown(timeout=0)
+        assert contents(held, session) == []
+
+        mock = MockBackend()
+        async with Archivist.open(
+            journal_path, [registration(mock, write_policy=tight)]
+        ) as archivist:
+            assert archivist.health().backends["mock"].lag_entries == 3
+            with anyio.fail_after(5):
+                await archivist.wait_drained()
+            health = archivist.health()
+        assert contents(mock, session) == ["m0", "m6", "m7"]
+        assert (health.backends["mock"].dropped, health.journal.lost_entries) == (5, 0)
+
     async def test_byte_capacity_drops_as_many_as_needed(
         self, journal_path: Path
     ) -> None:

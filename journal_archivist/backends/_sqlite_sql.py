@@ -189,13 +189,15 @@ def _integer(column: str) -> str:
 
 # ``record`` and ``content_md`` are the columns taken as TEXT or BLOB: they are
 # only ever read back whole, never compared or indexed, so a BLOB of the same
-# bytes (one flipped bit of the header's serial type) is the same value. The hot
-# path (READ) therefore needs no typeof(): an INTEGER, REAL or NULL cast to a BLOB
-# never decodes as a record (or as text), ``records`` notices, and READ_CHECKED
-# then says which row and why.
+# bytes (one flipped bit of the header's serial type) is the same value. An
+# INTEGER, REAL or NULL ``record`` cast to a BLOB never decodes as a record, so the
+# hot path (READ) needs no typeof() for it; ``content_md`` is any text, so READ
+# gives NULL for one that is not TEXT or BLOB. ``records`` notices either, and
+# READ_CHECKED then says which row and why.
 READ: Final = (
-    "SELECT CAST(record AS BLOB), CAST(content_md AS BLOB) FROM messages"
-    " WHERE session = ? ORDER BY seq"
+    "SELECT CAST(record AS BLOB), CASE typeof(content_md) WHEN 'text'"
+    " THEN CAST(content_md AS BLOB) WHEN 'blob' THEN content_md END"
+    " FROM messages WHERE session = ? ORDER BY seq"
 )
 READ_CHECKED: Final = (
     "SELECT seq, typeof(record), CAST(record AS BLOB), typeof(content_md),"
@@ -220,8 +222,10 @@ _UTC_TEXT_LENGTH: Final = 27
 _CANONICAL_UUID: Final = re.compile(
     "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 )
-# TypeError: READ gives None for a NULL, which is not bytes at all.
-_DECODE_ERRORS: Final = (*DECODE_ERRORS, TypeError)
+# TypeError and AttributeError: READ gives None for a NULL (or content_md of
+# another type), which is not bytes at all; UnicodeDecodeError: content_md bytes
+# that are not UTF-8.
+_DECODE_ERRORS: Final = (*DECODE_ERRORS, TypeError, AttributeError, UnicodeDecodeError)
 
 
 def damaged(path: str, row: str, problem: str) -> BackendError:

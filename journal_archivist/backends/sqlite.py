@@ -144,11 +144,10 @@ class SqliteArchive(ArchiveBackend):
         return f"{type(self).__name__}({self._path!r})"
 
     def owned_paths(self) -> tuple[str, ...]:
-        """The archive file, absolute, with symlinks resolved as they are now.
-
-        Its ``-wal`` and ``-shm`` files are not listed: the archivist covers them.
-        """
-        return (os.path.realpath(self._path),)
+        """The archive file and its ``-wal`` and ``-shm``, absolute, with symlinks
+        resolved as they are now."""
+        path = os.path.realpath(self._path)
+        return (path, path + "-wal", path + "-shm")
 
     def __del__(self, _warn: Any = warnings.warn) -> None:
         if getattr(self, "_conn", None) is not None:

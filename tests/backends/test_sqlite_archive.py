@@ -114,11 +114,11 @@ def test_owned_paths_is_the_archive_file_with_symlinks_resolved(
     real.mkdir()
     (tmp_path / "link").symlink_to(real)
     (real / "named.db").symlink_to(real / "archive.db")
-    want = (os.path.realpath(real / "archive.db"),)
+    file = os.path.realpath(real / "archive.db")
+    want = (file, file + "-wal", file + "-shm")  # SQLite names them after the file
     # Through a symlinked directory, and a symlink to the file (not there yet).
     assert SqliteArchive(tmp_path / "link" / "archive.db").owned_paths() == want
     assert SqliteArchive(tmp_path / "link" / "named.db").owned_paths() == want
-    # The -wal and -shm files are the archivist's to cover, not listed here.
     assert SqliteArchive(real / "archive.db").owned_paths() == want
 
 
@@ -128,7 +128,7 @@ def test_owned_paths_of_a_relative_path_is_absolute(
     monkeypatch.chdir(tmp_path)
     backend = SqliteArchive("archive.db")
     monkeypatch.chdir("/")  # made absolute when constructed, not when asked
-    assert backend.owned_paths() == (os.path.realpath(tmp_path / "archive.db"),)
+    assert backend.owned_paths()[0] == os.path.realpath(tmp_path / "archive.db")
 
 
 @pytest.mark.parametrize(
@@ -186,7 +186,7 @@ async def test_a_redelivered_batch_changes_nothing(
 
 
 def file_seqs(path: Path) -> list[tuple[int, str]]:
-    with sqlite3.connect(path) as conn:
+    with closing(sqlite3.connect(path)) as conn, conn:
         return conn.execute(
             "SELECT seq, message_id FROM messages ORDER BY seq"
         ).fetchall()
@@ -253,7 +253,7 @@ async def test_a_batch_failing_midway_leaves_nothing_of_the_batch(
     await archive.append_messages(kept, old)
     # A real SQLite failure in the middle of the batch: the third group's insert
     # aborts, after the erasure and the first insert have run in the transaction.
-    with sqlite3.connect(archive_path) as conn:
+    with closing(sqlite3.connect(archive_path)) as conn, conn:
         conn.execute(
             "CREATE TRIGGER fail BEFORE INSERT ON messages"
             " WHEN NEW.content_md = 'boom'"
@@ -271,7 +271,7 @@ async def test_a_batch_failing_midway_leaves_nothing_of_the_batch(
     assert await archive.read_session(new) == []
     assert [s.session for s in await archive.list_sessions()] == [kept]
 
-    with sqlite3.connect(archive_path) as conn:
+    with closing(sqlite3.connect(archive_path)) as conn, conn:
         conn.execute("DROP TRIGGER fail")
     await archive.write_batch(batch)  # the writer's retry
     assert await archive.read_session(kept) == list(batch[0].records)
@@ -454,7 +454,7 @@ async def test_queryable_columns_hold_the_record_fields(
         ts=datetime(2001, 2, 3, 4, 5, 6, 7, tzinfo=timezone(timedelta(hours=5))),
     )
     await archive.append_messages(session, [rec])
-    with sqlite3.connect(archive_path) as conn:
+    with closing(sqlite3.connect(archive_path)) as conn, conn:
         row = conn.execute(
             "SELECT message_id, session, parent_id, ts, role, author, content_md,"
             " json_extract(record, '$.role') FROM messages"
@@ -488,7 +488,7 @@ async def test_content_is_stored_once(
     session = uuid4()
     rec = record(session, "the content " * 100)
     await archive.append_messages(session, [rec])
-    with sqlite3.connect(archive_path) as conn:
+    with closing(sqlite3.connect(archive_path)) as conn, conn:
         ((content, in_json),) = conn.execute(
             "SELECT content_md, json_extract(record, '$.content_md') FROM messages"
         )
@@ -518,7 +518,10 @@ async def test_a_failed_write_holds_no_large_value(
     session = uuid4()
     big = record(session, "x" * (2 << 20))
     await archive.append_messages(session, [record(session, "first")])
-    with sqlite3.connect(archive_path) as conn:  # the row before the big one fails
+    with (
+        closing(sqlite3.connect(archive_path)) as conn,
+        conn,
+    ):  # the row before the big one fails
         conn.execute(
             "CREATE TRIGGER refuse BEFORE INSERT ON messages"
             " WHEN NEW.content_md = 'boom' BEGIN SELECT RAISE(ABORT, 'refused'); END"
@@ -536,7 +539,7 @@ async def test_a_version_1_archive_reads_and_is_upgraded(
     old = record(session, "from version 1")
     async with SqliteArchive(archive_path) as archive:
         await archive.append_messages(session, [record(session, "warm up")])
-    with sqlite3.connect(archive_path) as conn:
+    with closing(sqlite3.connect(archive_path)) as conn, conn:
         conn.execute("DELETE FROM messages")
         conn.execute(
             "INSERT INTO messages (message_id, session, ts, role, content_md, record)"
@@ -554,7 +557,7 @@ async def test_a_version_1_archive_reads_and_is_upgraded(
         new = record(session, "from version 2")
         await archive.append_messages(session, [new])
         assert await archive.read_session(session) == [old, new]
-    with sqlite3.connect(archive_path) as conn:
+    with closing(sqlite3.connect(archive_path)) as conn, conn:
         assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
 
 
@@ -663,6 +666,33 @@ async def test_a_damaged_record_fails_the_read_naming_the_row_and_never_returns_
     assert [i.session for i in await archive.list_sessions()] == sorted(
         [session, other]
     )
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        (
+            "CAST(x'68c3' AS TEXT)",
+            r"column content_md is TEXT but not UTF-8 \(byte 0xc3 at offset 1\)",
+        ),
+        ("NULL", "column content_md is NULL, expected TEXT"),
+        # Cast to text, 5 would read as the content "5": it must not.
+        ("5", "column content_md is INTEGER, expected TEXT"),
+    ],
+)
+async def test_a_damaged_content_column_fails_the_read_naming_the_row(
+    archive: SqliteArchive, archive_path: Path, value: str, problem: str
+) -> None:
+    session = uuid4()
+    recs = records(session, 3)
+    await archive.append_messages(session, recs)
+    damage(archive_path, "messages", "content_md", value, "seq = 2")
+    match = damage_message(
+        archive_path, f"messages row 2 of session {session}", problem
+    )
+    with pytest.raises(BackendError, match=match) as info:
+        await archive.read_session(session)
+    assert info.value.retryable is False
 
 
 async def test_a_record_stored_as_a_blob_of_its_bytes_reads_as_that_record(
@@ -846,7 +876,7 @@ async def test_the_file_is_marked_as_an_archive(
     archive: SqliteArchive, archive_path: Path
 ) -> None:
     await archive.health_check()
-    with sqlite3.connect(archive_path) as conn:
+    with closing(sqlite3.connect(archive_path)) as conn, conn:
         assert conn.execute("PRAGMA application_id").fetchone() == (APPLICATION_ID,)
         assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
@@ -871,17 +901,17 @@ async def test_the_journal_file_is_refused_and_left_untouched(
 
 
 def make_other_app_db(path: Path) -> None:
-    with sqlite3.connect(path) as conn:
+    with closing(sqlite3.connect(path)) as conn, conn:
         conn.execute("PRAGMA application_id = 305419896")  # 0x12345678
 
 
 def make_plain_db(path: Path) -> None:
-    with sqlite3.connect(path) as conn:
+    with closing(sqlite3.connect(path)) as conn, conn:
         conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
 
 
 def make_newer_archive(path: Path) -> None:
-    with sqlite3.connect(path) as conn:
+    with closing(sqlite3.connect(path)) as conn, conn:
         conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
 

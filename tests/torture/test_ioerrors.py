@@ -89,8 +89,7 @@ async def main():
 
         await append(1)
         print("A 1", flush=True)
-        await archivist.wait_drained("up")
-        await anyio.sleep(0.2)  # the done-marks are committed, never fsynced
+        await archivist.wait_drained("up")  # its done-marks committed, not fsynced
         sync_fault(errno.EIO)
         try:
             await append(2)

@@ -200,7 +200,11 @@ def victim_cycles(
     command = [sys.executable, "-m", "tools.torture._shim", "victim", str(database)]
     acknowledged = lost = 0
     for _ in range(cycles):
-        child = machine.spawn([*command, "--sync", sync], cwd=ROOT)
+        # The victim stops after ``acks`` commits: running on until the cut, it
+        # could reach a checkpoint (an fsync) whenever this process is slow.
+        child = machine.spawn(
+            [*command, "--sync", sync, "--count", str(acks)], cwd=ROOT
+        )
         assert child.stdout is not None
         rows: set[int] = set()
         for line in child.stdout:
@@ -231,8 +235,9 @@ def test_a_victim_with_fsync_loses_nothing(machine: _shim.Machine) -> None:
 
 # -- teeth on the journal itself ------------------------------------------------------
 
-#: Appends to a journal whose only backend is down, so every entry stays in the
-#: journal; prints ``A <n>`` after each acknowledged append.
+#: Appends (argv[3] times, then waits to be killed, as the sqlite3 victim) to a
+#: journal whose only backend is down, so every entry stays in the journal;
+#: prints ``A <n>`` after each acknowledged append.
 JOURNAL_VICTIM = r"""
 import sys, uuid
 import anyio
@@ -246,10 +251,11 @@ async def main():
     durability = Durability[sys.argv[2]]
     async with Archivist.open(sys.argv[1], [registration], durability=durability) as a:
         session = uuid.UUID(int=1)
-        for n in range(1, 10**9):
+        for n in range(1, int(sys.argv[3]) + 1):
             record = MessageRecord(session=session, role="user", content_md=str(n))
             await a.append_messages(session, [record])
             print("A", n, flush=True)
+        await anyio.sleep_forever()
 
 anyio.run(main)
 """
@@ -269,7 +275,8 @@ async def test_the_journal_loses_acknowledged_entries_only_under_normal(
 ) -> None:
     journal = machine.run / "journal.db"
     child = machine.spawn(
-        [sys.executable, "-c", JOURNAL_VICTIM, str(journal), durability], cwd=ROOT
+        [sys.executable, "-c", JOURNAL_VICTIM, str(journal), durability, "30"],
+        cwd=ROOT,
     )
     assert child.stdout is not None
     acknowledged = 0

@@ -1,10 +1,11 @@
 """Power-cut emulation for the torture tools: build and load ``shim.c``, steer its
 faults, and roll a directory back to what a power cut would leave.
 
-    python -m tools.torture._shim victim DB --sync off|normal|full
-        a small sqlite3 program (WAL) that commits one row per transaction forever
-        and prints ``A <id>`` after each commit: the first victim of the shim, and
-        the one the tests use to prove the emulation has teeth
+    python -m tools.torture._shim victim DB --sync off|normal|full [--count N]
+        a small sqlite3 program (WAL) that commits one row per transaction (forever,
+        or N and then waits to be killed) and prints ``A <id>`` after each commit:
+        the first victim of the shim, and the one the tests use to prove the
+        emulation has teeth
 
 Pieces:
 - ``build_shim()`` compiles ``shim.c`` with the system ``cc`` into a per-user cache
@@ -593,20 +594,24 @@ class Machine:
 # -- the standalone victim ------------------------------------------------------------
 
 
-def victim(path: str, sync: str) -> None:
-    """Commit one row per transaction forever; print ``A <id>`` after each commit."""
+def victim(path: str, sync: str, count: int | None = None) -> None:
+    """Commit one row per transaction, forever or ``count`` times (then wait to be
+    killed, writing nothing more); print ``A <id>`` after each commit."""
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute(f"PRAGMA synchronous = {sync.upper()}")
     conn.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, pad BLOB)")
     (last,) = conn.execute("SELECT coalesce(max(id), 0) FROM t").fetchone()
     out = sys.stdout
-    for row in range(last + 1, sys.maxsize):
+    end = sys.maxsize if count is None else last + 1 + count
+    for row in range(last + 1, end):
         conn.execute("BEGIN IMMEDIATE")
         conn.execute("INSERT INTO t VALUES (?, randomblob(300))", (row,))
         conn.execute("COMMIT")
         out.write(f"A {row}\n")
         out.flush()
+    while True:
+        signal.pause()
 
 
 def victim_rows(path: str | os.PathLike[str]) -> set[int]:
@@ -631,9 +636,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = commands.add_parser("victim", help="commit rows forever (under the shim)")
     run.add_argument("database")
     run.add_argument("--sync", choices=["off", "normal", "full"], default="full")
+    run.add_argument("--count", type=int, help="commit this many rows, then wait")
     args = parser.parse_args(argv)
     try:
-        victim(args.database, args.sync)
+        victim(args.database, args.sync, args.count)
     except BrokenPipeError:
         return 0
     except sqlite3.Error as exc:
