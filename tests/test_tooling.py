@@ -62,3 +62,17 @@ def test_the_demo_runs_to_the_end(tmp_path: Path) -> None:
     assert "delivered 4, pending 0" in result.stdout
     assert "in the archive file: 0 records" in result.stdout
     assert "in the journal: 0 rows" in result.stdout
+
+
+def test_every_mutant_still_applies() -> None:
+    # A mutant whose text the code no longer holds plants nothing: tools/mutants.py
+    # refuses it, and a change that moved the code must rewrite it.
+    result = subprocess.run(
+        [sys.executable, "tools/mutants.py", "--list"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = result.stdout.strip().splitlines()[-1]
+    assert " 0 stale," in summary, result.stdout

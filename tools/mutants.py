@@ -142,11 +142,9 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     Mutant(
         "journal-directory-not-synced",
         _J + "_journal_file.py",
-        "            os.fsync(fd)\n        finally:\n            os.close(fd)\n"
-        "    except OSError as exc:\n"
+        "    try:\n        _sync_directory(directory)\n    except OSError as exc:\n"
         '        raise JournalError(path, f"cannot sync the journal directory',
-        "            pass\n        finally:\n            os.close(fd)\n"
-        "    except OSError as exc:\n"
+        "    try:\n        pass\n    except OSError as exc:\n"
         '        raise JournalError(path, f"cannot sync the journal directory',
         "a new journal file's directory is not fsync'd: the file's name may not"
         " survive a power loss",
@@ -174,8 +172,8 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     Mutant(
         "reader-skips-first-pending",
         _J + "_reader.py",
-        "FROM {ENTRIES} WHERE seq >= ? AND seq < ?",
-        "FROM {ENTRIES} WHERE seq > ? AND seq < ?",
+        "FROM entries WHERE seq >= ? AND seq < ?",
+        "FROM entries WHERE seq > ? AND seq < ?",
         "a writer reading its backlog from the journal skips the entry at its"
         " start (seq > start)",
         ("tests/test_recovery.py", "tests/test_archivist.py", "tests/test_overflow.py"),
@@ -244,8 +242,8 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     Mutant(
         "backend-row-checksum-unchecked",
         _J + "_rows.py",
-        "        elif crc != row.crc():",
-        "        elif False:",
+        "            if named and not negative and crc == row.crc():\n",
+        "            if named and not negative:\n",
         "a backend row's checksum is not checked at open: a cursor flipped upwards"
         " silently skips entries",
         ("tests/test_damage.py",),
@@ -262,8 +260,8 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     Mutant(
         "reader-owed-by-targets",
         _J + "_reader.py",
-        '" AND origin & ? ORDER BY seq LIMIT ?",',
-        '" AND targets & ? ORDER BY seq LIMIT ?",',
+        'f" AND origin & ? AND {_NOT_DROPPED} ORDER BY seq LIMIT ?",',
+        'f" AND targets & ? AND {_NOT_DROPPED} ORDER BY seq LIMIT ?",',
         "a writer reads what it is owed from targets (no checksum) instead of origin:"
         " a flipped targets bit loses the entry for that backend",
         ("tests/test_damage.py",),
@@ -290,9 +288,9 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
         "closing-journal-drops-its-wal",
         _J + "_journal.py",
         "                if self.rewrite_needed:\n"
-        "                    guard = await self._keep_the_wal()",
+        "                    guard = await self._keep_the_wal(rewrite_within)",
         "                if False:\n"
-        "                    guard = await self._keep_the_wal()",
+        "                    guard = await self._keep_the_wal(rewrite_within)",
         "a journal closed while it must be rewritten checkpoints and deletes its WAL"
         " on top of pages a failed fsync may have dropped",
         ("tests/test_failure.py", "tests/torture/test_ioerrors.py"),
@@ -730,8 +728,8 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     Mutant(
         "sqlite-reads-by-ts",
         _B + "_sqlite_sql.py",
-        '" WHERE session = ? ORDER BY seq"\n)\nREAD_CHECKED',
-        '" WHERE session = ? ORDER BY ts"\n)\nREAD_CHECKED',
+        '" FROM messages WHERE session = ? ORDER BY seq"\n)\nREAD_CHECKED',
+        '" FROM messages WHERE session = ? ORDER BY ts"\n)\nREAD_CHECKED',
         "the SQLite archive reads a session back by timestamp, not append order",
         ("tests/backends/test_sqlite_archive.py",),
     ),
@@ -933,6 +931,55 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
         "a per_batch body's Idempotency-Key leaves out each group's record count:"
         " regrouped records share a key",
         ("tests/backends/test_webhook_archive.py",),
+    ),
+    # -- found in review, after the first full run ------------------------------
+    Mutant(
+        "reader-floor-ignores-targets",
+        _J + "_reader.py",
+        '_NOT_DROPPED: Final = "NOT (op = 1 AND seq <= ? AND NOT targets & ?)"',
+        '_NOT_DROPPED: Final = "NOT (op = 1 AND seq <= ? AND ? = ?)"',
+        "every append under the stored DROP_OLDEST floor counts as dropped: the"
+        " batch in flight at a shutdown is lost",
+        ("tests/test_overflow.py", "tests/test_damage.py"),
+    ),
+    Mutant(
+        "compaction-before-rewrite",
+        _J + "_committer.py",
+        "        # A rewrite due first is a VACUUM: it leaves no free page behind.\n"
+        "        if not await self._rewrite_if_needed():\n",
+        "        if False:\n",
+        "compaction empties the WAL while a failed fsync still asks for the"
+        " journal to be rewritten",
+        ("tests/test_failure.py",),
+    ),
+    Mutant(
+        "rewrite-failure-not-counted",
+        _J + "_committer.py",
+        "    if isinstance(cause, OSError):\n        return True\n",
+        "",
+        "a rewrite whose fsync fails (an OSError) never counts toward the"
+        " three-failures rule: appends are refused forever",
+        ("tests/test_failure.py",),
+    ),
+    Mutant(
+        "backend-name-repair-valid-only",
+        _J + "_rows.py",
+        "    if sound_numbers:\n        for index in range(len(raw_name) * 8):",
+        "    if sound_numbers and name is not None:\n"
+        "        for index in range(len(raw_name) * 8):",
+        "one flipped bit that makes a backend's name not UTF-8 is not undone: the"
+        " journal is refused at every open",
+        ("tests/test_damage.py",),
+    ),
+    Mutant(
+        "sqlite-content-any-type",
+        _B + "_sqlite_sql.py",
+        "    \"SELECT CAST(record AS BLOB), CASE typeof(content_md) WHEN 'text'\"\n"
+        "    \" THEN CAST(content_md AS BLOB) WHEN 'blob' THEN content_md END\"\n",
+        '    "SELECT CAST(record AS BLOB), CAST(content_md AS BLOB)"\n',
+        "SqliteArchive's hot read takes a content_md of any type: an INTEGER comes"
+        " back as the text of its digits",
+        ("tests/backends/test_sqlite_archive.py",),
     ),
 )
 
