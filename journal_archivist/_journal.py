@@ -272,6 +272,8 @@ class Journal:
             await conn.commit()
         except sqlite3.Error as exc:
             await conn.rollback()
+            if is_corruption(exc):  # a damaged page met while writing
+                raise JournalCorrupt(self.path, str(exc)) from exc
             raise JournalWriteFailed(self.path, str(exc)) from exc
         self.lost_entries += lost
         self.repaired_rows += repaired
