@@ -799,9 +799,9 @@ class Committer:
         """Rewrite the journal if a failed write or fsync asked for it; whether
         the journal may be written on (a failed rewrite refuses ``admitted``).
 
-        Everything else that writes the journal outside a commit (checkpoints,
-        compaction) asks here first: they would empty the WAL, which holds what
-        the file may have lost until the rewrite is committed.
+        Checkpoints and compaction ask here first: until the rewrite, a
+        checkpoint would copy frames from past a hole in the WAL on disk into the
+        database file (``Journal.rewrite`` says why that corrupts it).
         """
         if not self._journal.rewrite_needed:
             return True
@@ -822,8 +822,7 @@ class Committer:
         """Copy the WAL into the database file, in the open: a failure counts as
         a failed commit (and asks for a rewrite) rather than go unnoticed."""
         self._wal_debt = 0
-        if self._journal.rewrite_needed:
-            await self._rewrite_if_needed()  # checkpoints the whole WAL itself
+        if not await self._rewrite_if_needed():
             return
         try:
             await self._journal.checkpoint()
@@ -870,7 +869,6 @@ class Committer:
         ``COMPACT_THRESHOLD`` bytes of free pages, or when ``compact()`` asks.
         """
         self._compact_due = False
-        # A rewrite due first is a VACUUM: it leaves no free page behind.
         if not await self._rewrite_if_needed():
             self._finish_compaction()
             return

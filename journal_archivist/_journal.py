@@ -373,37 +373,26 @@ class Journal:
             raise JournalWriteFailed(self.path, f"checkpoint failed: {exc}") from exc
 
     async def rewrite(self) -> None:
-        """Make everything the journal holds durable again, after a failed write or
-        fsync: rewrite every page (``VACUUM``, committed with an fsync of the
-        WAL), checkpoint the whole WAL into the file (synced) and empty it, and
-        sync the emptied WAL.
+        """Make the WAL on disk what this process reads again, after a failed
+        write or fsync: write every byte of it back in place, and sync it.
 
         After a failed fsync, Linux may drop the pages it did not write and report
-        success to the next fsync. SQLite would build on them: WAL frames chain
-        their checksums (recovery stops at the first dropped frame, and with it
-        every later commit) and a checkpoint trusts pages it copied earlier.
-        Rewritten from what this process still reads, they are on disk again.
-        The order matters: until the rewrite is committed the WAL keeps what the
-        file may have lost, and once the WAL is emptied its old frames (which
-        recovery would replay up to the hole, over newer pages) are gone for good.
+        success to the next fsync. Frames SQLite published without an fsync of
+        their own (the lazy done-marks) are then a hole in the WAL on disk: its
+        frames chain their checksums, so recovery stops at the hole, and every
+        later commit, acknowledged or not, is lost with it. Worse, a checkpoint
+        would copy frames from past the hole into the database file, and after a
+        power cut recovery would replay the WAL up to the hole over those newer
+        pages: a corrupt file. So until the WAL has been written back (what this
+        process reads, the kernel still caches) and synced, nothing is
+        acknowledged and nothing is checkpointed.
 
         Raises:
-            JournalWriteFailed: a step failed; retry (nothing was lost meanwhile).
+            JournalWriteFailed: it failed; retry (nothing was lost meanwhile).
         """
-        conn = self._durable
         try:
-            await conn.execute("VACUUM")
-            ((busy, _, _),) = await conn.execute_fetchall(
-                "PRAGMA wal_checkpoint(TRUNCATE)"
-            )
-            if busy:
-                raise JournalWriteFailed(
-                    self.path, "rewrite: readers kept the checkpoint from finishing"
-                )
-            await anyio.to_thread.run_sync(_fsync_if_present, self.path + "-wal")
-        except (sqlite3.Error, OSError) as exc:
-            if conn.in_transaction:
-                await conn.rollback()
+            await anyio.to_thread.run_sync(_write_back, self.path + "-wal")
+        except OSError as exc:
             raise JournalWriteFailed(self.path, f"rewrite failed: {exc}") from exc
 
     async def compact(self, max_pages: int) -> tuple[int, int]:
@@ -488,7 +477,7 @@ class Journal:
         of pages a failed fsync may have dropped. The next open replays the whole
         WAL."""
         problem = f"the rewrite took longer than {within:.1f}s"
-        with anyio.move_on_after(within) as scope:
+        with anyio.move_on_after(within):
             try:
                 await self.rewrite()
             except JournalWriteFailed as exc:
@@ -496,9 +485,6 @@ class Journal:
             else:
                 self.rewrite_needed = False
                 return None
-        if scope.cancelled_caught:
-            # Its statement runs on in the connection's thread until interrupted.
-            await self._durable.interrupt()
         logger.error(
             "journal %s: closing with the WAL kept (%s); the next open replays it",
             self.path,
@@ -804,12 +790,29 @@ async def _store_backend_rows(
     )
 
 
-def _fsync_if_present(path: str) -> None:
+#: Bytes ``_write_back`` reads and writes at a time.
+_WRITE_BACK_CHUNK: Final = 1 << 20
+
+
+def _write_back(path: str) -> None:
+    """Write every byte of ``path`` back where it is, then fsync it (if it exists)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     except FileNotFoundError:
         return
     try:
+        size = os.fstat(fd).st_size
+        offset = 0
+        while offset < size:
+            chunk = os.pread(fd, min(_WRITE_BACK_CHUNK, size - offset), offset)
+            if not chunk:
+                break
+            done = 0
+            while done < len(chunk):
+                done += os.pwrite(fd, chunk[done:], offset + done)
+            offset += len(chunk)
+        # The next commit's fsync would cover it too; synced here, a failure
+        # says so before anything else is tried.
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -945,11 +945,11 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     Mutant(
         "compaction-before-rewrite",
         _J + "_committer.py",
-        "        # A rewrite due first is a VACUUM: it leaves no free page behind.\n"
+        "        self._compact_due = False\n"
         "        if not await self._rewrite_if_needed():\n",
-        "        if False:\n",
-        "compaction empties the WAL while a failed fsync still asks for the"
-        " journal to be rewritten",
+        "        self._compact_due = False\n        if False:\n",
+        "compaction checkpoints while a failed fsync still asks for the WAL to be"
+        " written back: frames from past a hole reach the database file",
         ("tests/test_failure.py",),
     ),
     Mutant(
