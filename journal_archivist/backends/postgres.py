@@ -58,11 +58,10 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, final
 from uuid import UUID
 
 import anyio
-import msgspec
 
 from .._errors import BackendError
 from ._base import ArchiveBackend, SessionGroup, SessionInfo, checked_page
-from ._codec import decode_record
+from ._codec import DECODE_ERRORS, decode_record
 
 try:
     import asyncpg  # type: ignore[import-untyped]
@@ -397,7 +396,7 @@ class PostgresArchive(ArchiveBackend):
         blobs = await self._run("read_session", work)
         try:
             return [decode_record(blob) for blob in blobs]
-        except msgspec.DecodeError as exc:
+        except DECODE_ERRORS as exc:  # RecursionError too: nested too deep
             raise BackendError(
                 f"PostgresArchive read_session: a stored record of session {session}"
                 f" does not decode: {exc}",

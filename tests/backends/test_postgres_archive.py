@@ -348,6 +348,36 @@ async def test_records_read_in_append_order_not_by_id_or_time(
     assert [r.content_md for r in await archive.read_session(other)] == ["o1", "o2"]
 
 
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (b"}", b""),  # cut short
+        # nested deeper than msgspec decodes (RecursionError, not a DecodeError)
+        (b'"metadata":null', b'"metadata":' + b"[" * 5000 + b"]" * 5000),
+    ],
+)
+async def test_a_stored_record_that_does_not_decode_fails_the_read_not_retryably(
+    make_archive: Callable[..., PostgresArchive],
+    admin: Any,
+    schema: str,
+    old: bytes,
+    new: bytes,
+) -> None:
+    session = uuid4()
+    archive = make_archive()
+    await archive.append_messages(session, [record(session, "a"), record(session, "b")])
+    table = f'"{schema}".journal_archivist_messages'
+    seq, stored = await admin.fetchrow(
+        f"SELECT seq, record FROM {table} ORDER BY seq DESC LIMIT 1"
+    )
+    assert old in stored
+    damaged = stored.replace(old, new)
+    await admin.execute(f"UPDATE {table} SET record = $1 WHERE seq = $2", damaged, seq)
+    with pytest.raises(BackendError, match="does not decode") as info:
+        await archive.read_session(session)
+    assert info.value.retryable is False
+
+
 async def test_erasing_groups_erase_then_append_in_the_order_given(
     make_archive: Callable[..., PostgresArchive], admin: Any
 ) -> None:
