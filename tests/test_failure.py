@@ -229,6 +229,23 @@ class TestALoopDies:
             await use()
 
 
+def spy_on_journal(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool]]:
+    """Record each call of Journal.rewrite, compact and checkpoint, with whether
+    a rewrite was due when it was made."""
+    calls: list[tuple[str, bool]] = []
+    for name in ("rewrite", "compact", "checkpoint"):
+        original = getattr(Journal, name)
+
+        def spy(
+            journal: Journal, *args: Any, _name: str = name, _original: Any = original
+        ) -> Any:
+            calls.append((_name, journal.rewrite_needed))
+            return _original(journal, *args)
+
+        monkeypatch.setattr(Journal, name, spy)
+    return calls
+
+
 class TestAJournalThatMustBeRewritten:
     async def test_closing_it_unrewritten_keeps_the_wal_for_the_next_open(
         self, journal_path: Path, session: UUID, monkeypatch: pytest.MonkeyPatch
@@ -255,7 +272,7 @@ class TestAJournalThatMustBeRewritten:
                 await reopened.wait_drained()
         assert [r.content_md for r in later.records(session)] == ["kept"]
 
-    async def test_compaction_rewrites_it_before_emptying_the_wal(
+    async def test_compaction_rewrites_it_first(
         self, journal_path: Path, session: UUID, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         # Compaction checkpoints: before the rewrite, that would copy frames from
@@ -265,20 +282,7 @@ class TestAJournalThatMustBeRewritten:
                 await archivist.append_messages(session, [record(session, "x" * 4096)])
             with anyio.fail_after(5):
                 await archivist.wait_drained()
-        calls: list[tuple[str, bool]] = []
-        for name in ("rewrite", "compact", "checkpoint"):
-            original = getattr(Journal, name)
-
-            def spy(
-                journal: Journal,
-                *args: Any,
-                _name: str = name,
-                _original: Any = original,
-            ) -> Any:
-                calls.append((_name, journal.rewrite_needed))
-                return _original(journal, *args)
-
-            monkeypatch.setattr(Journal, name, spy)
+        calls = spy_on_journal(monkeypatch)
         # Reopened with free pages and nothing to deliver: compact() alone acts.
         async with Archivist.open(journal_path, [registration()]) as archivist:
             archivist._journal.rewrite_needed = True  # white box: as a failed fsync
@@ -288,6 +292,22 @@ class TestAJournalThatMustBeRewritten:
             assert ("compact", False) in calls  # and then it compacts
             assert ("compact", True) not in calls
             assert not archivist._journal.rewrite_needed
+
+    async def test_a_checkpoint_rewrites_it_first(
+        self, journal_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        calls = spy_on_journal(monkeypatch)
+        async with Archivist.open(journal_path, [registration()]) as archivist:
+            committer = archivist._committer
+            # White box: a failed fsync, and a checkpoint due, with nothing to
+            # commit (a commit round would rewrite it first on its own).
+            archivist._journal.rewrite_needed = True
+            committer._wal_debt = CHECKPOINT_BYTES
+            committer._kick.set()
+            with anyio.fail_after(5):
+                while not any(name == "checkpoint" for name, _ in calls):
+                    await anyio.wait_all_tasks_blocked()
+        assert calls[:2] == [("rewrite", True), ("checkpoint", False)]
 
     async def test_a_rewrite_that_fails_counts_toward_the_three_failures(
         self, journal_path: Path, session: UUID, monkeypatch: pytest.MonkeyPatch

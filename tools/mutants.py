@@ -953,6 +953,17 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
         ("tests/test_failure.py",),
     ),
     Mutant(
+        "checkpoint-before-rewrite",
+        _J + "_committer.py",
+        "        self._wal_debt = 0\n"
+        "        if not await self._rewrite_if_needed():\n"
+        "            return\n",
+        "        self._wal_debt = 0\n",
+        "a checkpoint runs while a failed fsync still asks for the WAL to be"
+        " written back: frames from past a hole reach the database file",
+        ("tests/test_failure.py",),
+    ),
+    Mutant(
         "rewrite-failure-not-counted",
         _J + "_committer.py",
         "    if isinstance(cause, OSError):\n        return True\n",
