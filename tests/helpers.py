@@ -5,7 +5,13 @@ from __future__ import annotations
 from typing import Any, Protocol
 from uuid import UUID
 
-from journal_archivist import MessageRecord, Queued, Registration, RetryPolicy
+from journal_archivist import (
+    Archivist,
+    MessageRecord,
+    Queued,
+    Registration,
+    RetryPolicy,
+)
 from journal_archivist.backends import SessionGroup, SessionInfo
 from journal_archivist.testing import MockBackend
 
@@ -30,6 +36,21 @@ def registration(
     fields.setdefault("retry", FAST_RETRY)
     fields.setdefault("write_policy", Queued(batch_window_ms=1))
     return Registration(name=name, backend=backend or MockBackend(), **fields)
+
+
+async def append_catching(
+    archivist: Archivist,
+    session: UUID,
+    content: str,
+    error: type[BaseException],
+    caught: list[BaseException],
+) -> None:
+    """Append one record of ``session``; an ``error`` it raises goes to ``caught``
+    (for appends started in a task group, whose outcome is checked after it)."""
+    try:
+        await archivist.append_messages(session, [record(session, content)])
+    except error as exc:
+        caught.append(exc)
 
 
 def tricky_uuids() -> list[UUID]:

@@ -19,7 +19,7 @@ from journal_archivist import (
     ValidationError,
 )
 from journal_archivist.testing import MockBackend
-from tests.helpers import record, records, registration
+from tests.helpers import append_catching, record, records, registration
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -172,15 +172,10 @@ async def test_append_refused_while_shutting_down_is_not_journaled(
     mock.hold()
     await archivist.append_messages(session, [record(session, "first")])
     outcome: list[BaseException] = []
-
-    async def blocked_append() -> None:
-        try:
-            await archivist.append_messages(session, [record(session, "blocked")])
-        except ArchivistClosed as exc:
-            outcome.append(exc)
-
     async with anyio.create_task_group() as group:
-        group.start_soon(blocked_append)
+        group.start_soon(
+            append_catching, archivist, session, "blocked", ArchivistClosed, outcome
+        )
         await anyio.wait_all_tasks_blocked()
         await archivist.shutdown(timeout=0)
     assert len(outcome) == 1

@@ -31,7 +31,7 @@ from journal_archivist._committer import CHECKPOINT_BYTES
 from journal_archivist._journal import Journal, Transaction
 from journal_archivist._reader import Reader
 from journal_archivist.testing import MockBackend
-from tests.helpers import record, registration
+from tests.helpers import append_catching, record, registration
 from tests.test_committer import InsertGate
 
 if TYPE_CHECKING:
@@ -136,12 +136,7 @@ class TestALoopDies:
         monkeypatch.setattr(Reader, "pending", pending)
         policy = Sync(timeout=60, capacity=3, overflow=OverflowPolicy.BLOCK)
         errors: list[BaseException] = []
-
-        async def append(archivist: Archivist, content: str) -> None:
-            try:
-                await archivist.append_messages(session, [record(session, content)])
-            except ArchivistFailed as exc:
-                errors.append(exc)
+        failed = (ArchivistFailed, errors)  # what append_catching collects, where
 
         async def use() -> None:
             async with Archivist.open(
@@ -149,9 +144,13 @@ class TestALoopDies:
             ) as archivist:
                 with anyio.fail_after(10):
                     async with anyio.create_task_group() as group:
-                        group.start_soon(append, archivist, "syncs")  # fits: waits
+                        group.start_soon(
+                            append_catching, archivist, session, "syncs", *failed
+                        )  # fits: waits
                         await anyio.wait_all_tasks_blocked()
-                        group.start_soon(append, archivist, "blocks")  # no room
+                        group.start_soon(
+                            append_catching, archivist, session, "blocks", *failed
+                        )  # no room
                         # White box: until it waits for room, not only its turn.
                         queue = archivist._committer._queue
                         while not (queue and queue[0].blocked_on is not None):
@@ -344,15 +343,10 @@ class TestAJournalThatMustBeRewritten:
         archivist._journal.rewrite_needed = True  # white box: as a failed fsync
         monkeypatch.setattr(Journal, "rewrite", rewrite)
         outcome: list[BaseException] = []
-
-        async def append() -> None:
-            try:
-                await archivist.append_messages(session, [record(session, "x")])
-            except ArchivistClosed as exc:
-                outcome.append(exc)
-
         async with anyio.create_task_group() as group:
-            group.start_soon(append)
+            group.start_soon(
+                append_catching, archivist, session, "x", ArchivistClosed, outcome
+            )
             with anyio.fail_after(5):
                 await entered.wait()
             # The rewrite at close hangs too: the WAL is kept, past its bound.
@@ -379,15 +373,10 @@ class TestACommitterThatDies:
         archivist._committer._wal_debt = CHECKPOINT_BYTES  # white box: due now
         await archivist.append_messages(session, [record(session, "first")])
         outcome: list[BaseException] = []
-
-        async def append() -> None:
-            try:
-                await archivist.append_messages(session, [record(session, "queued")])
-            except ArchivistFailed as exc:
-                outcome.append(exc)
-
         async with anyio.create_task_group() as group:
-            group.start_soon(append)
+            group.start_soon(
+                append_catching, archivist, session, "queued", ArchivistFailed, outcome
+            )
             await anyio.wait_all_tasks_blocked()
             assert archivist._committer._queue  # white box: it is queued
             gate.set()
