@@ -1,10 +1,11 @@
 """The SQLite journal: its connections, its state, and the SQL of every write.
 
 Rules and theory:
-- One owner: ``Journal.open`` takes the lock file first, then creates the journal
-  file owner-only (0600) before SQLite opens it, so ``-wal`` and ``-shm`` inherit the
-  mode. A file that is not a journal or fails ``PRAGMA quick_check`` raises
-  ``JournalCorrupt`` before anything is written to it.
+- One owner: ``Journal.open`` creates the journal file owner-only (0600) before
+  SQLite opens it, so ``-wal`` and ``-shm`` inherit the mode, then takes the lock
+  file; every file and the folder are checked to be ours first
+  (``_private_files``). A file that is not a journal or fails ``PRAGMA
+  quick_check`` raises ``JournalCorrupt`` before anything is written to it.
 - Writes happen only inside ``Journal.transaction``, used by the committer alone.
   Every write transaction begins with ``BEGIN IMMEDIATE`` (issued by sqlite3 before
   the first statement, as ``isolation_level="IMMEDIATE"`` asks) and is rolled back
@@ -95,12 +96,13 @@ class Journal:
             JournalLocked: another owner holds it; nothing was touched.
             JournalCorrupt: not a journal, or damaged; the file was not changed.
             JournalIncompatible: written by a newer schema; nothing was changed.
-            JournalError: the directory or file cannot be created or written.
+            JournalError: the directory or file cannot be created or written, or
+                is not safely ours (a symlink, a loose mode, another owner).
         """
         # Path arithmetic and one readlink: not worth a thread.
-        full = os.path.abspath(os.fspath(path))  # noqa: ASYNC240
-        prepare_file(full)
-        lock = LockFile(os.path.realpath(full) + ".lock", full)  # noqa: ASYNC240
+        given = os.path.abspath(os.fspath(path))  # noqa: ASYNC240
+        full = prepare_file(given)
+        lock = LockFile(full + ".lock", given)
         conns: list[aiosqlite.Connection] = []
         try:
             sync = "FULL" if durability is Durability.FULL else "NORMAL"
@@ -797,7 +799,7 @@ _WRITE_BACK_CHUNK: Final = 1 << 20
 def _write_back(path: str) -> None:
     """Write every byte of ``path`` back where it is, then fsync it (if it exists)."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
     except FileNotFoundError:
         return
     try:

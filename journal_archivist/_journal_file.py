@@ -18,6 +18,15 @@ import aiosqlite
 import anyio
 
 from ._errors import JournalCorrupt, JournalError, JournalIncompatible
+from ._private_files import (
+    FILE_MODE,
+    UnsafePath,
+    check_file,
+    check_folder,
+    make_folders,
+    open_file,
+    sync_folder,
+)
 from ._rows import BACKEND_COLUMNS, BackendRow, typed
 from ._schema import (
     APPLICATION_ID,
@@ -55,49 +64,59 @@ def is_corruption(exc: sqlite3.Error) -> bool:
     )
 
 
-def prepare_file(path: str) -> None:
-    """Create the journal's directory and an empty owner-only file if missing,
-    durably: each new name is synced in its parent directory."""
-    directory = os.path.dirname(path)
-    created: list[str] = []
-    missing = directory
-    while not os.path.isdir(missing) and os.path.dirname(missing) != missing:
-        created.append(missing)
-        missing = os.path.dirname(missing)
+def prepare_file(path: str) -> str:
+    """Make the journal's folder and an empty owner-only file if missing, durably,
+    and check both are ours (``_private_files``); return the path to open.
+
+    The returned path is the file's name in the folder's real path: symlinked
+    folders on the way are the deployment's choice and resolved once, here; the
+    file itself, and its ``-wal`` and ``-shm``, must not be symlinks.
+    """
+    folder = os.path.dirname(path)
     try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        for new in reversed(created):
-            _sync_directory(os.path.dirname(new))
+        make_folders(folder)
     except OSError as exc:
         raise JournalError(
-            path, f"cannot create the journal directory {directory!r} ({exc})"
+            path, f"cannot create the journal directory {folder!r} ({exc})"
         ) from exc
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise JournalError(path, f"the journal directory {directory!r} is not writable")
+    real = os.path.join(os.path.realpath(folder), os.path.basename(path))
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    except FileExistsError:
-        if not os.access(path, os.R_OK | os.W_OK):
+        check_folder(os.path.dirname(real), "the journal directory")
+        if not os.access(folder, os.W_OK | os.X_OK):
             raise JournalError(
-                path, "the journal file is not readable and writable"
-            ) from None
-        return
+                path, f"the journal directory {folder!r} is not writable"
+            )
+        try:
+            fd = os.open(
+                real, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE
+            )
+        except FileExistsError:
+            fd = open_file(real, os.O_RDWR, "the journal file")
+            created = False
+        else:
+            os.fchmod(fd, FILE_MODE)  # exactly 0600, whatever the umask
+            created = True
+        os.close(fd)
+        for suffix in ("-wal", "-shm"):
+            check_file(real + suffix, f"the journal's {suffix} file")
+    except UnsafePath as exc:
+        raise JournalError(path, str(exc)) from exc
+    except PermissionError as exc:
+        raise JournalError(
+            path, f"the journal file is not readable and writable ({exc.strerror})"
+        ) from exc
     except OSError as exc:
         raise JournalError(path, f"cannot create the journal file ({exc})") from exc
-    os.close(fd)
-    # The new name must survive a power loss too, not only what is written to it.
-    try:
-        _sync_directory(directory)
-    except OSError as exc:
-        raise JournalError(path, f"cannot sync the journal directory ({exc})") from exc
-
-
-def _sync_directory(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    if created:
+        # The new name must survive a power loss too, not only what is written
+        # to it.
+        try:
+            sync_folder(os.path.dirname(real))
+        except OSError as exc:
+            raise JournalError(
+                path, f"cannot sync the journal directory ({exc})"
+            ) from exc
+    return real
 
 
 async def connect(

@@ -5,6 +5,10 @@ Rules:
   when the owner exits, even by SIGKILL. A second owner (another process, or another
   open in this process) gets ``JournalLocked``. SQLite's own locks are POSIX record
   locks on the journal file and are unaffected.
+- The lock file is opened like every file of ours (``_private_files.open_file``):
+  never through a symlink, and only if it is a regular file of ours with one
+  link; its mode is kept 0600. Otherwise ``JournalError`` says why and nothing is
+  written: a planted symlink must not let us overwrite another file's first bytes.
 - The owner writes its pid into the file once it holds the lock, so a second
   opener can say who holds it (``JournalLocked.pid``).
 - The file also records the highest sequence number ever committed, rewritten after
@@ -23,7 +27,8 @@ import os
 import struct
 import zlib
 
-from ._errors import JournalLocked
+from ._errors import JournalError, JournalLocked
+from ._private_files import UnsafePath, open_file
 
 __all__ = ["LockFile"]
 
@@ -41,7 +46,14 @@ class LockFile:
 
     def __init__(self, path: str, journal_path: str) -> None:
         self.path = path
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fd = open_file(path, os.O_RDWR | os.O_CREAT, "the lock file", secret=False)
+        except UnsafePath as exc:
+            raise JournalError(journal_path, str(exc)) from exc
+        except OSError as exc:
+            raise JournalError(
+                journal_path, f"cannot open the lock file {path!r} ({exc})"
+            ) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

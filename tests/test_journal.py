@@ -103,13 +103,15 @@ class TestOwnership:
             result.stdout.decode()
         )
 
-    async def test_a_symlink_to_the_journal_shares_its_lock(
+    async def test_a_symlink_to_the_journal_is_refused_while_it_is_open(
         self, journal_path: Path, tmp_path: Path
     ) -> None:
+        # Not a second name for the same lock: a symlink is never followed
+        # (tests/test_private_files.py has the rest).
         alias = tmp_path / "alias.db"
         async with Archivist.open(journal_path, [registration()]):
             alias.symlink_to(journal_path)
-            with pytest.raises(JournalLocked):
+            with pytest.raises(JournalError, match="is a symbolic link"):
                 await Archivist.open(alias, [registration()])
 
 
@@ -155,6 +157,7 @@ class TestFiles:
     ) -> None:
         garbage = os.urandom(8192)
         journal_path.write_bytes(garbage)
+        journal_path.chmod(0o600)  # else refused for its mode first
         with pytest.raises(JournalCorrupt, match="corrupt or not a journal") as info:
             await Archivist.open(journal_path, [registration()])
         assert info.value.path == str(journal_path)
@@ -167,6 +170,7 @@ class TestFiles:
     ) -> None:
         with closing(sqlite3.connect(journal_path)) as db:
             db.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+        journal_path.chmod(0o600)  # else refused for its mode first
         before = journal_path.read_bytes()
         with pytest.raises(JournalCorrupt, match="not a journal"):
             await Archivist.open(journal_path, [registration()])

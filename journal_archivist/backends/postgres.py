@@ -139,7 +139,8 @@ class PostgresArchive(ArchiveBackend):
     Args:
         dsn: ``postgresql://user:password@host:port/database?...``; the password
             is masked in ``repr``, logs and errors.
-        schema: schema of the tables (``[a-z_][a-z0-9_]{0,40}``, not ``pg_*``).
+        schema: schema of the tables (``[a-z_][a-z0-9_]{0,40}``, not ``pg_*`` nor
+                ``information_schema``).
         table_prefix: the tables are ``<prefix>sessions`` and ``<prefix>messages``.
         create_schema: create the schema and tables if missing (idempotent, safe
             under concurrent callers). If false, ``health_check`` reports missing
@@ -177,8 +178,11 @@ class PostgresArchive(ArchiveBackend):
                 f"dsn must be a postgresql:// URL, got {self._masked_dsn!r}"
             )
         _pgsql.check_identifier("schema", schema)
-        if schema.startswith("pg_"):
-            raise ValueError(f"schema names starting with pg_ are reserved: {schema!r}")
+        if schema.startswith("pg_") or schema == "information_schema":
+            raise ValueError(
+                f"schema {schema!r} is reserved by PostgreSQL (pg_* and"
+                " information_schema hold the system catalogs)"
+            )
         _pgsql.check_identifier("table_prefix", table_prefix)
         if not 0 <= pool_min_size <= pool_max_size or pool_max_size < 1:
             raise ValueError(

@@ -20,6 +20,9 @@ Rules and theory:
   sees another call's uncommitted rows. After any failure other than one caused by
   the records themselves the connection is dropped, and the next call reopens it
   (and re-checks the file).
+- The file, its ``-wal`` and ``-shm`` and their folder are checked before every
+  (re)open, as the journal's are (``_private_files``): no symlink, one link, our
+  owner, no loose mode on content, a folder others cannot write.
 - Nothing is written to a file before it is known to be ours or empty:
   ``application_id`` marks an archive, ``user_version`` is its schema version.
 - Encoding happens before ``BEGIN``, so a transaction holds the write lock only
@@ -48,6 +51,7 @@ import anyio
 
 from .._errors import BackendError
 from .._large_values import LargeValues
+from .._private_files import FILE_MODE, UnsafePath, check_file, check_folder, open_file
 from . import _sqlite_sql as _sql
 from ._base import (
     ArchiveBackend,
@@ -458,14 +462,16 @@ async def _identity(conn: aiosqlite.Connection) -> tuple[int, int, list[str]]:
 
 
 def _create_file(path: str) -> None:
-    """Create ``path`` empty and owner-only (0600) unless it exists.
+    """Create ``path`` empty and owner-only (0600) unless it exists, and check the
+    file, its ``-wal`` and ``-shm`` and its folder are ours (``_private_files``).
 
     SQLite gives the ``-wal`` and ``-shm`` files the mode of the database file, so
     they are owner-only too. The directory is not created: a missing one is a
     deployment mistake (or a volume not mounted yet) that an operator fixes.
 
     Raises:
-        BackendError: retryable, naming the file and what is wrong.
+        BackendError: naming the file and what is wrong; retryable if an operator
+            may fix it without a decision about the file's content.
     """
     directory = os.path.dirname(path)
     if not os.path.isdir(directory):
@@ -474,19 +480,29 @@ def _create_file(path: str) -> None:
             retryable=True,
         )
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        check_folder(directory, "the archive directory")
+        try:
+            fd = os.open(
+                path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE
+            )
+        except FileExistsError:
+            if os.path.isdir(path):
+                raise BackendError(
+                    f"{path}: the archive path is a directory", retryable=False
+                ) from None
+            fd = open_file(path, os.O_RDWR, "the archive file")
+        else:
+            os.fchmod(fd, FILE_MODE)  # exactly 0600, whatever the umask
         os.close(fd)
-    except FileExistsError:
-        if os.path.isdir(path):
-            raise BackendError(
-                f"{path}: the archive path is a directory", retryable=False
-            ) from None
-        if not os.access(path, os.R_OK | os.W_OK):
-            raise BackendError(
-                f"{path}: the archive file is not readable and writable",
-                retryable=True,
-            ) from None
-        return
+        for suffix in ("-wal", "-shm"):
+            check_file(path + suffix, f"the archive's {suffix} file")
+    except UnsafePath as exc:
+        raise BackendError(str(exc), retryable=False) from exc
+    except PermissionError:
+        raise BackendError(
+            f"{path}: the archive file is not readable and writable",
+            retryable=True,
+        ) from None
     except OSError as exc:
         raise BackendError(
             f"{path}: cannot create the archive file ({exc.strerror})",

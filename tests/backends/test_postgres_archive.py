@@ -212,6 +212,8 @@ def test_the_package_imports_without_asyncpg_and_the_module_names_the_extra() ->
         ("schema", ""),  # empty
         ("schema", "a" * 42),  # longer than 41 characters
         ("schema", "pg_archive"),  # pg_ schemas are reserved by PostgreSQL
+        ("schema", "pg_catalog"),  # the system catalog itself
+        ("schema", "information_schema"),  # the SQL-standard catalog views
         ("table_prefix", "ja-"),  # a hyphen
         ("table_prefix", "ja_\x00"),  # a NUL character
         ("table_prefix", "é_"),  # not ASCII

@@ -941,6 +941,7 @@ async def test_a_foreign_file_is_refused_untouched_and_not_retryable(
     archive_path: Path, make: Callable[[Path], None], match: str
 ) -> None:
     make(archive_path)
+    archive_path.chmod(0o600)  # else refused for its mode first (test_private_files)
     before = archive_path.read_bytes()
     async with SqliteArchive(archive_path) as backend:
         with pytest.raises(BackendError, match=match) as info:
