@@ -10,7 +10,13 @@ from __future__ import annotations
 import msgspec
 
 from ._archivist import DEFAULT_CLOSE_TIMEOUT, Archivist, OpeningArchivist
-from ._config import DEFAULT_FREE_SPACE_RESERVE, DEFAULT_MAX_RECORD_BYTES, Registration
+from ._config import (
+    DEFAULT_FREE_SPACE_RESERVE,
+    DEFAULT_MAX_APPEND_BYTES,
+    DEFAULT_MAX_APPEND_RECORDS,
+    DEFAULT_MAX_RECORD_BYTES,
+    Registration,
+)
 from ._errors import (
     ArchivistClosed,
     ArchivistError,
@@ -43,7 +49,7 @@ from ._policies import (
     Sync,
     WritePolicy,
 )
-from ._records import Attachment, JsonValue, MessageRecord, uuid7
+from ._records import MAX_JSON_DEPTH, Attachment, JsonValue, MessageRecord, uuid7
 
 __version__ = "0.1.0"
 
@@ -52,10 +58,13 @@ __all__ = [
     "DEFAULT_CAPACITY",
     "DEFAULT_CLOSE_TIMEOUT",
     "DEFAULT_FREE_SPACE_RESERVE",
+    "DEFAULT_MAX_APPEND_BYTES",
+    "DEFAULT_MAX_APPEND_RECORDS",
     "DEFAULT_MAX_BATCH",
     "DEFAULT_MAX_BATCH_BYTES",
     "DEFAULT_MAX_RECORD_BYTES",
     "DEFAULT_SYNC_TIMEOUT",
+    "MAX_JSON_DEPTH",
     "Archivist",
     "ArchivistClosed",
     "ArchivistError",

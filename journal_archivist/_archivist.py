@@ -35,6 +35,8 @@ import anyio
 from ._committer import Committer, PendingAppend
 from ._config import (
     DEFAULT_FREE_SPACE_RESERVE,
+    DEFAULT_MAX_APPEND_BYTES,
+    DEFAULT_MAX_APPEND_RECORDS,
     DEFAULT_MAX_RECORD_BYTES,
     MAX_BACKENDS,
     Registration,
@@ -50,7 +52,13 @@ from ._health import HealthReport, HealthStatus, JournalHealth
 from ._journal import Journal
 from ._ownership import check_ownership
 from ._policies import Durability, FailureMode, Sync
-from ._records import MessageRecord, Op, decode_entry, encode_append
+from ._records import (
+    MessageRecord,
+    Op,
+    check_append_count,
+    decode_entry,
+    encode_append,
+)
 from ._space import SpaceGuard
 from ._writer import Writer
 
@@ -117,6 +125,8 @@ class Archivist:
         space: SpaceGuard,
         *,
         max_record_bytes: int,
+        max_append_records: int,
+        max_append_bytes: int,
         close_timeout: float | None,
     ) -> None:
         self._journal = journal
@@ -129,6 +139,8 @@ class Archivist:
         for writer in writers:
             writer.attach(self._committer.settled)
         self._max_record_bytes = max_record_bytes
+        self._max_append_records = max_append_records
+        self._max_append_bytes = max_append_bytes
         self._close_timeout = close_timeout
         self._stop = anyio.Event()
         self._stopped = anyio.Event()
@@ -150,6 +162,8 @@ class Archivist:
         *,
         durability: Durability = Durability.FULL,
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+        max_append_records: int = DEFAULT_MAX_APPEND_RECORDS,
+        max_append_bytes: int = DEFAULT_MAX_APPEND_BYTES,
         free_space_reserve: int = DEFAULT_FREE_SPACE_RESERVE,
         close_timeout: float | None = DEFAULT_CLOSE_TIMEOUT,
     ) -> OpeningArchivist:
@@ -160,6 +174,13 @@ class Archivist:
             registrations: the backends to deliver to (at least one enabled).
             durability: ``FULL`` (default: survives power loss) or ``NORMAL``.
             max_record_bytes: the largest encoded record an append may carry.
+            max_append_records: the most records one ``append_messages`` call
+                may carry; a call over it is refused (``ValidationError``)
+                before any of it is encoded.
+            max_append_bytes: the most encoded bytes (its records' together) one
+                ``append_messages`` call may carry, at least ``max_record_bytes``;
+                a call over it is refused (``ValidationError``) as soon as its
+                encoded records pass it.
             free_space_reserve: appends are refused (``JournalFull``) while free
                 space on the journal's filesystem is below this many bytes.
             close_timeout: seconds the writers may drain when an ``async with``
@@ -176,6 +197,15 @@ class Archivist:
         check_ownership(os.fspath(journal_path), regs)
         if max_record_bytes < 1:
             raise ValueError(f"max_record_bytes must be >= 1, got {max_record_bytes}")
+        if max_append_records < 1:
+            raise ValueError(
+                f"max_append_records must be >= 1, got {max_append_records}"
+            )
+        if max_append_bytes < max_record_bytes:
+            raise ValueError(
+                f"max_append_bytes ({max_append_bytes}) must be >= max_record_bytes"
+                f" ({max_record_bytes}): a record the limit allows must fit a call"
+            )
         if free_space_reserve < 0:
             raise ValueError(
                 f"free_space_reserve must be >= 0, got {free_space_reserve}"
@@ -191,6 +221,8 @@ class Archivist:
                 regs,
                 durability=durability,
                 max_record_bytes=max_record_bytes,
+                max_append_records=max_append_records,
+                max_append_bytes=max_append_bytes,
                 free_space_reserve=free_space_reserve,
                 close_timeout=close_timeout,
             )
@@ -205,6 +237,8 @@ class Archivist:
         *,
         durability: Durability,
         max_record_bytes: int,
+        max_append_records: int,
+        max_append_bytes: int,
         free_space_reserve: int,
         close_timeout: float | None,
     ) -> Archivist:
@@ -250,6 +284,8 @@ class Archivist:
             query,
             space,
             max_record_bytes=max_record_bytes,
+            max_append_records=max_append_records,
+            max_append_bytes=max_append_bytes,
             close_timeout=close_timeout,
         )
 
@@ -443,7 +479,8 @@ class Archivist:
         for each ``Sync`` backend, delivered there. An empty ``records`` is a no-op.
 
         Raises:
-            ValidationError: a bad record (named by index and field); nothing of
+            ValidationError: a bad record (named by index and field), or a call
+                over ``max_append_records`` or ``max_append_bytes``; nothing of
                 the call was journaled.
             QueueFull: a backlog is full under ``REJECT`` (or ``BLOCK`` waited past
                 its ``block_timeout``); nothing journaled for anyone.
@@ -462,10 +499,17 @@ class Archivist:
             )
         if not records:
             return
+        # Counted before the copy and the encoding: refusing costs nothing per record.
+        check_append_count(len(records), self._max_append_records)
         records = list(records)
         append = PendingAppend(
             session,
-            encode_append(session, records, max_record_bytes=self._max_record_bytes),
+            encode_append(
+                session,
+                records,
+                max_record_bytes=self._max_record_bytes,
+                max_append_bytes=self._max_append_bytes,
+            ),
             records,
         )
         await self._journal_entry(append)  # held by the append alone: see _commit

@@ -17,12 +17,19 @@ from .backends._base import ArchiveBackend
 
 __all__ = [
     "DEFAULT_FREE_SPACE_RESERVE",
+    "DEFAULT_MAX_APPEND_BYTES",
+    "DEFAULT_MAX_APPEND_RECORDS",
     "DEFAULT_MAX_RECORD_BYTES",
     "MAX_BACKENDS",
     "Registration",
 ]
 
 DEFAULT_MAX_RECORD_BYTES: Final = 1024 * 1024
+#: Records one ``append_messages`` call may carry (``Archivist.open`` argument).
+DEFAULT_MAX_APPEND_RECORDS: Final = 10_000
+#: Encoded bytes one ``append_messages`` call may carry (``Archivist.open``
+#: argument; at least ``max_record_bytes``).
+DEFAULT_MAX_APPEND_BYTES: Final = 64 * 1024 * 1024
 DEFAULT_FREE_SPACE_RESERVE: Final = 64 * 1024 * 1024
 #: Backends known to one journal at a time (each owns one bit of an entry's targets).
 MAX_BACKENDS: Final = 62

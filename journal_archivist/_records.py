@@ -7,6 +7,12 @@ Rules:
   property test holds it to that.
 - One journal entry holds the records of one ``append_messages`` call: a msgpack
   array of the individually encoded records, so each record's size is known.
+- Checking costs time linear in a record's size, and so does refusing a call:
+  the JSON check visits each value at most twice and spells the path to a bad
+  value only once it found one (the keys and indexes are collected on the way
+  back up); a call is refused on its record count before anything is encoded,
+  and on its bytes as soon as the encoded total passes the limit. Error messages
+  are bounded too: long keys and deep paths are shortened.
 - Schema evolution follows msgspec's rules: new fields get defaults, existing field
   types never change, ``version`` says which shape a record has.
 """
@@ -27,17 +33,26 @@ import msgspec
 from ._errors import ValidationError
 
 __all__ = [
+    "MAX_JSON_DEPTH",
     "RECORD_VERSION",
     "Attachment",
     "JsonValue",
     "MessageRecord",
     "Op",
+    "check_append_count",
     "decode_entry",
     "encode_append",
     "uuid7",
 ]
 
 RECORD_VERSION: Final = 1
+#: How deep a JSON value in ``metadata`` or ``content_parts`` may nest: no value
+#: may sit inside more than this many lists and dicts.
+MAX_JSON_DEPTH: Final = 64
+#: Characters of a dict key an error message quotes; a longer key is cut there.
+_PATH_KEY_CHARS: Final = 40
+#: Steps of a path an error message spells out; the middle of a longer one is cut.
+_PATH_STEPS: Final = 16
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -160,29 +175,102 @@ def _array_header(count: int) -> bytes:
     return b"\xdd" + count.to_bytes(4, "big")
 
 
-def _json_problem(value: object, path: str, depth: int = 0) -> str | None:
-    """Say why ``value`` is not a JSON value, or return None if it is one."""
-    if depth > 64:
-        return f"{path} nests deeper than 64 levels"
-    if value is None or isinstance(value, bool | int | str):
+_JSON_LEAVES: Final = frozenset({str, int, bool, type(None)})
+_STR: Final = frozenset({str})
+
+#: What ``_json_problem`` finds: what is wrong (to be read after the path to it),
+#: and the keys and indexes leading to it, innermost first.
+_Problem: TypeAlias = tuple[str, list[str | int]]
+
+
+def _json_problem(value: object, depth: int = 0) -> _Problem | None:
+    """Say why ``value`` is not a JSON value, or return None if it is one.
+
+    Visits each value at most twice (a container's scan in C stops at its first
+    child that is not a leaf; the loop then starts over) and builds no string
+    unless something is wrong: the route to the culprit is collected on the way
+    back up (``_path`` spells it).
+    ``depth`` is how many lists and dicts enclose ``value``.
+    """
+    if depth > MAX_JSON_DEPTH:
+        return f" nests deeper than {MAX_JSON_DEPTH} levels (MAX_JSON_DEPTH)", []
+    kind = type(value)
+    if kind in _JSON_LEAVES:
         return None
     if isinstance(value, float):
-        return None if math.isfinite(value) else f"{path} is {value!r}, not JSON"
+        return None if math.isfinite(value) else (f" is {value!r}, not JSON", [])
+    # Children that are plain leaves are checked here, not by a call, unless they
+    # are one level too deep; a container of leaves only is scanned in C.
+    shallow = depth < MAX_JSON_DEPTH
     if isinstance(value, list | tuple):
-        for i, item in enumerate(value):
-            problem = _json_problem(item, f"{path}[{i}]", depth + 1)
-            if problem:
-                return problem
+        if shallow and _JSON_LEAVES.issuperset(map(type, value)):
+            return None
+        for index, item in enumerate(value):
+            if shallow and type(item) in _JSON_LEAVES:
+                continue
+            found = _json_problem(item, depth + 1)
+            if found:
+                found[1].append(index)
+                return found
         return None
     if isinstance(value, dict):
+        if (
+            shallow
+            and _STR.issuperset(map(type, value))
+            and _JSON_LEAVES.issuperset(map(type, value.values()))
+        ):
+            return None
         for key, item in value.items():
-            if not isinstance(key, str):
-                return f"{path} has a non-string key {key!r}"
-            problem = _json_problem(item, f"{path}[{key!r}]", depth + 1)
-            if problem:
-                return problem
+            if type(key) is not str and not isinstance(key, str):
+                return f" has a non-string key {_brief(key)}", []
+            if shallow and type(item) in _JSON_LEAVES:
+                continue
+            found = _json_problem(item, depth + 1)
+            if found:
+                found[1].append(key)
+                return found
         return None
-    return f"{path} holds a {type(value).__name__}, which is not a JSON value"
+    if isinstance(value, bool | int | str):  # subclasses: msgspec decides at encode
+        return None
+    return f" holds a {kind.__name__}, which is not a JSON value", []
+
+
+def _json_message(field: str, problem: _Problem) -> str:
+    """The message for ``problem`` found in ``field``, e.g. ``metadata['a'][3] is
+    nan, not JSON``."""
+    what, route = problem
+    return f"{_path(field, route[::-1])}{what}"
+
+
+def _path(field: str, route: Sequence[str | int]) -> str:
+    """Spell ``route`` (outermost first) from ``field``, e.g. ``metadata['a'][3]``.
+
+    A key longer than ``_PATH_KEY_CHARS`` is cut, with its length; a route longer
+    than ``_PATH_STEPS`` keeps its ends and counts the steps left out. So a message
+    stays a few KiB at most, whatever the keys.
+    """
+    steps = []
+    for step in route:
+        if isinstance(step, int):
+            steps.append(f"[{step}]")
+        else:
+            shown = step[:_PATH_KEY_CHARS]  # a plain str, even from a subclass
+            cut = f"... ({len(step)} chars)" if len(step) > _PATH_KEY_CHARS else ""
+            steps.append(f"[{shown!r}{cut}]")
+    if len(steps) > _PATH_STEPS:
+        head, tail = _PATH_STEPS // 2, _PATH_STEPS // 2 - 1
+        left_out = len(steps) - head - tail
+        steps[head:-tail] = [f"[...{left_out} levels...]"]
+    return field + "".join(steps)
+
+
+def _brief(value: object, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters (for error messages)."""
+    try:
+        text = repr(value)
+    except Exception:  # e.g. an int past Python's limit on digits in a str
+        return f"<unprintable {type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _type_problem(value: object, expected: type | tuple[type, ...], name: str) -> str:
@@ -191,7 +279,7 @@ def _type_problem(value: object, expected: type | tuple[type, ...], name: str) -
         if isinstance(expected, type)
         else " or ".join("None" if t is type(None) else t.__name__ for t in expected)
     )
-    return f"{name} must be {wanted}, got {type(value).__name__} {value!r:.80}"
+    return f"{name} must be {wanted}, got {type(value).__name__} {_brief(value)}"
 
 
 _NONE = type(None)
@@ -223,7 +311,7 @@ def _attachment_problem(att: object, where: str) -> str | None:
         if not isinstance(value, expected):
             return _type_problem(value, expected, f"{where}.{name}")
     if type(att.size) is not int or att.size < 0:
-        return f"{where}.size must be an int >= 0, got {att.size!r}"
+        return f"{where}.size must be an int >= 0, got {_brief(att.size)}"
     if (att.uri is None) == (att.data is None):
         return f"{where}: exactly one of uri and data must be set"
     if att.data is not None and att.size != len(att.data):
@@ -234,7 +322,7 @@ def _attachment_problem(att: object, where: str) -> str | None:
 def _record_problem(record: MessageRecord) -> tuple[str, str] | None:
     """Return ``(field, problem)`` for the first problem of a record."""
     if type(record.version) is not int or record.version != RECORD_VERSION:
-        return "version", f"unsupported record version {record.version!r}"
+        return "version", f"unsupported record version {_brief(record.version)}"
     # One expression for the common, well-typed record; the loop names the culprit.
     # (The annotations say these hold; msgspec does not enforce them on __init__.)
     well_typed: bool = (
@@ -253,18 +341,18 @@ def _record_problem(record: MessageRecord) -> tuple[str, str] | None:
             if not isinstance(value, expected):
                 return name, _type_problem(value, expected, name)
     if not record.role.strip():
-        return "role", f"role must be a non-empty string, got {record.role!r}"
+        return "role", f"role must be a non-empty string, got {_brief(record.role)}"
     ts = record.ts
     if ts.tzinfo is not UTC and (ts.tzinfo is None or ts.utcoffset() is None):
         return "ts", f"timestamp must be timezone-aware, got naive {record.ts!r}"
     if record.content_parts is not None:
-        problem = _json_problem(record.content_parts, "content_parts")
-        if problem:
-            return "content_parts", problem
+        found = _json_problem(record.content_parts)
+        if found:
+            return "content_parts", _json_message("content_parts", found)
     if record.metadata is not None:
-        problem = _json_problem(record.metadata, "metadata")
-        if problem:
-            return "metadata", problem
+        found = _json_problem(record.metadata)
+        if found:
+            return "metadata", _json_message("metadata", found)
     if record.attachments:
         for i, att in enumerate(record.attachments):
             problem = _attachment_problem(att, f"attachments[{i}]")
@@ -273,27 +361,67 @@ def _record_problem(record: MessageRecord) -> tuple[str, str] | None:
     return None
 
 
+def check_append_count(count: int, max_append_records: int) -> None:
+    """Refuse an append of more than ``max_append_records`` records.
+
+    Called before anything of the call is copied or encoded, so refusing an
+    oversized call costs nothing in proportion to it.
+
+    Raises:
+        ValidationError: naming the count and the limit (no index, no field).
+    """
+    if count > max_append_records:
+        raise ValidationError(
+            f"{count} records in one call exceed max_append_records"
+            f" ({max_append_records})"
+        )
+
+
 def encode_append(
-    session: UUID, records: Sequence[MessageRecord], *, max_record_bytes: int
+    session: UUID,
+    records: Sequence[MessageRecord],
+    *,
+    max_record_bytes: int,
+    max_append_records: int | None = None,
+    max_append_bytes: int | None = None,
 ) -> bytes:
     """Validate the records of one append and encode them as one journal payload.
+
+    ``max_append_records`` and ``max_append_bytes`` bound the call (None: no
+    bound): the count is checked before any record is, and encoding stops at the
+    record that takes the encoded total (the records' sizes, without the few
+    bytes of the array header) past ``max_append_bytes``.
 
     Raises:
         ValidationError: naming the record index, field and value of the first
             problem: a wrong type, a record of another session, a naive ``ts``, an
-            empty role, a non-JSON ``metadata``/``content_parts``, a repeated
-            ``message_id`` or a record over ``max_record_bytes``. Nothing is
-            encoded for the call.
+            empty role, a non-JSON ``metadata``/``content_parts`` (or one nested
+            deeper than ``MAX_JSON_DEPTH``), a repeated ``message_id`` or a record
+            over ``max_record_bytes``; or, naming no record, a call over
+            ``max_append_records`` or ``max_append_bytes``. Nothing is encoded
+            for the call.
     """
+    if max_append_records is not None:
+        check_append_count(len(records), max_append_records)
+    # Without a bound, a total no call can reach.
+    byte_limit = 1 << 64 if max_append_bytes is None else max_append_bytes
     if len(records) == 1:
         # The common case, without the bookkeeping of several records, and
         # encoded as the one-element array it is stored as: no second copy of
         # a large record to prepend the array header.
-        return _checked_encode(records[0], 0, session, max_record_bytes, alone=True)
+        payload = _checked_encode(records[0], 0, session, max_record_bytes, alone=True)
+        if len(payload) - 1 > byte_limit:
+            raise _over_append_bytes(len(payload) - 1, 0, byte_limit)
+        return payload
     parts: list[bytes] = []
     seen: dict[UUID, int] = {}
+    total = 0
     for index, record in enumerate(records):
-        parts.append(_checked_encode(record, index, session, max_record_bytes))
+        part = _checked_encode(record, index, session, max_record_bytes)
+        total += len(part)
+        if total > byte_limit:
+            raise _over_append_bytes(total, index, byte_limit)
+        parts.append(part)
         first = seen.setdefault(record.message_id, index)
         if first != index:
             raise ValidationError(
@@ -302,6 +430,14 @@ def encode_append(
                 field="message_id",
             )
     return _array_header(len(parts)) + b"".join(parts)
+
+
+def _over_append_bytes(total: int, index: int, limit: int) -> ValidationError:
+    # Not one record's problem, so no index: the message says where it stopped.
+    return ValidationError(
+        f"the call's records encode to more than max_append_bytes ({limit}):"
+        f" {total} bytes by record {index}, where encoding stopped"
+    )
 
 
 def _checked_encode(

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import inspect
 import sqlite3
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, overload
 from uuid import UUID, uuid4
 
 import anyio
 import pytest
 
 from journal_archivist import (
+    DEFAULT_MAX_APPEND_BYTES,
+    DEFAULT_MAX_APPEND_RECORDS,
+    DEFAULT_MAX_RECORD_BYTES,
     Archivist,
     ArchivistClosed,
     HealthStatus,
@@ -18,6 +24,7 @@ from journal_archivist import (
     ReadFailed,
     ValidationError,
 )
+from journal_archivist._records import encode_append
 from journal_archivist.testing import MockBackend
 from tests.helpers import append_catching, record, records, registration
 
@@ -214,6 +221,17 @@ def test_open_refuses_bad_registrations(
     ("kwargs", "match"),
     [
         ({"max_record_bytes": 0}, "max_record_bytes must be >= 1"),
+        ({"max_append_records": 0}, r"max_append_records must be >= 1, got 0"),
+        # A call could not carry a record max_record_bytes allows.
+        (
+            {"max_record_bytes": 2048, "max_append_bytes": 2047},
+            r"max_append_bytes \(2047\) must be >= max_record_bytes \(2048\)",
+        ),
+        # The default max_append_bytes is below this max_record_bytes.
+        (
+            {"max_record_bytes": 100 << 20},
+            r"max_append_bytes \(67108864\) must be >= max_record_bytes",
+        ),
         ({"free_space_reserve": -1}, "free_space_reserve must be >= 0"),
         ({"close_timeout": -1.0}, "close_timeout must be >= 0"),
         ({"durability": "full"}, "durability must be a Durability"),
@@ -271,6 +289,82 @@ async def test_max_record_bytes_is_configurable(
         await archivist.append_messages(session, [record(session, "x" * 100)])
         with pytest.raises(ValidationError, match=r"exceeds max_record_bytes \(400\)"):
             await archivist.append_messages(session, [record(session, "x" * 400)])
+
+
+def test_the_limits_of_a_call_default_to_the_named_constants() -> None:
+    params = inspect.signature(Archivist.open).parameters
+    assert params["max_append_records"].default == DEFAULT_MAX_APPEND_RECORDS
+    assert params["max_append_bytes"].default == DEFAULT_MAX_APPEND_BYTES
+    assert (DEFAULT_MAX_APPEND_RECORDS, DEFAULT_MAX_APPEND_BYTES) == (10_000, 64 << 20)
+    assert DEFAULT_MAX_APPEND_BYTES >= DEFAULT_MAX_RECORD_BYTES
+
+
+class _Unreadable(Sequence[MessageRecord]):
+    """A call's records that may be counted but not read."""
+
+    def __init__(self, length: int) -> None:
+        self._length = length
+
+    def __len__(self) -> int:
+        return self._length
+
+    @overload
+    def __getitem__(self, index: int) -> MessageRecord: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[MessageRecord]: ...
+    def __getitem__(
+        self, index: int | slice
+    ) -> MessageRecord | Sequence[MessageRecord]:
+        raise AssertionError("an oversized call was read")
+
+
+async def test_a_call_over_max_append_records_is_refused_before_it_is_read(
+    journal_path: Path, session: UUID
+) -> None:
+    # Two million small records in one call took 3.4 GiB before it was refused by
+    # nothing at all: the count is now checked before any record is read.
+    mock = MockBackend()
+    async with Archivist.open(
+        journal_path, [registration(mock)], max_append_records=3
+    ) as archivist:
+        with pytest.raises(
+            ValidationError,
+            match=r"^4 records in one call exceed max_append_records \(3\)$",
+        ) as caught:
+            await archivist.append_messages(session, _Unreadable(4))
+        assert (caught.value.index, caught.value.field) == (None, None)
+        assert archivist.health().backends["mock"].lag_entries == 0
+        await archivist.append_messages(session, records(session, 3))
+        with anyio.fail_after(5):
+            await archivist.wait_drained()
+    assert mock.appended_count(session) == 3
+
+
+async def test_a_call_over_max_append_bytes_journals_nothing(
+    journal_path: Path, session: UUID
+) -> None:
+    mock = MockBackend()
+    # A fixed timestamp: one with no microseconds would encode 4 bytes shorter.
+    when = datetime(2024, 5, 1, 12, 30, 0, 123_456, tzinfo=UTC)
+    batch = [record(session, f"{'x' * 150}{i}", ts=when) for i in range(5)]
+    size = len(encode_append(session, batch[:1], max_record_bytes=1 << 20)) - 1
+    async with Archivist.open(
+        journal_path,
+        [registration(mock)],
+        max_record_bytes=size,
+        max_append_bytes=4 * size,
+    ) as archivist:
+        with pytest.raises(
+            ValidationError,
+            match=rf"more than max_append_bytes \({4 * size}\): {5 * size} bytes"
+            r" by record 4,",
+        ):
+            await archivist.append_messages(session, batch)
+        assert archivist.health().backends["mock"].lag_entries == 0
+        await archivist.append_messages(session, batch[:4])  # exactly the limit
+        with anyio.fail_after(5):
+            await archivist.wait_drained()
+    assert mock.records(session) == batch[:4]
 
 
 async def test_health_reports_lag_age_and_counts(

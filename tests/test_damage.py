@@ -466,6 +466,7 @@ class TestMigration:
                 (session.bytes,),
             )
             db.commit()
+        journal_path.chmod(0o600)  # sqlite3 made it with the umask's mode
         mock = MockBackend()
         report = await deliver(journal_path, mock)
         assert [r.content_md for r in mock.records(session)] == ["good"]

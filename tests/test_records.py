@@ -385,6 +385,14 @@ VALIDATION_CASES = [
     pytest.param(
         [_rec(role=7)], 0, "role", "role must be str, got int 7", id="role-int"
     ),
+    # An int too long for repr() (Python's limit on digits) is named, not shown.
+    pytest.param(
+        [_rec(role=10**5000)],
+        0,
+        "role",
+        "role must be str, got int <unprintable int>",
+        id="role-huge-int",
+    ),
     # The message_id given as a string.
     pytest.param(
         [_rec(message_id=str(REPEATED))],
@@ -481,12 +489,13 @@ VALIDATION_CASES = [
         "content_parts[1] holds a object, which is not a JSON value",
         id="content-parts-object",
     ),
-    # JSON nested more than 64 levels deep.
+    # JSON nested more than MAX_JSON_DEPTH levels deep: the path says how deep.
     pytest.param(
         [_rec(metadata=_nested(70))],
         0,
         "metadata",
-        "nests deeper than 64 levels",
+        "metadata[0][0][0][0][0][0][0][0][...50 levels...][0][0][0][0][0][0][0]"
+        " nests deeper than 64 levels (MAX_JSON_DEPTH)",
         id="metadata-too-deep",
     ),
     # An attachment with both a uri and inline data.
@@ -629,3 +638,224 @@ def test_a_well_typed_value_msgpack_cannot_carry_raises_validation_error(
     with pytest.raises(ValidationError, match=r"^record 0") as caught:
         encode_append(SESSION, [_rec(**fields)], max_record_bytes=ROOMY)
     assert caught.value.index == 0
+
+
+# --- the cost of checking JSON values (issue 8, item 5) ------------------------------
+
+
+class _CountedKey(str):
+    """A dict key that counts how often it is spelled out with repr()."""
+
+    reprs = 0
+
+    def __repr__(self) -> str:
+        type(self).reprs += 1
+        return super().__repr__()
+
+
+def _wrapped(levels: int, inner: object) -> object:
+    """``inner`` inside ``levels`` dicts of one key each."""
+    value = inner
+    for level in range(levels):
+        value = {f"k{level}": value}
+    return value
+
+
+def _listed(levels: int, inner: object) -> object:
+    """``inner`` inside ``levels`` lists of one item each."""
+    value = inner
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def test_a_valid_json_value_is_checked_without_spelling_any_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Spelling the path to every value made checking quadratic in the nesting: one
+    # accepted 0.95 MB record held the event loop for seconds. The path is spelled
+    # only once something is wrong, so no key of a valid value is ever repr()'d.
+    monkeypatch.setattr(_CountedKey, "reprs", 0)
+    wide = [{_CountedKey(f"k{i}"): [i, {_CountedKey("x"): None}]} for i in range(200)]
+    value: object = wide
+    for level in range(60):
+        value = {_CountedKey(f"level{level}"): value}
+    rec = _rec(metadata=value, content_parts=value)
+    assert _records._record_problem(rec) is None
+    assert _CountedKey.reprs == 0
+
+
+def test_the_path_to_a_bad_value_names_each_step_and_cuts_long_keys() -> None:
+    # The probe's shape: 63 levels of 7,900-character keys around a long list,
+    # here with NaN as its last item. The message stays short and still says
+    # where the value is: the outer steps, how many are left out, the inner ones.
+    items: list[object] = [0] * 1_000
+    items[-1] = float("nan")
+    value: object = items
+    for level in range(63):
+        value = {f"{level:02d}".ljust(7_900, "k"): value}
+    with pytest.raises(ValidationError) as caught:
+        encode_append(SESSION, [_rec(metadata=value)], max_record_bytes=ROOMY)
+
+    def cut(level: int) -> str:
+        return f"['{level:02d}{'k' * 38}'... (7900 chars)]"
+
+    outer = "".join(cut(level) for level in range(62, 54, -1))
+    inner = "".join(cut(level) for level in range(5, -1, -1)) + "[999]"
+    assert caught.value.problem == (
+        f"metadata{outer}[...49 levels...]{inner} is nan, not JSON"
+    )
+    assert caught.value.field == "metadata"
+
+
+def test_a_long_key_near_the_top_is_cut_in_the_path() -> None:
+    value = {"a" * 50: {"b": {1, 2}}}
+    with pytest.raises(
+        ValidationError,
+        match=re.escape(
+            "metadata['" + "a" * 40 + "'... (50 chars)]['b'] holds a set,"
+            " which is not a JSON value"
+        ),
+    ):
+        encode_append(SESSION, [_rec(metadata=value)], max_record_bytes=ROOMY)
+
+
+@pytest.mark.parametrize(
+    ("value", "accepted"),
+    [
+        # A scalar inside exactly MAX_JSON_DEPTH lists.
+        (_listed(64, 1), True),
+        # A scalar inside one list more.
+        (_listed(65, 1), False),
+        # An empty list inside exactly MAX_JSON_DEPTH lists.
+        (_nested(64), True),
+        # Lists and dicts count alike.
+        (_wrapped(32, _listed(32, "x")), True),
+        # ... also past the limit.
+        (_listed(32, _wrapped(33, "x")), False),
+        # A scalar inside exactly MAX_JSON_DEPTH dicts.
+        (_wrapped(64, 1), True),
+        # A scalar inside one dict more.
+        (_wrapped(65, 1), False),
+        # An empty dict inside exactly MAX_JSON_DEPTH dicts.
+        (_wrapped(64, {}), True),
+        # A dict one level too deep holding a scalar.
+        (_wrapped(65, {"x": None}), False),
+    ],
+)
+def test_json_values_may_nest_exactly_max_json_depth_levels(
+    value: object, accepted: bool
+) -> None:
+    assert _records.MAX_JSON_DEPTH == 64
+    if accepted:
+        encode_append(SESSION, [_rec(metadata=value)], max_record_bytes=ROOMY)
+        return
+    with pytest.raises(
+        ValidationError, match=r"nests deeper than 64 levels \(MAX_JSON_DEPTH\)$"
+    ) as caught:
+        encode_append(SESSION, [_rec(metadata=value)], max_record_bytes=ROOMY)
+    assert caught.value.field == "metadata"
+    assert len(caught.value.problem) < 1_000
+
+
+@pytest.mark.parametrize(
+    ("fields", "shown"),
+    [
+        # A non-string key of 100 kB is shown by its first 80 characters.
+        ({"metadata": {b"x" * 100_000: 1}}, "metadata has a non-string key b'xxx"),
+        # So is a role of a megabyte of spaces.
+        ({"role": " " * 1_000_000}, "role must be a non-empty string, got '   "),
+    ],
+)
+def test_a_huge_value_is_cut_in_the_error_message(
+    fields: dict[str, object], shown: str
+) -> None:
+    with pytest.raises(ValidationError, match=re.escape(shown)) as caught:
+        encode_append(SESSION, [_rec(**fields)], max_record_bytes=ROOMY)
+    assert len(str(caught.value)) < 200
+
+
+#: One step down a JSON value: an index into a list of siblings, or a dict key.
+_steps = st.one_of(
+    st.tuples(st.just("list"), st.lists(json_values, max_size=3), st.integers(0, 3)),
+    st.tuples(
+        st.just("dict"),
+        st.dictionaries(st.text(max_size=8), json_values, max_size=3),
+        st.text(max_size=8),
+    ),
+)
+
+
+@given(st.lists(_steps, max_size=12))
+def test_the_path_in_a_json_error_leads_to_the_bad_value(
+    steps: list[tuple[str, object, object]],
+) -> None:
+    # Plant a set (not JSON) below valid siblings; the message spells its path the
+    # way Python would index it.
+    value: object = {1, 2}
+    route = []
+    for kind, siblings, where in reversed(steps):
+        if kind == "list":
+            assert isinstance(siblings, list)
+            assert isinstance(where, int)
+            index = min(where, len(siblings))
+            value = [*siblings[:index], value, *siblings[index:]]
+            route.append(f"[{index}]")
+        else:
+            assert isinstance(siblings, dict)
+            value = {**siblings, where: value}
+            route.append(f"[{where!r}]")
+    path = "metadata" + "".join(reversed(route))
+    with pytest.raises(ValidationError) as caught:
+        encode_append(SESSION, [_rec(metadata=value)], max_record_bytes=ROOMY)
+    assert caught.value.problem == f"{path} holds a set, which is not a JSON value"
+
+
+# --- the limits of one call (issue 8, item 6) ---------------------------------------
+
+
+def _same_size(count: int) -> list[MessageRecord]:
+    """``count`` records of ``SESSION`` that encode to the same size."""
+    return [record(SESSION, f"{'x' * 100}{i}", ts=TS) for i in range(count)]
+
+
+def test_a_call_over_max_append_records_is_refused_before_any_record_is_checked() -> (
+    None
+):
+    records = [_rec(role=""), *_same_size(2)]
+    with pytest.raises(
+        ValidationError,
+        match=r"^3 records in one call exceed max_append_records \(2\)$",
+    ) as caught:
+        encode_append(SESSION, records, max_record_bytes=ROOMY, max_append_records=2)
+    assert (caught.value.index, caught.value.field) == (None, None)
+    payload = encode_append(
+        SESSION, records[1:], max_record_bytes=ROOMY, max_append_records=2
+    )
+    assert decode_entry(payload) == records[1:]
+
+
+def test_encoding_stops_at_the_record_that_passes_max_append_bytes() -> None:
+    good = _same_size(3)
+    size = len(encode_append(SESSION, good[:1], max_record_bytes=ROOMY)) - 1
+    # A bad record after the one that passes the limit is never reached.
+    records = [*good, _rec(session=OTHER)]
+    with pytest.raises(
+        ValidationError,
+        match=re.escape(
+            f"more than max_append_bytes ({3 * size - 1}): {3 * size} bytes by"
+            " record 2, where encoding stopped"
+        ),
+    ) as caught:
+        encode_append(
+            SESSION, records, max_record_bytes=ROOMY, max_append_bytes=3 * size - 1
+        )
+    assert (caught.value.index, caught.value.field) == (None, None)
+    # The records' bytes count, not the array header: exactly the limit passes.
+    payload = encode_append(
+        SESSION, good, max_record_bytes=ROOMY, max_append_bytes=3 * size
+    )
+    assert decode_entry(payload) == good
+    # One record alone is held to the limit too.
+    with pytest.raises(ValidationError, match=r"\(10\): \d+ bytes by record 0"):
+        encode_append(SESSION, good[:1], max_record_bytes=ROOMY, max_append_bytes=10)

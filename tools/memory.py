@@ -4,8 +4,9 @@
 
 Each run is a fresh child process (a clean heap): it builds one record whose
 ``content_md`` is ``--mb`` MiB of text, opens a journal (``Durability.FULL``,
-``max_record_bytes`` raised to fit) in front of the chosen archives in a temporary
-directory, appends and delivers one small record to warm up, and then measures:
+``max_record_bytes`` and ``max_append_bytes`` raised to fit) in front of the
+chosen archives in a temporary directory, appends and delivers one small record
+to warm up, and then measures:
 the peak RSS (``VmHWM``, reset through ``/proc/self/clear_refs`` just before) while
 the large record is appended and delivered (``wait_drained``), less the RSS just
 before. The record itself, which the caller owns, is built before the baseline.
@@ -49,8 +50,12 @@ async def main():
         "jsonl": lambda: JsonlArchive(directory / "jsonl"),
     }
     regs = [Registration(name=name, backend=made[name]()) for name in backends]
+    limit = size + 1024  # max_append_bytes may not be below max_record_bytes
     async with Archivist.open(
-        directory / "journal.db", regs, max_record_bytes=size + 1024
+        directory / "journal.db",
+        regs,
+        max_record_bytes=limit,
+        max_append_bytes=limit,
     ) as archivist:
         small = MessageRecord(session=session, role="user", content_md="warm up")
         await archivist.append_messages(session, [small])

@@ -142,10 +142,8 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     Mutant(
         "journal-directory-not-synced",
         _J + "_journal_file.py",
-        "    try:\n        _sync_directory(directory)\n    except OSError as exc:\n"
-        '        raise JournalError(path, f"cannot sync the journal directory',
-        "    try:\n        pass\n    except OSError as exc:\n"
-        '        raise JournalError(path, f"cannot sync the journal directory',
+        "        try:\n            sync_folder(os.path.dirname(real))\n",
+        "        try:\n            pass\n",
         "a new journal file's directory is not fsync'd: the file's name may not"
         " survive a power loss",
         ("tests/test_journal_file.py", "tests/torture/test_powerloss.py"),
@@ -991,6 +989,72 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
         "SqliteArchive's hot read takes a content_md of any type: an INTEGER comes"
         " back as the text of its digits",
         ("tests/backends/test_sqlite_archive.py",),
+    ),
+    Mutant(
+        "files-follow-symlinks",
+        _J + "_private_files.py",
+        "fd = os.open(path, flags | _NOFOLLOW | _CLOEXEC | _NONBLOCK, FILE_MODE)",
+        "fd = os.open(path, flags | _CLOEXEC | _NONBLOCK, FILE_MODE)",
+        "files are opened without O_NOFOLLOW: a planted symlink at the lock file"
+        " makes the open overwrite the target's first bytes",
+        ("tests/test_private_files.py",),
+    ),
+    Mutant(
+        "files-hard-links-allowed",
+        _J + "_private_files.py",
+        "    if info.st_nlink != 1:\n",
+        "    if info.st_nlink < 1:\n",
+        "a file with a second hard link is used: writing it changes the other file",
+        ("tests/test_private_files.py",),
+    ),
+    Mutant(
+        "folders-take-the-umask",
+        _J + "_private_files.py",
+        "        os.chmod(new, FOLDER_MODE, follow_symlinks=False)\n",
+        "",
+        "folders created for the journal keep mkdir's umask-dependent mode",
+        ("tests/test_private_files.py",),
+    ),
+    Mutant(
+        "sticky-shared-folder-allowed",
+        _J + "_private_files.py",
+        "    if mode & stat.S_IWOTH:\n",
+        "    if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:\n",
+        "a world-writable folder with the sticky bit (/tmp) is trusted, though"
+        " anyone can plant names in it",
+        ("tests/test_private_files.py",),
+    ),
+    Mutant(
+        "loose-content-tightened",
+        _J + "_private_files.py",
+        "if mode & 0o077 and secret and info.st_size > 0:",
+        "if mode & 0o077 and secret and info.st_size < 0:",
+        "a non-empty file others could read is quietly tightened instead of refused",
+        ("tests/test_private_files.py",),
+    ),
+    Mutant(
+        "append-count-unchecked",
+        _J + "_archivist.py",
+        "        check_append_count(len(records), self._max_append_records)\n",
+        "",
+        "append_messages never checks max_append_records",
+        ("tests/test_archivist.py", "tests/test_records.py"),
+    ),
+    Mutant(
+        "append-bytes-off-by-one",
+        _J + "_records.py",
+        "        if total > byte_limit:\n",
+        "        if total >= byte_limit:\n",
+        "a call whose records encode to exactly max_append_bytes is refused",
+        ("tests/test_records.py", "tests/test_archivist.py"),
+    ),
+    Mutant(
+        "json-depth-one-more",
+        _J + "_records.py",
+        "    if depth > MAX_JSON_DEPTH:\n",
+        "    if depth > MAX_JSON_DEPTH + 1:\n",
+        "JSON values may nest one level deeper than MAX_JSON_DEPTH",
+        ("tests/test_records.py",),
     ),
 )
 

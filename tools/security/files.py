@@ -60,7 +60,8 @@ def _mode(path: Path) -> str:
 async def _open_journal(path: Path, *backends: SqliteArchive | JsonlArchive) -> str:
     """Open, append one record, close; return "opened" or the refusal."""
     regs = [
-        Registration(name=f"b{i}", backend=backend) for i, backend in enumerate(backends)
+        Registration(name=f"b{i}", backend=backend)
+        for i, backend in enumerate(backends)
     ] or [Registration(name="sqlite", backend=SqliteArchive(path.parent / "a.db"))]
     session = uuid.uuid4()
     try:

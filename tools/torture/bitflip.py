@@ -1009,7 +1009,7 @@ def build_pristine(directory: Path, seed: int, count: int = DEFAULT_OPS) -> Pris
         (directory / variant).mkdir()
         for name in (JOURNAL, f"{JOURNAL}-wal", f"{JOURNAL}.lock"):
             if (build / name).exists():
-                shutil.copyfile(build / name, directory / variant / name)
+                _copy_private(build / name, directory / variant / name)
     with closing(sqlite3.connect(directory / "ckpt" / JOURNAL)) as db:
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
     for name in (f"{JOURNAL}-wal", f"{JOURNAL}-shm"):
@@ -1253,6 +1253,13 @@ class Verdict:
     note: str = ""
 
 
+def _copy_private(source: Path, target: Path) -> None:
+    """Copy a journal file as the service's own: 0600 (a copy takes the umask's
+    mode, and a journal others can read is refused; docs/security.md)."""
+    shutil.copyfile(source, target)
+    target.chmod(0o600)
+
+
 def _trial_result(
     pristine: Pristine,
     flip: Flip,
@@ -1264,7 +1271,7 @@ def _trial_result(
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     for path in (pristine.dir / flip.variant).iterdir():
-        shutil.copyfile(path, scratch / path.name)
+        _copy_private(path, scratch / path.name)
     apply_flip(scratch, flip)
     stderr = scratch / "stderr.txt"
     try:
