@@ -38,6 +38,7 @@ from ._config import (
     DEFAULT_MAX_APPEND_BYTES,
     DEFAULT_MAX_APPEND_RECORDS,
     DEFAULT_MAX_RECORD_BYTES,
+    JOURNAL_VALUE_LIMIT,
     MAX_BACKENDS,
     Registration,
 )
@@ -205,6 +206,12 @@ class Archivist:
             raise ValueError(
                 f"max_append_bytes ({max_append_bytes}) must be >= max_record_bytes"
                 f" ({max_record_bytes}): a record the limit allows must fit a call"
+            )
+        if max_append_bytes > JOURNAL_VALUE_LIMIT - 16:
+            raise ValueError(
+                f"max_append_bytes ({max_append_bytes}) must be below"
+                f" {JOURNAL_VALUE_LIMIT - 16}: a call's records are one value in the"
+                f" journal, and SQLite stores {JOURNAL_VALUE_LIMIT} bytes at most"
             )
         if free_space_reserve < 0:
             raise ValueError(

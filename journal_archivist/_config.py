@@ -20,6 +20,7 @@ __all__ = [
     "DEFAULT_MAX_APPEND_BYTES",
     "DEFAULT_MAX_APPEND_RECORDS",
     "DEFAULT_MAX_RECORD_BYTES",
+    "JOURNAL_VALUE_LIMIT",
     "MAX_BACKENDS",
     "Registration",
 ]
@@ -31,6 +32,9 @@ DEFAULT_MAX_APPEND_RECORDS: Final = 10_000
 #: argument; at least ``max_record_bytes``).
 DEFAULT_MAX_APPEND_BYTES: Final = 64 * 1024 * 1024
 DEFAULT_FREE_SPACE_RESERVE: Final = 64 * 1024 * 1024
+#: Bytes SQLite stores in one value at most (its default ``SQLITE_MAX_LENGTH``); a
+#: call's records are one value in the journal, so ``max_append_bytes`` stays below.
+JOURNAL_VALUE_LIMIT: Final = 1_000_000_000
 #: Backends known to one journal at a time (each owns one bit of an entry's targets).
 MAX_BACKENDS: Final = 62
 

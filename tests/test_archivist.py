@@ -232,6 +232,12 @@ def test_open_refuses_bad_registrations(
             {"max_record_bytes": 100 << 20},
             r"max_append_bytes \(67108864\) must be >= max_record_bytes",
         ),
+        # One call is one value in the journal: past SQLite's limit it would
+        # fail at commit, after the time and memory of encoding it.
+        (
+            {"max_record_bytes": 10**9, "max_append_bytes": 10**9},
+            r"max_append_bytes \(1000000000\) must be below 999999984",
+        ),
         ({"free_space_reserve": -1}, "free_space_reserve must be >= 0"),
         ({"close_timeout": -1.0}, "close_timeout must be >= 0"),
         ({"durability": "full"}, "durability must be a Durability"),
