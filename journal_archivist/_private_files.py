@@ -37,6 +37,7 @@ __all__ = [
     "FILE_MODE",
     "FOLDER_MODE",
     "UnsafePath",
+    "adopt",
     "check_file",
     "check_folder",
     "make_folders",
@@ -141,37 +142,38 @@ def open_file(path: str, flags: int, what: str, *, secret: bool = True) -> int:
             raise UnsafePath(_symlink_refused(path, what)) from exc
         raise
     try:
-        adopt(fd, path, what, secret=secret)
+        adopt(fd, f"{what} {path!r}", secret=secret)
     except BaseException:
         os.close(fd)
         raise
     return fd
 
 
-def adopt(fd: int, path: str, what: str, *, secret: bool = True) -> None:
-    """Check the open file ``fd`` (named ``path``) is ours, tightening its mode.
+def adopt(fd: int, what: str, *, secret: bool = True) -> None:
+    """Check the open file ``fd`` is ours, setting its mode to 0600; ``what``
+    names it in messages (e.g. "the journal file '/data/journal.db'").
 
     Raises:
         UnsafePath: see ``open_file``.
     """
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
-        raise UnsafePath(f"{what} {path!r} is not a regular file")
+        raise UnsafePath(f"{what} is not a regular file")
     if info.st_uid != os.geteuid():
         raise UnsafePath(
-            f"{what} {path!r} belongs to another user (uid {info.st_uid}, we run as"
+            f"{what} belongs to another user (uid {info.st_uid}, we run as"
             f" {os.geteuid()}): run as its owner, or move it aside"
         )
     if info.st_nlink != 1:
         raise UnsafePath(
-            f"{what} {path!r} has {info.st_nlink} hard links: writing it would"
+            f"{what} has {info.st_nlink} hard links: writing it would"
             " change the other names' content too; copy it to a file of its own"
         )
     mode = stat.S_IMODE(info.st_mode)
     if mode != FILE_MODE:  # also one the umask left without our own write bit
         if mode & 0o077 and secret and info.st_size > 0:
             raise UnsafePath(
-                f"{what} {path!r} can be read or written by other users (mode"
+                f"{what} can be read or written by other users (mode"
                 f" {mode:o}): it holds private conversations others may have read"
                 " or changed; if that is acceptable, chmod 600 it and open again"
             )

@@ -1,9 +1,9 @@
 """The file-level work of ``JsonlArchive``: synchronous, stateless, plain ``os`` calls.
 
-Scanning a session file (torn-tail repair, corrupt-line errors), encoding and
-appending lines, fsyncing, erasing, creating the directory. ``jsonl.py`` decides
-when (locking, caching, batches) and is the only importer; the file format and
-what users are promised are in its docstring.
+Opening and checking the directory and the session files, scanning a session file
+(torn-tail repair, corrupt-line errors), encoding and appending lines, fsyncing,
+erasing. ``jsonl.py`` decides when (locking, caching, batches) and is the only
+importer; the file format and what users are promised are in its docstring.
 
 Rules and theory:
 - An fsync of a file makes its lines durable, not its name: a created file can
@@ -16,10 +16,29 @@ Rules and theory:
   torn tail (else the fragment and the next line would make one corrupt line),
   then fsyncs the cut. ``scan`` and ``read_records`` never change a file; they
   stop before such a tail.
-- A session file is created ``O_EXCL`` and set to exactly 0600 with ``fchmod``.
-  Every open of a file uses ``O_NOFOLLOW`` and ``O_CLOEXEC``.
+- Nothing is followed, nothing foreign is touched. The directory is opened once
+  per call with ``O_DIRECTORY | O_NOFOLLOW`` (a symlink there is ``Refused``) and
+  must not be writable by every user (anyone could remove or rename our files);
+  one writable by its group or owned by another user than us or root is used,
+  and ``jsonl.py`` warns (the rule of the journal's folder too). Every session
+  file is opened relative to that descriptor (``dir_fd``), so swapping the path
+  for a symlink mid-call changes nothing. A session file is opened with
+  ``O_NOFOLLOW`` and ``O_NONBLOCK`` (a FIFO or device planted there cannot block
+  the open) and, before a byte of it is read, cut or written, ``fstat`` must show
+  a regular file owned by us with exactly one link; anything else is
+  ``Refused``. A second link is refused because the torn-tail repair, an append
+  and an erasure all change the inode, i.e. every file linked to it. A mode other
+  than 0600 is set to 0600, except that a non-empty file group or others may read
+  or write is ``Refused`` (others may have read it: the operator decides, then
+  ``chmod 600``).
+- A session file is created ``O_EXCL`` and set to exactly 0600 with ``fchmod``; a
+  directory created here is set to exactly 0700. The health probe is created
+  ``O_EXCL`` under a random name that is never a session's.
+- Lines hold no character that ``str.splitlines()`` ends a line at and no C1
+  control: JSON escapes the ASCII ones, ``encode_line`` escapes U+0080-U+009F
+  (U+0085 among them), U+2028 and U+2029. Reading accepts them raw (older files).
 - ``erase`` truncates before it unlinks, so the content is gone from every open
-  descriptor and hard link at once; the caller fsyncs the directory after it.
+  descriptor at once; the caller fsyncs the directory after it.
 - ``OSError`` is left to the caller, which translates it once; only
   ``FileNotFoundError`` / ``FileExistsError`` are caught, where they are answers.
 """
@@ -30,12 +49,16 @@ import concurrent.futures
 import errno
 import logging
 import os
+import re
+import secrets
+import stat
 from typing import IO, TYPE_CHECKING, Final
 from uuid import UUID
 
 import msgspec
 
 from .._errors import BackendError
+from .._private_files import UnsafePath, adopt
 from ._codec import DECODE_ERRORS, decode_record, encode_record
 
 if TYPE_CHECKING:
@@ -48,13 +71,26 @@ if TYPE_CHECKING:
 logger = logging.getLogger("journal_archivist.backends.jsonl")
 
 _SUFFIX: Final = ".jsonl"
-#: Created and removed again by ``write_probe``; never a session's name.
-_PROBE_NAME: Final = ".jsonl-archive-health-probe"
+#: ``write_probe`` creates ``PROBE_PREFIX + <32 hex digits>`` and removes it again:
+#: a dot file that does not end in ``.jsonl``, so never a session's name.
+PROBE_PREFIX: Final = ".jsonl-archive-health-probe-"
 _FILE_MODE: Final = 0o600
 _DIR_MODE: Final = 0o700
 _NOFOLLOW: Final = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)
 _DIRECTORY: Final = getattr(os, "O_DIRECTORY", 0)
+_NONBLOCK: Final = getattr(os, "O_NONBLOCK", 0)
+_NOCTTY: Final = getattr(os, "O_NOCTTY", 0)
+#: Every open of a session file: never through a symlink, never blocking on a
+#: FIFO or device planted in its place, never taking a terminal.
+_SESSION_FLAGS: Final = _NOFOLLOW | _CLOEXEC | _NONBLOCK | _NOCTTY
+_DIR_FLAGS: Final = os.O_RDONLY | _DIRECTORY | _NOFOLLOW | _CLOEXEC
+#: What ``open`` says about a symlink under ``O_NOFOLLOW`` (Linux: ``ELOOP`` for a
+#: file, ``ENOTDIR`` with ``O_DIRECTORY``; FreeBSD: ``EMLINK``), about a directory
+#: opened for writing (``EISDIR``) and about a socket (``ENXIO``).
+_NOT_A_FILE_ERRNOS: Final = frozenset(
+    {errno.ELOOP, errno.EMLINK, errno.ENOTDIR, errno.EISDIR, errno.ENXIO}
+)
 
 
 class Corrupt(Exception):
@@ -70,6 +106,30 @@ class Corrupt(Exception):
         )
 
 
+class Refused(Exception):
+    """A directory or session file this backend must not use (internal).
+
+    Raised before anything in it was read or changed; ``jsonl.py`` makes it a
+    non-retryable ``BackendError``.
+    """
+
+    def __init__(self, path: str, why: str, rule: str) -> None:
+        super().__init__(
+            f"{path}: refused: {why}; nothing in it was read or changed. {rule}"
+        )
+
+
+_DIRECTORY_RULE: Final = (
+    "The JSONL directory must be a real directory (not a symbolic link), owned by"
+    " the user the service runs as, and not shared with other writers (chmod 700)"
+)
+_FILE_RULE: Final = (
+    "A session file must be a regular file owned by the user the service runs as,"
+    " with no other hard link (back up by copying, not hard-linking): move this one"
+    " aside"
+)
+
+
 def file_name(session: UUID) -> str:
     """The name of ``session``'s file: its canonical UUID string and ``.jsonl``."""
     # Rebuilt from the int, so a UUID subclass cannot choose its own str().
@@ -83,14 +143,46 @@ def describe(exc: OSError) -> str:
     return f"[{name or exc.errno}] {exc.strerror or exc}{where}"
 
 
+# What msgspec leaves raw that a line must not hold: U+0085 (NEL), U+2028 and
+# U+2029 end a line for str.splitlines(), and U+0080-U+009F are C1 controls a
+# terminal acts on. JSON already escapes every ASCII control and line break. Each
+# pattern starts with a UTF-8 lead byte, which is never a continuation byte, so a
+# match is always a whole character, and it is always inside a JSON string.
+_RAW_SEPARATORS: Final = re.compile(rb"\xe2\x80[\xa8\xa9]")  # U+2028, U+2029
+_RAW_C1: Final = re.compile(rb"\xc2[\x80-\x9f]")  # U+0080-U+009F
+_ESCAPES: Final = {
+    chr(code).encode(): b"\\u%04x" % code
+    for code in (*range(0x80, 0xA0), 0x2028, 0x2029)
+}
+
+
+def _escaped(match: re.Match[bytes]) -> bytes:
+    return _ESCAPES[match.group()]
+
+
+def escape_line_breaks(line: bytes) -> bytes:
+    """``line`` (compact JSON) with U+0080-U+009F, U+2028 and U+2029 escaped.
+
+    Decodes to the same value. Costs one ``isascii`` for an ASCII line; a
+    regular-expression pass runs only where a lead byte of such a character is.
+    """
+    if line.isascii():
+        return line
+    if b"\xe2" in line and _RAW_SEPARATORS.search(line):
+        line = _RAW_SEPARATORS.sub(_escaped, line)
+    if b"\xc2" in line and _RAW_C1.search(line):
+        line = _RAW_C1.sub(_escaped, line)
+    return line
+
+
 def encode_line(record: MessageRecord) -> bytes:
-    """``record`` as one line, without its ``\\n``.
+    """``record`` as one line, without its ``\\n``; see ``escape_line_breaks``.
 
     Raises:
         BackendError: non-retryable, if the record cannot be encoded.
     """
     try:
-        return encode_record(record)
+        return escape_line_breaks(encode_record(record))
     except (
         msgspec.EncodeError,
         TypeError,
@@ -106,32 +198,95 @@ def encode_line(record: MessageRecord) -> bytes:
         ) from exc
 
 
-def open_for_append(path: str) -> tuple[int, bool]:
-    """Open ``path`` for reading and appending; return ``(fd, created)``."""
-    flags = os.O_RDWR | os.O_APPEND | _NOFOLLOW | _CLOEXEC
+def _what_is_at(dir_fd: int, name: str) -> str | None:
+    """What the entry ``name`` is, if it is not a regular file (None: it is one,
+    or it cannot be seen)."""
     try:
-        return os.open(path, flags), False
-    except FileNotFoundError:
-        fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, _FILE_MODE)
-        try:
-            os.fchmod(fd, _FILE_MODE)  # exactly 0600, whatever the umask
-        except BaseException:
-            os.close(fd)
+        mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
+    except OSError:
+        return None
+    return None if stat.S_ISREG(mode) else _kind(mode)
+
+
+def _kind(mode: int) -> str:
+    kinds = [
+        (stat.S_ISLNK, "a symbolic link (never followed: it could point anywhere)"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ]
+    return next((what for test, what in kinds if test(mode)), "not a regular file")
+
+
+def open_session(
+    dir_fd: int, name: str, path: str, flags: int
+) -> tuple[int, os.stat_result]:
+    """Open the session file ``name`` in ``dir_fd`` and check it; return ``(fd, st)``.
+
+    ``path`` names it in messages. Raises ``Refused``, before anything in it was
+    read or changed, unless it is a regular file owned by our effective uid with
+    exactly one link; ``FileNotFoundError`` if it is missing (or was removed
+    meanwhile: no link left).
+    """
+    try:
+        fd = os.open(name, flags | _SESSION_FLAGS, _FILE_MODE, dir_fd=dir_fd)
+    except (FileNotFoundError, FileExistsError):
+        raise
+    except OSError as exc:
+        what = _what_is_at(dir_fd, name) if exc.errno in _NOT_A_FILE_ERRNOS else None
+        if what is None:
             raise
-        return fd, True
-
-
-def erase(path: str) -> bool:
-    """Truncate and unlink ``path``; return whether there was a file."""
+        raise Refused(path, f"the session file is {what}", _FILE_RULE) from None
     try:
-        fd = os.open(path, os.O_WRONLY | _NOFOLLOW | _CLOEXEC)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            why = f"the session file is {_kind(st.st_mode)}"
+            raise Refused(path, why, _FILE_RULE)
+        if st.st_nlink == 0:  # removed since it was opened: as good as missing
+            raise FileNotFoundError(errno.ENOENT, "removed while opening", path)
+        try:
+            adopt(fd, "the session file")  # one link, our owner, 0600
+        except UnsafePath as exc:
+            raise Refused(path, str(exc), _FILE_RULE) from None
+        os.set_blocking(fd, True)  # O_NONBLOCK was for the open only
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def open_for_append(
+    dir_fd: int, name: str, path: str
+) -> tuple[int, bool, os.stat_result]:
+    """Open (creating if missing) a session file for reading and appending.
+
+    Returns ``(fd, created, st)``; raises ``Refused`` as ``open_session`` does.
+    """
+    flags = os.O_RDWR | os.O_APPEND
+    try:
+        fd, st = open_session(dir_fd, name, path, flags)
+    except FileNotFoundError:
+        fd, st = open_session(dir_fd, name, path, flags | os.O_CREAT | os.O_EXCL)
+        return fd, True, st
+    return fd, False, st
+
+
+def erase(dir_fd: int, name: str, path: str) -> bool:
+    """Truncate and unlink the session file ``name``; return whether there was one.
+
+    Raises ``Refused`` as ``open_session`` does, leaving it as it is.
+    """
+    try:
+        fd, _ = open_session(dir_fd, name, path, os.O_WRONLY)
     except FileNotFoundError:
         return False
     try:
         os.ftruncate(fd, 0)
     finally:
         os.close(fd)
-    os.unlink(path)
+    os.unlink(name, dir_fd=dir_fd)
     return True
 
 
@@ -166,19 +321,25 @@ def append_lines(fd: int, lines: list[bytes]) -> int:
     return total
 
 
-def write_probe(directory: str) -> None:
-    """Create a probe file (0600) in ``directory``, write a line, remove it again."""
-    path = os.path.join(directory, _PROBE_NAME)
+def write_probe(dir_fd: int) -> str:
+    """Create a probe file (0600) in ``dir_fd``, write a line, remove it again.
+
+    Its name is ``PROBE_PREFIX`` and 32 random hex digits, created ``O_EXCL``: no
+    one can plant a file or symlink for it to write through. Returns the name.
+    """
+    name = PROBE_PREFIX + secrets.token_hex(16)
     fd = os.open(
-        path,
-        os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _NOFOLLOW | _CLOEXEC,
+        name,
+        os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC,
         _FILE_MODE,
+        dir_fd=dir_fd,
     )
     try:
         write_all(fd, b"\n")
     finally:
         os.close(fd)
-        os.unlink(path)
+        os.unlink(name, dir_fd=dir_fd)
+    return name
 
 
 def fsync_directory(path: str) -> None:
@@ -205,26 +366,80 @@ def fsync_files(fds: list[int], pool: Executor | None) -> None:
             raise error
 
 
-def make_directory(path: str) -> bool:
-    """Create the directory ``path`` if it is missing; return whether it was created.
+def open_directory(
+    path: str, *, create: bool
+) -> tuple[int, bool, os.stat_result] | None:
+    """Open the archive directory ``path``; return ``(fd, created, st)``.
 
-    Its parent must exist. Raises ``NotADirectoryError`` if ``path`` is something
-    else. A created directory is not settled until ``settle_new_directory``.
+    If it is missing it is created (0700 and unsettled: see
+    ``settle_new_directory``) when ``create`` is set, else None is returned. Its
+    parent must exist. Raises ``Refused`` if ``path`` is a symbolic link (never
+    followed) or every user may write to it (sticky or not), and
+    ``NotADirectoryError`` if it is something else.
     """
+    created = False
     try:
-        os.mkdir(path, _DIR_MODE)
-    except FileExistsError:
-        if not os.path.isdir(path):
-            raise NotADirectoryError(
-                errno.ENOTDIR, "exists but is not a directory", path
-            ) from None
+        fd = _open_directory(path)
+    except FileNotFoundError:
+        if not create:
+            return None
+        try:
+            os.mkdir(path, _DIR_MODE)
+            created = True
+        except FileExistsError:
+            pass  # made meanwhile: open whatever is there, with the same checks
+        fd = _open_directory(path)
+    try:
+        st = os.fstat(fd)
+        if st.st_mode & stat.S_IWOTH:
+            raise Refused(
+                path,
+                "the JSONL directory is writable by every user (mode"
+                f" {stat.S_IMODE(st.st_mode):04o}): anyone could plant, rename or"
+                " remove session files",
+                _DIRECTORY_RULE,
+            )
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, created, st
+
+
+def _open_directory(path: str) -> int:
+    try:
+        return os.open(path, _DIR_FLAGS)
+    except OSError as exc:
+        if exc.errno not in _NOT_A_FILE_ERRNOS or not _is_symlink(path):
+            raise
+    raise Refused(
+        path,
+        "the JSONL directory is a symbolic link (never followed: whoever can change"
+        " it would choose which files are written)",
+        _DIRECTORY_RULE + "; configure the real directory's path",
+    )
+
+
+def _is_symlink(path: str) -> bool:
+    try:
+        return stat.S_ISLNK(os.lstat(path).st_mode)
+    except OSError:
         return False
-    return True
 
 
-def settle_new_directory(path: str) -> None:
-    """Set a directory just created to 0700 and fsync its parent, making it durable."""
-    os.chmod(path, _DIR_MODE)  # exactly 0700, whatever the umask
+def sharing(st: os.stat_result) -> str | None:
+    """Who else than us (and root) controls the entries of a directory, if anyone:
+    its group (``g+w``) or its owner (another uid)."""
+    if st.st_uid not in (os.geteuid(), 0):
+        return f"owned by uid {st.st_uid} (this process runs as {os.geteuid()})"
+    if st.st_mode & stat.S_IWGRP:
+        return f"writable by its group (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
+def settle_new_directory(fd: int, path: str) -> None:
+    """Set the directory just created (open as ``fd``) to 0700 and fsync its
+    parent, making it durable."""
+    os.fchmod(fd, _DIR_MODE)  # exactly 0700, whatever the umask
     fsync_directory(os.path.dirname(path))
 
 
@@ -288,14 +503,17 @@ def load_ids(path: str, session: UUID, fd: int) -> tuple[set[int], int]:
     return ids, end
 
 
-def read_records(path: str, session: UUID) -> list[MessageRecord]:
-    """The records in ``path`` in file order, first copy of each id; ``[]`` if none.
+def read_records(
+    dir_fd: int, name: str, path: str, session: UUID
+) -> list[MessageRecord]:
+    """The records of the session file ``name`` in file order, first copy of each
+    id; ``[]`` if there is none.
 
     Skips a torn tail without cutting it. Raises ``Corrupt`` for a bad line before
-    the end.
+    the end, ``Refused`` as ``open_session`` does.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+        fd, _ = open_session(dir_fd, name, path, os.O_RDONLY)
     except FileNotFoundError:
         return []
     records: list[MessageRecord] = []

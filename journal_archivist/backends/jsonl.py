@@ -5,11 +5,24 @@ File format:
   the session UUID (``str(uuid)``: 36 lower-case characters). Nothing else becomes
   part of a path; record content never does.
 - One record per line: the compact JSON object of ``_codec.encode_record`` followed
-  by ``\\n`` (JSON escapes every control character, so a record never contains a
-  raw newline). Lines are in append order. UTF-8, no header, no trailer.
+  by ``\\n``. JSON escapes every ASCII control character; U+0080-U+009F (the C1
+  controls, U+0085 among them), U+2028 and U+2029 are escaped too (``\\u2028``),
+  so a line holds no character at which ``str.splitlines()`` or a terminal would
+  break it. Files written before that may hold them raw, and still read. Lines are
+  in append order. UTF-8, no header, no trailer.
 - Files are created 0600. The directory is created 0700 on first use if it is
   missing (its parent must exist: a missing mount point is an error, not a reason to
-  build a tree). Existing files and directories keep their modes.
+  build a tree). An existing directory keeps its mode; an existing file is set to
+  0600 (see below).
+- The directory should be a real directory of the service's user alone, shared
+  with no other writer: a symlink there, or one every user may write to, is
+  refused (non-retryable ``BackendError``); one its group may write to, or owned
+  by another user than us or root, is used with a WARNING (once). A session file
+  must be a regular file owned by us with one link: a symlink, a hard-linked
+  file, another user's file, a FIFO, device or directory is refused before
+  anything in it is read or changed; one group or others may read or write is
+  set to 0600 if it is empty, refused if not. Only the last path component is
+  checked: the directory's parents are trusted.
 
 Rules and theory:
 - Durable before acknowledging: a batch is written, then every file it touched is
@@ -44,6 +57,12 @@ Rules and theory:
 - Erasure truncates the file to zero, unlinks it and fsyncs the directory. Freed
   blocks are not overwritten (on SSDs, copy-on-write filesystems and snapshots an
   overwrite would not reach the old copies anyway).
+- At most ``MAX_OPEN_FILES`` session files are open at once (plus the
+  directory): a batch is applied in chunks of that many sessions, each appended,
+  fsync'd and closed before the next is opened. So a batch of any size fits a
+  1,024-descriptor limit. A chunk that fails is cut back as above; chunks before
+  it keep their synced lines, which the redelivery finds (their cache entries are
+  dropped too, so it reads the files) and skips.
 - One thread hop per call: all file I/O of a batch runs in one
   ``anyio.to_thread.run_sync`` call; only the fsyncs of a batch fan out to
   ``fsync_threads`` threads, because the filesystem commits concurrent fsyncs
@@ -76,17 +95,25 @@ from . import _jsonl_files as _files
 from ._base import ArchiveBackend, SessionGroup, text_path
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
     from .._records import MessageRecord
 
-__all__ = ["DEFAULT_FSYNC_THREADS", "DEFAULT_MAX_CACHED_SESSIONS", "JsonlArchive"]
+__all__ = [
+    "DEFAULT_FSYNC_THREADS",
+    "DEFAULT_MAX_CACHED_SESSIONS",
+    "MAX_OPEN_FILES",
+    "JsonlArchive",
+]
 
 #: How many sessions' id sets a ``JsonlArchive`` keeps in memory by default.
 DEFAULT_MAX_CACHED_SESSIONS: Final = 1024
 #: How many files of one batch a ``JsonlArchive`` fsyncs at once by default.
 DEFAULT_FSYNC_THREADS: Final = 4
 _MAX_FSYNC_THREADS: Final = 64
+#: The most session files a ``JsonlArchive`` holds open at once: a larger batch is
+#: written in chunks of this many sessions (well inside a 1,024-descriptor limit).
+MAX_OPEN_FILES: Final = 256
 
 _A = TypeVar("_A")
 _R = TypeVar("_R")
@@ -142,6 +169,15 @@ class JsonlArchive(ArchiveBackend):
     order is file order, which is append order. Readable: ``read_session`` returns
     a session's records in file order. ``RetryPolicy.attempt_timeout`` cannot
     interrupt a call blocked in file I/O (a hung disk): it ends when the I/O does.
+    Holds at most ``MAX_OPEN_FILES`` session files open at once, whatever the
+    batch size.
+
+    The directory must be the service's own: a real directory (a symlink is
+    refused), owned by the user the service runs as, that no one else writes to
+    (writable by every user: refused; by its group, or owned by another user than
+    root: a WARNING). Session files that are not regular files of ours with one
+    link, or that others may read (unless empty), are refused: never followed,
+    read, repaired or erased.
 
     Args:
         directory: where the session files live. Created (0700) on first use if it
@@ -192,8 +228,10 @@ class JsonlArchive(ArchiveBackend):
         self._dir = os.path.abspath(path)
         self._max_cached = max_cached_sessions
         self._cache: OrderedDict[UUID, _Cached] = OrderedDict()
-        self._dir_ready = False
         self._new_dir = False  # created by us; its parent is not synced yet
+        self._dir_identity: tuple[int, int] | None = None  # (st_dev, st_ino)
+        # (dev, ino, mode, uid) of the directory last warned about
+        self._warned_shared: tuple[int, int, int, int] | None = None
         self._dir_dirty = False  # the directory may hold entries not yet synced
         self._fsync_threads = fsync_threads
         self._pool: ThreadPoolExecutor | None = None
@@ -242,7 +280,10 @@ class JsonlArchive(ArchiveBackend):
                 but nothing was acknowledged, and a redelivery skips what is
                 there. Non-retryable for a corrupt line inside a session file or
                 a record of another session (nothing of that session was written),
-                or a record that cannot be encoded (nothing of the batch was).
+                a record that cannot be encoded (nothing of the batch was), a
+                refused directory (nothing was written) or a refused session file
+                (it was left as it is; sessions in earlier chunks may have been
+                written).
         """
         plans: dict[UUID, _Plan] = {}
         for group in groups:
@@ -266,11 +307,13 @@ class JsonlArchive(ArchiveBackend):
         """Remove ``session``'s file and fsync the directory; a no-op if none.
 
         The file is truncated to zero before it is unlinked, so its content is gone
-        from every open descriptor and hard link at once. Its freed blocks are not
-        overwritten: the device may keep the old bytes until they are reused.
+        from every open descriptor at once. Its freed blocks are not overwritten:
+        the device may keep the old bytes until they are reused.
 
         Raises:
-            BackendError: retryable, for an ``OSError``.
+            BackendError: retryable, for an ``OSError``; non-retryable if the
+                directory or the session file is refused (a symlink, a file with
+                another hard link or another owner): it is left as it is.
         """
         plans = {_checked(session): _Plan(erase=True)}
         await anyio.to_thread.run_sync(self._locked, self._apply, plans)
@@ -284,8 +327,8 @@ class JsonlArchive(ArchiveBackend):
 
         Raises:
             BackendError: non-retryable if a line before the end does not decode
-                (the message names file, line and offset); retryable for an
-                ``OSError``.
+                (the message names file, line and offset) or the directory or the
+                session file is refused; retryable for an ``OSError``.
         """
         return await anyio.to_thread.run_sync(
             self._locked, self._read, _checked(session)
@@ -294,11 +337,16 @@ class JsonlArchive(ArchiveBackend):
     async def health_check(self) -> None:
         """Check that the directory exists (creating it if missing) and is writable.
 
-        Creates and removes ``.jsonl-archive-health-probe`` in the directory.
+        Creates (``O_EXCL``) and removes ``.jsonl-archive-health-probe-<random
+        hex>`` in the directory: a name no one can plant a file for, and never a
+        session's. Warns (once) if the directory's group may write to it or it
+        belongs to another user than root.
 
         Raises:
             BackendError: retryable: the directory or its parent is missing, is not
                 a directory, is not writable, or the disk is full or failing.
+                Non-retryable: the directory is refused (a symlink, or writable
+                by every user).
         """
         await anyio.to_thread.run_sync(self._locked, self._probe, None)
 
@@ -318,27 +366,29 @@ class JsonlArchive(ArchiveBackend):
     def _locked(self, fn: Callable[[_A], _R], arg: _A) -> _R:
         """Run ``fn(arg)`` under the lock, translating its errors once, here.
 
-        ``_files.Corrupt`` becomes a non-retryable ``BackendError``; an ``OSError`` a
-        retryable one (an operator can fix it), after which the directory is
-        checked again on the next call.
+        ``_files.Corrupt`` and ``_files.Refused`` become a non-retryable
+        ``BackendError`` (only an operator can fix them); an ``OSError`` a retryable
+        one.
         """
         with self._lock:
             try:
                 return fn(arg)
-            except _files.Corrupt as exc:
+            except (_files.Corrupt, _files.Refused) as exc:
                 raise BackendError(str(exc), retryable=False) from None
             except OSError as exc:
-                self._dir_ready = False
                 raise BackendError(
                     f"{self!r}: {_files.describe(exc)}", retryable=True
                 ) from exc
 
     def _read(self, session: UUID) -> list[MessageRecord]:
-        return _files.read_records(self.path_of(session), session)
+        with self._directory(create=False) as dir_fd:
+            if dir_fd is None:
+                return []
+            name = _files.file_name(session)
+            return _files.read_records(dir_fd, name, self.path_of(session), session)
 
     def _forget(self, _: None) -> None:
         self._cache.clear()
-        self._dir_ready = False
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown()
@@ -348,21 +398,45 @@ class JsonlArchive(ArchiveBackend):
             s: [_files.encode_line(r) for r in plan.records]
             for s, plan in plans.items()
         }
-        self._ensure_directory()
+        items = list(plans.items())
+        with self._directory(create=True) as dir_fd:
+            assert dir_fd is not None  # created if missing
+            try:
+                for at in range(0, len(items), MAX_OPEN_FILES):
+                    chunk = items[at : at + MAX_OPEN_FILES]
+                    self._apply_chunk(dir_fd, chunk, encoded)
+                if self._dir_dirty:
+                    os.fsync(dir_fd)
+                    self._dir_dirty = False
+            except BaseException:
+                # Also the chunks that succeeded: the redelivery reads their files.
+                for session in plans:
+                    self._cache.pop(session, None)
+                raise
+
+    def _apply_chunk(
+        self,
+        dir_fd: int,
+        chunk: list[tuple[UUID, _Plan]],
+        encoded: dict[UUID, list[bytes]],
+    ) -> None:
+        """Apply ``chunk`` (at most ``MAX_OPEN_FILES`` sessions), fsync its files
+        and close them; on failure cut back what it appended."""
         opened: list[_Target] = []
         try:
-            for session, plan in plans.items():
+            for session, plan in chunk:
                 path = self.path_of(session)
+                name = _files.file_name(session)
                 if plan.erase:
                     self._cache.pop(session, None)
-                    if _files.erase(path):
+                    if _files.erase(dir_fd, name, path):
                         self._dir_dirty = True
                 if not plan.records:
                     continue
-                fd, created = _files.open_for_append(path)
+                fd, created, stat = _files.open_for_append(dir_fd, name, path)
                 self._dir_dirty |= created
                 try:
-                    state, synced = self._state(session, path, fd, fresh=created)
+                    state, synced = self._state(session, path, fd, stat, fresh=created)
                 except BaseException:
                     os.close(fd)
                     raise
@@ -379,14 +453,9 @@ class JsonlArchive(ArchiveBackend):
                     target.wrote = True
                     state.size += _files.append_lines(fd, lines)
             self._fsync_all([t.fd for t in opened if not t.synced])
-            if self._dir_dirty:
-                _files.fsync_directory(self._dir)
-                self._dir_dirty = False
         except BaseException:
             for target in opened:
                 target.roll_back()
-            for session in plans:
-                self._cache.pop(session, None)
             raise
         finally:
             for target in opened:
@@ -395,9 +464,10 @@ class JsonlArchive(ArchiveBackend):
             self._remember(target.session, target.state)
 
     def _state(
-        self, session: UUID, path: str, fd: int, *, fresh: bool
+        self, session: UUID, path: str, fd: int, stat: os.stat_result, *, fresh: bool
     ) -> tuple[_Cached, bool]:
-        """The ids in the open file ``fd``, and whether the file is known synced.
+        """The ids in the open file ``fd`` (``stat`` is its ``fstat``), and whether
+        the file is known synced.
 
         A cached set is used while the file's inode and size are what this instance
         left them, after an fsync; otherwise the file is read again, and it and the
@@ -405,7 +475,6 @@ class JsonlArchive(ArchiveBackend):
         left lines, or the file's directory entry, never synced, which the ids now
         vouch for.
         """
-        stat = os.fstat(fd)
         cached = self._cache.get(session)
         if (
             cached is not None
@@ -437,19 +506,58 @@ class JsonlArchive(ArchiveBackend):
             self._cache.popitem(last=False)
 
     def _probe(self, _: None) -> None:
-        self._ensure_directory(check=True)
-        _files.write_probe(self._dir)
+        with self._directory(create=True) as dir_fd:
+            assert dir_fd is not None  # created if missing
+            _files.write_probe(dir_fd)
 
-    def _ensure_directory(self, *, check: bool = False) -> None:
-        if self._dir_ready and not check:
+    @contextlib.contextmanager
+    def _directory(self, *, create: bool) -> Iterator[int | None]:
+        """The directory, open (``O_NOFOLLOW``) and checked, for one call.
+
+        None if it is missing and not ``create``. A directory created here is
+        settled (0700, its parent fsync'd) before use, and again by later calls
+        until that succeeds. Another directory than last time (recreated, or the
+        path now names another one) holds none of the cached ids: they are dropped.
+        """
+        opened = _files.open_directory(self._dir, create=create)
+        if opened is None:
+            yield None
             return
-        if _files.make_directory(self._dir):
-            self._new_dir = True
-            self._cache.clear()  # a new directory holds none of what was cached
-        if self._new_dir:  # until it succeeds, even if a later call finds it
-            _files.settle_new_directory(self._dir)
-            self._new_dir = False
-        self._dir_ready = True
+        fd, created, stat = opened
+        try:
+            if created:
+                self._new_dir = True
+                self._cache.clear()  # even if it took the inode of a removed one
+            if self._new_dir and create:
+                _files.settle_new_directory(fd, self._dir)
+                self._new_dir = False
+            identity = (stat.st_dev, stat.st_ino)
+            if identity != self._dir_identity:
+                self._cache.clear()
+                self._dir_identity = identity
+            self._warn_if_shared(stat)
+            yield fd
+        finally:
+            os.close(fd)
+
+    def _warn_if_shared(self, stat: os.stat_result) -> None:
+        """Warn once per directory, mode and owner if someone else controls it."""
+        who = _files.sharing(stat)
+        if who is None:
+            self._warned_shared = None
+            return
+        seen = (stat.st_dev, stat.st_ino, stat.st_mode, stat.st_uid)
+        if seen == self._warned_shared:
+            return
+        self._warned_shared = seen
+        _files.logger.warning(
+            "%s: the JSONL directory is %s: another user can add, remove or rename"
+            " session files. Session files that are symlinks, hard-linked or not"
+            " ours are refused, but the directory should belong to the service's"
+            " user alone (chown it, chmod 700 it)",
+            self._dir,
+            who,
+        )
 
 
 def _checked(session: object) -> UUID:

@@ -407,6 +407,7 @@ class TestTornTail:
             path = archive.path_of(session)
             damaged = first + line + second
             Path(path).write_bytes(damaged)
+            os.chmod(path, 0o600)  # as the archive makes its files
             match = (
                 rf"{re.escape(path)}: line 2 \(at byte {len(first)}\) is corrupt and"
                 rf" cannot be repaired automatically \(.*{detail}"
@@ -426,6 +427,7 @@ class TestTornTail:
             await archive.health_check()
             path = archive.path_of(session)
             Path(path).write_bytes(b"\0" * 8192)
+            os.chmod(path, 0o600)  # as the archive made it
             assert await archive.read_session(session) == []
             recs = records(session, 2)
             with caplog.at_level(logging.WARNING, "journal_archivist"):
