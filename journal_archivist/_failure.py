@@ -6,7 +6,9 @@ Rules and theory:
   each time, one line, the original exception as ``__cause__``), wakes everything
   that waits on it, stops its other loops and closes the journal. Nothing
   acknowledged is lost: it is in the journal for the next open.
-- ``describe`` is how any exception is shown in one line (health, logs, errors).
+- ``describe`` is how any exception is shown in one line (health, logs, errors,
+  dead-letter reasons); it escapes control characters (``_printable``), since an
+  exception's message often quotes foreign text.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from ._errors import ArchivistFailed
+from ._printable import printable
 
 __all__ = ["Failure", "describe"]
 
@@ -23,8 +26,9 @@ MAX_DESCRIPTION: Final = 300
 
 
 def describe(exc: BaseException) -> str:
-    """``exc`` in one line: its class and message, shortened to a sane length."""
-    text = " ".join(str(exc).split())
+    """``exc`` in one line: its class and message, shortened to a sane length,
+    with control characters escaped."""
+    text = printable(" ".join(str(exc).split()))
     if len(text) > MAX_DESCRIPTION:
         text = text[: MAX_DESCRIPTION - 3] + "..."
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

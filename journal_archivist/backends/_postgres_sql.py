@@ -334,18 +334,33 @@ def classify(exc: BaseException) -> tuple[bool, str]:
     return retryable, what
 
 
+#: The start of asyncpg's text for a value it cannot encode, up to the value.
+_BAD_ARGUMENT: Final = re.compile(
+    r"invalid input for query argument \$\d+( in element #\d+ of executemany\(\)"
+    r" sequence)?"
+)
+
+
+def _message(exc: BaseException) -> str:
+    """The message of an asyncpg error (its first argument), without the value
+    asyncpg quotes when it cannot encode one: record content, which must stay
+    out of logs and dead-letter rows."""
+    message = str(exc.args[0]) if exc.args else ""
+    found = _BAD_ARGUMENT.match(message)
+    return f"{found.group()}: value withheld" if found else message
+
+
 def _classify_one(exc: BaseException) -> tuple[bool, str]:
     if isinstance(exc, TimeoutError):
         return True, "timed out"
     if isinstance(exc, asyncpg.PostgresError):
         state = str(getattr(exc, "sqlstate", "") or "")
         retryable = is_retryable_state(state)
-        message = exc.args[0] if exc.args else ""
-        what = f"{type(exc).__name__} (SQLSTATE {state}): {message}"
+        what = f"{type(exc).__name__} (SQLSTATE {state}): {_message(exc)}"
         hint = HINTS.get(state)
         return retryable, f"{what}; {hint}" if hint else what
     if isinstance(exc, asyncpg.exceptions.DataError):
-        return False, f"the server cannot take a value: {exc.args[0]}"
+        return False, f"the server cannot take a value: {_message(exc)}"
     if isinstance(exc, asyncpg.InterfaceError | asyncpg.exceptions.InternalClientError):
         # Connection closed or released under us, a stale schema cache, a bad
         # client setting: not about the records.

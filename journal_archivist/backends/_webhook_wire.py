@@ -2,7 +2,7 @@
 
 The request body (one group, or a ``{"groups": [...]}`` batch), its
 ``Idempotency-Key``, the checks on user headers and timeout; then the answer: a
-capped read of its body, the excerpt an error quotes, the reading of
+capped read of its body, what an error says of it, the reading of
 ``Retry-After`` and which statuses are retryable or fail the health probe. Pure
 code: no sockets, no httpx (``_read_capped`` only drains the chunks it is given).
 The wire format and the guarantees behind these rules are described in the
@@ -17,6 +17,14 @@ Rules and theory:
 - **Retryable means "try again later".** 408, 429 and 5xx are retryable, and only
   they honour ``Retry-After`` (capped at ``MAX_RETRY_AFTER``); any other non-2xx
   status is final.
+- **An answer's body is content.** A receiver's error body often quotes the
+  records it refused, and errors end up in logs, ``health()`` and the journal's
+  dead-letter rows, which ``delete_session`` does not reach in logs. So by
+  default an error says only the body's size and media type
+  (``_summarise_body``); ``_quote_body`` quotes its start, masked and printable,
+  only when the user opts in (``log_response_body=True``). Every text taken
+  from an answer (body, media type, ``Location``) is masked of secrets and made
+  printable before it enters a message.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from uuid import UUID
 import msgspec
 
 from .._errors import BackendError
+from .._printable import printable
 from .._records import MessageRecord
 from ._codec import encode_record
 from ._webhook_secrets import _MASK, _is_secret_header, _mask_url
@@ -42,6 +51,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterable
 
     from ._base import SessionGroup
+    from ._webhook_secrets import _Redactor
 
 #: The longest ``Retry-After`` honoured, in seconds; a longer one is cut to this.
 MAX_RETRY_AFTER: Final = 3600.0
@@ -51,13 +61,17 @@ _RESERVED_HEADERS: Final = frozenset(
     {"content-type", "content-length", "transfer-encoding", "host", "idempotency-key"}
 )
 _TOKEN: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+#: What a header value must not hold (RFC 9110 allows tab, space and VCHAR).
+_CONTROL: Final = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
 _RETRYABLE_STATUSES: Final = frozenset({408, 429})
 #: Answers to the default ``OPTIONS`` probe that mean deliveries would fail too.
 _PROBE_REFUSED: Final = frozenset({401, 403, 407, 408, 429})
 #: Bytes of a response body read at most (the rest is not read).
 _MAX_BODY_BYTES: Final = 64 * 1024
-#: Characters of a response body quoted in an error message.
+#: Characters of a response body quoted in an error message (when quoted at all).
 _EXCERPT_CHARS: Final = 200
+#: Characters of a media type named in an error message.
+_MEDIA_TYPE_CHARS: Final = 60
 #: Starts the hash of every batch body, so no batch key equals a one-group key.
 _BATCH_KEY_PREFIX: Final = b"journal-archivist webhook batch\x00"
 
@@ -149,10 +163,10 @@ def _check_headers(headers: object) -> dict[str, str]:
             raise ValueError(f"invalid header name {name!r:.40}")
         lower = name.lower()
         shown = _MASK if _is_secret_header(name) else repr(value)
-        if not value.isascii() or any(c in value for c in "\r\n\0"):
+        if not value.isascii() or _CONTROL.search(value):
             raise ValueError(
-                f"header {name!r}: value must be ASCII without CR, LF or NUL,"
-                f" got {shown}"
+                f"header {name!r}: value must be ASCII without control characters"
+                f" (CR, LF, NUL, ESC...; tab aside), got {shown}"
             )
         if lower in _RESERVED_HEADERS:
             raise ValueError(f"header {name!r} is set by WebhookArchive itself")
@@ -193,42 +207,80 @@ def _describe_post(masked_url: str, groups: Sequence[SessionGroup]) -> str:
     return f"POST {masked_url} ({sessions}, {count} records)"
 
 
-async def _read_capped(chunks: AsyncIterable[bytes]) -> bytes:
+async def _read_capped(chunks: AsyncIterable[bytes]) -> tuple[bytes, bool]:
     """Read at most ``_MAX_BODY_BYTES`` of a body's ``chunks`` (a whole small one,
-    so the connection can be reused)."""
+    so the connection can be reused); return it and whether it is all of it."""
     read: list[bytes] = []
     size = 0
     async for chunk in chunks:
         read.append(chunk)
         size += len(chunk)
         if size >= _MAX_BODY_BYTES:
-            break
-    return b"".join(read)
+            return b"".join(read), False
+    return b"".join(read), True
 
 
-def _excerpt(status: int, body: bytes, location: str | None) -> str:
-    """What an error quotes of an answer: the start of its ``body``, or for a
-    redirect where it points (masked) and that redirects are not followed."""
-    if 300 <= status < 400:
-        return (
-            f"redirects to {_mask_url(location)!r}, and redirects are not"
-            " followed: configure the final URL"
-            if location
-            else "a redirect, and redirects are not followed"
-        )
-    return body[: _EXCERPT_CHARS * 4].decode("utf-8", "replace")
+def _describe_redirect(
+    location: str | None, redact: _Redactor, *, secret_path: bool
+) -> str:
+    """What an error says of a redirect: where it points (masked) and that
+    redirects are not followed."""
+    if not location:
+        return "a redirect, and redirects are not followed"
+    # Masked whole first: masking the query splits a secret holding "&".
+    shown = _mask_url(redact(location), secret_path=secret_path)
+    return (
+        f"redirects to '{shown[:_EXCERPT_CHARS]}', and redirects are not followed:"
+        " configure the final URL"
+    )
 
 
-def _describe_answer(status: int, reason: str, excerpt: str) -> str:
-    """Describe an answer: status, ``reason`` phrase and the start of ``excerpt``
-    (already redacted)."""
+def _summarise_body(
+    body: bytes,
+    complete: bool,
+    content_type: str | None,
+    content_length: str | None,
+    redact: _Redactor,
+) -> str:
+    """What an error says of a body it does not quote: its size and media type,
+    never its text ("" for no body)."""
+    if complete:
+        if not body:
+            return ""
+        size = f"{len(body)} bytes"
+    else:
+        declared = content_length.strip() if content_length else ""
+        known = declared.isdigit() and int(declared) >= len(body)
+        size = f"{int(declared)} bytes" if known else f"over {len(body)} bytes"
+    media = (content_type or "").partition(";")[0].strip()
+    if media:
+        media = printable(redact(media))[:_MEDIA_TYPE_CHARS]
+        size += f" of {media}"
+    return f"{size} (not quoted: log_response_body=False)"
+
+
+def _quote_body(body: bytes, complete: bool, redact: _Redactor) -> str:
+    """The start of ``body`` quoted for an error: masked of secrets, its
+    whitespace collapsed, control characters escaped, "..." if more followed;
+    "" for a blank body. ``complete`` says ``body`` is all the receiver sent."""
+    # Enough bytes for the characters shown, the whitespace collapsed and a
+    # secret straddling the end (a character is at most 4 bytes).
+    head = body[: (4 * _EXCERPT_CHARS + 2 * redact.longest) * 4]
+    whole = complete and len(head) == len(body)
+    text = head.decode("utf-8", "replace")
+    masked = redact.excerpt(text, 2 * _EXCERPT_CHARS, complete=whole)
+    excerpt = " ".join(masked.split())
+    if not excerpt:
+        return ""
+    more = len(excerpt) > _EXCERPT_CHARS or not whole
+    return f"'{printable(excerpt[:_EXCERPT_CHARS])}{'...' if more else ''}'"
+
+
+def _describe_answer(status: int, reason: str, detail: str) -> str:
+    """Describe an answer: status, ``reason`` phrase and ``detail`` (what
+    ``_describe_redirect``, ``_summarise_body`` or ``_quote_body`` say of it)."""
     text = f"answered {status} {reason}".rstrip()
-    excerpt = excerpt.strip()
-    if excerpt:
-        if len(excerpt) > _EXCERPT_CHARS:
-            excerpt = excerpt[:_EXCERPT_CHARS] + "..."
-        text += f": {excerpt!r}"
-    return text
+    return f"{text}: {detail}" if detail else text
 
 
 def _parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:

@@ -69,21 +69,34 @@ Guarantees and rules:
   connection and any other transport error are retryable, with ``retry_after`` set
   from a ``Retry-After`` header (seconds or an HTTP date, capped at
   ``MAX_RETRY_AFTER``). Every other status -- 3xx (redirects are not followed), 4xx
-  -- is not retryable; the message names the status and the start of the body.
+  -- is not retryable. The message names the status and, of the body, only its
+  size and media type: a receiver's error body often quotes the records it
+  refused, and error messages reach logs, ``health()`` and the journal's
+  dead-letter rows, where ``delete_session`` cannot erase them from the logs.
+  ``log_response_body=True`` quotes the start of the body instead (secrets
+  masked, control characters escaped); a redirect names where it points.
 - ``health_check`` GETs ``health_url`` if one is given (2xx is healthy); otherwise
   it sends ``OPTIONS`` to the url, and any answer is healthy except 5xx, 408, 429,
   a redirect, or 401/403/407 (credentials refused). So a receiver that rejects one
   record still passes (a BEST_EFFORT writer then dead-letters that record), while a
   receiver that is down, overloaded, moved or refusing our credentials fails it
   (and nothing is dead-lettered while it does).
-- Secrets never reach ``repr``, log lines or error messages: values of credential
-  headers, the URL's userinfo and its query-string values show as ``***``. The
-  userinfo is sent as HTTP Basic auth. A receiver may echo them in an error body,
-  so query values, user and password are masked there both percent-encoded (as
-  given and as sent) and decoded, and so is the ``Basic <base64>`` value built
-  from the userinfo. httpx logs every request URL at INFO on the ``httpx``
-  logger; a filter there masks the query strings of our URLs while an instance
-  using them is alive.
+- Secrets never reach ``repr``, log lines, error messages, ``health()`` or the
+  journal: values of credential headers, the URL's userinfo and its query-string
+  values show as ``***``, and so does the path with ``secret_path=True`` (for a
+  capability URL, such as ``https://hooks.example/services/T000/B000/XXXX``). The
+  userinfo is sent as HTTP Basic auth. A receiver may echo a secret back in any
+  form, so wherever text from it enters a message each secret is masked raw,
+  percent-encoded, form-encoded, decoded, JSON- or HTML-escaped, in any case and
+  in two such layers (``_webhook_secrets``), and so is the ``Basic <base64>``
+  value built from the userinfo. httpx logs every request URL and the
+  receiver's reason phrase at INFO on the ``httpx`` logger, and httpcore logs
+  response headers at DEBUG: a filter on those loggers masks our URLs and
+  secrets there while an instance using them is alive, and escapes control
+  characters in the lines about our URLs; it leaves other clients' lines alone.
+- Text from the receiver (reason phrase, body, media type, ``Location``) enters
+  a message only made printable (``journal_archivist._printable``): control
+  characters such as ESC are escaped, never written raw.
 - Not readable: ``read_session`` raises ``BackendError`` (read from the receiver).
 """
 
@@ -97,29 +110,33 @@ from typing import TYPE_CHECKING, Final, final
 import anyio
 
 from .._errors import BackendError
+from .._printable import printable
 from ._base import ArchiveBackend, SessionGroup
 from ._webhook_secrets import (
     _HttpxLogMask,
     _is_secret_header,
     _mask_url,
     _masked_headers,
-    _redact,
-    _redaction_list,
+    _plain_http_warning,
+    _Redactor,
     _url_secrets,
 )
 from ._webhook_wire import (
+    _EXCERPT_CHARS,
     MAX_RETRY_AFTER,
     _check_headers,
     _check_timeout,
     _describe_answer,
     _describe_post,
+    _describe_redirect,
     _encode_body,
-    _excerpt,
     _idempotency_key,
     _is_retryable,
     _parse_retry_after,
     _probe_passes,
+    _quote_body,
     _read_capped,
+    _summarise_body,
 )
 
 try:
@@ -151,14 +168,14 @@ DEFAULT_MAX_CONNECTIONS: Final = 4
 # MAX_RETRY_AFTER, the longest ``Retry-After`` honoured, lives in _webhook_wire.
 
 _httpx_log_mask: Final = _HttpxLogMask(httpx.URL)
-logging.getLogger("httpx").addFilter(_httpx_log_mask)
+_httpx_log_mask.install()
 
 
-def _check_url(url: object, what: str) -> tuple[httpx.URL, str]:
+def _check_url(url: object, what: str, *, secret_path: bool) -> tuple[httpx.URL, str]:
     """Parse a URL argument; return it and its masked form."""
     if not isinstance(url, str):
         raise TypeError(f"{what} must be a str, got {type(url).__name__}")
-    masked = _mask_url(url)
+    masked = _mask_url(url, secret_path=secret_path)
     try:
         parsed = httpx.URL(url)
     except httpx.InvalidURL as exc:
@@ -181,7 +198,10 @@ class WebhookArchive(ArchiveBackend):
 
     Args:
         url: where to POST, ``http://`` or ``https://`` with a host. Credentials in
-            it (``user:pass@``) are sent as HTTP Basic auth.
+            it (``user:pass@``) are sent as HTTP Basic auth. A ``UserWarning``
+            says so when credentials (secret headers, userinfo, a query
+            parameter named like ``token``, a ``secret_path``) would go over
+            plain ``http://`` to a host other than this machine.
         headers: sent with every request (for example ``Authorization``).
             ``Content-Type``, ``Idempotency-Key`` and framing headers are set here.
         timeout: seconds one request may take in all.
@@ -192,6 +212,15 @@ class WebhookArchive(ArchiveBackend):
             ``False`` (do not verify; only for tests).
         per_batch: send each batch as one ``{"groups": [...]}`` body instead of one
             body per session group (see the module docstring for when to).
+        secret_path: the URL's path is a secret (a capability URL): shown as
+            ``***`` in ``repr``, errors and log lines (httpx's too), and masked
+            in any form, as is each of its segments, in text quoted from the
+            receiver. Applies to ``health_url`` too.
+        log_response_body: quote the start of a receiver's error body in errors
+            (and so in logs, ``health()`` and dead-letter rows), secrets masked.
+            Off by default: such a body may quote record content, which
+            ``delete_session`` cannot then erase from the logs; errors name the
+            body's size and media type instead.
 
     Raises:
         TypeError, ValueError: a bad argument, named in the message (secrets
@@ -208,8 +237,17 @@ class WebhookArchive(ArchiveBackend):
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         verify: bool | ssl.SSLContext = True,
         per_batch: bool = False,
+        secret_path: bool = False,
+        log_response_body: bool = False,
     ) -> None:
-        parsed, self._masked_url = _check_url(url, "url")
+        for name, flag in (
+            ("per_batch", per_batch),
+            ("secret_path", secret_path),
+            ("log_response_body", log_response_body),
+        ):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be a bool, got {flag!r:.40}")
+        parsed, self._masked_url = _check_url(url, "url", secret_path=secret_path)
         self._headers = _check_headers(headers)
         self._timeout = _check_timeout(timeout)
         if isinstance(max_connections, bool) or not isinstance(max_connections, int):
@@ -220,14 +258,14 @@ class WebhookArchive(ArchiveBackend):
             raise TypeError(
                 f"verify must be a bool or an ssl.SSLContext, got {verify!r:.40}"
             )
-        if not isinstance(per_batch, bool):
-            raise TypeError(f"per_batch must be a bool, got {per_batch!r:.40}")
         self._max_connections = max_connections
         self._verify = verify
         self._per_batch = per_batch
+        self._secret_path = secret_path
+        self._log_response_body = log_response_body
 
         found = [v for k, v in self._headers.items() if _is_secret_header(k)]
-        found += _url_secrets(url, parsed)
+        found += _url_secrets(url, parsed, secret_path=secret_path)
         self._auth: httpx.BasicAuth | None = None
         if parsed.userinfo:
             if any(name.lower() == "authorization" for name in self._headers):
@@ -242,29 +280,38 @@ class WebhookArchive(ArchiveBackend):
         self._masked_health_url: str | None = None
         if health_url is not None:
             self._health_url, self._masked_health_url = _check_url(
-                health_url, "health_url"
+                health_url, "health_url", secret_path=secret_path
             )
             if self._health_url.userinfo:
                 raise ValueError(
                     "health_url must not carry credentials; it is sent the headers"
                 )
-            found += _url_secrets(health_url, self._health_url)
-        # Held for the filter's sake: its entries live as long as an instance does.
-        self._log_masks = _httpx_log_mask.hold(
-            str(target)
-            for target in (self._url, self._health_url)
-            if target is not None and target.query
-        )
-        self._secrets = _redaction_list(found)
+            found += _url_secrets(health_url, self._health_url, secret_path=secret_path)
+        self._redact = _Redactor(found)
+        shown = {str(self._url): self._masked_url}
+        if self._health_url is not None and self._masked_health_url is not None:
+            shown[str(self._health_url)] = self._masked_health_url
+        # Held for the filter's sake: it forgets an instance once it is collected.
+        self._log_mask = _httpx_log_mask.hold(shown, self._redact)
         self._client: httpx.AsyncClient | None = None
+        for what, target, masked, userinfo in (
+            ("url", self._url, self._masked_url, self._auth is not None),
+            ("health_url", self._health_url, self._masked_health_url, False),
+        ):
+            warning = _plain_http_warning(
+                what, target, masked, self._headers, userinfo, secret_path
+            )
+            if warning is not None:
+                warnings.warn(warning, UserWarning, stacklevel=2)
 
     def __repr__(self) -> str:
         headers = _masked_headers(self._headers)
         extra = "" if not headers else f", headers={headers!r}"
         if self._masked_health_url is not None:
             extra += f", health_url={self._masked_health_url!r}"
-        if self._per_batch:
-            extra += ", per_batch=True"
+        for option in ("per_batch", "secret_path", "log_response_body"):
+            if getattr(self, f"_{option}"):
+                extra += f", {option}=True"
         return f"WebhookArchive({self._masked_url!r}{extra}, timeout={self._timeout!r})"
 
     def __del__(self, _warn: Callable[..., object] = warnings.warn) -> None:
@@ -329,18 +376,18 @@ class WebhookArchive(ArchiveBackend):
         """
         if self._health_url is not None:
             what = f"health check GET {self._masked_health_url}"
-            status, retry_after, excerpt = await self._send(
+            status, retry_after, detail = await self._send(
                 "GET", self._health_url, what
             )
             if 200 <= status < 300:
                 return
         else:
             what = f"health check OPTIONS {self._masked_url}"
-            status, retry_after, excerpt = await self._send("OPTIONS", self._url, what)
+            status, retry_after, detail = await self._send("OPTIONS", self._url, what)
             if _probe_passes(status):
                 return
         raise BackendError(
-            f"{what}: {self._answer(status, excerpt)}",
+            f"{what}: {_describe_answer(status, _reason(status), detail)}",
             retryable=True,
             retry_after=retry_after,
         )
@@ -379,7 +426,7 @@ class WebhookArchive(ArchiveBackend):
         body = _encode_body(groups, batch=self._per_batch)
         key = _idempotency_key(groups, batch=self._per_batch)
         what = _describe_post(self._masked_url, groups)
-        status, retry_after, excerpt = await self._send(
+        status, retry_after, detail = await self._send(
             "POST",
             self._url,
             what,
@@ -390,7 +437,7 @@ class WebhookArchive(ArchiveBackend):
             return
         retryable = _is_retryable(status)
         raise BackendError(
-            f"{what}: {self._answer(status, excerpt)}",
+            f"{what}: {_describe_answer(status, _reason(status), detail)}",
             retryable=retryable,
             retry_after=retry_after if retryable else None,
         )
@@ -404,7 +451,8 @@ class WebhookArchive(ArchiveBackend):
         content: bytes | None = None,
         headers: dict[str, str] | None = None,
     ) -> tuple[int, float | None, str]:
-        """Send one request; return its status, ``Retry-After`` and body excerpt.
+        """Send one request; return its status, ``Retry-After`` and what an error
+        would say of the answer (see ``_detail``).
 
         Raises:
             BackendError: (retryable) no answer: a timeout or transport error.
@@ -416,28 +464,44 @@ class WebhookArchive(ArchiveBackend):
                 async with client.stream(
                     method, url, content=content, headers=headers
                 ) as response:
-                    body = await _read_capped(response.aiter_raw())
+                    body, complete = await _read_capped(response.aiter_raw())
         except (TimeoutError, httpx.TimeoutException) as exc:
             raise BackendError(
                 f"{what}: no answer within {self._timeout:g} s", retryable=True
             ) from exc
         except httpx.HTTPError as exc:
+            # Transport errors may quote what the receiver sent (h11 does).
+            problem = printable(self._redact.excerpt(str(exc), _EXCERPT_CHARS))
             raise BackendError(
-                f"{what}: {type(exc).__name__}: {self._redact(str(exc))}",
-                retryable=True,
+                f"{what}: {type(exc).__name__}: {problem}", retryable=True
             ) from exc
         status = response.status_code
         logger.debug("%s: %d", what, status)
         retry_after = None
         if _is_retryable(status):
             retry_after = _parse_retry_after(response.headers.get("Retry-After"))
-        excerpt = _excerpt(status, body, response.headers.get("Location"))
-        return status, retry_after, excerpt
+        return status, retry_after, self._detail(response, body, complete)
 
-    def _answer(self, status: int, excerpt: str) -> str:
-        """Describe an answer: status, reason and the start of the body, redacted."""
-        reason = httpx.codes.get_reason_phrase(status)
-        return _describe_answer(status, reason, self._redact(excerpt))
+    def _detail(self, response: httpx.Response, body: bytes, complete: bool) -> str:
+        """What an error says of an answer besides its status: where a redirect
+        points; else the body's size and media type, or, with
+        ``log_response_body``, its start. Masked and printable."""
+        headers = response.headers
+        if 300 <= response.status_code < 400:
+            return _describe_redirect(
+                headers.get("Location"), self._redact, secret_path=self._secret_path
+            )
+        if self._log_response_body:
+            return _quote_body(body, complete, self._redact)
+        return _summarise_body(
+            body,
+            complete,
+            headers.get("Content-Type"),
+            headers.get("Content-Length"),
+            self._redact,
+        )
 
-    def _redact(self, text: str) -> str:
-        return _redact(text, self._secrets)
+
+def _reason(status: int) -> str:
+    """The standard reason phrase of ``status`` (never the receiver's own text)."""
+    return httpx.codes.get_reason_phrase(status)

@@ -10,14 +10,18 @@ what it archived. A body is applied whole or not at all.
 
 Scripting: ``queue(Reply(...), ..., method="POST")`` answers the next requests of
 that method, one reply each, before the defaults resume. A ``Reply`` can set the
-status, headers and body, wait for a ``threading.Event`` before answering (a slow
-receiver), echo the request line and ``Authorization`` header back in the body
-(as many frameworks' error pages do), or close the connection without answering.
+status, its reason phrase, headers and body, wait for a ``threading.Event``
+before answering (a slow receiver), echo the request line and ``Authorization``
+header back in the body (as many frameworks' error pages do), or close the
+connection without answering.
 ``reject(message_id)`` answers every POST that carries that record (in any group)
 with 422 and applies nothing of it. ``WebhookServer(skip_known_keys=True)`` is a
 receiver that dedupes by ``Idempotency-Key``: it answers 200 to a POST whose key
 it has applied before, without applying it again, and forgets the keys of a
 session when it erases it (the same records may come again after an erasure).
+``WebhookServer(tls=context)`` serves HTTPS with that server-side context (the
+tests use ``untrusted_tls.pem`` beside this file: a self-signed certificate for
+127.0.0.1 that no system trusts).
 
 Threads: handlers run in server threads and the tests in the event loop's thread;
 all state is behind one ``threading.Condition``. Tests wait for requests with
@@ -39,6 +43,7 @@ import msgspec
 from journal_archivist import MessageRecord
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import Mapping
 
 __all__ = [
@@ -106,6 +111,8 @@ class Reply:
     echo: bool = False
     #: Apply a POSTed body as a receiver would; None: only if ``status`` is 2xx.
     apply: bool | None = None
+    #: The status line's reason phrase; None: the standard one.
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -132,8 +139,11 @@ class WebhookServer:
     Use it as a context manager, or call ``close()``.
     """
 
-    def __init__(self, *, skip_known_keys: bool = False) -> None:
+    def __init__(
+        self, *, skip_known_keys: bool = False, tls: ssl.SSLContext | None = None
+    ) -> None:
         self._skip_known_keys = skip_known_keys
+        self._scheme = "http" if tls is None else "https"
         self._applied_keys: set[str] = set()
         self._keys_of: dict[str, set[str]] = {}  # session -> keys that touched it
         self._cond = threading.Condition()
@@ -145,6 +155,7 @@ class WebhookServer:
         self.erasures: list[UUID] = []
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.owner = self
+        self._httpd.tls = tls
         self.port = self._httpd.server_address[1]
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}
@@ -155,12 +166,12 @@ class WebhookServer:
     @property
     def url(self) -> str:
         """Where to POST."""
-        return f"http://127.0.0.1:{self.port}/hook"
+        return f"{self._scheme}://127.0.0.1:{self.port}/hook"
 
     @property
     def health_url(self) -> str:
         """A health endpoint: GET answers 200 unless a reply is queued for GET."""
-        return f"http://127.0.0.1:{self.port}/health"
+        return f"{self._scheme}://127.0.0.1:{self.port}/health"
 
     def close(self) -> None:
         """Stop serving; release every gated reply still waiting."""
@@ -263,7 +274,7 @@ class WebhookServer:
         if reply.echo:
             auth = received.headers.get("authorization")
             body = f"{received.method} {received.path} authorization={auth}".encode()
-        handler.send_response(reply.status)
+        handler.send_response(reply.status, reply.reason)
         for name, value in reply.headers.items():
             handler.send_header(name, value)
         handler.send_header("Content-Length", str(len(body)))
@@ -302,6 +313,17 @@ class WebhookServer:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     owner: WebhookServer
+    tls: ssl.SSLContext | None = None
+
+    def get_request(self) -> tuple[Any, Any]:
+        sock, address = super().get_request()
+        if self.tls is not None:
+            # The handshake runs in the handler's thread, at its first read, so a
+            # client refusing the certificate never blocks the accepting thread.
+            sock = self.tls.wrap_socket(
+                sock, server_side=True, do_handshake_on_connect=False
+            )
+        return sock, address
 
     def handle_error(self, request: object, client_address: object) -> None:
         """Quiet: a client that timed out has closed the socket we answer on."""
