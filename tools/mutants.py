@@ -1056,6 +1056,34 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
         "JSON values may nest one level deeper than MAX_JSON_DEPTH",
         ("tests/test_records.py",),
     ),
+    Mutant(
+        "jsonl-one-chunk",
+        _B + "jsonl.py",
+        "                for at in range(0, len(items), MAX_OPEN_FILES):\n"
+        "                    chunk = items[at : at + MAX_OPEN_FILES]\n",
+        "                for at in range(0, len(items), len(items)):\n"
+        "                    chunk = items[at : at + len(items)]\n",
+        "a JSONL batch holds every session file open at once: EMFILE past the"
+        " descriptor limit, on every retry",
+        ("tests/backends/test_jsonl_security.py",),
+    ),
+    Mutant(
+        "jsonl-probe-truncates",
+        _B + "_jsonl_files.py",
+        "        os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC,\n",
+        "        os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _NOFOLLOW | _CLOEXEC,\n",
+        "the JSONL health probe opens its file O_TRUNC instead of O_EXCL",
+        ("tests/backends/test_jsonl_security.py",),
+    ),
+    Mutant(
+        "jsonl-line-separators-raw",
+        _B + "_jsonl_files.py",
+        "        return escape_line_breaks(encode_record(record))\n",
+        "        return encode_record(record)\n",
+        "JSONL lines keep U+2028/U+2029 and C1 controls raw: splitlines() sees more"
+        " lines than records",
+        ("tests/backends/test_jsonl_security.py",),
+    ),
 )
 
 
