@@ -315,7 +315,7 @@ def _attachment_problem(att: object, where: str) -> str | None:
     if (att.uri is None) == (att.data is None):
         return f"{where}: exactly one of uri and data must be set"
     if att.data is not None and att.size != len(att.data):
-        return f"{where}.size {att.size} != len(data) {len(att.data)}"
+        return f"{where}.size {_brief(att.size)} != len(data) {len(att.data)}"
     return None
 
 

@@ -393,6 +393,14 @@ VALIDATION_CASES = [
         "role must be str, got int <unprintable int>",
         id="role-huge-int",
     ),
+    # An attachment size too long to print, disagreeing with its data.
+    pytest.param(
+        [_rec(attachments=(_att(size=10**5000, data=b"x"),))],
+        0,
+        "attachments",
+        "attachments[0].size <unprintable int> != len(data) 1",
+        id="attachment-size-huge-int",
+    ),
     # The message_id given as a string.
     pytest.param(
         [_rec(message_id=str(REPEATED))],
