@@ -679,7 +679,8 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
         "attachment-size-unchecked",
         _J + "_records.py",
         "    if att.data is not None and att.size != len(att.data):\n"
-        '        return f"{where}.size {_brief(att.size)} != len(data) {len(att.data)}"\n',
+        '        return f"{where}.size {_brief(att.size)} != len(data)'
+        ' {len(att.data)}"\n',
         "",
         "an inline attachment whose size disagrees with its data passes validation",
         ("tests/test_records.py",),

@@ -11,10 +11,8 @@ import contextlib
 import logging
 import os
 import re
-import resource
 import socket
 import stat
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid4
@@ -31,7 +29,7 @@ from journal_archivist import (
     Queued,
     Registration,
 )
-from journal_archivist.backends import ArchiveBackend, SessionGroup, jsonl
+from journal_archivist.backends import SessionGroup, jsonl
 from journal_archivist.backends._codec import decode_record, encode_record
 from journal_archivist.backends._jsonl_files import (
     PROBE_PREFIX,
@@ -40,9 +38,10 @@ from journal_archivist.backends._jsonl_files import (
 )
 from journal_archivist.backends.jsonl import MAX_OPEN_FILES, JsonlArchive
 from tests.helpers import FAST_RETRY, record, records
+from tools.security.jsonl import Gated, counting_session_files, fd_limit
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterator, Sequence
+    from collections.abc import Awaitable, Callable, Iterator
 
 #: What a victim file holds: no newline, so the old torn-tail repair cut it to 0.
 VICTIM = b"someone else's file, not a record"
@@ -439,18 +438,6 @@ def _highest_open_fd() -> int:
     return max(int(name) for name in os.listdir("/proc/self/fd"))
 
 
-@contextlib.contextmanager
-def fd_limit(limit: int) -> Iterator[None]:
-    """The soft RLIMIT_NOFILE lowered to ``limit`` inside the block, then restored."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    assert limit <= soft, f"cannot test: the limit is already {soft}"
-    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-
-
 def _room_for_one_chunk() -> int:
     """A descriptor limit that leaves room for one chunk (and the directory, and
     some slack), but not for one file per session of a batch of that many + 1."""
@@ -458,32 +445,10 @@ def _room_for_one_chunk() -> int:
 
 
 @pytest.fixture
-def session_files_open(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+def session_files_open() -> Iterator[list[int]]:
     """``[open now, most open at once]`` of session files (``*.jsonl``)."""
-    counts = [0, 0]
-    fds: set[int] = set()
-    lock = threading.Lock()
-    real_open, real_close = os.open, os.close
-
-    def counting_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
-        fd = real_open(path, flags, *args, **kwargs)
-        if os.fspath(path).endswith(".jsonl"):
-            with lock:
-                fds.add(fd)
-                counts[0] += 1
-                counts[1] = max(counts)
-        return fd
-
-    def counting_close(fd: int) -> None:
-        with lock:
-            if fd in fds:
-                fds.discard(fd)
-                counts[0] -= 1
-        real_close(fd)
-
-    monkeypatch.setattr(os, "open", counting_open)
-    monkeypatch.setattr(os, "close", counting_close)
-    return counts
+    with counting_session_files() as counts:
+        yield counts
 
 
 def one_record_each(count: int, prefix: str = "m") -> list[SessionGroup]:
@@ -611,42 +576,6 @@ class TestOpenFiles:
             assert gated.failures == []
             assert gated.batches == [1, len(batch)]  # all in one batch
         assert len(os.listdir(directory)) == len(batch) + 1
-
-
-class Gated(ArchiveBackend):
-    """Holds every call until released; records each batch's size and failures."""
-
-    def __init__(self, inner: JsonlArchive) -> None:
-        self.inner = inner
-        self.release = anyio.Event()
-        self.batches: list[int] = []
-        self.failures: list[BackendError] = []
-
-    async def append_messages(
-        self, session: UUID, records: Sequence[MessageRecord]
-    ) -> None:
-        await self.write_batch([SessionGroup(session, tuple(records))])
-
-    async def delete_session(self, session: UUID) -> None:
-        await self.write_batch([SessionGroup(session, (), erase=True)])
-
-    async def health_check(self) -> None:
-        await self.inner.health_check()
-
-    async def write_batch(self, groups: Sequence[SessionGroup]) -> None:
-        await self.release.wait()
-        try:
-            await self.inner.write_batch(groups)
-        except BackendError as exc:
-            self.failures.append(exc)
-            raise
-        self.batches.append(len(groups))
-
-    def owned_paths(self) -> tuple[str, ...]:
-        return self.inner.owned_paths()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 #: Every character ``str.splitlines()`` ends a line at.

@@ -10,7 +10,6 @@ The forms of a secret searched for are this module's own list, not the library's
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 import re
@@ -18,7 +17,7 @@ import ssl
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import quote, quote_plus, unquote_plus
+from urllib.parse import quote
 from uuid import UUID, uuid4
 
 import anyio
@@ -36,9 +35,10 @@ from journal_archivist.backends._webhook_secrets import _Redactor
 from journal_archivist.backends.webhook import WebhookArchive
 from tests.backends.webhook_server import Reply, WebhookServer
 from tests.helpers import FAST_RETRY, record
+from tools.security.secrets import ECHOES, forms
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Iterator
 
 #: A self-signed certificate (and its key) for 127.0.0.1 that nothing trusts.
 UNTRUSTED_PEM = Path(__file__).with_name("untrusted_tls.pem")
@@ -80,26 +80,6 @@ def logged(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 # -- the forms of a secret -------------------------------------------------------------
 
-_ENCODINGS: list[Callable[[str], str]] = [
-    lambda s: s,
-    lambda s: quote(s, safe=""),
-    lambda s: quote(s),
-    lambda s: quote_plus(s, safe=""),
-    unquote_plus,
-    lambda s: json.dumps(s)[1:-1],
-    lambda s: json.dumps(s)[1:-1].replace("/", "\\/"),
-    html.escape,
-]
-
-
-def forms(secret: str) -> list[str]:
-    """Every form of ``secret`` two of ``_ENCODINGS`` give (searched ignoring case)."""
-    return sorted(
-        {outer(inner(secret)) for inner in _ENCODINGS for outer in _ENCODINGS},
-        key=len,
-        reverse=True,
-    )
-
 
 def leaks(text: str | bytes, secret: str) -> list[str]:
     """The forms of ``secret`` found in ``text``, ignoring case."""
@@ -107,26 +87,6 @@ def leaks(text: str | bytes, secret: str) -> list[str]:
         text = text.decode("latin-1")
     pattern = "|".join(map(re.escape, forms(secret)))
     return re.findall(pattern, text, re.IGNORECASE)
-
-
-#: How a receiver echoes a secret back.
-ECHOES: dict[str, Callable[[str], str]] = {
-    "raw": lambda s: s,
-    "percent": lambda s: quote(s, safe=""),
-    "percent-lower-hex": lambda s: re.sub(
-        "%[0-9A-F]{2}", lambda m: m[0].lower(), quote(s, safe="")
-    ),
-    "form": lambda s: quote_plus(s, safe=""),
-    "form-decoded": unquote_plus,  # "+" read as a space
-    "json": lambda s: json.dumps(s)[1:-1],
-    "json-slash": lambda s: json.dumps(s)[1:-1].replace("/", "\\/"),
-    "upper": str.upper,
-    "lower": str.lower,
-    "upper-percent": lambda s: quote(s, safe="").upper(),
-    "upper-form": lambda s: quote_plus(s, safe="").upper(),
-    "double-percent": lambda s: quote(quote(s, safe=""), safe=""),
-    "html": html.escape,
-}
 
 
 def hook_with_secret(

@@ -197,7 +197,7 @@ async def probe_name(tmp: Path) -> str:
     )
 
 
-class _Gated(ArchiveBackend):
+class Gated(ArchiveBackend):
     """Holds the first batch until released; counts batches and failures."""
 
     def __init__(self, inner: JsonlArchive) -> None:
@@ -285,7 +285,7 @@ async def emfile(tmp: Path, sessions: int, limit: int, wait: float) -> str:
         direct_seconds = time.perf_counter() - started
     await direct.aclose()
 
-    gated = _Gated(JsonlArchive(tmp / "archivist"))
+    gated = Gated(JsonlArchive(tmp / "archivist"))
     registration = Registration(
         name="jsonl",
         backend=gated,
