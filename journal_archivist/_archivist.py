@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import math
 import os
 import time
 import warnings
+from collections.abc import Sized
 from typing import TYPE_CHECKING, Any, Final, final
 from uuid import UUID
 
@@ -64,7 +66,7 @@ from ._space import SpaceGuard
 from ._writer import Writer
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Generator, Sequence
+    from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
     from types import TracebackType
 
     from anyio.abc import TaskStatus
@@ -164,7 +166,7 @@ class Archivist:
         durability: Durability = Durability.FULL,
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
         max_append_records: int = DEFAULT_MAX_APPEND_RECORDS,
-        max_append_bytes: int = DEFAULT_MAX_APPEND_BYTES,
+        max_append_bytes: int | None = None,
         free_space_reserve: int = DEFAULT_FREE_SPACE_RESERVE,
         close_timeout: float | None = DEFAULT_CLOSE_TIMEOUT,
     ) -> OpeningArchivist:
@@ -179,9 +181,10 @@ class Archivist:
                 may carry; a call over it is refused (``ValidationError``)
                 before any of it is encoded.
             max_append_bytes: the most encoded bytes (its records' together) one
-                ``append_messages`` call may carry, at least ``max_record_bytes``;
-                a call over it is refused (``ValidationError``) as soon as its
-                encoded records pass it.
+                ``append_messages`` call may carry, at least ``max_record_bytes``
+                (None: ``DEFAULT_MAX_APPEND_BYTES``, or ``max_record_bytes`` if
+                that is larger); a call over it is refused (``ValidationError``)
+                as soon as its encoded records pass it.
             free_space_reserve: appends are refused (``JournalFull``) while free
                 space on the journal's filesystem is below this many bytes.
             close_timeout: seconds the writers may drain when an ``async with``
@@ -202,6 +205,8 @@ class Archivist:
             raise ValueError(
                 f"max_append_records must be >= 1, got {max_append_records}"
             )
+        if max_append_bytes is None:
+            max_append_bytes = max(DEFAULT_MAX_APPEND_BYTES, max_record_bytes)
         if max_append_bytes < max_record_bytes:
             raise ValueError(
                 f"max_append_bytes ({max_append_bytes}) must be >= max_record_bytes"
@@ -478,12 +483,14 @@ class Archivist:
     # -- appending -----------------------------------------------------------
 
     async def append_messages(
-        self, session: UUID, records: Sequence[MessageRecord]
+        self, session: UUID, records: Iterable[MessageRecord]
     ) -> None:
         """Journal ``records`` of ``session`` for every enabled backend.
 
         Returns only after the entry is committed to the journal (contract 1) and,
         for each ``Sync`` backend, delivered there. An empty ``records`` is a no-op.
+        ``records`` is usually a list; an iterator is read no further than one
+        past ``max_append_records``.
 
         Raises:
             ValidationError: a bad record (named by index and field), or a call
@@ -504,6 +511,9 @@ class Archivist:
             raise TypeError(
                 f"session must be a uuid.UUID, got {type(session).__name__}"
             )
+        if not isinstance(records, Sized):
+            # An iterator: taken only as far as the limit allows.
+            records = list(itertools.islice(records, self._max_append_records + 1))
         if not records:
             return
         # Counted before the copy and the encoding: refusing costs nothing per record.

@@ -1,9 +1,9 @@
 """The SQLite journal: its connections, its state, and the SQL of every write.
 
 Rules and theory:
-- One owner: ``Journal.open`` creates the journal file owner-only (0600) before
-  SQLite opens it, so ``-wal`` and ``-shm`` inherit the mode, then takes the lock
-  file; every file and the folder are checked to be ours first
+- One owner: ``Journal.open`` checks the folder, takes the lock file, then
+  creates the journal file owner-only (0600) before SQLite opens it, so ``-wal``
+  and ``-shm`` inherit the mode; every file is checked to be ours first
   (``_private_files``). A file that is not a journal or fails ``PRAGMA
   quick_check`` raises ``JournalCorrupt`` before anything is written to it.
 - Writes happen only inside ``Journal.transaction``, used by the committer alone.
@@ -37,7 +37,13 @@ from ._errors import (
     JournalError,
     JournalWriteFailed,
 )
-from ._journal_file import check_and_migrate, connect, is_corruption, prepare_file
+from ._journal_file import (
+    check_and_migrate,
+    connect,
+    is_corruption,
+    prepare_file,
+    prepare_folder,
+)
 from ._large_values import LargeValues
 from ._lockfile import LockFile
 from ._policies import Durability
@@ -101,10 +107,11 @@ class Journal:
         """
         # Path arithmetic and one readlink: not worth a thread.
         given = os.path.abspath(os.fspath(path))  # noqa: ASYNC240
-        full = prepare_file(given)
+        full = prepare_folder(given)
         lock = LockFile(full + ".lock", given)
         conns: list[aiosqlite.Connection] = []
         try:
+            prepare_file(full, given)
             sync = "FULL" if durability is Durability.FULL else "NORMAL"
             durable = await connect(full, synchronous=sync)
             conns.append(durable)

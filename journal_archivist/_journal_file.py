@@ -24,7 +24,6 @@ from ._private_files import (
     check_file,
     check_folder,
     make_folders,
-    open_file,
     sync_folder,
 )
 from ._rows import BACKEND_COLUMNS, BackendRow, typed
@@ -45,6 +44,7 @@ __all__ = [
     "connect",
     "is_corruption",
     "prepare_file",
+    "prepare_folder",
 ]
 
 #: The WAL is truncated back to this size after a checkpoint that outgrew it.
@@ -64,9 +64,9 @@ def is_corruption(exc: sqlite3.Error) -> bool:
     )
 
 
-def prepare_file(path: str) -> str:
-    """Make the journal's folder and an empty owner-only file if missing, durably,
-    and check both are ours (``_private_files``); return the path to open.
+def prepare_folder(path: str) -> str:
+    """Make the journal's folder if missing (0700, durably) and check it is safe
+    (``_private_files``); return the path to open.
 
     The returned path is the file's name in the folder's real path: symlinked
     folders on the way are the deployment's choice and resolved once, here; the
@@ -82,29 +82,43 @@ def prepare_file(path: str) -> str:
     real = os.path.join(os.path.realpath(folder), os.path.basename(path))
     try:
         check_folder(os.path.dirname(real), "the journal directory")
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise JournalError(
-                path, f"the journal directory {folder!r} is not writable"
-            )
+    except UnsafePath as exc:
+        raise JournalError(path, str(exc)) from exc
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise JournalError(path, f"the journal directory {folder!r} is not writable")
+    return real
+
+
+def prepare_file(real: str, path: str) -> None:
+    """Create the journal file ``real`` empty and owner-only if missing, durably,
+    and check it and its ``-wal`` and ``-shm`` are ours (``_private_files``).
+
+    Called under the journal's lock (``path`` names it in errors): the checks open
+    an existing file only to set its mode, which drops this process's POSIX locks
+    on it, so never while a connection of ours holds them.
+    """
+    try:
         try:
             fd = os.open(
                 real, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE
             )
         except FileExistsError:
-            fd = open_file(real, os.O_RDWR, "the journal file")
             created = False
+            check_file(real, "the journal file")
+            if not os.access(real, os.R_OK | os.W_OK):
+                raise JournalError(
+                    path, "the journal file is not readable and writable"
+                ) from None
         else:
-            os.fchmod(fd, FILE_MODE)  # exactly 0600, whatever the umask
             created = True
-        os.close(fd)
+            try:
+                os.fchmod(fd, FILE_MODE)  # exactly 0600, whatever the umask
+            finally:
+                os.close(fd)
         for suffix in ("-wal", "-shm"):
             check_file(real + suffix, f"the journal's {suffix} file")
     except UnsafePath as exc:
         raise JournalError(path, str(exc)) from exc
-    except PermissionError as exc:
-        raise JournalError(
-            path, f"the journal file is not readable and writable ({exc.strerror})"
-        ) from exc
     except OSError as exc:
         raise JournalError(path, f"cannot create the journal file ({exc})") from exc
     if created:
@@ -116,7 +130,6 @@ def prepare_file(path: str) -> str:
             raise JournalError(
                 path, f"cannot sync the journal directory ({exc})"
             ) from exc
-    return real
 
 
 async def connect(

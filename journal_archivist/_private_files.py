@@ -21,8 +21,12 @@ Rules and theory:
 - SQLite opens the database by name and would follow a symlink there (Python's
   ``sqlite3`` cannot pass ``SQLITE_OPEN_NOFOLLOW``), so ``check_file`` checks the
   name and the ``-wal`` and ``-shm`` beside it first (SQLite itself refuses to
-  write through a symlinked ``-wal`` or ``-shm``). The window between the check
-  and SQLite's open is closed by the folder rule: nobody else can rename into it.
+  write through a symlinked ``-wal`` or ``-shm``). In a folder only we can write,
+  nobody else can rename into it between the check and SQLite's open; in a
+  group-writable one (allowed, with a warning) the group is trusted not to.
+- Checking an existing file looks (``lstat``) rather than opens, and opens it
+  only to set its mode: closing any descriptor of a file drops every POSIX lock
+  the process holds on it, SQLite's included.
 """
 
 from __future__ import annotations
@@ -82,7 +86,7 @@ def make_folders(folder: str) -> list[str]:
             continue  # made by someone else meanwhile: checked like any other
         # mkdir's mode passes through the umask (which may also strip our own
         # bits); the folder's mode must not depend on the process's umask.
-        os.chmod(new, FOLDER_MODE, follow_symlinks=False)
+        _set_folder_mode(new)
         sync_folder(os.path.dirname(new))
         created.append(new)
     return created
@@ -156,7 +160,37 @@ def adopt(fd: int, what: str, *, secret: bool = True) -> None:
     Raises:
         UnsafePath: see ``open_file``.
     """
-    info = os.fstat(fd)
+    if _judge(os.fstat(fd), what, secret=secret):
+        os.fchmod(fd, FILE_MODE)
+
+
+def check_file(path: str, what: str, *, secret: bool = True) -> bool:
+    """Check the existing file ``path`` as ``open_file`` would, without creating
+    it; return whether it exists.
+
+    Looks with ``lstat`` and opens the file only if its mode must be set: closing
+    a descriptor drops every POSIX lock this process holds on the file, and SQLite
+    keeps its locks on the journal's files so.
+
+    Raises:
+        UnsafePath: see ``open_file``.
+        OSError: its mode must be set and it cannot be opened.
+    """
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISLNK(info.st_mode):
+        raise UnsafePath(_symlink_refused(path, what))
+    if _judge(info, f"{what} {path!r}", secret=secret):
+        fd = open_file(path, os.O_RDONLY, what, secret=secret)  # checks again
+        os.close(fd)
+    return True
+
+
+def _judge(info: os.stat_result, what: str, *, secret: bool) -> bool:
+    """Raise ``UnsafePath`` if the file ``info`` describes is not ours; return
+    whether its mode must be set to 0600."""
     if not stat.S_ISREG(info.st_mode):
         raise UnsafePath(f"{what} is not a regular file")
     if info.st_uid != os.geteuid():
@@ -170,30 +204,26 @@ def adopt(fd: int, what: str, *, secret: bool = True) -> None:
             " change the other names' content too; copy it to a file of its own"
         )
     mode = stat.S_IMODE(info.st_mode)
-    if mode != FILE_MODE:  # also one the umask left without our own write bit
-        if mode & 0o077 and secret and info.st_size > 0:
-            raise UnsafePath(
-                f"{what} can be read or written by other users (mode"
-                f" {mode:o}): it holds private conversations others may have read"
-                " or changed; if that is acceptable, chmod 600 it and open again"
-            )
-        os.fchmod(fd, FILE_MODE)
-
-
-def check_file(path: str, what: str, *, secret: bool = True) -> bool:
-    """Check the existing file ``path`` as ``open_file`` would, without creating
-    it; return whether it exists.
-
-    Raises:
-        UnsafePath: see ``open_file``.
-        OSError: it exists but cannot be opened for reading.
-    """
-    try:
-        fd = open_file(path, os.O_RDONLY, what, secret=secret)
-    except FileNotFoundError:
+    if mode == FILE_MODE:
         return False
-    os.close(fd)
+    # Also a mode the umask left without our own write bit.
+    if mode & 0o077 and secret and info.st_size > 0:
+        raise UnsafePath(
+            f"{what} can be read or written by other users (mode"
+            f" {mode:o}): it holds private conversations others may have read"
+            " or changed; if that is acceptable, chmod 600 it and open again"
+        )
     return True
+
+
+def _set_folder_mode(folder: str) -> None:
+    # Through a descriptor: chmod(follow_symlinks=False) is not implemented for
+    # folders by glibc before 2.32.
+    fd = os.open(folder, os.O_RDONLY | _DIRECTORY | _NOFOLLOW | _CLOEXEC)
+    try:
+        os.fchmod(fd, FOLDER_MODE)
+    finally:
+        os.close(fd)
 
 
 def _symlink_refused(path: str, what: str) -> str:

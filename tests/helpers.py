@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Protocol
 from uuid import UUID
+
+import pytest
 
 from journal_archivist import (
     Archivist,
@@ -14,6 +17,11 @@ from journal_archivist import (
 )
 from journal_archivist.backends import SessionGroup, SessionInfo
 from journal_archivist.testing import MockBackend
+
+#: For tests that give a file to another user (uid 65534, "nobody").
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0, reason="only root can give a file to another user"
+)
 
 #: Retries fast enough for tests; a failing backend still goes UNHEALTHY after 3.
 FAST_RETRY = RetryPolicy(initial_delay=0.001, max_delay=0.01, max_attempts=3)

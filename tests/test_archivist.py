@@ -29,6 +29,7 @@ from journal_archivist.testing import MockBackend
 from tests.helpers import append_catching, record, records, registration
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
 
@@ -227,11 +228,6 @@ def test_open_refuses_bad_registrations(
             {"max_record_bytes": 2048, "max_append_bytes": 2047},
             r"max_append_bytes \(2047\) must be >= max_record_bytes \(2048\)",
         ),
-        # The default max_append_bytes is below this max_record_bytes.
-        (
-            {"max_record_bytes": 100 << 20},
-            r"max_append_bytes \(67108864\) must be >= max_record_bytes",
-        ),
         # One call is one value in the journal: past SQLite's limit it would
         # fail at commit, after the time and memory of encoding it.
         (
@@ -300,7 +296,7 @@ async def test_max_record_bytes_is_configurable(
 def test_the_limits_of_a_call_default_to_the_named_constants() -> None:
     params = inspect.signature(Archivist.open).parameters
     assert params["max_append_records"].default == DEFAULT_MAX_APPEND_RECORDS
-    assert params["max_append_bytes"].default == DEFAULT_MAX_APPEND_BYTES
+    assert params["max_append_bytes"].default is None  # the larger of the two
     assert (DEFAULT_MAX_APPEND_RECORDS, DEFAULT_MAX_APPEND_BYTES) == (10_000, 64 << 20)
     assert DEFAULT_MAX_APPEND_BYTES >= DEFAULT_MAX_RECORD_BYTES
 
@@ -575,3 +571,37 @@ async def test_hanging_closes_share_one_deadline(
     assert anyio.current_time() - started < 1.5
     assert all(b.close_calls == 1 for b in hung)
     assert "did not finish aclose within 0.5s" in caplog.text
+
+
+async def test_max_append_bytes_follows_a_larger_max_record_bytes(
+    journal_path: Path,
+) -> None:
+    # Raising max_record_bytes alone must not make open() refuse its own default.
+    async with Archivist.open(
+        journal_path, [registration()], max_record_bytes=100 << 20
+    ) as archivist:
+        assert archivist._max_append_bytes == 100 << 20
+
+
+async def test_an_iterator_of_records_is_read_no_further_than_the_limit(
+    journal_path: Path,
+) -> None:
+    session = uuid4()
+    taken = 0
+
+    def endless() -> Iterator[MessageRecord]:
+        nonlocal taken
+        while True:
+            taken += 1
+            yield record(session, f"m{taken}")
+
+    mock = MockBackend()
+    async with Archivist.open(
+        journal_path, [registration(mock)], max_append_records=5
+    ) as archivist:
+        await archivist.append_messages(session, iter(records(session, 3)))
+        with pytest.raises(ValidationError, match="6 records in one call exceed"):
+            await archivist.append_messages(session, endless())
+        assert taken == 6
+        await archivist.wait_drained()
+    assert [r.content_md for r in mock.records(session)] == ["m0", "m1", "m2"]

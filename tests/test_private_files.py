@@ -16,11 +16,17 @@ from uuid import uuid4
 
 import pytest
 
-from journal_archivist import Archivist, BackendError, JournalError, Registration
+from journal_archivist import (
+    Archivist,
+    BackendError,
+    JournalError,
+    JournalLocked,
+    Registration,
+)
 from journal_archivist._private_files import make_folders
 from journal_archivist.backends import JsonlArchive, SqliteArchive
 
-from .helpers import record, registration
+from .helpers import needs_root, record, registration
 
 NOBODY = 65534
 VICTIM = b"root's secret, mode 0600, must keep its first bytes\n"
@@ -79,6 +85,7 @@ class TestTheLockFile:
             await Archivist.open(journal, [registration()])
         assert victim.read_bytes() == VICTIM
 
+    @needs_root
     async def test_another_users_lock_file_is_refused(self, journal: Path) -> None:
         lock = Path(f"{journal}.lock")
         lock.touch(mode=0o600)
@@ -134,6 +141,7 @@ class TestFolders:
             await make_journal(journal)
         assert "is writable by its group (mode 770)" in caplog.text
 
+    @needs_root
     async def test_another_users_folder_is_a_warning(
         self, journal: Path, caplog: pytest.LogCaptureFixture
     ) -> None:
@@ -278,3 +286,46 @@ async def test_nothing_is_readable_by_others_under_a_usual_umask(
         os.umask(old)
     assert len(made) >= 8  # folders, journal and its -wal/-shm/.lock, archives
     assert readable == []
+
+
+def _posix_locks_on(path: Path) -> list[str]:
+    """This process's POSIX locks on ``path`` (from /proc/locks)."""
+    info = path.stat()
+    inode = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    return [
+        line
+        for line in Path("/proc/locks").read_text().splitlines()
+        if " POSIX " in line and f" {os.getpid()} " in line and inode in line
+    ]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/locks"), reason="needs /proc/locks")
+async def test_a_refused_second_open_keeps_the_owners_sqlite_locks(
+    journal: Path,
+) -> None:
+    # Closing any descriptor of a file drops every POSIX lock the process holds
+    # on it, SQLite's too: a second open must not open the journal's files
+    # before it knows the lock is free, or another process's SQLite could take
+    # the live journal for an idle one.
+    async with Archivist.open(journal, [registration()]):
+        shm = Path(f"{journal}-shm")
+        held = _posix_locks_on(shm)
+        assert held
+        with pytest.raises(JournalLocked):
+            await Archivist.open(journal, [registration()])
+        assert _posix_locks_on(shm) == held
+
+
+async def test_a_failed_chmod_of_a_new_journal_leaks_no_descriptor(
+    journal: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(fd: int, mode: int) -> None:
+        raise PermissionError(1, "Operation not permitted (a vfat mount, say)")
+
+    monkeypatch.setattr(os, "fchmod", refuse)
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        with pytest.raises(JournalError, match="Operation not permitted"):
+            await Archivist.open(journal, [registration()])
+        journal.unlink()  # made before the chmod failed
+    assert len(os.listdir("/proc/self/fd")) == before

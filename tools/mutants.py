@@ -1011,7 +1011,7 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     Mutant(
         "folders-take-the-umask",
         _J + "_private_files.py",
-        "        os.chmod(new, FOLDER_MODE, follow_symlinks=False)\n",
+        "        _set_folder_mode(new)\n",
         "",
         "folders created for the journal keep mkdir's umask-dependent mode",
         ("tests/test_private_files.py",),

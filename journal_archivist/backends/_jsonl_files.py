@@ -221,13 +221,14 @@ def _kind(mode: int) -> str:
 
 
 def open_session(
-    dir_fd: int, name: str, path: str, flags: int
+    dir_fd: int, name: str, path: str, flags: int, *, erasing: bool = False
 ) -> tuple[int, os.stat_result]:
     """Open the session file ``name`` in ``dir_fd`` and check it; return ``(fd, st)``.
 
     ``path`` names it in messages. Raises ``Refused``, before anything in it was
     read or changed, unless it is a regular file owned by our effective uid with
-    exactly one link; ``FileNotFoundError`` if it is missing (or was removed
+    exactly one link and, unless ``erasing``, not one others could read with
+    content in it; ``FileNotFoundError`` if it is missing (or was removed
     meanwhile: no link left).
     """
     try:
@@ -247,7 +248,9 @@ def open_session(
         if st.st_nlink == 0:  # removed since it was opened: as good as missing
             raise FileNotFoundError(errno.ENOENT, "removed while opening", path)
         try:
-            adopt(fd, "the session file")  # one link, our owner, 0600
+            # One link, our owner, 0600. A file others could read is still
+            # erased: that can only end what they could read.
+            adopt(fd, "the session file", secret=not erasing)
         except UnsafePath as exc:
             raise Refused(path, str(exc), _FILE_RULE) from None
         os.set_blocking(fd, True)  # O_NONBLOCK was for the open only
@@ -279,7 +282,7 @@ def erase(dir_fd: int, name: str, path: str) -> bool:
     Raises ``Refused`` as ``open_session`` does, leaving it as it is.
     """
     try:
-        fd, _ = open_session(dir_fd, name, path, os.O_WRONLY)
+        fd, _ = open_session(dir_fd, name, path, os.O_WRONLY, erasing=True)
     except FileNotFoundError:
         return False
     try:

@@ -51,7 +51,7 @@ import anyio
 
 from .._errors import BackendError
 from .._large_values import LargeValues
-from .._private_files import FILE_MODE, UnsafePath, check_file, check_folder, open_file
+from .._private_files import FILE_MODE, UnsafePath, check_file, check_folder
 from . import _sqlite_sql as _sql
 from ._base import (
     ArchiveBackend,
@@ -490,10 +490,19 @@ def _create_file(path: str) -> None:
                 raise BackendError(
                     f"{path}: the archive path is a directory", retryable=False
                 ) from None
-            fd = open_file(path, os.O_RDWR, "the archive file")
+            # Checked by lstat, not opened: closing a descriptor would drop the
+            # POSIX locks another connection of this process holds on it.
+            check_file(path, "the archive file")
+            if not os.access(path, os.R_OK | os.W_OK):
+                raise BackendError(
+                    f"{path}: the archive file is not readable and writable",
+                    retryable=True,
+                ) from None
         else:
-            os.fchmod(fd, FILE_MODE)  # exactly 0600, whatever the umask
-        os.close(fd)
+            try:
+                os.fchmod(fd, FILE_MODE)  # exactly 0600, whatever the umask
+            finally:
+                os.close(fd)
         for suffix in ("-wal", "-shm"):
             check_file(path + suffix, f"the archive's {suffix} file")
     except UnsafePath as exc:

@@ -37,7 +37,7 @@ from journal_archivist.backends._jsonl_files import (
     escape_line_breaks,
 )
 from journal_archivist.backends.jsonl import MAX_OPEN_FILES, JsonlArchive
-from tests.helpers import FAST_RETRY, record, records
+from tests.helpers import FAST_RETRY, needs_root, record, records
 from tools.security.jsonl import Gated, counting_session_files, fd_limit
 
 if TYPE_CHECKING:
@@ -46,9 +46,6 @@ if TYPE_CHECKING:
 #: What a victim file holds: no newline, so the old torn-tail repair cut it to 0.
 VICTIM = b"someone else's file, not a record"
 NOBODY = 65534
-needs_root = pytest.mark.skipif(
-    os.geteuid() != 0, reason="only root can give a file to another user"
-)
 needs_proc = pytest.mark.skipif(
     not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd"
 )
@@ -314,7 +311,7 @@ class TestSessionFiles:
             )
         assert path.read_bytes() == before
 
-    @pytest.mark.parametrize("call", ["append", "read", "delete"])
+    @pytest.mark.parametrize("call", ["append", "read"])
     async def test_a_session_file_others_can_read_is_refused_and_left_as_it_is(
         self, directory: Path, session: UUID, call: str
     ) -> None:
@@ -330,6 +327,18 @@ class TestSessionFiles:
         assert "chmod 600 it" in str(error)
         assert path.read_bytes() == before
         assert stat.S_IMODE(path.stat().st_mode) == 0o640
+
+    async def test_a_session_file_others_can_read_is_still_erased(
+        self, directory: Path, session: UUID
+    ) -> None:
+        # Refusing the erasure would keep the content others may read.
+        async with JsonlArchive(directory) as archive:
+            await archive.append_messages(session, records(session, 1))
+            path = Path(archive.path_of(session))
+            path.chmod(0o644)
+            await archive.delete_session(session)
+            assert await archive.read_session(session) == []
+        assert not path.exists()
 
     @pytest.mark.parametrize("call", ["append", "read"])
     async def test_an_empty_session_file_with_a_loose_mode_is_set_to_0600(

@@ -21,7 +21,7 @@ it has applied before, without applying it again, and forgets the keys of a
 session when it erases it (the same records may come again after an erasure).
 ``WebhookServer(tls=context)`` serves HTTPS with that server-side context (the
 tests use ``untrusted_tls.pem`` beside this file: a self-signed certificate for
-127.0.0.1 that no system trusts).
+127.0.0.1 and localhost that no system trusts, valid from 2000 to 2126).
 
 Threads: handlers run in server threads and the tests in the event loop's thread;
 all state is behind one ``threading.Condition``. Tests wait for requests with
