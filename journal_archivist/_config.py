@@ -13,6 +13,7 @@ from typing import Final
 import msgspec
 
 from ._policies import FailureMode, Queued, RetryPolicy, Sync, WritePolicy
+from ._schema import MAX_BACKENDS
 from .backends._base import ArchiveBackend
 
 __all__ = [
@@ -35,8 +36,6 @@ DEFAULT_FREE_SPACE_RESERVE: Final = 64 * 1024 * 1024
 #: Bytes SQLite stores in one value at most (its default ``SQLITE_MAX_LENGTH``); a
 #: call's records are one value in the journal, so ``max_append_bytes`` stays below.
 JOURNAL_VALUE_LIMIT: Final = 1_000_000_000
-#: Backends known to one journal at a time (each owns one bit of an entry's targets).
-MAX_BACKENDS: Final = 62
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 

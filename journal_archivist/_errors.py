@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import math
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from uuid import UUID
 
 __all__ = [
+    "RETRY_AFTER_CAP",
     "ArchivistClosed",
     "ArchivistError",
     "ArchivistFailed",
@@ -109,6 +110,11 @@ class DeliveryFailed(ArchivistError):
         self.reason = reason
 
 
+#: The longest a backend's ``retry_after`` is honoured, so a bogus value cannot
+#: stall a backend for days (the writer's wait, and what a backend reports).
+RETRY_AFTER_CAP: Final = 600.0
+
+
 class BackendError(ArchivistError):
     """Raised by an archive backend when a call fails.
 
@@ -116,9 +122,10 @@ class BackendError(ArchivistError):
     connection); ``False`` means it will keep failing (a rejected record). Writers
     treat any other exception from a backend as retryable. ``retry_after`` (seconds)
     is the earliest the backend wants to be called again, as an HTTP
-    ``Retry-After`` says; the writer waits at least that long before its retry. A
-    negative ``retry_after`` counts as 0; one that is not a finite number is a
-    ``TypeError`` or ``ValueError`` here, not later in the writer.
+    ``Retry-After`` says; the writer waits at least that long before its retry,
+    up to ``RETRY_AFTER_CAP`` (600 s). A negative ``retry_after`` counts as 0; one
+    that is not a finite number is a ``TypeError`` or ``ValueError`` here, not
+    later in the writer.
     """
 
     def __init__(

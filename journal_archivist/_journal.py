@@ -49,6 +49,7 @@ from ._lockfile import LockFile
 from ._policies import Durability
 from ._reader import Reader
 from ._rows import BACKEND_COLUMNS, BackendRow, decode_text, typed
+from ._schema import MAX_BACKENDS
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -318,12 +319,13 @@ class Journal:
         if not added and not removed and not doubtful:
             return [], {}
         free_bits = sorted(
-            set(range(62))
+            set(range(MAX_BACKENDS))
             - {row.bit for name, row in self.backends.items() if name not in removed}
         )
         if len(added) > len(free_bits):
             raise ValueError(
-                f"a journal holds at most 62 backends, {len(names)} registered"
+                f"a journal holds at most {MAX_BACKENDS} backends,"
+                f" {len(names)} registered"
             )
         new_rows = [
             BackendRow(

@@ -47,6 +47,7 @@ from typing import Final, NamedTuple
 
 __all__ = [
     "APPLICATION_ID",
+    "MAX_BACKENDS",
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "TABLES",
@@ -58,6 +59,10 @@ __all__ = [
 
 #: "JRNL" in ASCII: marks a SQLite file as a journal_archivist journal.
 APPLICATION_ID: Final = 0x4A524E4C
+#: Backends one journal knows at a time: each owns one bit of an entry's
+#: ``targets`` (a signed 64-bit integer), numbered 0 to 61 (the ``backends.bit``
+#: check below).
+MAX_BACKENDS: Final = 62
 
 _V1: Final = """
 CREATE TABLE meta (

@@ -44,7 +44,7 @@ import msgspec
 
 from ._admission import Backlog
 from ._batching import Entry, bisect, coalesce, cut
-from ._errors import ArchivistClosed, BackendError
+from ._errors import RETRY_AFTER_CAP, ArchivistClosed, BackendError
 from ._failure import describe
 from ._health import UNHEALTHY_AFTER, BackendHealth, status_for
 from ._policies import FailureMode, OverflowPolicy
@@ -66,9 +66,6 @@ logger = logging.getLogger("journal_archivist.writer")
 
 _APPEND: Final = int(Op.APPEND)
 _ERASE: Final = int(Op.ERASE)
-#: The longest a backend's ``retry_after`` is honoured, so a bogus value cannot
-#: stall a backend for days.
-RETRY_AFTER_CAP: Final = 600.0
 
 #: Seconds between WARNING lines about dropped entries, per backend.
 DROP_LOG_INTERVAL: Final = 10.0

@@ -37,7 +37,8 @@ from journal_archivist import (
     _committer,
     _space,
 )
-from journal_archivist._schema import SCHEMA_VERSION
+from journal_archivist._config import MAX_BACKENDS as CONFIG_MAX_BACKENDS
+from journal_archivist._schema import MAX_BACKENDS, MIGRATIONS, SCHEMA_VERSION
 from journal_archivist.testing import MockBackend
 from tests.helpers import record, records, registration
 
@@ -750,3 +751,10 @@ class TestSharedEntries:
             report = archivist.health()
         assert report.backends["a"].quarantined == report.backends["b"].quarantined == 1
         assert report.journal.quarantined == 1
+
+
+def test_max_backends_is_the_bits_the_schema_allows() -> None:
+    # One number: the registrations Archivist.open takes, the bits the journal
+    # hands out, and the CHECK on backends.bit in the stored schema.
+    assert f"CHECK (bit BETWEEN 0 AND {MAX_BACKENDS - 1})" in MIGRATIONS[0].sql
+    assert CONFIG_MAX_BACKENDS == MAX_BACKENDS

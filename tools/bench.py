@@ -109,7 +109,10 @@ E2E_PRODUCERS = 64
 BUILD_PRODUCERS = 512
 MB = 1024 * 1024
 SCHEMA = (  # the reference's (and the naive baseline's) table
-    "CREATE TABLE entries (seq INTEGER PRIMARY KEY, session BLOB NOT NULL,"
+    # AUTOINCREMENT: once the reader empties the table, a plain rowid would start
+    # again at 1, below the reader's last seq, and read_loop would never see it.
+    "CREATE TABLE entries (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " session BLOB NOT NULL,"
     " payload BLOB NOT NULL)"
 )
 perf_counter = time.perf_counter

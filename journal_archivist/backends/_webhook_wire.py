@@ -41,7 +41,7 @@ from uuid import UUID
 
 import msgspec
 
-from .._errors import BackendError
+from .._errors import RETRY_AFTER_CAP, BackendError
 from .._printable import printable
 from .._records import MessageRecord
 from ._codec import encode_record
@@ -53,8 +53,9 @@ if TYPE_CHECKING:
     from ._base import SessionGroup
     from ._webhook_secrets import _Redactor
 
-#: The longest ``Retry-After`` honoured, in seconds; a longer one is cut to this.
-MAX_RETRY_AFTER: Final = 3600.0
+#: The longest ``Retry-After`` honoured, in seconds; a longer one is cut to this
+#: (the writer's own cap, ``RETRY_AFTER_CAP``: one rule for both).
+MAX_RETRY_AFTER: Final = RETRY_AFTER_CAP
 
 #: Headers this backend sets itself.
 _RESERVED_HEADERS: Final = frozenset(
