@@ -30,7 +30,6 @@ import time
 import warnings
 from collections.abc import Sized
 from typing import TYPE_CHECKING, Any, Final, final
-from uuid import UUID
 
 import anyio
 
@@ -64,10 +63,12 @@ from ._records import (
 )
 from ._space import SpaceGuard
 from ._writer import Writer
+from .backends._base import checked_uuid
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
     from types import TracebackType
+    from uuid import UUID
 
     from anyio.abc import TaskStatus
 
@@ -507,10 +508,7 @@ class Archivist:
         """
         if self._shutdown_started or self._failure or not self._in_own_loop():
             self._check_open()
-        if not isinstance(session, UUID):
-            raise TypeError(
-                f"session must be a uuid.UUID, got {type(session).__name__}"
-            )
+        checked_uuid(session)
         if not isinstance(records, Sized):
             # An iterator: taken only as far as the limit allows.
             records = list(itertools.islice(records, self._max_append_records + 1))
@@ -554,10 +552,7 @@ class Archivist:
                 the erasure may not be journaled: call again.
         """
         self._check_open()
-        if not isinstance(session, UUID):
-            raise TypeError(
-                f"session must be a uuid.UUID, got {type(session).__name__}"
-            )
+        checked_uuid(session)
         await self._journal_entry(PendingAppend(session, b"", [], Op.ERASE))
 
     async def _journal_entry(self, append: PendingAppend) -> None:

@@ -79,9 +79,17 @@ def checked_page(limit: object, after: object) -> tuple[int | None, UUID | None]
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
         limit = min(limit, 2**63 - 1)
-    if after is not None and not isinstance(after, UUID):
-        raise TypeError(f"after must be a UUID, got {type(after).__name__}")
-    return limit, after
+    return limit, None if after is None else checked_uuid(after, "after")
+
+
+def checked_uuid(value: object, what: str = "session") -> UUID:
+    """Return ``value`` if it is a ``UUID``; raise ``TypeError`` naming ``what``.
+
+    The one check of a session id (or a page's ``after``) at every public call.
+    """
+    if not isinstance(value, UUID):
+        raise TypeError(f"{what} must be a uuid.UUID, got {type(value).__name__}")
+    return value
 
 
 class ArchiveBackend(abc.ABC):

@@ -86,16 +86,16 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, TypeVar, final
-from uuid import UUID
 
 import anyio.to_thread
 
 from .._errors import BackendError
 from . import _jsonl_files as _files
-from ._base import ArchiveBackend, SessionGroup, text_path
+from ._base import ArchiveBackend, SessionGroup, checked_uuid, text_path
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
+    from uuid import UUID
 
     from .._records import MessageRecord
 
@@ -264,7 +264,7 @@ class JsonlArchive(ArchiveBackend):
         self, session: UUID, records: Sequence[MessageRecord]
     ) -> None:
         """Archive ``records`` of ``session``; the same as a one-group batch."""
-        await self.write_batch([SessionGroup(_checked(session), tuple(records))])
+        await self.write_batch([SessionGroup(checked_uuid(session), tuple(records))])
 
     async def write_batch(self, groups: Sequence[SessionGroup]) -> None:
         """Apply a coalesced batch durably, in one thread hop.
@@ -287,7 +287,7 @@ class JsonlArchive(ArchiveBackend):
         """
         plans: dict[UUID, _Plan] = {}
         for group in groups:
-            plan = plans.setdefault(_checked(group.session), _Plan())
+            plan = plans.setdefault(checked_uuid(group.session), _Plan())
             if group.erase:
                 # Everything before an erasure in this batch would be erased: skip it.
                 plan.erase = True
@@ -315,7 +315,7 @@ class JsonlArchive(ArchiveBackend):
                 directory or the session file is refused (a symlink, a file with
                 another hard link or another owner): it is left as it is.
         """
-        plans = {_checked(session): _Plan(erase=True)}
+        plans = {checked_uuid(session): _Plan(erase=True)}
         await anyio.to_thread.run_sync(self._locked, self._apply, plans)
 
     async def read_session(self, session: UUID) -> list[MessageRecord]:
@@ -331,7 +331,7 @@ class JsonlArchive(ArchiveBackend):
                 session file is refused; retryable for an ``OSError``.
         """
         return await anyio.to_thread.run_sync(
-            self._locked, self._read, _checked(session)
+            self._locked, self._read, checked_uuid(session)
         )
 
     async def health_check(self) -> None:
@@ -558,9 +558,3 @@ class JsonlArchive(ArchiveBackend):
             self._dir,
             who,
         )
-
-
-def _checked(session: object) -> UUID:
-    if not isinstance(session, UUID):
-        raise TypeError(f"session must be a UUID, got {type(session).__name__}")
-    return session

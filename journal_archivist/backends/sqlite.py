@@ -44,7 +44,6 @@ import os
 import sqlite3
 import warnings
 from typing import TYPE_CHECKING, Any, Final, final
-from uuid import UUID
 
 import aiosqlite
 import anyio
@@ -58,12 +57,14 @@ from ._base import (
     SessionGroup,
     SessionInfo,
     checked_page,
+    checked_uuid,
     text_path,
 )
 from ._sqlite_sql import APPLICATION_ID, SCHEMA_VERSION
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from uuid import UUID
 
     from .._records import MessageRecord
 
@@ -215,7 +216,7 @@ class SqliteArchive(ArchiveBackend):
         go at the next checkpoint), blocks the filesystem or an SSD has not reused
         yet, and any backup or snapshot taken before.
         """
-        await self._write([("erase", str(_check_uuid(session)))], erases=True)
+        await self._write([("erase", str(checked_uuid(session)))], erases=True)
 
     async def _write(self, steps: Sequence[_sql.Step], *, erases: bool) -> None:
         async with self._lock:
@@ -280,7 +281,7 @@ class SqliteArchive(ArchiveBackend):
                 docstring says), or a stored record is damaged (``retryable=False``;
                 the message names the file, the row's ``seq`` and what is wrong).
         """
-        key = (str(_check_uuid(session)),)
+        key = (str(checked_uuid(session)),)
         found = _sql.records(session, await self._read(_sql.READ, key))
         if found is None:
             # Rare: read again with each row's seq, to say which row and why.
@@ -295,7 +296,7 @@ class SqliteArchive(ArchiveBackend):
             BackendError: the archive cannot be read, or the session's count row
                 is damaged (``retryable=False``).
         """
-        rows = await self._read(_sql.COUNT, (str(_check_uuid(session)),))
+        rows = await self._read(_sql.COUNT, (str(checked_uuid(session)),))
         return _sql.message_count(self._path, session, rows[0][0]) if rows else 0
 
     async def list_sessions(
@@ -517,9 +518,3 @@ def _create_file(path: str) -> None:
             f"{path}: cannot create the archive file ({exc.strerror})",
             retryable=True,
         ) from exc
-
-
-def _check_uuid(session: object, what: str = "session") -> UUID:
-    if not isinstance(session, UUID):
-        raise TypeError(f"{what} must be a UUID, got {type(session).__name__}")
-    return session

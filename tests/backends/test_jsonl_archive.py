@@ -133,9 +133,11 @@ class TestFormat:
 
     async def test_session_must_be_a_uuid(self, directory: Path) -> None:
         async with JsonlArchive(directory) as archive:
-            with pytest.raises(TypeError, match="session must be a UUID, got str"):
+            with pytest.raises(
+                TypeError, match=r"session must be a uuid\.UUID, got str"
+            ):
                 await archive.read_session("../../etc")  # type: ignore[arg-type]
-            with pytest.raises(TypeError, match="session must be a UUID"):
+            with pytest.raises(TypeError, match=r"session must be a uuid\.UUID"):
                 await archive.delete_session("x")  # type: ignore[arg-type]
         assert not directory.exists()
 

@@ -438,7 +438,7 @@ async def test_list_sessions_rejects_bad_arguments(
 async def test_reads_reject_a_session_that_is_not_a_uuid(
     archive: SqliteArchive,
 ) -> None:
-    with pytest.raises(TypeError, match="session must be a UUID, got str"):
+    with pytest.raises(TypeError, match=r"session must be a uuid\.UUID, got str"):
         await archive.count(str(uuid4()))  # type: ignore[arg-type]
 
 
