@@ -27,7 +27,8 @@ Rules and theory:
   does not use up the batch's attempts. A BEST_EFFORT batch that exhausts its
   attempts (or fails with a non-retryable error) is given up on only if the probe
   then passes -- so an outage never dead-letters entries -- and is bisected until
-  the poison entry is alone, which is dead-lettered.
+  the poison entry is alone, which is dead-lettered. Each of these decisions is
+  ``_delivery``'s (pure, tested directly); this module carries them out.
 """
 
 from __future__ import annotations
@@ -44,9 +45,18 @@ import msgspec
 
 from ._admission import Backlog
 from ._batching import Entry, bisect, coalesce, cut
-from ._errors import RETRY_AFTER_CAP, ArchivistClosed, BackendError
+from ._delivery import (
+    Step,
+    after_failure,
+    after_judging,
+    before_attempt,
+    is_retryable,
+    judging_pause,
+    retry_delay,
+)
+from ._errors import ArchivistClosed, BackendError
 from ._failure import describe
-from ._health import UNHEALTHY_AFTER, BackendHealth, status_for
+from ._health import BackendHealth, status_for
 from ._policies import FailureMode, OverflowPolicy
 from ._records import Op, decode_entry
 from ._throttle import Throttle
@@ -484,11 +494,13 @@ class Writer:
     async def _deliver_part(
         self, entries: Sequence[Entry], dead: list[tuple[Entry, str, int]]
     ) -> None:
+        """Deliver ``entries`` or dead-letter their poison into ``dead``; each
+        step is ``_delivery``'s decision, carried out here."""
         groups = coalesce(entries)
         attempt = 0
         while True:
-            unhealthy = self.consecutive_failures >= UNHEALTHY_AFTER
-            if unhealthy and not await self._probe(entries):
+            step = before_attempt(self.consecutive_failures)
+            if step is Step.PROBE_FIRST and not await self._probe(entries):
                 await anyio.sleep(self._backoff(self.consecutive_failures))
                 continue
             attempt += 1
@@ -496,18 +508,21 @@ class Writer:
                 await self._call(lambda: self._backend.write_batch(groups))
             except Exception as exc:
                 self._record_failure(exc, entries)
-                retryable = not (isinstance(exc, BackendError) and not exc.retryable)
-                give_up = not retryable or attempt >= self._retry.max_attempts
-                # Only a batch that fails while the backend passes its health
-                # check is poison; a failing check means an outage, and then the
-                # batch waits (it never dead-letters during an outage).
-                if self._best_effort and give_up:
-                    # A pause the backend asked for comes before judging it.
+                step = after_failure(
+                    attempt=attempt,
+                    max_attempts=self._retry.max_attempts,
+                    retryable=is_retryable(exc),
+                    best_effort=self._best_effort,
+                )
+                if step is Step.JUDGE:
                     await self._honour_retry_after()
-                if self._best_effort and give_up and await self._probe(entries):
-                    if len(entries) == 1:
-                        dead.append((entries[0], describe(exc), attempt))
-                        return
+                    step = after_judging(
+                        healthy=await self._probe(entries), entries=len(entries)
+                    )
+                if step is Step.DEAD_LETTER:
+                    dead.append((entries[0], describe(exc), attempt))
+                    return
+                if step is Step.BISECT:
                     left, right = bisect(entries)
                     await self._deliver_part(left, dead)
                     await self._deliver_part(right, dead)
@@ -520,14 +535,12 @@ class Writer:
     async def _honour_retry_after(self) -> None:
         asked, self._retry_after = self._retry_after, 0.0
         if asked:
-            await anyio.sleep(min(asked, RETRY_AFTER_CAP))
+            await anyio.sleep(judging_pause(asked))
 
     def _backoff(self, attempt: int) -> float:
-        """The delay before retry ``attempt``: jittered, but never shorter than
-        the ``retry_after`` the last failure asked for (up to a cap)."""
-        delay = self._retry.delay(attempt)
+        """The delay before retry ``attempt`` (``_delivery.retry_delay``)."""
         asked, self._retry_after = self._retry_after, 0.0
-        return max(delay, min(asked, RETRY_AFTER_CAP))
+        return retry_delay(self._retry.delay(attempt), asked)
 
     async def _probe(self, entries: Sequence[Entry]) -> bool:
         """Whether the backend passes its health check (a failure is recorded)."""

@@ -426,28 +426,29 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     ),
     Mutant(
         "required-dead-letters",
-        _J + "_writer.py",
-        "if self._best_effort and give_up and await self._probe(entries):",
-        "if give_up and await self._probe(entries):",
+        _J + "_delivery.py",
+        "    return Step.JUDGE if best_effort and gave_up else Step.RETRY\n",
+        "    return Step.JUDGE if gave_up else Step.RETRY\n",
         "a REQUIRED backend gives up on a failing batch and dead-letters it",
-        ("tests/test_writer.py",),
+        ("tests/test_delivery.py", "tests/test_writer.py"),
     ),
     Mutant(
         "best-effort-gives-up-early",
-        _J + "_writer.py",
-        "give_up = not retryable or attempt >= self._retry.max_attempts",
-        "give_up = not retryable or attempt >= self._retry.max_attempts - 1",
+        _J + "_delivery.py",
+        "gave_up = not retryable or attempt >= max_attempts",
+        "gave_up = not retryable or attempt >= max_attempts - 1",
         "a BEST_EFFORT batch is given up one attempt before max_attempts",
-        ("tests/test_writer.py",),
+        ("tests/test_delivery.py", "tests/test_writer.py"),
     ),
     Mutant(
         "dead-letters-during-outage",
-        _J + "_writer.py",
-        "if self._best_effort and give_up and await self._probe(entries):",
-        "if self._best_effort and give_up:",
-        "a BEST_EFFORT batch is given up without probing health_check: an outage"
-        " dead-letters everything",
-        ("tests/test_writer.py",),
+        _J + "_delivery.py",
+        "    if not healthy:\n"
+        "        return Step.RETRY  # an outage: the batch waits, it is not poison\n",
+        "",
+        "a BEST_EFFORT batch given up is dead-lettered whatever health_check says:"
+        " an outage dead-letters everything",
+        ("tests/test_delivery.py", "tests/test_writer.py"),
     ),
     Mutant(
         "bisect-right-half-first",
@@ -486,9 +487,9 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     ),
     Mutant(
         "retry-after-ignored",
-        _J + "_writer.py",
-        "return max(delay, min(asked, RETRY_AFTER_CAP))",
-        "return delay",
+        _J + "_delivery.py",
+        "    return max(policy_delay, min(asked, RETRY_AFTER_CAP))\n",
+        "    return policy_delay\n",
         "the backoff ignores the retry_after a backend asked for",
         ("tests/test_erasure.py", "tests/test_writer.py"),
     ),
@@ -1084,6 +1085,14 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
         "JSONL lines keep U+2028/U+2029 and C1 controls raw: splitlines() sees more"
         " lines than records",
         ("tests/backends/test_jsonl_security.py",),
+    ),
+    Mutant(
+        "probe-one-failure-late",
+        _J + "_delivery.py",
+        "Step.PROBE_FIRST if consecutive_failures >= UNHEALTHY_AFTER else",
+        "Step.PROBE_FIRST if consecutive_failures > UNHEALTHY_AFTER else",
+        "an unhealthy backend gets one more attempt before its health check",
+        ("tests/test_delivery.py", "tests/test_writer.py"),
     ),
 )
 
