@@ -32,7 +32,6 @@ import asyncio
 import itertools
 import logging
 import math
-import sqlite3
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
@@ -171,16 +170,6 @@ class _Delta:
         self.dead.extend(newer.dead)
         self.damaged.extend(newer.damaged)
         self.erased.extend(newer.erased)
-
-
-def _io_failure(exc: BaseException) -> bool:
-    """Whether a commit error is an I/O failure (not a full disk, which passes):
-    SQLite's ``SQLITE_IOERR``, or an ``OSError`` of our own fsync."""
-    cause = exc.__cause__
-    if isinstance(cause, OSError):
-        return True
-    code = getattr(cause, "sqlite_errorcode", None)
-    return isinstance(cause, sqlite3.Error) and code is not None and code & 0xFF == 10
 
 
 def _closed_before_journaled() -> ArchivistClosed:
@@ -748,7 +737,7 @@ class Committer:
         deltas: dict[int, _Delta],
     ) -> None:
         self.commit_failures += 1
-        io_failure = _io_failure(exc)
+        io_failure = exc.io_error
         if io_failure:
             self._io_failures += 1
             if not self._journal.rewrite_needed:
@@ -770,7 +759,7 @@ class Committer:
                 exc.detail,
             )
         for append, _ in admitted:
-            error = JournalWriteFailed(exc.path, exc.detail)
+            error = JournalWriteFailed(exc.path, exc.detail, io_error=exc.io_error)
             error.__cause__ = exc.__cause__
             append.finish(error)
         # Keep the bookkeeping: the next persisting round writes it.
@@ -791,6 +780,7 @@ class Committer:
                 exc.path,
                 f"{self._io_failures} commits in a row failed with an I/O error,"
                 f" the last: {exc.detail}",
+                io_error=True,
             ) from exc.__cause__
 
     async def _rewrite_if_needed(

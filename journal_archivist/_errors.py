@@ -293,9 +293,14 @@ class JournalWriteFailed(JournalError):
     """The commit of an append failed (I/O error, failed fsync, disk full).
 
     Nothing of the failed group was acknowledged; the journal rolled back to its
-    previous commit. The SQLite error is the ``__cause__``.
+    previous commit. The SQLite error is the ``__cause__``; ``io_error`` says
+    whether it was a failed read, write or fsync (not a full disk or another
+    refusal), which three times in a row fails the archivist.
     """
 
-    def __init__(self, path: str | os.PathLike[str], detail: str) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], detail: str, *, io_error: bool = False
+    ) -> None:
         super().__init__(path, f"journal commit failed ({detail})")
         self.detail = detail
+        self.io_error = io_error

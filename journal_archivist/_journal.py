@@ -284,7 +284,7 @@ class Journal:
             await conn.rollback()
             if is_corruption(exc):  # a damaged page met while writing
                 raise JournalCorrupt(self.path, str(exc)) from exc
-            raise JournalWriteFailed(self.path, str(exc)) from exc
+            raise _write_failed(self.path, str(exc), exc) from exc
         self.lost_entries += lost
         self.repaired_rows += repaired
         for row in trusted:
@@ -348,7 +348,7 @@ class Journal:
             await conn.commit()
         except sqlite3.Error as exc:
             await conn.rollback()
-            raise JournalWriteFailed(self.path, str(exc)) from exc
+            raise _write_failed(self.path, str(exc), exc) from exc
         for row in doubtful:
             row.damage, row.exact = None, True
         for name in removed:
@@ -381,7 +381,7 @@ class Journal:
         try:
             await self._durable.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)")
         except sqlite3.Error as exc:
-            raise JournalWriteFailed(self.path, f"checkpoint failed: {exc}") from exc
+            raise _write_failed(self.path, f"checkpoint failed: {exc}", exc) from exc
 
     async def rewrite(self) -> None:
         """Make the WAL on disk what this process reads again, after a failed
@@ -404,7 +404,7 @@ class Journal:
         try:
             await anyio.to_thread.run_sync(_write_back, self.path + "-wal")
         except OSError as exc:
-            raise JournalWriteFailed(self.path, f"rewrite failed: {exc}") from exc
+            raise _write_failed(self.path, f"rewrite failed: {exc}", exc) from exc
 
     async def compact(self, max_pages: int) -> tuple[int, int]:
         """Return up to ``max_pages`` free pages to the filesystem.
@@ -429,8 +429,9 @@ class Journal:
             if conn.in_transaction:
                 await conn.rollback()
             logger.warning("journal %s: compaction failed: %s", self.path, exc)
-            if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_IOERR:
-                raise JournalWriteFailed(self.path, f"compaction: {exc}") from exc
+            failed = _write_failed(self.path, f"compaction: {exc}", exc)
+            if failed.io_error:
+                raise failed from exc
             return 0, 0
         return int(before) - int(left), int(left)
 
@@ -567,7 +568,7 @@ class Transaction:
         except sqlite3.Error:
             logger.exception("journal %s: rollback failed", self._journal.path)
         if isinstance(exc, sqlite3.Error):
-            raise JournalWriteFailed(self._journal.path, str(exc)) from exc
+            raise _write_failed(self._journal.path, str(exc), exc) from exc
 
     async def insert(
         self, rows: Iterable[tuple[int, bytes, int, bytes, int, int, float, int, int]]
@@ -827,6 +828,19 @@ def _write_back(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _write_failed(path: str, detail: str, exc: BaseException) -> JournalWriteFailed:
+    """``JournalWriteFailed`` for ``exc``, classified here so that no other module
+    reads SQLite's error codes: an I/O error is SQLite's ``SQLITE_IOERR`` (any
+    extended code) or an ``OSError`` of our own file work."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    io_error = isinstance(exc, OSError) or (
+        isinstance(exc, sqlite3.Error)
+        and code is not None
+        and code & 0xFF == sqlite3.SQLITE_IOERR
+    )
+    return JournalWriteFailed(path, detail, io_error=io_error)
 
 
 async def _close_quietly(conn: aiosqlite.Connection | Reader, path: str) -> None:

@@ -28,7 +28,7 @@ from journal_archivist import (
     WrongEventLoop,
 )
 from journal_archivist._committer import CHECKPOINT_BYTES
-from journal_archivist._journal import Journal, Transaction
+from journal_archivist._journal import Journal, Transaction, _write_failed
 from journal_archivist._reader import Reader
 from journal_archivist.testing import MockBackend
 from tests.helpers import append_catching, record, registration
@@ -314,7 +314,9 @@ class TestAJournalThatMustBeRewritten:
         # Its last step, the fsync of the emptied WAL, fails with an OSError.
         async def rewrite(journal: Journal) -> None:
             raise JournalWriteFailed(
-                journal.path, "rewrite failed: [Errno 5] Input/output error"
+                journal.path,
+                "rewrite failed: [Errno 5] Input/output error",
+                io_error=True,  # as Journal.rewrite classifies its OSError
             ) from OSError(5, "Input/output error")
 
         async def use() -> None:
@@ -496,3 +498,23 @@ class TestEventLoops:
         assert isinstance(error, WrongEventLoop)
         assert not error.loop_closed
         assert "serves only that one" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("cause", "io_error"),
+    [
+        (io_error(sqlite3.SQLITE_IOERR_WRITE, "disk I/O error"), True),
+        (io_error(sqlite3.SQLITE_IOERR_FSYNC, "disk I/O error"), True),
+        (io_error(sqlite3.SQLITE_IOERR, "disk I/O error"), True),
+        (OSError(5, "Input/output error"), True),
+        (io_error(sqlite3.SQLITE_FULL, "database or disk is full"), False),
+        (io_error(sqlite3.SQLITE_BUSY, "database is locked"), False),
+        (ValueError("not SQLite's"), False),
+    ],
+)
+def test_the_journal_classifies_what_failed(
+    cause: BaseException, io_error: bool
+) -> None:
+    # The one place SQLite's error codes are read (journal_archivist/_journal.py).
+    failed = _write_failed("j.db", str(cause), cause)
+    assert failed.io_error is io_error

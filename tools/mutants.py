@@ -323,9 +323,9 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     ),
     Mutant(
         "disk-full-counts-as-io-error",
-        _J + "_committer.py",
-        "code & 0xFF == 10",
-        "code & 0xFF in (10, 13)",
+        _J + "_journal.py",
+        "and code & 0xFF == sqlite3.SQLITE_IOERR\n",
+        "and code & 0xFF in (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL)\n",
         "a full disk (SQLITE_FULL) counts as an I/O error: full-disk commits fail"
         " the archivist",
         ("tests/test_failure.py", "tests/test_committer.py"),
@@ -341,8 +341,8 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     Mutant(
         "disk-full-resets-io-streak",
         _J + "_committer.py",
-        "        io_failure = _io_failure(exc)\n",
-        "        io_failure = _io_failure(exc)\n"
+        "        io_failure = exc.io_error\n",
+        "        io_failure = exc.io_error\n"
         "        if not io_failure:\n"
         "            self._io_failures = 0  # the streak is of I/O errors in a row\n",
         "a failed commit that is not an I/O error resets the I/O-error streak",
@@ -965,9 +965,9 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     ),
     Mutant(
         "rewrite-failure-not-counted",
-        _J + "_committer.py",
-        "    if isinstance(cause, OSError):\n        return True\n",
-        "",
+        _J + "_journal.py",
+        "    io_error = isinstance(exc, OSError) or (\n",
+        "    io_error = (\n",
         "a rewrite whose fsync fails (an OSError) never counts toward the"
         " three-failures rule: appends are refused forever",
         ("tests/test_failure.py",),
