@@ -49,16 +49,16 @@ from ._errors import (
     ReadFailed,
     WrongEventLoop,
 )
-from ._failure import Failure
+from ._failure import Failure, describe
 from ._health import HealthReport, HealthStatus, JournalHealth
 from ._journal import Journal
 from ._ownership import check_ownership
 from ._policies import Durability, FailureMode, Sync
+from ._read_merge import merge_read
 from ._records import (
     MessageRecord,
     Op,
     check_append_count,
-    decode_entry,
     encode_append,
 )
 from ._space import SpaceGuard
@@ -613,42 +613,22 @@ class Archivist:
         )
         errors: dict[str, BaseException] = {}
         for writer in readable:
-            erased, pending = await self._pending_records(session, writer)
+            # Read first: an entry delivered meanwhile is then in the archive.
+            pending = await self._query.pending_for_session(
+                session, writer.mask, writer.settled_upto, writer.drop_floor
+            )
             try:
                 timeout = writer.registration.retry.attempt_timeout
                 with anyio.fail_after(math.inf if timeout is None else timeout):
                     archived = await writer.registration.backend.read_session(session)
             except Exception as exc:
                 errors[writer.name] = exc
-                logger.warning("read_session: backend %r failed: %r", writer.name, exc)
+                logger.warning(
+                    "read_session: backend %r failed: %s", writer.name, describe(exc)
+                )
                 continue
-            if erased:  # an erasure is pending: what the backend holds is gone
-                archived = []
-            seen = {record.message_id for record in archived}
-            merged = list(archived)
-            merged.extend(r for r in pending if r.message_id not in seen)
-            return merged
+            return merge_read(archived, pending)
         raise ReadFailed(session, errors)
-
-    async def _pending_records(
-        self, session: UUID, writer: Writer
-    ) -> tuple[bool, list[MessageRecord]]:
-        """Whether an erasure of ``session`` is pending for ``writer``, and the
-        records pending after the last such erasure."""
-        entries = await self._query.pending_for_session(
-            session, writer.mask, writer.settled_upto, writer.drop_floor
-        )
-        erased = False
-        records: list[MessageRecord] = []
-        for entry in entries:
-            if entry.damage is not None:
-                continue
-            if entry.op == Op.ERASE:
-                erased = True
-                records.clear()
-            else:
-                records.extend(decode_entry(entry.payload, entry.op))
-        return erased, records
 
     # -- introspection and waiting -------------------------------------------
 

@@ -605,3 +605,21 @@ async def test_an_iterator_of_records_is_read_no_further_than_the_limit(
         assert taken == 6
         await archivist.wait_drained()
     assert [r.content_md for r in mock.records(session)] == ["m0", "m1", "m2"]
+
+
+async def test_a_failed_read_is_logged_in_one_printable_line(
+    journal_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A backend's error text is foreign: its control characters are escaped.
+    down, up = MockBackend(), MockBackend()
+    down.go_down("\x1b[31mdown\r\nforged line")
+    regs = [
+        registration(down, name="down", priority=1),
+        registration(up, name="up"),
+    ]
+    async with Archivist.open(journal_path, regs) as archivist:
+        await archivist.read_session(uuid4())
+    (line,) = [r.getMessage() for r in caplog.records if "read_session" in r.msg]
+    assert "\x1b" not in line
+    assert "\n" not in line
+    assert "\\x1b[31mdown" in line

@@ -23,6 +23,7 @@ PURE = (
     "_health",
     "_policies",
     "_printable",
+    "_read_merge",
     "_records",
     "_rows",
     "_schema",
