@@ -19,10 +19,10 @@ import anyio
 
 from ._errors import JournalCorrupt, JournalError, JournalIncompatible
 from ._private_files import (
-    FILE_MODE,
     UnsafePath,
     check_file,
     check_folder,
+    create_file,
     make_folders,
     sync_folder,
 )
@@ -98,23 +98,13 @@ def prepare_file(real: str, path: str) -> None:
     on it, so never while a connection of ours holds them.
     """
     try:
-        try:
-            fd = os.open(
-                real, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE
-            )
-        except FileExistsError:
-            created = False
+        created = create_file(real)
+        if not created:
             check_file(real, "the journal file")
             if not os.access(real, os.R_OK | os.W_OK):
                 raise JournalError(
                     path, "the journal file is not readable and writable"
-                ) from None
-        else:
-            created = True
-            try:
-                os.fchmod(fd, FILE_MODE)  # exactly 0600, whatever the umask
-            finally:
-                os.close(fd)
+                )
         for suffix in ("-wal", "-shm"):
             check_file(real + suffix, f"the journal's {suffix} file")
     except UnsafePath as exc:

@@ -44,6 +44,7 @@ __all__ = [
     "adopt",
     "check_file",
     "check_folder",
+    "create_file",
     "make_folders",
     "open_file",
     "sync_folder",
@@ -128,6 +129,22 @@ def check_folder(folder: str, what: str) -> None:
             folder,
             info.st_uid,
         )
+
+
+def create_file(path: str) -> bool:
+    """Create ``path`` empty and exactly 0600 unless a name is there already;
+    return whether it was created (its name is not synced yet)."""
+    try:
+        fd = os.open(
+            path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, FILE_MODE
+        )
+    except FileExistsError:
+        return False
+    try:
+        os.fchmod(fd, FILE_MODE)  # the umask may have taken bits, even ours
+    finally:
+        os.close(fd)
+    return True
 
 
 def open_file(path: str, flags: int, what: str, *, secret: bool = True) -> int:

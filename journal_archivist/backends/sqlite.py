@@ -50,7 +50,7 @@ import anyio
 
 from .._errors import BackendError
 from .._large_values import LargeValues
-from .._private_files import FILE_MODE, UnsafePath, check_file, check_folder
+from .._private_files import UnsafePath, check_file, check_folder, create_file
 from . import _sqlite_sql as _sql
 from ._base import (
     ArchiveBackend,
@@ -482,15 +482,11 @@ def _create_file(path: str) -> None:
         )
     try:
         check_folder(directory, "the archive directory")
-        try:
-            fd = os.open(
-                path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE
-            )
-        except FileExistsError:
+        if not create_file(path):
             if os.path.isdir(path):
                 raise BackendError(
                     f"{path}: the archive path is a directory", retryable=False
-                ) from None
+                )
             # Checked by lstat, not opened: closing a descriptor would drop the
             # POSIX locks another connection of this process holds on it.
             check_file(path, "the archive file")
@@ -498,12 +494,7 @@ def _create_file(path: str) -> None:
                 raise BackendError(
                     f"{path}: the archive file is not readable and writable",
                     retryable=True,
-                ) from None
-        else:
-            try:
-                os.fchmod(fd, FILE_MODE)  # exactly 0600, whatever the umask
-            finally:
-                os.close(fd)
+                )
         for suffix in ("-wal", "-shm"):
             check_file(path + suffix, f"the archive's {suffix} file")
     except UnsafePath as exc:

@@ -16,7 +16,6 @@ import re
 import ssl
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import quote
 from uuid import UUID, uuid4
 
@@ -37,9 +36,6 @@ from tests.backends.webhook_server import Reply, WebhookServer
 from tests.helpers import FAST_RETRY, record
 from tools.security.secrets import ECHOES, forms
 
-if TYPE_CHECKING:
-    from collections.abc import Iterator
-
 #: A self-signed certificate (and its key) for 127.0.0.1 that nothing trusts.
 UNTRUSTED_PEM = Path(__file__).with_name("untrusted_tls.pem")
 #: A bearer token: each of ``/ + = & " \\`` changes under some encoding.
@@ -48,20 +44,6 @@ TOKEN = 'T0k3n/w1th+Sp3c=al&"ch\\rs'
 URL_SECRET = 'S3cr3t/w1th+sp ce=&"x\\y'
 #: Raw control characters that must never reach a message or a log line.
 CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-
-
-@pytest.fixture
-def server() -> Iterator[WebhookServer]:
-    with WebhookServer() as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    """httpx honours proxy variables; the tests talk to loopback directly."""
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.lower(), raising=False)
 
 
 @pytest.fixture
