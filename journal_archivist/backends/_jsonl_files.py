@@ -58,7 +58,7 @@ from uuid import UUID
 import msgspec
 
 from .._errors import BackendError
-from .._private_files import UnsafePath, adopt
+from .._private_files import FILE_MODE, FOLDER_MODE, UnsafePath, adopt
 from ._codec import DECODE_ERRORS, decode_record, encode_record
 
 if TYPE_CHECKING:
@@ -74,8 +74,6 @@ _SUFFIX: Final = ".jsonl"
 #: ``write_probe`` creates ``PROBE_PREFIX + <32 hex digits>`` and removes it again:
 #: a dot file that does not end in ``.jsonl``, so never a session's name.
 PROBE_PREFIX: Final = ".jsonl-archive-health-probe-"
-_FILE_MODE: Final = 0o600
-_DIR_MODE: Final = 0o700
 _NOFOLLOW: Final = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)
 _DIRECTORY: Final = getattr(os, "O_DIRECTORY", 0)
@@ -232,7 +230,7 @@ def open_session(
     meanwhile: no link left).
     """
     try:
-        fd = os.open(name, flags | _SESSION_FLAGS, _FILE_MODE, dir_fd=dir_fd)
+        fd = os.open(name, flags | _SESSION_FLAGS, FILE_MODE, dir_fd=dir_fd)
     except (FileNotFoundError, FileExistsError):
         raise
     except OSError as exc:
@@ -334,7 +332,7 @@ def write_probe(dir_fd: int) -> str:
     fd = os.open(
         name,
         os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC,
-        _FILE_MODE,
+        FILE_MODE,
         dir_fd=dir_fd,
     )
     try:
@@ -387,7 +385,7 @@ def open_directory(
         if not create:
             return None
         try:
-            os.mkdir(path, _DIR_MODE)
+            os.mkdir(path, FOLDER_MODE)
             created = True
         except FileExistsError:
             pass  # made meanwhile: open whatever is there, with the same checks
@@ -442,7 +440,7 @@ def sharing(st: os.stat_result) -> str | None:
 def settle_new_directory(fd: int, path: str) -> None:
     """Set the directory just created (open as ``fd``) to 0700 and fsync its
     parent, making it durable."""
-    os.fchmod(fd, _DIR_MODE)  # exactly 0700, whatever the umask
+    os.fchmod(fd, FOLDER_MODE)  # exactly 0700, whatever the umask
     fsync_directory(os.path.dirname(path))
 
 

@@ -90,6 +90,20 @@ def hook_with_secret(
     return WebhookArchive(url, secret_path=True, log_response_body=quote_body)
 
 
+async def three_refusals(hook: WebhookArchive, session: UUID) -> list[str]:
+    """The errors of two appends and a health check the receiver refuses."""
+    errors = []
+    for call in (
+        hook.append_messages(session, [record(session)]),
+        hook.append_messages(session, [record(session)]),
+        hook.health_check(),
+    ):
+        with pytest.raises(BackendError) as caught:
+            await call
+        errors.append(str(caught.value))
+    return errors
+
+
 def echoing(status: int, shown: str, **fields: object) -> Reply:
     """An answer echoing ``shown`` in its reason phrase, a header and its body."""
     body = json.dumps({"error": f"unknown token {shown}"}).encode()
@@ -128,15 +142,7 @@ async def test_a_secret_echoed_in_any_form_is_masked_in_errors_and_logs(
     server.queue(echoing(503, shown), method="OPTIONS")
     # Quoting bodies is the hardest case: the default quotes none.
     async with hook_with_secret(place, server, log_response_body=True) as hook:
-        errors = []
-        for call in (
-            hook.append_messages(session, [record(session)]),
-            hook.append_messages(session, [record(session)]),
-            hook.health_check(),
-        ):
-            with pytest.raises(BackendError) as caught:
-                await call
-            errors.append(str(caught.value))
+        errors = await three_refusals(hook, session)
     assert "unknown token ***" in errors[0]  # the body was quoted, masked
     assert "?next=***" in errors[1]
     assert leaks("\n".join(errors), secret) == []
@@ -377,15 +383,7 @@ async def test_control_characters_from_the_receiver_are_escaped(
     )
     server.queue(Reply(503, reason="Down\x1b[2J"), method="OPTIONS")
     async with WebhookArchive(server.url, log_response_body=log_response_body) as hook:
-        errors = []
-        for call in (
-            hook.append_messages(session, [record(session)]),
-            hook.append_messages(session, [record(session)]),
-            hook.health_check(),
-        ):
-            with pytest.raises(BackendError) as caught:
-                await call
-            errors.append(str(caught.value))
+        errors = await three_refusals(hook, session)
     assert [e for e in errors if CONTROLS.search(e)] == []
     lines = logged(logs)
     assert [line for line in lines if CONTROLS.search(line)] == []
