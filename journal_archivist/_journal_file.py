@@ -3,6 +3,8 @@ healthy journal, and migrate its schema.
 
 Nothing here writes to a file before it is known to be a journal (or empty): a file
 that is not one, or is damaged, raises ``JournalCorrupt`` and is left untouched.
+SQLite's error codes are read here only: ``is_corruption`` and ``write_failed``
+classify them for the rest of the journal.
 """
 
 from __future__ import annotations
@@ -17,7 +19,12 @@ from typing import Final
 import aiosqlite
 import anyio
 
-from ._errors import JournalCorrupt, JournalError, JournalIncompatible
+from ._errors import (
+    JournalCorrupt,
+    JournalError,
+    JournalIncompatible,
+    JournalWriteFailed,
+)
 from ._private_files import (
     UnsafePath,
     check_file,
@@ -29,6 +36,7 @@ from ._private_files import (
 from ._rows import BACKEND_COLUMNS, BackendRow, typed
 from ._schema import (
     APPLICATION_ID,
+    MAX_BACKENDS,
     MIGRATIONS,
     SCHEMA_VERSION,
     TABLES,
@@ -45,6 +53,7 @@ __all__ = [
     "is_corruption",
     "prepare_file",
     "prepare_folder",
+    "write_failed",
 ]
 
 #: The WAL is truncated back to this size after a checkpoint that outgrew it.
@@ -62,6 +71,19 @@ def is_corruption(exc: sqlite3.Error) -> bool:
     return code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB) or (
         "malformed" in str(exc) or "not a database" in str(exc)
     )
+
+
+def write_failed(path: str, detail: str, exc: BaseException) -> JournalWriteFailed:
+    """``JournalWriteFailed`` for ``exc``, classified here so that no module
+    outside the journal reads SQLite's error codes: an I/O error is SQLite's
+    ``SQLITE_IOERR`` (any extended code) or an ``OSError`` of our own file work."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    io_error = isinstance(exc, OSError) or (
+        isinstance(exc, sqlite3.Error)
+        and code is not None
+        and code & 0xFF == sqlite3.SQLITE_IOERR
+    )
+    return JournalWriteFailed(path, detail, io_error=io_error)
 
 
 def prepare_folder(path: str) -> str:
@@ -271,7 +293,7 @@ async def _reseal(conn: aiosqlite.Connection) -> None:
                     and 0 <= op < 256
                     and type(payload) is bytes
                     and type(origin) is int
-                    and 0 <= origin < 1 << 62
+                    and 0 <= origin < 1 << MAX_BACKENDS
                     and crc == entry_crc_v1(seq, session, op, payload)
                 ],
             )

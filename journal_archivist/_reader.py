@@ -12,8 +12,9 @@ fetched from ``payloads`` only for the rows that have one.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
+from ._journal_types import StoredEntry
 from ._rows import (
     DEAD_LETTER_COLUMNS,
     ENTRY_COLUMNS,
@@ -24,7 +25,7 @@ from ._rows import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Sequence
     from uuid import UUID
 
     import aiosqlite
@@ -98,14 +99,15 @@ class Reader:
         )
         return await self._checked(rows)
 
-    async def _checked(self, rows: Iterable[Any]) -> list[Entry]:
+    async def _checked(self, rows: Iterable[Sequence[object]]) -> list[Entry]:
         """``rows`` checked, with the payloads kept in ``payloads`` put in place
         (a row whose payload row is missing stays damaged)."""
         rows = list(rows)
         elsewhere: list[int] = []
         entries = check_entries(rows, elsewhere)
         if elsewhere:  # rare: only entries from LargeValues.THRESHOLD bytes
-            seqs = [rows[i][0] for i in elsewhere]
+            large = [StoredEntry._make(rows[i]) for i in elsewhere]
+            seqs = [row.seq for row in large]
             found = {
                 int(seq): payload
                 for seq, payload in await self._conn.execute_fetchall(
@@ -114,10 +116,9 @@ class Reader:
                     seqs,
                 )
             }
-            for i in elsewhere:
-                row = rows[i]
-                if row[0] in found:
-                    [entries[i]] = check_entries([(*row[:3], found[row[0]], *row[4:])])
+            for i, row in zip(elsewhere, large, strict=True):
+                if row.seq in found:
+                    [entries[i]] = check_entries([row._replace(payload=found[row.seq])])
         return entries
 
     async def oldest_pending(self, mask: int, after: int, floor: int) -> float | None:
@@ -148,7 +149,7 @@ class Reader:
                 DeadLetter(
                     row_id,
                     decode_text(backend),
-                    check_entries([tuple(entry)])[0],
+                    check_entries([StoredEntry._make(entry)])[0],
                     decode_text(error),
                     attempts,
                     failed_at,

@@ -23,12 +23,12 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import astuple, dataclass
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 from ._batching import Entry
 from ._large_values import LargeValues
 from ._records import Op
-from ._schema import backend_crc, entry_crc
+from ._schema import MAX_BACKENDS, backend_crc, entry_crc
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -94,15 +94,18 @@ DEAD_LETTER_COLUMNS: Final = (
 )
 
 _OPS: Final = frozenset(int(op) for op in Op)
-# An origin is a set of backend bits (at most 62 of them); anything else, a
-# negative number above all, is damage (and would not even pack into the CRC).
-_ORIGIN_LIMIT: Final = 1 << 62
+# An origin is a set of backend bits (at most MAX_BACKENDS of them); anything
+# else, a negative number above all, is damage (and would not even pack into the
+# CRC).
+_ORIGIN_LIMIT: Final = 1 << MAX_BACKENDS
 
 
 def check_entries(
-    rows: Iterable[Any], elsewhere: list[int] | None = None
+    rows: Iterable[Sequence[object]], elsewhere: list[int] | None = None
 ) -> list[Entry]:
-    """Entries from rows of ``ENTRY_COLUMNS``; a damaged one has ``damage`` set.
+    """Entries from rows of ``ENTRY_COLUMNS`` (``_journal_types.StoredEntry``
+    names their fields; the driver's plain tuples do as well); a damaged one has
+    ``damage`` set. Every ``op`` comes back an ``int``.
 
     A damaged entry keeps its stored size (so a backlog's byte count stays
     balanced) and its stored op (which says whether DROP_OLDEST could drop it),

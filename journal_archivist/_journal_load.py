@@ -1,0 +1,284 @@
+"""Opening a journal's state: load it, repair what open can, reconcile the backends.
+
+Rules and theory:
+- ``load`` runs once, inside ``Journal.open``, after the file is checked and
+  migrated and before anything else uses it. It reads the backend rows, the
+  journal-wide counters and the quarantined seqs; what it repairs or brings up to
+  date it writes back in one transaction, so a journal that opened is consistent.
+- Sequence numbers are never reused: ``last_seq`` is at least every seq still in
+  ``entries``, every exact backend row's ``counted_through`` and the high-water
+  mark in the lock file. Entries acknowledged under that mark and missing (a lost
+  WAL tail) are counted in ``lost_entries``.
+- A backend row repaired exactly (one flipped bit undone) is written back at open.
+  One whose values cannot be trusted gets its position rebuilt from the entries
+  (``_derive_position``) and is written by ``reconcile``, once its name is known
+  to be registered: its entries are never released on the word of a damaged row.
+- Counters are written lazily, so open adds the entries journaled after a
+  backend's ``counted_through`` (one scan of that tail).
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ._errors import JournalCorrupt
+from ._journal_file import is_corruption, write_failed
+from ._rows import BACKEND_COLUMNS, BackendRow, decode_text, typed
+from ._schema import MAX_BACKENDS
+from ._transaction import ADD_TO_META, DELETE_ORPHAN_PAYLOADS, store_backend_rows
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    import aiosqlite
+
+    from ._lockfile import LockFile
+
+__all__ = ["Loaded", "load", "reconcile"]
+
+logger = logging.getLogger("journal_archivist.journal")
+
+
+@dataclass(slots=True)
+class Loaded:
+    """A journal's state as ``load`` found (and repaired) it."""
+
+    backends: dict[str, BackendRow]
+    last_seq: int
+    lost_entries: int
+    repaired_rows: int
+    #: Seqs of entries quarantined (by any backend), to count each once.
+    quarantined: set[int]
+
+
+async def load(conn: aiosqlite.Connection, path: str, lock: LockFile) -> Loaded:
+    """Read the journal's state on ``conn``, repair it, and persist the repairs.
+
+    Raises:
+        sqlite3.Error: reading failed (``Journal.open`` classifies it).
+        JournalCorrupt: a damaged page was met while writing the repairs.
+        JournalWriteFailed: writing the repairs failed; nothing was written.
+    """
+    rows = [
+        BackendRow.from_stored(tuple(row))
+        for row in await conn.execute_fetchall(
+            f"SELECT {BACKEND_COLUMNS} FROM backends"
+        )
+    ]
+    meta: dict[str, int] = {}
+    damaged_meta: list[bytes | None] = []  # their stored keys, as bytes
+    for raw_key, value in await conn.execute_fetchall(
+        f"SELECT {typed('key', 'text')}, {typed('value', 'integer')} FROM meta"
+    ):
+        key = decode_text(raw_key)
+        if key is None or type(value) is not int:
+            damaged_meta.append(raw_key)
+        else:
+            meta[key] = value
+    quarantined = {
+        seq
+        for (seq,) in await conn.execute_fetchall(
+            f"SELECT DISTINCT {typed('seq', 'integer')} FROM quarantine"
+        )
+        if type(seq) is int
+    }
+    (max_seq,) = next(iter(await conn.execute_fetchall("SELECT max(seq) FROM entries")))
+    counted = [row.counted_through for row in rows if row.exact]
+    last_seq = max([int(max_seq or 0), *counted])
+    recorded = lock.read_high_water()
+    lost = 0
+    if recorded is not None and recorded > last_seq:
+        lost = recorded - last_seq
+        logger.error(
+            "journal %s: %d acknowledged entries (seq %d..%d) are missing; the WAL"
+            " tail was lost or damaged (health().journal.lost_entries counts them)",
+            path,
+            lost,
+            last_seq + 1,
+            recorded,
+        )
+        last_seq = recorded  # never reuse a seq that was acknowledged
+    for row in rows:
+        if row.damage is not None and not row.exact:
+            await _derive_position(conn, row, last_seq)
+    loaded = Loaded(
+        backends={row.name: row for row in rows},
+        last_seq=last_seq,
+        lost_entries=meta.get("lost_entries", 0),
+        repaired_rows=meta.get("repaired_rows", 0),
+        quarantined=quarantined,
+    )
+    repaired = [row for row in rows if row.damage is not None]
+    for row in repaired:
+        logger.error(
+            "journal %s: the stored state of backend %r (bit %d) was damaged (%s);"
+            " repaired%s (health().journal.repaired_rows counts it)",
+            path,
+            row.name,
+            row.bit,
+            row.damage,
+            ""
+            if row.exact
+            else ": its position was rebuilt from the journal's entries and its"
+            " delivered/dropped/dead-lettered/quarantined counts may be off",
+        )
+    if damaged_meta:
+        logger.error(
+            "journal %s: %d damaged rows of journal-wide counters were reset",
+            path,
+            len(damaged_meta),
+        )
+    await _settle_counters(conn, path, loaded, lost, len(repaired), damaged_meta)
+    lock.write_high_water(last_seq)
+    return loaded
+
+
+async def _derive_position(
+    conn: aiosqlite.Connection, row: BackendRow, last_seq: int
+) -> None:
+    """Rebuild a damaged backend row's position from the entries.
+
+    An entry keeps a backend's bit in ``targets`` until that backend settles
+    it, and settling moves the cursor in the same transaction, so the cursor
+    is just below the first entry that still has the bit. Above it, an append
+    the backend was journaled for (``origin``) that lost the bit was dropped by
+    DROP_OLDEST. What is pending is counted again.
+    """
+    mask = row.mask
+    ((first,),) = await conn.execute_fetchall(
+        "SELECT min(seq) FROM entries WHERE targets & ?", (mask,)
+    )
+    row.cursor = last_seq if first is None else int(first) - 1
+    ((floor,),) = await conn.execute_fetchall(
+        "SELECT max(seq) FROM entries WHERE seq > ? AND origin & ?"
+        " AND NOT targets & ? AND op = 1",
+        (row.cursor, mask, mask),
+    )
+    row.drop_floor = int(floor or 0)
+    row.pending = row.pending_bytes = 0
+    row.counted_through = row.cursor
+
+
+async def _settle_counters(
+    conn: aiosqlite.Connection,
+    path: str,
+    loaded: Loaded,
+    lost: int,
+    repaired: int,
+    damaged_meta: list[bytes | None],
+) -> None:
+    """Bring every backend's counters up to ``last_seq`` and persist them, with
+    the journal-wide counters and the rows repaired on the way.
+
+    Counters are written lazily, so entries journaled after a backend's
+    ``counted_through`` are added here, with one scan of that tail. A repaired
+    row whose name cannot be trusted is written by ``reconcile`` once the name
+    is known to be registered.
+    """
+    last_seq = loaded.last_seq
+    for row in loaded.backends.values():
+        if row.counted_through < last_seq:
+            (count, nbytes) = next(
+                iter(
+                    await conn.execute_fetchall(
+                        f"SELECT count(*), total({typed('size', 'integer')})"
+                        " FROM entries"
+                        " WHERE seq > ? AND origin & ?"
+                        " AND NOT (op = 1 AND seq <= ? AND NOT targets & ?)",
+                        (row.counted_through, row.mask, row.drop_floor, row.mask),
+                    )
+                )
+            )
+            row.pending += int(count)
+            row.pending_bytes += int(nbytes)
+            row.counted_through = last_seq
+    trusted = [row for row in loaded.backends.values() if row.exact]
+    try:
+        await store_backend_rows(conn, trusted)
+        if damaged_meta:
+            await conn.execute(
+                "DELETE FROM meta WHERE typeof(key) != 'text'"
+                " OR typeof(value) != 'integer'"
+            )
+            await conn.executemany(
+                "DELETE FROM meta WHERE CAST(key AS BLOB) = ?",
+                [(key,) for key in damaged_meta if key is not None],
+            )
+        repaired += len(damaged_meta)
+        for key, added in (("lost_entries", lost), ("repaired_rows", repaired)):
+            if added:
+                await conn.execute(ADD_TO_META, (key, added))
+        await conn.commit()
+    except sqlite3.Error as exc:
+        await conn.rollback()
+        if is_corruption(exc):  # a damaged page met while writing
+            raise JournalCorrupt(path, str(exc)) from exc
+        raise write_failed(path, str(exc), exc) from exc
+    loaded.lost_entries += lost
+    loaded.repaired_rows += repaired
+    for row in trusted:
+        row.damage = None
+
+
+async def reconcile(
+    conn: aiosqlite.Connection,
+    path: str,
+    backends: dict[str, BackendRow],
+    last_seq: int,
+    names: Sequence[str],
+) -> tuple[list[str], dict[str, int]]:
+    """Make the ``backends`` table, and ``backends``, match the registered ``names``.
+
+    ``backends`` is the journal's, changed in place once the change is committed.
+    See ``Journal.reconcile``.
+    """
+    doubtful = [row for row in backends.values() if not row.exact]
+    for row in doubtful:
+        if row.name not in names:
+            raise JournalCorrupt(
+                path,
+                f"the stored state of backend bit {row.bit} is damaged"
+                f" ({row.damage}) and its name {row.name!r} is not registered;"
+                " register it under its true name to keep its pending entries",
+            )
+    added = [name for name in names if name not in backends]
+    removed = {name: row for name, row in backends.items() if name not in names}
+    if not added and not removed and not doubtful:
+        return [], {}
+    free_bits = sorted(
+        set(range(MAX_BACKENDS))
+        - {row.bit for name, row in backends.items() if name not in removed}
+    )
+    if len(added) > len(free_bits):
+        raise ValueError(
+            f"a journal holds at most {MAX_BACKENDS} backends, {len(names)} registered"
+        )
+    new_rows = [
+        BackendRow(free_bits[i], name, last_seq, 0, 0, 0, 0, 0, 0, last_seq, 0)
+        for i, name in enumerate(added)
+    ]
+    try:
+        for row in removed.values():
+            await conn.execute(
+                "UPDATE entries SET targets = targets & ~? WHERE targets & ?",
+                (row.mask, row.mask),
+            )
+            await conn.execute("DELETE FROM backends WHERE bit = ?", (row.bit,))
+        if removed:
+            await conn.execute("DELETE FROM entries WHERE targets = 0")
+            await conn.execute(DELETE_ORPHAN_PAYLOADS, (-1, last_seq))
+        await store_backend_rows(conn, [*doubtful, *new_rows])
+        await conn.commit()
+    except sqlite3.Error as exc:
+        await conn.rollback()
+        raise write_failed(path, str(exc), exc) from exc
+    for row in doubtful:
+        row.damage, row.exact = None, True
+    for name in removed:
+        del backends[name]
+    for row in new_rows:
+        backends[row.name] = row
+    return added, {name: row.pending for name, row in removed.items()}

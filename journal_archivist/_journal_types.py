@@ -1,0 +1,124 @@
+"""The values that cross the journal boundary, named.
+
+Rules and theory:
+- Each is a ``NamedTuple``: a tuple with names. It goes to SQLite as its
+  statement's parameters as it is, and it unpacks by position like the plain
+  tuple it names. Its field order is the order of the SQL that takes it: never
+  reorder one.
+- What the journal stores and reads back is typed as stored: ``op`` is a plain
+  ``int`` (an ``Op`` value), never the enum.
+- The journal returns the named types. It also accepts, for now, a plain tuple
+  of the same fields in the same order wherever it takes one: the ``...Like``
+  aliases. So on the way in, fields are read by position (unpacking), never by
+  name, unless the journal named the row itself. Once every caller builds the
+  named types, the aliases go and the journal takes only those.
+Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, TypeAlias
+
+__all__ = [
+    "Damaged",
+    "DamagedLike",
+    "DeadLettered",
+    "DeadLetteredLike",
+    "Dropped",
+    "DroppedLike",
+    "EntryRow",
+    "EntryRowLike",
+    "Erasure",
+    "ErasureLike",
+    "SettledRange",
+    "SettledRangeLike",
+    "StoredEntry",
+]
+
+
+class EntryRow(NamedTuple):
+    """One entry to journal, in the column order of its INSERT.
+
+    ``origin`` is who the entry was journaled for, kept under the checksum for
+    good; ``targets`` is who still owes it (bits cleared as backends settle).
+    """
+
+    seq: int
+    session: bytes  # the 16 bytes of the session UUID
+    op: int  # an ``Op`` value, as stored
+    payload: bytes
+    size: int  # len(payload)
+    crc: int  # _schema.entry_crc(seq, session, op, origin, payload)
+    enqueued_at: float
+    targets: int
+    origin: int
+
+
+class StoredEntry(NamedTuple):
+    """An entry row as read (``_rows.ENTRY_COLUMNS``), before any check.
+
+    Any value may have any type (see ``_rows``); ``_rows.check_entries`` turns
+    these into ``Entry`` objects. The driver returns plain tuples of these fields:
+    name one with ``StoredEntry._make(row)``.
+    """
+
+    seq: object
+    session: object
+    op: object
+    payload: object
+    size: object
+    crc: object
+    enqueued_at: object
+    origin: object
+
+
+class SettledRange(NamedTuple):
+    """Entries ``after < seq <= upto`` are settled by the backend(s) of ``mask``."""
+
+    mask: int
+    after: int
+    upto: int
+
+
+class DeadLettered(NamedTuple):
+    """An entry a backend gave up on: copied to its dead letters."""
+
+    seq: int
+    error: str
+    attempts: int
+
+
+class Damaged(NamedTuple):
+    """An entry found damaged: copied to quarantine instead of delivered."""
+
+    seq: int
+    reason: str
+
+
+class Erasure(NamedTuple):
+    """An erasure of ``session`` (the UUID's 16 bytes), journaled at ``seq``."""
+
+    session: bytes
+    seq: int
+
+
+class Dropped(NamedTuple):
+    """An entry DROP_OLDEST untargeted, with its stored size (0 if unreadable)."""
+
+    seq: int
+    size: int
+
+
+#: What the journal accepts where it takes the named type (see the module
+#: docstring): the named type or a plain tuple of its fields.
+EntryRowLike: TypeAlias = (
+    EntryRow | tuple[int, bytes, int, bytes, int, int, float, int, int]
+)
+SettledRangeLike: TypeAlias = SettledRange | tuple[int, int, int]
+DeadLetteredLike: TypeAlias = DeadLettered | tuple[int, str, int]
+DamagedLike: TypeAlias = Damaged | tuple[int, str]
+ErasureLike: TypeAlias = Erasure | tuple[bytes, int]
+#: What ``Transaction.drop_oldest`` is annotated to return: always ``Dropped``
+#: values, but a ``list`` is invariant, so a caller that keeps them in a
+#: ``list[tuple[int, int]]`` must be able to.
+DroppedLike: TypeAlias = Dropped | tuple[int, int]
