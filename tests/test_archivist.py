@@ -559,9 +559,9 @@ async def test_hanging_closes_share_one_deadline(
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import journal_archivist._archivist as archivist_module
+    import journal_archivist._lifecycle as lifecycle_module
 
-    monkeypatch.setattr(archivist_module, "BACKEND_CLOSE_TIMEOUT", 0.5)
+    monkeypatch.setattr(lifecycle_module, "BACKEND_CLOSE_TIMEOUT", 0.5)
     hung = [HangsOnClose() for _ in range(4)]
     regs = [registration(b, name=f"b{i}") for i, b in enumerate(hung)]
     archivist = await Archivist.open(journal_path, regs)

@@ -1,0 +1,75 @@
+"""When a call that journals an entry returns: committed, then Sync-delivered.
+
+Rules and theory:
+- ``append_messages`` and ``delete_session`` hand their entry to the committer
+  and return once it is committed (contract 1). A caller cancelled before its
+  entry is taken withdraws it: nothing of it is journaled.
+- Then, for each ``Sync`` backend the entry targets, the call waits for the
+  writer to settle it, within that policy's ``timeout`` counted from the commit
+  (one clock for all of them). A ``REQUIRED`` backend that did not deliver raises
+  ``DeliveryFailed`` (the entry stays journaled and is retried, unless the writer
+  says it was final); a ``BEST_EFFORT`` one is not waited on past its timeout
+  and raises nothing (contract 6). A failed runtime wakes every waiter and its
+  failure is raised. The waiters are always removed from their writers.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import anyio
+
+from ._errors import DeliveryFailed
+from ._policies import FailureMode, Sync
+
+if TYPE_CHECKING:
+    from ._committer import PendingAppend
+    from ._lifecycle import Runtime
+
+__all__ = ["acknowledge"]
+
+
+async def acknowledge(runtime: Runtime, append: PendingAppend) -> None:
+    """Journal ``append`` through ``runtime``'s committer; wait for its Sync backends.
+
+    Raises:
+        the error the committer refused it with (nothing journaled), or, once it
+        is journaled, ``DeliveryFailed`` or ``ArchivistFailed`` (see the module).
+    """
+    committer = runtime.committer
+    committer.enqueue(append)
+    try:
+        error = await append.done
+    except BaseException:
+        committer.withdraw(append)
+        raise
+    if error is not None:
+        raise error
+    if append.waiters:
+        await _wait_synced(runtime, append)
+
+
+async def _wait_synced(runtime: Runtime, append: PendingAppend) -> None:
+    start = time.monotonic()
+    try:
+        for writer, waiter in append.waiters:
+            policy = writer.policy
+            assert isinstance(policy, Sync)
+            remaining = policy.timeout - (time.monotonic() - start)
+            with anyio.move_on_after(max(0.0, remaining)):
+                await waiter.event.wait()
+            failure = runtime.failure
+            if failure is not None:
+                raise failure.error()
+            error = waiter.error
+            if not waiter.event.is_set():
+                error = f"not delivered within {policy.timeout}s"
+            required = writer.registration.failure_mode is FailureMode.REQUIRED
+            if error is not None and required:
+                if not waiter.final:
+                    error += " (the entry stays journaled and is retried)"
+                raise DeliveryFailed(writer.name, error)
+    finally:
+        for writer, waiter in append.waiters:
+            writer.remove_waiter(waiter)
