@@ -12,14 +12,9 @@ Rules and theory:
 - An append is acknowledged only after its transaction committed. If the commit
   fails, every append of the group gets an error: nothing is acknowledged that is
   not durable.
-- Bookkeeping is written lazily. Settlements (done-marks, dead letters,
-  quarantines) and counter changes accumulate in ``_deltas`` and are written by a
-  *persisting* round at most every ``PERSIST_INTERVAL`` seconds, at once when
-  something waits for them (``flush``) or when a round drops entries (drop counts
-  must survive a crash). Other rounds are just INSERT + COMMIT. A lost done-mark
-  only means an idempotent redelivery; counters stay exact because open adds the
-  entries journaled after ``counted_through``. If a persisting round fails, its
-  deltas are kept for the next one.
+- Bookkeeping is written lazily: what to write and when is the ``Ledger``'s
+  decision (``_ledger``, pure); each backend's state is its ``Book``
+  (``_backlog``), which the committer changes only through its methods.
 - Transactions with appends are durable (fsync under ``Durability.FULL``);
   persisting rounds without appends are not.
 - After the commit, the new entries go to the writers in memory (the fast path),
@@ -34,7 +29,6 @@ import logging
 import math
 import time
 from collections import deque
-from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Final
 
 import anyio
@@ -49,6 +43,7 @@ from ._errors import (
     QueueFull,
 )
 from ._failure import Failure
+from ._ledger import PERSIST_INTERVAL, Delta, Ledger, handover, stored_row
 from ._policies import OverflowPolicy, Sync
 from ._records import MessageRecord, Op
 from ._schema import entry_crc
@@ -61,9 +56,10 @@ if TYPE_CHECKING:
 
     from anyio.abc import TaskStatus
 
+    from ._backlog import Settlement
     from ._journal import Journal, Transaction
     from ._space import SpaceGuard
-    from ._writer import Settlement, Writer
+    from ._writer import Writer
 
 __all__ = ["Committer", "PendingAppend"]
 
@@ -71,8 +67,6 @@ logger = logging.getLogger("journal_archivist.committer")
 
 #: The most appends one transaction journals.
 MAX_GROUP: Final = 1024
-#: Seconds between persisting rounds while there is bookkeeping to write.
-PERSIST_INTERVAL: Final = 0.05
 #: Commits in a row that fail with an I/O error (a failed read, write or fsync)
 #: after which the archivist fails. Other failures (a full disk) neither count
 #: nor reset the count; a successful commit resets it.
@@ -136,42 +130,6 @@ class PendingAppend(Entry):
             self.done.set_result(error)
 
 
-@dataclass(slots=True)
-class _Delta:
-    """A backend's bookkeeping not yet written to the journal."""
-
-    pending: int = 0
-    pending_bytes: int = 0
-    delivered: int = 0
-    dropped: int = 0
-    upto: int = 0  # settled through this seq
-    missing: int = 0  # owed entries found missing from the journal
-    dead: list[tuple[int, str, int]] = field(default_factory=list)
-    damaged: list[tuple[int, str]] = field(default_factory=list)
-    erased: list[tuple[bytes, int]] = field(default_factory=list)
-
-    def settle(self, settlement: Settlement) -> None:
-        self.pending -= settlement.count
-        self.pending_bytes -= settlement.nbytes
-        self.delivered += settlement.delivered
-        self.upto = max(self.upto, settlement.upto)
-        self.missing += settlement.missing
-        self.dead.extend(settlement.dead)
-        self.damaged.extend(settlement.damaged)
-        self.erased.extend(settlement.erased)
-
-    def merge(self, newer: _Delta) -> None:
-        self.pending += newer.pending
-        self.pending_bytes += newer.pending_bytes
-        self.delivered += newer.delivered
-        self.dropped += newer.dropped
-        self.upto = max(self.upto, newer.upto)
-        self.missing += newer.missing
-        self.dead.extend(newer.dead)
-        self.damaged.extend(newer.damaged)
-        self.erased.extend(newer.erased)
-
-
 def _closed_before_journaled() -> ArchivistClosed:
     return ArchivistClosed("the archivist shut down before this append was journaled")
 
@@ -197,12 +155,8 @@ class Committer:
         # Erasures in the queue: when the head blocks, those beyond the planned
         # group are looked for too (only while there are any).
         self._queued_erasures = 0
-        self._deltas: dict[int, _Delta] = {}
+        self._ledger = Ledger()
         self._kick = anyio.Event()
-        self._persist_at = 0.0
-        self._flush_wanted = False
-        self._settle_gen = 0
-        self._flushed_gen = 0
         self._flushed = anyio.Event()
         self._compact_due = False
         self._compacting = False
@@ -252,9 +206,8 @@ class Committer:
 
     def settled(self, writer: Writer, settlement: Settlement) -> None:
         """Record a settled batch; a persisting round marks it done."""
-        self._delta(writer).settle(settlement)
+        self._ledger.settled(writer.bit, settlement)
         self._journal.quarantined.update(seq for seq, _ in settlement.damaged)
-        self._settle_gen += 1
         self._kick.set()  # room in the backlog may unblock an append
 
     async def flush(self, *, counters: bool = False) -> None:
@@ -264,13 +217,12 @@ class Committer:
 
         Raises ``ArchivistClosed`` if the committer stops first.
         """
-        if counters and self._deltas:
-            self._settle_gen += 1
-        target = self._settle_gen
-        while self._flushed_gen < target:
+        ledger = self._ledger
+        target = ledger.want_flush(counters=counters)
+        while ledger.flushed_gen < target:
             if self.stopped:
                 raise ArchivistClosed()
-            self._flush_wanted = True
+            ledger.flush_wanted = True
             self._kick.set()
             flushed = self._flushed
             await flushed.wait()
@@ -350,16 +302,10 @@ class Committer:
             timeout = head.blocked_on.policy.block_timeout
             if timeout is not None:
                 deadline = head.blocked_since + timeout
-        if self._deltas:
-            deadline = min(deadline, self._persist_at)
+        if self._ledger.deltas:
+            deadline = min(deadline, self._ledger.persist_at)
         with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
             await self._kick.wait()
-
-    def _delta(self, writer: Writer) -> _Delta:
-        delta = self._deltas.get(writer.bit)
-        if delta is None:
-            delta = self._deltas[writer.bit] = _Delta()
-        return delta
 
     def _admit(self, now: float) -> tuple[list[tuple[PendingAppend, int]], Plan]:
         """Decide the queued appends: refuse, hold or admit them (no awaiting)."""
@@ -382,7 +328,7 @@ class Committer:
         )
         plan = plan_admission(
             sizes,
-            [w.backlog() for w in self._active],
+            [w.book.backlog() for w in self._active],
             erasures=erasures,
             sessions=[a.session for a in group] if erasures else (),
         )
@@ -450,11 +396,7 @@ class Committer:
         now = time.monotonic()
         admitted, plan = self._admit(now)
         trimming = [w for w in self._active if w.name in plan.oldest_excess]
-        persist = bool(
-            trimming
-            or plan.dropped_newest
-            or (self._deltas and (self._flush_wanted or now >= self._persist_at))
-        )
+        persist = self._ledger.due(now, dropping=bool(trimming or plan.dropped_newest))
         if not admitted and not persist:
             return bool(plan.rejected)
         try:
@@ -508,11 +450,9 @@ class Committer:
             entries.append((append, targets))
         erased = [e.session for e, _ in entries if e.op is not _APPEND_OP]
         added = self._added_by_writer(entries, plan.uniform)
-        gen = self._settle_gen
-        deltas: dict[int, _Delta] = {}
+        deltas: dict[int, Delta] = {}
         if persist:
-            self._flush_wanted = False
-            deltas, self._deltas = self._deltas, {}
+            deltas, gen = self._ledger.take()
         for writer in trimming:
             writer.close_gate()
         try:
@@ -544,11 +484,28 @@ class Committer:
             self._journal.record_high_water(seq)
         lost: dict[str, set[int]] = {}
         for writer in self._writers:
-            if not writer.enabled and writer.bit not in added:
+            bit = writer.bit
+            if not writer.enabled and bit not in added:
                 continue  # a disabled backend takes erasures only
-            lost[writer.name] = self._apply(
-                writer, entries, added, dropped, plan, seq, persist, deltas
+            share = handover(
+                writer.mask,
+                entries,
+                uniform=plan.uniform,
+                added=added.get(bit, (0, 0)),
+                drops=dropped.get(writer.name, ()),
+                dropped_newest=plan.dropped_newest.get(writer.name, 0),
+                tail=seq,
             )
+            writer.take(share, seq)
+            lost[writer.name] = share.lost
+            if persist:
+                delta = deltas.get(bit)
+                if delta is not None:
+                    writer.book.persisted(delta.upto)
+            elif bit in added:
+                # Not written yet (a round that drops entries always persists).
+                self._ledger.journaled(bit, *added[bit])
+            writer.open_gate()
         for append, targets in admitted:
             if self._sync:
                 append.waiters = [
@@ -564,11 +521,10 @@ class Committer:
             if not append.done.done():
                 append.done.set_result(None)
         if persist:
-            self._persist_at = now + PERSIST_INTERVAL
-            self._flushed_gen = max(self._flushed_gen, gen)
+            self._ledger.persisted(now, gen)
             flushed, self._flushed = self._flushed, anyio.Event()
             flushed.set()
-            if not self._compacting and all(w.pending == 0 for w in self._active):
+            if not self._compacting and all(w.book.pending == 0 for w in self._active):
                 self._compact_due = True
 
     @staticmethod
@@ -602,7 +558,7 @@ class Committer:
     async def _persist(
         self,
         tx: Transaction,
-        deltas: dict[int, _Delta],
+        deltas: dict[int, Delta],
         added: dict[int, tuple[int, int]],
         dropped_newest: dict[str, int],
         trimming: list[Writer],
@@ -620,10 +576,11 @@ class Committer:
                 await tx.quarantine(name, delta.damaged, at)
             if delta.erased:
                 await tx.purge_erased(name, delta.erased)
+            missing += delta.missing
         ranges = [
-            (by_bit[bit].mask, by_bit[bit].cursor, delta.upto)
+            (by_bit[bit].mask, by_bit[bit].book.cursor, delta.upto)
             for bit, delta in deltas.items()
-            if delta.upto > by_bit[bit].cursor
+            if delta.upto > by_bit[bit].book.cursor
         ]
         if ranges:
             await tx.settle(ranges, shared=self._shared)
@@ -633,7 +590,8 @@ class Committer:
         dropped: dict[str, list[tuple[int, int]]] = {}
         for writer in trimming:
             # Measured now, not when planned: deliveries may have made room.
-            backlog = writer.backlog()
+            book = writer.book
+            backlog = book.backlog()
             count, nbytes = added.get(writer.bit, (0, 0))
             backlog.pending += count
             backlog.pending_bytes += nbytes
@@ -641,100 +599,35 @@ class Committer:
             if excess_count or excess_bytes:
                 # With nothing in flight the newest entry stays, however large:
                 # alone, it fits (as an oversized entry fits an empty backlog).
-                keep = tail if not writer.in_flight else tail + 1
+                keep = tail if not book.in_flight else tail + 1
                 dropped[writer.name] = await tx.drop_oldest(
                     writer.mask,
-                    writer.last_taken,
+                    book.last_taken,
                     excess_count,
                     excess_bytes,
                     before=keep,
                 )
-        rows = []
-        for writer in self._writers:
-            delta = deltas.get(writer.bit, _Delta())
-            count, nbytes = added.get(writer.bit, (0, 0))
-            drops = dropped.get(writer.name, [])
-            stored = self._journal.backends[writer.name]
-            pending = stored.pending + delta.pending + count - len(drops)
-            pending_bytes = (
-                stored.pending_bytes
-                + delta.pending_bytes
-                + nbytes
-                - sum(size for _, size in drops)
+        rows = [
+            stored_row(
+                self._journal.backends[writer.name],
+                deltas.get(writer.bit),
+                added.get(writer.bit, (0, 0)),
+                dropped.get(writer.name, ()),
+                dropped_newest.get(writer.name, 0),
+                tail,
             )
-            rows.append(
-                replace(
-                    stored,
-                    # Never below 0, even if damaged rows made the sums drift.
-                    pending=max(0, pending),
-                    pending_bytes=max(0, pending_bytes),
-                    delivered=stored.delivered + delta.delivered,
-                    dropped=stored.dropped
-                    + delta.dropped
-                    + len(drops)
-                    + dropped_newest.get(writer.name, 0),
-                    dead_lettered=stored.dead_lettered + len(delta.dead),
-                    quarantined=stored.quarantined + len(delta.damaged),
-                    cursor=max(stored.cursor, delta.upto),
-                    counted_through=max(stored.counted_through, tail),
-                    drop_floor=max(stored.drop_floor, drops[-1][0])
-                    if drops
-                    else stored.drop_floor,
-                )
-            )
-            missing += delta.missing
+            for writer in self._writers
+        ]
         if missing:
             await tx.count_lost(missing)
         await tx.update_backends(rows)
         return dropped
 
-    def _apply(
-        self,
-        writer: Writer,
-        entries: list[tuple[Entry, int]],
-        added: dict[int, tuple[int, int]],
-        dropped: dict[str, list[tuple[int, int]]],
-        plan: Plan,
-        tail: int,
-        persisted: bool,
-        deltas: dict[int, _Delta],
-    ) -> set[int]:
-        """Bring one writer's memory in line with what was just committed.
-
-        Returns the seqs of this round's own entries that DROP_OLDEST dropped.
-        """
-        drops = dropped.get(writer.name, [])
-        first_new = tail - len(entries) + 1 if entries else tail + 1
-        in_group = {s for s, _ in drops if s >= first_new}
-        writer.on_dropped_oldest([d for d in drops if d[0] not in in_group])
-        newest = plan.dropped_newest.get(writer.name, 0)
-        writer.count_dropped(newest + len(in_group))
-        if plan.uniform and not in_group:
-            mine = [e for e, _ in entries]
-            nbytes = added.get(writer.bit, (0, 0))[1]
-        else:
-            mine = [e for e, t in entries if t & writer.mask and e.seq not in in_group]
-            nbytes = sum([e.size for e in mine])
-        writer.on_commit(mine, tail, nbytes)
-        if persisted:
-            delta = deltas.get(writer.bit)
-            if delta is not None:
-                writer.cursor = max(writer.cursor, delta.upto)
-        elif writer.bit in added:
-            # Not written yet (a round that drops entries always persists):
-            # carry the new entries into the deltas.
-            count, nbytes = added[writer.bit]
-            delta = self._delta(writer)
-            delta.pending += count
-            delta.pending_bytes += nbytes
-        writer.open_gate()
-        return in_group
-
     def _on_failure(
         self,
         exc: JournalWriteFailed,
         admitted: Sequence[tuple[PendingAppend, int]],
-        deltas: dict[int, _Delta],
+        deltas: dict[int, Delta],
     ) -> None:
         self.commit_failures += 1
         io_failure = exc.io_error
@@ -763,12 +656,7 @@ class Committer:
             error.__cause__ = exc.__cause__
             append.finish(error)
         # Keep the bookkeeping: the next persisting round writes it.
-        for bit, delta in deltas.items():
-            newer = self._deltas.get(bit)
-            if newer is not None:
-                delta.merge(newer)
-            self._deltas[bit] = delta
-        self._persist_at = time.monotonic() + PERSIST_INTERVAL * 10
+        self._ledger.restore(deltas, time.monotonic(), PERSIST_INTERVAL * 10)
         if io_failure:
             # Give a passing fault time to pass: the next attempt waits (appends
             # queue meanwhile), longer each time.
@@ -882,7 +770,7 @@ class Committer:
             self._on_failure(exc, [], {})
             return
         asked = self._compaction_done is not None
-        drained = all(w.pending == 0 for w in self._active)
+        drained = all(w.book.pending == 0 for w in self._active)
         if freed and remaining and (asked or drained):
             self._compact_due = True
         else:

@@ -1,27 +1,14 @@
 """One writer loop per backend: take a batch, coalesce, dispatch, settle, repeat.
 
 Rules and theory:
-- A writer takes its entries strictly in journal order. Everything it owed with
-  ``seq <= last_taken`` is taken or settled; ``pending`` counts what it owes and has
-  not settled (taken or not). Settling a batch hands a ``Settlement`` to the
-  committer, which marks the entries done in the journal with its next commit.
-- Untaken entries come from three places, in seq order: ``_prefetch`` (rows read
-  from the journal), the unread journal range ``[_db_pos, _mem_from)``, and
-  ``_mem`` (entries the committer handed over in memory right after committing
-  them -- the fast path, which needs no read and no decode). ``_mem`` holds every
-  entry owed to this backend with ``seq >= _mem_from``; when it would outgrow its
-  bound it is emptied and ``_mem_from`` moves past the newest entry, so the writer
-  reads the rest from the journal. An empty ``_mem`` takes what it is handed
-  whatever its size. Entries keep their records, not their encoded payload.
-- ``DROP_OLDEST`` drops the oldest *untaken* appends. The committer closes the
-  claim gate before its transaction and opens it after; the writer claims entries
-  only while the gate is open, and skips appends at or below ``_drop_floor``:
-  exactly the rows the journal's ``drop_oldest`` picks (stored ``op`` 1), so an
-  erasure, or a damaged row with another stored op, is kept. So an entry is never
-  both dropped and delivered. The floor passes entries taken before the drop,
-  which stay owed: in the journal, an append is dropped if it is under the floor
-  *and* has lost its bit in ``targets``, so a batch in flight at a crash or
-  shutdown is read again at the next open.
+- The backend's state (counters, cursor, drop floor, where its untaken entries
+  are) is its ``Book`` (``_backlog``), shared with the committer; the writer
+  asks it for the next batch or the journal range to read, and tells it what
+  was settled. Settling a batch hands a ``Settlement`` to the committer, which
+  marks the entries done in the journal with its next persisting commit.
+- The committer closes the claim gate before a transaction that may drop
+  entries (DROP_OLDEST) and opens it after; the writer claims only while it is
+  open, so an entry is never both dropped and delivered.
 - A delivery attempt that fails is retried with backoff. While the backend is
   UNHEALTHY, ``health_check`` is probed first; a failing probe is an outage and
   does not use up the batch's attempts. A BEST_EFFORT batch that exhausts its
@@ -36,15 +23,13 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import deque
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 import anyio
 import msgspec
 
-from ._admission import Backlog
-from ._batching import Entry, bisect, coalesce, cut
+from ._backlog import Book, Settlement
+from ._batching import Entry, bisect, coalesce
 from ._delivery import (
     Step,
     after_failure,
@@ -58,7 +43,7 @@ from ._errors import ArchivistClosed, BackendError
 from ._failure import describe
 from ._health import BackendHealth, status_for
 from ._policies import FailureMode, OverflowPolicy
-from ._records import Op, decode_entry
+from ._records import decode_entry
 from ._throttle import Throttle
 
 if TYPE_CHECKING:
@@ -67,6 +52,7 @@ if TYPE_CHECKING:
     from anyio.abc import TaskStatus
 
     from ._config import Registration
+    from ._ledger import Handover
     from ._reader import Reader
     from ._rows import BackendRow
 
@@ -74,31 +60,8 @@ __all__ = ["Settlement", "SyncWaiter", "Writer"]
 
 logger = logging.getLogger("journal_archivist.writer")
 
-_APPEND: Final = int(Op.APPEND)
-_ERASE: Final = int(Op.ERASE)
-
 #: Seconds between WARNING lines about dropped entries, per backend.
 DROP_LOG_INTERVAL: Final = 10.0
-#: Entries a writer keeps in memory beyond what it has taken, at most.
-MEM_MAX_ENTRIES: Final = 16_384
-MEM_MAX_BYTES: Final = 32 * 1024 * 1024
-
-
-@dataclass(slots=True)
-class Settlement:
-    """A settled batch, for the committer to mark done in the journal."""
-
-    upto: int
-    count: int
-    nbytes: int
-    delivered: int
-    #: Entries the backlog count said were owed that are not in the journal.
-    missing: int = 0
-    dead: list[tuple[int, str, int]] = field(default_factory=list)
-    damaged: list[tuple[int, str]] = field(default_factory=list)
-    #: ``(session, seq)`` of each erasure settled (its session's parked copies
-    #: from before it are purged with this settlement).
-    erased: list[tuple[bytes, int]] = field(default_factory=list)
 
 
 class SyncWaiter:
@@ -151,40 +114,19 @@ class Writer:
         self.enabled = registration.enabled
         policy = registration.write_policy
         self.policy = policy
+        #: This backend's state, shared with the committer.
+        self.book = Book(
+            self.name, policy, row, tail=tail, oldest_pending_at=oldest_pending_at
+        )
         self._backend = registration.backend
         self._retry = registration.retry
         self._best_effort = registration.failure_mode is FailureMode.BEST_EFFORT
         self._reader = reader
         self._on_settled: Callable[[Writer, Settlement], None] = lambda w, s: None
-
-        # Backlog and counters, in memory (the committer mirrors them to the journal).
-        self.pending = row.pending
-        self.pending_bytes = row.pending_bytes
-        self.delivered = row.delivered
-        self.dropped = row.dropped
-        self.dead_lettered = row.dead_lettered
-        self.quarantined = row.quarantined
-        self.cursor = row.cursor  # as last committed to the journal
         self._dropped_at_open = row.dropped
         self._drop_log = Throttle(DROP_LOG_INTERVAL)
-
-        # Where the untaken entries are (see the module docstring).
-        self.last_taken = row.cursor
-        self._prefetch: deque[Entry] = deque()
-        self._db_pos = row.cursor + 1
-        self._mem: deque[Entry] = deque()
-        self._mem_bytes = 0
-        self._mem_from = tail + 1
-        # DROP_OLDEST: the floor stored at open (the reader leaves out what was
-        # dropped under it), and the floor of the drops since, for entries read
-        # or handed over before a drop (see on_dropped_oldest).
-        self._stored_floor = row.drop_floor
-        self._drop_floor = 0
         self._retry_after = 0.0
         self._gate: anyio.Event | None = None
-        self._inflight: Sequence[Entry] = ()
-        self.settled_upto = row.cursor
-        self._oldest_hint = oldest_pending_at
 
         # Health.
         self.consecutive_failures = 0
@@ -201,93 +143,52 @@ class Writer:
         """Report each settled batch to ``on_settled`` (the committer)."""
         self._on_settled = on_settled
 
-    # -- called by the committer (synchronously, between its awaits) -----------
-
-    def backlog(self) -> Backlog:
-        """A working copy of this backend's backlog for admission."""
-        policy = self.policy
-        return Backlog(
-            self.name,
-            self.mask,
-            policy.overflow,
-            policy.capacity,
-            policy.capacity_bytes,
-            self.pending,
-            self.pending_bytes,
-        )
+    @property
+    def settled_upto(self) -> int:
+        """Every entry owed here up to this seq is settled."""
+        return self.book.settled_upto
 
     @property
     def drop_floor(self) -> int:
-        """DROP_OLDEST dropped every append owed here up to this seq that is no
-        longer in this backend's ``targets``."""
-        return max(self._stored_floor, self._drop_floor)
+        """See ``Book.drop_floor``."""
+        return self.book.drop_floor
 
-    @property
-    def in_flight(self) -> int:
-        """Entries taken by the writer and not yet settled."""
-        return len(self._inflight)
-
-    @property
-    def undispatched(self) -> int:
-        """Entries owed and not yet taken (the ones DROP_OLDEST may drop)."""
-        return self.pending - len(self._inflight)
+    # -- called by the committer (synchronously, between its awaits) -----------
 
     def close_gate(self) -> None:
         """Stop claiming entries until ``open_gate`` (a DROP_OLDEST is deciding)."""
+        self.book.gate_closed = True
         if self._gate is None:
             self._gate = anyio.Event()
 
     def open_gate(self) -> None:
         """Let the writer claim entries again."""
+        self.book.gate_closed = False
         gate, self._gate = self._gate, None
         if gate is not None:
             gate.set()
 
-    def on_commit(self, entries: list[Entry], tail: int, nbytes: int) -> None:
-        """Entries newly journaled for this backend (in seq order, ``nbytes`` in
-        all) are committed; ``tail`` is the newest seq in the journal."""
-        if not entries:
-            return
-        self.pending += len(entries)
-        self.pending_bytes += nbytes
-        if self._mem and (
-            len(self._mem) + len(entries) > MEM_MAX_ENTRIES
-            or self._mem_bytes + nbytes > MEM_MAX_BYTES
-        ):
-            # Fallen behind: forget the in-memory copies and read from the journal.
-            # (Into an empty buffer entries always go, however large: their
-            # records are in memory already, and reading them back would make a
-            # second copy.)
-            self._mem.clear()
-            self._mem_bytes = 0
-            self._mem_from = tail + 1
-        else:
-            self._mem.extend(entries)
-            self._mem_bytes += nbytes
-        self._wake()
-
-    def count_dropped(self, count: int) -> None:
-        """``count`` new entries were dropped before they were ever queued here."""
-        if count:
-            self.dropped += count
-            self._log_drops(count)
-
-    def on_dropped_oldest(self, dropped: Sequence[tuple[int, int]]) -> None:
-        """Untaken entries ``(seq, size)`` were dropped (DROP_OLDEST), oldest first."""
-        if not dropped:
-            return
-        self.pending -= len(dropped)
-        self.pending_bytes -= sum(size for _, size in dropped)
-        self.dropped += len(dropped)
-        self._log_drops(len(dropped))
-        self._drop_floor = max(self._drop_floor, dropped[-1][0])
-        seqs = {seq for seq, _ in dropped}
-        self._finish_waiters(
-            lambda w: w.seq in seqs,
-            lambda w: "dropped by DROP_OLDEST (the backlog was full)",
-            final=True,
-        )
-        self._signal_progress()
+    def take(self, handover: Handover, tail: int) -> None:
+        """Apply what a committed round means for this backend (``tail``: the
+        newest seq journaled) and wake the loop."""
+        book = self.book
+        dropped = handover.dropped_oldest
+        if dropped:
+            book.dropped_oldest(dropped)
+            self._log_drops(len(dropped))
+            seqs = {seq for seq, _ in dropped}
+            self._finish_waiters(
+                lambda w: w.seq in seqs,
+                lambda w: "dropped by DROP_OLDEST (the backlog was full)",
+                final=True,
+            )
+            self._signal_progress()
+        if handover.dropped_new:
+            book.dropped_new(handover.dropped_new)
+            self._log_drops(handover.dropped_new)
+        if handover.entries:
+            book.journaled(handover.entries, tail, handover.nbytes)
+            self._wakeup.set()
 
     def _log_drops(self, count: int) -> None:
         """Log drops at WARNING, at most once per ``DROP_LOG_INTERVAL`` seconds."""
@@ -304,13 +205,13 @@ class Writer:
                 policy.overflow.name,
                 limit,
                 reported,
-                self.dropped - self._dropped_at_open,
+                self.book.tally.dropped - self._dropped_at_open,
             )
 
     def add_waiter(self, seq: int) -> SyncWaiter:
         """Register an appender waiting for entry ``seq`` to be settled here."""
         waiter = SyncWaiter(seq)
-        if seq <= self.settled_upto:
+        if seq <= self.book.settled_upto:
             waiter.finish()
         else:
             self._waiters.append(waiter)
@@ -324,51 +225,41 @@ class Writer:
     def start_draining(self) -> None:
         """Deliver what is pending without lingering for fuller batches."""
         self.draining = True
-        self._wake()
+        self._wakeup.set()
 
     # -- introspection -------------------------------------------------------
 
     def health(self) -> BackendHealth:
         """A snapshot of this backend's delivery state."""
+        book = self.book
+        tally = book.tally
         oldest: float | None = None
-        if self.pending > 0:
-            head = self._head()
-            oldest = head.enqueued_at if head is not None else self._oldest_hint
+        if tally.pending > 0:
+            head = book.head()
+            oldest = head.enqueued_at if head is not None else book.oldest_hint
         return BackendHealth(
             name=self.name,
             enabled=self.enabled,
             status=status_for(self.consecutive_failures),
             last_error=self.last_error,
             consecutive_failures=self.consecutive_failures,
-            lag_entries=self.pending,
-            lag_bytes=self.pending_bytes,
+            lag_entries=tally.pending,
+            lag_bytes=tally.pending_bytes,
             oldest_pending_age=None
             if oldest is None
             else max(0.0, time.time() - oldest),
-            delivered=self.delivered,
-            dropped=self.dropped,
-            dead_lettered=self.dead_lettered,
-            quarantined=self.quarantined,
+            delivered=tally.delivered,
+            dropped=tally.dropped,
+            dead_lettered=tally.dead_lettered,
+            quarantined=tally.quarantined,
         )
-
-    def _head(self) -> Entry | None:
-        if self._inflight:
-            return self._inflight[0]
-        for entry in self._prefetch:
-            if entry.seq > self._drop_floor or entry.op != _APPEND:
-                return entry
-        if self._db_pos >= self._mem_from:
-            for entry in self._mem:
-                if entry.seq > self._drop_floor or entry.op != _APPEND:
-                    return entry
-        return None
 
     async def wait_settled(self) -> None:
         """Wait until nothing is pending for this backend.
 
         Raises ``ArchivistClosed`` if the writer stops first.
         """
-        while self.pending > 0:
+        while self.book.pending > 0:
             if self.closed:
                 raise ArchivistClosed()
             progress = self._progress
@@ -395,7 +286,7 @@ class Writer:
             batch = await self._take_batch()
             if batch:
                 await self._deliver(batch)
-            elif not (self._prefetch or self._mem or self._db_pos < self._mem_from):
+            elif self.book.exhausted:
                 self._repair_backlog()
 
     def _repair_backlog(self) -> None:
@@ -405,74 +296,52 @@ class Writer:
         entries are missing from the journal: a damaged journal (or a bug). They
         are counted in ``lost_entries`` and the count settled, loudly.
         """
+        book = self.book
         logger.error(
             "backend %r: %d entries it is owed are missing from the journal"
             " (health().journal.lost_entries counts them)",
             self.name,
-            self.undispatched,
+            book.undispatched,
         )
-        self._settle([], [], drift=(self.undispatched, self.pending_bytes))
-
-    def _wake(self) -> None:
-        self._wakeup.set()
+        self._settle([], [], drift=(book.undispatched, book.tally.pending_bytes))
 
     def _signal_progress(self) -> None:
         progress, self._progress = self._progress, anyio.Event()
         progress.set()
 
     async def _wait_for_work(self) -> None:
-        while self.undispatched <= 0:
+        while self.book.undispatched <= 0:
             self._wakeup = anyio.Event()
             await self._wakeup.wait()
 
     async def _linger(self) -> None:
         window = self.policy.batch_window_ms
-        if window <= 0 or self.draining or self.undispatched >= self.policy.max_batch:
+        book = self.book
+        max_batch = self.policy.max_batch
+        if window <= 0 or self.draining or book.undispatched >= max_batch:
             return
         with anyio.move_on_after(window / 1000):
-            while self.undispatched < self.policy.max_batch and not self.draining:
+            while book.undispatched < max_batch and not self.draining:
                 self._wakeup = anyio.Event()
                 await self._wakeup.wait()
 
     async def _take_batch(self) -> list[Entry]:
         """Claim the next batch of untaken entries, in seq order."""
+        book = self.book
         max_rows = self.policy.max_batch
-        if not self._prefetch and self._db_pos < self._mem_from:
-            start = max(self._db_pos, self.last_taken + 1)
-            stop = self._mem_from  # may move while we read; this read covers up to here
+        if book.unread:
+            start, stop = book.read_range()  # stop may move while we read
             rows = await self._reader.pending(
-                self.mask, start, stop, max_rows, self.drop_floor
+                self.mask, start, stop, max_rows, book.drop_floor
             )
-            self._prefetch.extend(rows)
-            self._db_pos = rows[-1].seq + 1 if len(rows) == max_rows else stop
+            book.read_done(rows, stop, max_rows)
         while self._gate is not None:
             await self._gate.wait()
         # From here to the end nothing awaits: the claim is atomic w.r.t. drops.
-        source = self._prefetch if self._prefetch else self._mem
-        if source is self._mem and self._db_pos < self._mem_from:
-            return []  # the journal range is not read yet; next round reads it
-        floor = self._drop_floor
-        while source and (
-            source[0].seq <= self.last_taken
-            or (source[0].seq <= floor and source[0].op == _APPEND)
-        ):
-            dropped = source.popleft()
-            if source is self._mem:
-                self._mem_bytes -= dropped.size
-        count = cut(source, max_rows=max_rows, max_bytes=self.policy.max_batch_bytes)
-        if not count:
-            return []
-        pop = source.popleft
-        batch = [pop() for _ in range(count)]
-        self.last_taken = batch[-1].seq
-        if source is self._mem:
-            # In-memory entries carry their records already.
-            self._mem_bytes -= sum([e.size for e in batch])
-        if batch[0].seq <= floor:
-            # An erasure (or a row whose op is damaged) kept among dropped
-            # appends: leave those out.
-            batch = [e for e in batch if e.seq > floor or e.op != _APPEND]
-        if source is not self._mem:
+        from_journal = bool(book.prefetch)
+        batch = book.claim(max_rows, self.policy.max_batch_bytes)
+        if from_journal:
+            # In-memory entries carry their records already; these are decoded.
             for entry in batch:
                 if entry.damage is None:
                     try:
@@ -481,7 +350,6 @@ class Writer:
                         entry.damage = f"undecodable payload: {exc}"
                     else:
                         entry.payload = b""  # the records are what is delivered
-        self._inflight = batch
         return batch
 
     async def _deliver(self, batch: list[Entry]) -> None:
@@ -608,49 +476,20 @@ class Writer:
         *,
         drift: tuple[int, int] | None = None,
     ) -> None:
-        damaged = [(e.seq, e.damage) for e in batch if e.damage is not None]
-        count, nbytes = drift or (len(batch), sum(e.size for e in batch))
-        settlement = Settlement(
-            upto=batch[-1].seq if batch else self.last_taken,
-            count=count,
-            nbytes=nbytes,
-            delivered=len(batch) - len(dead) - len(damaged),
-            missing=drift[0] if drift else 0,
-            dead=[(entry.seq, error, attempts) for entry, error, attempts in dead],
-            damaged=damaged,
-            # A damaged (quarantined) erasure was not applied: it purges nothing.
-            erased=[
-                (e.session, e.seq) for e in batch if e.op == _ERASE and e.damage is None
-            ],
-        )
-        self.pending -= settlement.count
-        self.pending_bytes -= settlement.nbytes
-        if self.pending <= 0 and (self.pending or self.pending_bytes):
-            # More was settled than counted (a damaged row's size, say): a
-            # negative count would keep this writer asleep with entries owed.
+        settlement, drifted = self.book.settle(batch, dead, drift=drift)
+        if drifted is not None:
             logger.error(
                 "backend %r: backlog count drifted to %d entries, %d bytes; reset",
                 self.name,
-                self.pending,
-                self.pending_bytes,
+                *drifted,
             )
-            self.pending = self.pending_bytes = 0
-        self.delivered += settlement.delivered
-        self.dead_lettered += len(dead)
-        self.quarantined += len(damaged)
-        self.settled_upto = settlement.upto
-        self._inflight = ()
-        if batch:
-            # What is pending now was journaled after this: an upper bound on
-            # its age until the writer sees it.
-            self._oldest_hint = batch[-1].enqueued_at
         for entry, error, _ in dead:
             logger.error(
                 "backend %r: entry %d dead-lettered: %s", self.name, entry.seq, error
             )
-        for seq, reason in damaged:
+        for seq, reason in settlement.damaged:
             logger.error("backend %r: entry %d quarantined: %s", self.name, seq, reason)
-        failed = {seq: f"quarantined: {reason}" for seq, reason in damaged}
+        failed = {seq: f"quarantined: {reason}" for seq, reason in settlement.damaged}
         upto = settlement.upto
         self._finish_waiters(
             lambda w: w.seq <= upto, lambda w: failed.get(w.seq), final=True

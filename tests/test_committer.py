@@ -284,7 +284,7 @@ async def test_entries_reach_the_writers_without_their_encoded_payload(
         await archivist.append_messages(session, [record(session, "x" * 10_000)])
         with anyio.fail_after(5):
             await mock.wait_held()
-        [entry] = archivist._writers[0]._inflight  # white box
+        [entry] = archivist._writers[0].book.in_flight  # white box
         assert entry.payload == b""
         assert entry.size > 10_000
         assert [r.content_md for r in entry.records or []] == ["x" * 10_000]
