@@ -4,7 +4,9 @@ Each check builds its own sessions (random UUIDs), so the checks share one store
 without seeing each other's data. Reads go through a *new* backend instance
 (``make_backend()`` again), so what a check reads was made durable by an instance
 that is already closed: that is how a restart sees it. A backend that is not
-readable is read through ``read_session`` (the place it delivers to).
+readable is read through ``read_session`` (the place it delivers to). The optional
+``count`` and ``list_sessions`` are checked only where the backend's class offers
+them (``backends._base.implements``, the one rule for optional methods).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ._records import Attachment, MessageRecord
-from .backends._base import SessionGroup
+from .backends._base import SessionGroup, implements
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -302,6 +304,49 @@ class _Contract:
             session, records[2:], "groups of one session must apply in the order given"
         )
 
+    async def counts(self) -> None:
+        async with self._make() as backend:
+            counts = implements(backend, "count")
+            lists = implements(backend, "list_sessions")
+        if not (counts or lists):
+            return
+        session, erased, never = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+        records = _records(session, 3, "c")
+        async with self._make() as backend:
+            await backend.append_messages(session, records)
+            await backend.append_messages(session, records[1:])  # redelivered
+            await backend.append_messages(erased, _records(erased, 2, "e"))
+            await backend.delete_session(erased)
+        async with self._make() as backend:
+            if counts:
+                got = [await backend.count(s) for s in (session, erased, never)]
+                if got != [3, 0, 0]:
+                    raise AssertionError(
+                        "count must count distinct records, 0 once erased or"
+                        f" never written: read {got}, expected [3, 0, 0]"
+                    )
+            if lists:
+                # Page from just before each session: O(1) in a shared store.
+                def before(s: UUID) -> UUID:
+                    return uuid.UUID(int=s.int - 1)
+
+                page = await backend.list_sessions(limit=1, after=before(session))
+                want = (session, 3, records[-1].ts, records[0].ts)
+                got_info = [
+                    (i.session, i.message_count, i.first_ts, i.last_ts) for i in page
+                ]
+                if got_info != [want]:
+                    raise AssertionError(
+                        "list_sessions must list a session once with its distinct"
+                        f" record count and first and last ts: read {got_info},"
+                        f" expected [{want}]"
+                    )
+                page = await backend.list_sessions(limit=1, after=before(erased))
+                if page and page[0].session == erased:
+                    raise AssertionError(
+                        f"list_sessions must skip an erased session: {erased}"
+                    )
+
 
 async def check_backend(
     make_backend: Callable[[], ArchiveBackend],
@@ -319,7 +364,9 @@ async def check_backend(
     append order across calls and batches, never sorted by id or time; a
     redelivered record is archived once, also after a restart; ``write_batch``
     equals one call per group; ``delete_session`` and erasing groups remove the
-    session's records and only those, and forget their ids.
+    session's records and only those, and forget their ids. If the backend's
+    class overrides the optional ``count`` or ``list_sessions``: they count each
+    record once, give the earliest and latest ``ts``, and forget an erased session.
 
     For a backend that is not readable, pass ``read_session``: an async function
     returning what was delivered for a session, read from where the backend
@@ -337,5 +384,6 @@ async def check_backend(
         contract.idempotence,
         contract.batch_equivalence,
         contract.erasure,
+        contract.counts,
     ):
         await check()

@@ -74,26 +74,43 @@ class FailureMode(enum.Enum):
     BEST_EFFORT = "best_effort"
 
 
-def _check_limits(policy: Queued | Sync) -> None:
-    if policy.capacity < 1:
-        raise ValueError(f"capacity must be at least 1, got {policy.capacity}")
-    if policy.capacity_bytes is not None and policy.capacity_bytes < 1:
-        raise ValueError(
-            f"capacity_bytes must be at least 1 or None, got {policy.capacity_bytes}"
-        )
-    if policy.max_batch < 1:
-        raise ValueError(f"max_batch must be at least 1, got {policy.max_batch}")
-    if policy.max_batch_bytes < 1:
-        raise ValueError(
-            f"max_batch_bytes must be at least 1, got {policy.max_batch_bytes}"
-        )
-    if policy.block_timeout is not None and not policy.block_timeout >= 0:
-        raise ValueError(
-            f"block_timeout must be >= 0 or None, got {policy.block_timeout}"
-        )
+class _Limits(msgspec.Struct, frozen=True, kw_only=True):
+    """The backlog and batch limits ``Queued`` and ``Sync`` share, checked once.
+
+    Not a policy of its own (it has no tag); ``Queued``'s docstring documents the
+    fields. A subclass adds its own fields and, in its ``__post_init__``, checks
+    them and then calls this one. msgspec puts these fields first, before the
+    subclass's own, in ``repr`` and in encoded output.
+    """
+
+    capacity: int = DEFAULT_CAPACITY
+    capacity_bytes: int | None = None
+    overflow: OverflowPolicy = OverflowPolicy.BLOCK
+    block_timeout: float | None = None
+    max_batch: int = DEFAULT_MAX_BATCH
+    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
+
+    def __post_init__(self) -> None:
+        if self.capacity < 1:
+            raise ValueError(f"capacity must be at least 1, got {self.capacity}")
+        if self.capacity_bytes is not None and self.capacity_bytes < 1:
+            raise ValueError(
+                f"capacity_bytes must be at least 1 or None, got {self.capacity_bytes}"
+            )
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {self.max_batch}")
+        if self.max_batch_bytes < 1:
+            raise ValueError(
+                f"max_batch_bytes must be at least 1, got {self.max_batch_bytes}"
+            )
+        # "not (x >= 0)" refuses NaN too.
+        if self.block_timeout is not None and not self.block_timeout >= 0:
+            raise ValueError(
+                f"block_timeout must be >= 0 or None, got {self.block_timeout}"
+            )
 
 
-class Queued(msgspec.Struct, frozen=True, kw_only=True, tag="queued"):
+class Queued(_Limits, frozen=True, kw_only=True, tag="queued"):
     """Acknowledge after the journal commit; the writer delivers in batches.
 
     Args:
@@ -110,22 +127,16 @@ class Queued(msgspec.Struct, frozen=True, kw_only=True, tag="queued"):
     """
 
     batch_window_ms: int = DEFAULT_BATCH_WINDOW_MS
-    capacity: int = DEFAULT_CAPACITY
-    capacity_bytes: int | None = None
-    overflow: OverflowPolicy = OverflowPolicy.BLOCK
-    block_timeout: float | None = None
-    max_batch: int = DEFAULT_MAX_BATCH
-    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
 
     def __post_init__(self) -> None:
         if self.batch_window_ms < 0:
             raise ValueError(
                 f"batch_window_ms must be >= 0, got {self.batch_window_ms}"
             )
-        _check_limits(self)
+        super().__post_init__()
 
 
-class Sync(msgspec.Struct, frozen=True, kw_only=True, tag="sync"):
+class Sync(_Limits, frozen=True, kw_only=True, tag="sync"):
     """Acknowledge after the journal commit *and* this backend's delivery.
 
     ``append_messages`` waits up to ``timeout`` seconds for the writer to deliver
@@ -137,17 +148,11 @@ class Sync(msgspec.Struct, frozen=True, kw_only=True, tag="sync"):
     """
 
     timeout: float = DEFAULT_SYNC_TIMEOUT
-    capacity: int = DEFAULT_CAPACITY
-    capacity_bytes: int | None = None
-    overflow: OverflowPolicy = OverflowPolicy.BLOCK
-    block_timeout: float | None = None
-    max_batch: int = DEFAULT_MAX_BATCH
-    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
 
     def __post_init__(self) -> None:
         if not self.timeout > 0:
             raise ValueError(f"timeout must be > 0, got {self.timeout}")
-        _check_limits(self)
+        super().__post_init__()
 
     @property
     def batch_window_ms(self) -> int:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Protocol
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import pytest
@@ -15,10 +18,19 @@ from journal_archivist import (
     Registration,
     RetryPolicy,
 )
-from journal_archivist.backends import SessionGroup, SessionInfo
+from journal_archivist.backends import ArchiveBackend, SessionGroup
 from journal_archivist.testing import MockBackend
 
-#: For tests that give a file to another user (uid 65534, "nobody").
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+#: The repository's root: the working directory of tools run as subprocesses.
+ROOT = Path(__file__).resolve().parent.parent
+
+#: The uid of "nobody", for files given to another user.
+NOBODY = 65534
+
+#: For tests that give a file to another user (uid ``NOBODY``).
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0, reason="only root can give a file to another user"
 )
@@ -38,12 +50,32 @@ def records(session: UUID, count: int, prefix: str = "m") -> list[MessageRecord]
 
 
 def registration(
-    backend: MockBackend | None = None, name: str = "mock", **fields: Any
+    backend: ArchiveBackend | None = None, name: str = "mock", **fields: Any
 ) -> Registration:
-    """A registration with test-friendly defaults (fast retries, 1 ms window)."""
+    """A registration with test-friendly defaults (fast retries, 1 ms window).
+
+    ``backend`` defaults to a new ``MockBackend``.
+    """
     fields.setdefault("retry", FAST_RETRY)
     fields.setdefault("write_policy", Queued(batch_window_ms=1))
-    return Registration(name=name, backend=backend or MockBackend(), **fields)
+    backend = MockBackend() if backend is None else backend
+    return Registration(name=name, backend=backend, **fields)
+
+
+def texts(got: Iterable[MessageRecord]) -> list[str]:
+    """The ``content_md`` of each record, in order."""
+    return [r.content_md for r in got]
+
+
+def contents(mock: MockBackend, session: UUID) -> list[str]:
+    """The ``content_md`` of each record ``mock`` archived for ``session``."""
+    return texts(mock.records(session))
+
+
+def query(path: Path, sql: str) -> list[tuple[object, ...]]:
+    """Run one query on the SQLite file at ``path``, on a connection closed after."""
+    with closing(sqlite3.connect(path)) as db:
+        return db.execute(sql).fetchall()
 
 
 async def append_catching(
@@ -76,17 +108,7 @@ def tricky_uuids() -> list[UUID]:
     ]
 
 
-class ListsSessions(Protocol):
-    """A readable archive that lists its sessions (SQLite, PostgreSQL)."""
-
-    async def write_batch(self, groups: list[SessionGroup]) -> None: ...
-
-    async def list_sessions(
-        self, *, limit: int | None = None, after: UUID | None = None
-    ) -> list[SessionInfo]: ...
-
-
-async def check_session_paging(archive: ListsSessions) -> None:
+async def check_session_paging(archive: ArchiveBackend) -> None:
     """``list_sessions`` lists in UUID value order and pages with ``after``."""
     sessions = tricky_uuids()
     assert sorted(sessions, key=lambda u: u.bytes_le) != sorted(sessions)

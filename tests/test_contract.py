@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 import msgspec
 import pytest
 
+from journal_archivist.backends import SessionInfo
+from journal_archivist.backends._base import checked_page
 from journal_archivist.testing import MockBackend, check_backend
 
 if TYPE_CHECKING:
@@ -124,3 +126,77 @@ async def test_acknowledging_before_durable_is_caught() -> None:
         AssertionError, match="an acknowledged record must be durable at once"
     ):
         await check_backend(lambda: store)
+
+
+class CountsAndLists(MockBackend):
+    """Offers the optional ``count`` and ``list_sessions``, correctly."""
+
+    async def count(self, session: UUID) -> int:
+        return len(self.records(session))
+
+    async def list_sessions(
+        self, *, limit: int | None = None, after: UUID | None = None
+    ) -> list[SessionInfo]:
+        limit, after = checked_page(limit, after)
+        listed = [
+            SessionInfo(
+                session=session,
+                message_count=len(records),
+                first_ts=min(r.ts for r in records),
+                last_ts=max(r.ts for r in records),
+            )
+            for session, records in sorted(self.records_by_session().items())
+            if records and (after is None or session > after)
+        ]
+        return listed[:limit]
+
+
+class CountsDeliveries(CountsAndLists):
+    async def count(self, session: UUID) -> int:
+        return len(self.deliveries(session))
+
+
+class ListsDeliveries(CountsAndLists):
+    async def list_sessions(
+        self, *, limit: int | None = None, after: UUID | None = None
+    ) -> list[SessionInfo]:
+        return [
+            msgspec.structs.replace(
+                info, message_count=len(self.deliveries(info.session))
+            )
+            for info in await super().list_sessions(limit=limit, after=after)
+        ]
+
+
+class SwapsFirstAndLast(CountsAndLists):
+    async def list_sessions(
+        self, *, limit: int | None = None, after: UUID | None = None
+    ) -> list[SessionInfo]:
+        return [
+            msgspec.structs.replace(info, first_ts=info.last_ts, last_ts=info.first_ts)
+            for info in await super().list_sessions(limit=limit, after=after)
+        ]
+
+
+async def test_a_backend_that_counts_and_lists_meets_the_contract() -> None:
+    backend = CountsAndLists()
+    await check_backend(lambda: backend)
+
+
+@pytest.mark.parametrize(
+    ("backend", "complaint"),
+    [
+        # A redelivered record counted twice.
+        (CountsDeliveries(), r"count must count distinct records.*read \[5, 2, 0\]"),
+        # The same, in list_sessions.
+        (ListsDeliveries(), "list_sessions must list a session once"),
+        # Timestamps the wrong way round.
+        (SwapsFirstAndLast(), "first and last ts"),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, MockBackend) else "",
+)
+async def test_a_broken_count_or_listing_is_named(
+    backend: MockBackend, complaint: str
+) -> None:
+    with pytest.raises(AssertionError, match=complaint):
+        await check_backend(lambda: backend)

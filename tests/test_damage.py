@@ -28,7 +28,7 @@ from journal_archivist import (
 from journal_archivist._reader import Reader
 from journal_archivist._schema import APPLICATION_ID, MIGRATIONS, entry_crc_v1
 from journal_archivist.testing import MockBackend
-from tests.helpers import record, registration
+from tests.helpers import query, record, registration
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -62,11 +62,6 @@ def damage_row(path: Path, table: str, change: str) -> None:
         db.execute("PRAGMA writable_schema = 1")
         db.execute("UPDATE sqlite_schema SET sql = ? WHERE name = ?", (schema, table))
         db.commit()
-
-
-def query(path: Path, sql: str) -> list[tuple[object, ...]]:
-    with closing(sqlite3.connect(path)) as db:
-        return db.execute(sql).fetchall()
 
 
 async def backlog(path: Path, session: UUID, *backends: str) -> None:
@@ -179,9 +174,8 @@ class TestStoredTypes:
             )
             # Fallen behind: the writer forgets its in-memory copies and reads
             # the journal, as it does after a restart (white box).
-            writer = archivist._writers[0]
-            writer._mem.clear()
-            writer._mem_from = archivist._journal.last_seq + 1
+            book = archivist._writers[0].book
+            book.forget_memory(archivist._journal.last_seq)
             held.release()
             with anyio.fail_after(10):
                 await archivist.wait_drained()

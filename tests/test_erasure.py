@@ -26,17 +26,13 @@ from journal_archivist import (
     RetryPolicy,
 )
 from journal_archivist.testing import MockBackend
-from tests.helpers import record, records, registration
+from tests.helpers import contents, record, records, registration
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from pathlib import Path
 
     from journal_archivist import MessageRecord
-
-
-def contents(mock: MockBackend, session: UUID) -> list[str]:
-    return [r.content_md for r in mock.records(session)]
 
 
 def journal_rows(journal_path: Path, session: UUID) -> dict[str, int]:

@@ -17,7 +17,7 @@ import pytest
 from journal_archivist import Archivist, OverflowPolicy, Queued, QueueFull
 from journal_archivist._records import encode_append
 from journal_archivist.testing import MockBackend
-from tests.helpers import record, registration
+from tests.helpers import contents, record, registration
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -25,10 +25,6 @@ if TYPE_CHECKING:
 
 def policy(overflow: OverflowPolicy, capacity: int = 2, **fields: object) -> Queued:
     return Queued(capacity=capacity, overflow=overflow, batch_window_ms=0, **fields)  # type: ignore[arg-type]
-
-
-def contents(mock: MockBackend, session: UUID) -> list[str]:
-    return [r.content_md for r in mock.records(session)]
 
 
 async def fill(

@@ -21,6 +21,7 @@ from journal_archivist._policies import (
     RetryPolicy,
     Sync,
     WritePolicy,
+    _Limits,
 )
 
 NAN = float("nan")
@@ -175,6 +176,28 @@ def test_a_nan_setting_is_refused(
 ) -> None:
     fields: dict[str, Any] = {field: NAN}
     with pytest.raises(ValueError, match=f"^{field} .*nan"):
+        policy(**fields)
+
+
+def test_queued_and_sync_take_their_shared_limits_from_one_base() -> None:
+    shared = set(_Limits.__struct_fields__)
+    assert set(Queued.__struct_fields__) == shared | {"batch_window_ms"}
+    assert set(Sync.__struct_fields__) == shared | {"timeout"}
+
+
+@pytest.mark.parametrize(
+    ("policy", "fields", "message"),
+    [
+        # Queued checks its own field before the shared limits.
+        (Queued, {"batch_window_ms": -1, "capacity": 0}, "batch_window_ms"),
+        # Sync checks its own field before the shared limits.
+        (Sync, {"timeout": 0, "capacity": 0}, "timeout"),
+    ],
+)
+def test_a_policy_checks_its_own_field_before_the_shared_limits(
+    policy: type[Queued | Sync], fields: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=f"^{message} must be"):
         policy(**fields)
 
 

@@ -26,9 +26,8 @@ from journal_archivist import (
 from journal_archivist._private_files import make_folders
 from journal_archivist.backends import JsonlArchive, SqliteArchive
 
-from .helpers import needs_root, record, registration
+from .helpers import NOBODY, needs_root, record, registration
 
-NOBODY = 65534
 VICTIM = b"root's secret, mode 0600, must keep its first bytes\n"
 
 
@@ -289,11 +288,14 @@ async def test_nothing_is_readable_by_others_under_a_usual_umask(
 
 
 def _posix_locks_on(path: Path) -> list[str]:
-    """This process's POSIX locks on ``path`` (from /proc/locks)."""
+    """This process's POSIX locks on ``path`` (from /proc/locks).
+
+    Without each line's leading ordinal: it shifts as other processes take locks.
+    """
     info = path.stat()
     inode = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
     return [
-        line
+        line.partition(":")[2].strip()
         for line in Path("/proc/locks").read_text().splitlines()
         if " POSIX " in line and f" {os.getpid()} " in line and inode in line
     ]

@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import threading
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
@@ -26,12 +25,11 @@ import pytest
 from journal_archivist import Archivist, Durability
 from journal_archivist.testing import MockBackend
 from tests.crash_child import FileBackend
-from tests.helpers import record, records, registration
+from tests.helpers import ROOT, record, records, registration
 
 if TYPE_CHECKING:
+    from pathlib import Path
     from uuid import UUID
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_until_killed(

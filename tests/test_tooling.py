@@ -10,11 +10,15 @@ import importlib.util
 import os
 import subprocess
 import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
 PATHS = ["journal_archivist", "tests", "tools"]
 
 

@@ -159,7 +159,7 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     ),
     Mutant(
         "journal-settle-off-by-one",
-        _J + "_journal.py",
+        _J + "_transaction.py",
         '"DELETE FROM entries WHERE seq > ? AND seq <= ?"\n'
         '                " AND coalesce(targets, 0) & ~? = 0"',
         '"DELETE FROM entries WHERE seq > ? AND seq < ?"\n'
@@ -187,15 +187,15 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     ),
     Mutant(
         "lost-tail-off-by-one",
-        _J + "_journal.py",
-        "lost = recorded - self.last_seq\n",
-        "lost = recorded - self.last_seq - 1\n",
+        _J + "_journal_load.py",
+        "lost = recorded - last_seq\n",
+        "lost = recorded - last_seq - 1\n",
         "entries lost with a WAL tail are counted one short",
         ("tests/test_journal.py",),
     ),
     Mutant(
         "drop-oldest-drops-newest",
-        _J + "_journal.py",
+        _J + "_transaction.py",
         '" ORDER BY seq LIMIT ?",',
         '" ORDER BY seq DESC LIMIT ?",',
         "DROP_OLDEST picks the newest untaken entries instead of the oldest",
@@ -203,7 +203,7 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     ),
     Mutant(
         "drop-oldest-ignores-bytes",
-        _J + "_journal.py",
+        _J + "_transaction.py",
         "while len(dropped) < count or freed < nbytes:",
         "while len(dropped) < count:",
         "DROP_OLDEST drops as many entries as the count excess asks, ignoring the"
@@ -221,18 +221,18 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     ),
     Mutant(
         "new-backend-starts-at-zero",
-        _J + "_journal.py",
-        "free_bits[i], name, self.last_seq, 0, 0, 0, 0, 0, 0, self.last_seq, 0",
-        "free_bits[i], name, 0, 0, 0, 0, 0, 0, 0, self.last_seq, 0",
+        _J + "_journal_load.py",
+        "BackendRow(free_bits[i], name, last_seq, 0, 0, 0, 0, 0, 0, last_seq, 0)",
+        "BackendRow(free_bits[i], name, 0, 0, 0, 0, 0, 0, 0, last_seq, 0)",
         "a newly registered backend starts at seq 0, not at the tail: it may be"
         " owed entries journaled before it (under a reused bit)",
         ("tests/test_journal.py",),
     ),
     Mutant(
         "rebuilt-row-skips-first-owed",
-        _J + "_journal.py",
-        "row.cursor = self.last_seq if first is None else int(first) - 1",
-        "row.cursor = self.last_seq if first is None else int(first)",
+        _J + "_journal_load.py",
+        "row.cursor = last_seq if first is None else int(first) - 1",
+        "row.cursor = last_seq if first is None else int(first)",
         "a backend row rebuilt from the entries starts just past its first owed"
         " entry, which is never delivered",
         ("tests/test_damage.py",),
@@ -248,7 +248,7 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     ),
     Mutant(
         "missing-entries-not-counted",
-        _J + "_writer.py",
+        _J + "_backlog.py",
         "            missing=drift[0] if drift else 0,",
         "            missing=0,",
         "owed entries found missing from the journal are settled without being"
@@ -266,7 +266,7 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     ),
     Mutant(
         "large-payload-row-leaks",
-        _J + "_journal.py",
+        _J + "_transaction.py",
         "            await self._delete_orphan_payloads(ranges)\n            return",
         "            return",
         "a large entry's payload row is not deleted with it (single backend)",
@@ -313,17 +313,16 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     ),
     Mutant(
         "drop-newest-count-not-persisted",
-        _J + "_committer.py",
-        "                    + len(drops)\n"
-        "                    + dropped_newest.get(writer.name, 0),\n",
-        "                    + len(drops),\n",
+        _J + "_ledger.py",
+        "        dropped=len(drops) + dropped_newest,\n",
+        "        dropped=len(drops),\n",
         "DROP_NEWEST drops are counted in memory only: the count does not survive a"
         " restart",
         ("tests/test_overflow.py", "tests/test_archivist.py"),
     ),
     Mutant(
         "disk-full-counts-as-io-error",
-        _J + "_journal.py",
+        _J + "_journal_file.py",
         "and code & 0xFF == sqlite3.SQLITE_IOERR\n",
         "and code & 0xFF in (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL)\n",
         "a full disk (SQLITE_FULL) counts as an I/O error: full-disk commits fail"
@@ -380,7 +379,7 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     Mutant(
         "drop-oldest-drops-lone-newest",
         _J + "_committer.py",
-        "keep = tail if not writer.in_flight else tail + 1",
+        "keep = tail if not book.in_flight else tail + 1",
         "keep = tail + 1",
         "with nothing in flight, DROP_OLDEST may drop the entry just appended",
         ("tests/test_overflow.py", "tests/test_committer.py"),
@@ -463,7 +462,7 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     ),
     Mutant(
         "drop-floor-skips-erasures",
-        _J + "_writer.py",
+        _J + "_backlog.py",
         "or (source[0].seq <= floor and source[0].op == _APPEND)",
         "or source[0].seq <= floor",
         "a writer skips every entry under its DROP_OLDEST floor, erasures included",
@@ -504,10 +503,10 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     ),
     Mutant(
         "failure-wakes-no-waiter",
-        _J + "_archivist.py",
-        "        for writer in self._writers:\n"
+        _J + "_lifecycle.py",
+        "        for writer in self.writers:\n"
         "            writer.close()  # wakes wait_drained and Sync appenders now",
-        "        for writer in self._writers:\n            pass",
+        "        for writer in self.writers:\n            pass",
         "a dead loop does not wake wait_drained or Sync appenders: they wait until"
         " the shutdown sequence reaches them",
         ("tests/test_failure.py",),
@@ -516,15 +515,15 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
         "no-event-loop-check",
         _J + "_archivist.py",
         "        if not self._in_own_loop():\n"
-        "            closed = self._abandoned or self._loop.is_closed()",
+        "            closed = self._runtime.abandoned or self._loop.is_closed()",
         "        if False:\n"
-        "            closed = self._abandoned or self._loop.is_closed()",
+        "            closed = self._runtime.abandoned or self._loop.is_closed()",
         "a call from another event loop goes ahead instead of raising WrongEventLoop",
         ("tests/test_failure.py",),
     ),
     Mutant(
         "aclose-not-bounded-by-shutdown",
-        _J + "_archivist.py",
+        _J + "_lifecycle.py",
         "        limit = self._time_left(BACKEND_CLOSE_TIMEOUT)",
         "        limit = BACKEND_CLOSE_TIMEOUT",
         "the backends' aclose get their 5 s whatever is left of shutdown's deadline",
@@ -965,7 +964,7 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     ),
     Mutant(
         "rewrite-failure-not-counted",
-        _J + "_journal.py",
+        _J + "_journal_file.py",
         "    io_error = isinstance(exc, OSError) or (\n",
         "    io_error = (\n",
         "a rewrite whose fsync fails (an OSError) never counts toward the"

@@ -1,10 +1,17 @@
 """The backend protocol: what a writer loop calls, and what it hands over.
 
 Required: ``append_messages``, ``delete_session`` and ``health_check``. Optional,
-with defaults: ``write_batch`` (one call per group, in order), ``read_session``
-(not readable), ``owned_paths`` (none) and ``aclose`` (nothing to release). A
-writer calls one backend method at a time, so a backend needs no locking of its
-own for calls from one archivist.
+with defaults: ``write_batch`` (one call per group, in order), ``owned_paths``
+(none) and ``aclose`` (nothing to release); and the reads ``read_session``,
+``count`` and ``list_sessions``, whose defaults raise ``BackendError``
+(``retryable=False``) saying the backend cannot do that. A writer calls one
+backend method at a time, so a backend needs no locking of its own for calls from
+one archivist.
+
+The one rule for "does this backend offer an optional method": its class
+overrides the base's (``implements(backend, "count")``). Nothing probes with
+``hasattr``: every backend has every method, and the base's answers "not
+supported".
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from __future__ import annotations
 import abc
 import os
 from datetime import datetime
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Final, Self
 from uuid import UUID
 
 import msgspec
@@ -24,7 +31,13 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from types import TracebackType
 
-__all__ = ["ArchiveBackend", "SessionGroup", "SessionInfo"]
+__all__ = [
+    "OPTIONAL_READS",
+    "ArchiveBackend",
+    "SessionGroup",
+    "SessionInfo",
+    "implements",
+]
 
 
 class SessionGroup(msgspec.Struct, frozen=True):
@@ -107,6 +120,11 @@ class ArchiveBackend(abc.ABC):
     starts delivering whether or not the backend is reachable yet, and calls
     ``aclose`` when it shuts down. ``journal_archivist.testing.check_backend``
     checks a backend against this contract.
+
+    Required: ``append_messages``, ``delete_session``, ``health_check``. Optional,
+    with defaults: ``write_batch``, ``owned_paths``, ``aclose``, and the reads
+    ``read_session``, ``count`` and ``list_sessions``, whose defaults raise
+    ``BackendError(retryable=False)``. A backend offers a read by overriding it.
     """
 
     @abc.abstractmethod
@@ -142,9 +160,37 @@ class ArchiveBackend(abc.ABC):
     async def read_session(self, session: UUID) -> list[MessageRecord]:
         """Return the archived records of ``session`` in append order.
 
-        The default raises ``BackendError``: the backend is not readable.
+        Optional. ``Archivist.read_session`` reads through it. The default raises
+        ``BackendError`` (``retryable=False``): the backend is not readable.
         """
         raise BackendError(f"{type(self).__name__} is not readable", retryable=False)
+
+    async def count(self, session: UUID) -> int:
+        """How many distinct records of ``session`` are archived (0 if none).
+
+        Optional. The default raises ``BackendError`` (``retryable=False``): the
+        backend cannot count.
+        """
+        raise BackendError(
+            f"{type(self).__name__} cannot count a session's records",
+            retryable=False,
+        )
+
+    async def list_sessions(
+        self, *, limit: int | None = None, after: UUID | None = None
+    ) -> list[SessionInfo]:
+        """The sessions with archived records, ordered by session id.
+
+        Optional. An override orders by ``UUID`` order (the 128-bit value), skips
+        sessions with no records, returns at most ``limit`` (all if ``None``; at
+        least 1) and only sessions with an id greater than ``after``, and raises
+        ``TypeError`` / ``ValueError`` for a bad ``limit`` or ``after``. The
+        default raises ``BackendError`` (``retryable=False``): the backend cannot
+        list its sessions.
+        """
+        raise BackendError(
+            f"{type(self).__name__} cannot list its sessions", retryable=False
+        )
 
     def owned_paths(self) -> tuple[str, ...]:
         """Local files and directories this backend writes and shares with no one.
@@ -175,3 +221,23 @@ class ArchiveBackend(abc.ABC):
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+#: The optional reads, whose base versions raise ``BackendError`` (not supported).
+OPTIONAL_READS: Final = ("read_session", "count", "list_sessions")
+
+
+def implements(backend: ArchiveBackend, method: str) -> bool:
+    """Whether ``backend`` offers the optional ``method`` (one of ``OPTIONAL_READS``).
+
+    The one rule: its class overrides ``ArchiveBackend``'s version, which raises
+    ``BackendError`` saying the backend cannot do it. An override may still fail
+    (a ``MockBackend(readable=False)`` refuses reads); this says what the class
+    offers, not that a call will succeed.
+
+    Raises:
+        ValueError: ``method`` is not one of ``OPTIONAL_READS``.
+    """
+    if method not in OPTIONAL_READS:
+        raise ValueError(f"method must be one of {OPTIONAL_READS}, got {method!r}")
+    return getattr(type(backend), method) is not getattr(ArchiveBackend, method)

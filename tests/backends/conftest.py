@@ -1,4 +1,5 @@
-"""Fixtures of the backend tests: a loopback webhook receiver, and no proxies."""
+"""Fixtures of the backend tests: a file archive's directory, a loopback webhook
+receiver, and no proxies."""
 
 from __future__ import annotations
 
@@ -10,6 +11,13 @@ from tests.backends.webhook_server import WebhookServer
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
+
+
+@pytest.fixture
+def directory(tmp_path: Path) -> Path:
+    """Where this test's file archive lives (not created yet)."""
+    return tmp_path / "archive"
 
 
 @pytest.fixture

@@ -9,28 +9,19 @@ import re
 import stat
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from uuid import UUID, uuid4
 
 import anyio
 import msgspec
 import pytest
 
-from journal_archivist import Archivist, BackendError, Queued, Registration
+from journal_archivist import Archivist, BackendError
 from journal_archivist.backends import SessionGroup
 from journal_archivist.backends._codec import encode_record
 from journal_archivist.backends.jsonl import JsonlArchive
 from journal_archivist.testing import check_backend
-from tests.helpers import FAST_RETRY, record, records
-
-if TYPE_CHECKING:
-    from journal_archivist import MessageRecord
-
-
-@pytest.fixture
-def directory(tmp_path: Path) -> Path:
-    """Where this test's archive lives (not created yet)."""
-    return tmp_path / "archive"
+from tests.helpers import record, records, registration, texts
 
 
 def lines_of(archive: JsonlArchive, session: UUID) -> list[bytes]:
@@ -42,10 +33,6 @@ def append_to(path: str, data: bytes) -> None:
     """Append ``data`` to a file by hand, as a crash or an editor would."""
     with open(path, "ab") as file:
         file.write(data)
-
-
-def contents(got: list[MessageRecord]) -> list[str]:
-    return [r.content_md for r in got]
 
 
 # A record of some other session, as one line; the shapes below are made from it.
@@ -201,7 +188,7 @@ class TestIdempotence:
         await archive.aclose()
         async with JsonlArchive(directory) as restarted:
             await restarted.write_batch(batch)  # redelivered after a restart
-            assert contents(await restarted.read_session(session)) == contents(written)
+            assert texts(await restarted.read_session(session)) == texts(written)
             assert len(lines_of(restarted, session)) == 5
 
     async def test_a_file_changed_behind_the_cache_is_read_again(
@@ -260,7 +247,7 @@ class TestOrderAndErasure:
                     SessionGroup(session, tuple(c)),
                 ]
             )
-            assert contents(await archive.read_session(session)) == contents(a + b + c)
+            assert texts(await archive.read_session(session)) == texts(a + b + c)
 
     async def test_an_erasing_group_erases_then_writes_its_records(
         self, directory: Path, session: UUID
@@ -269,10 +256,10 @@ class TestOrderAndErasure:
         async with JsonlArchive(directory) as archive:
             await archive.append_messages(session, old)
             await archive.write_batch([SessionGroup(session, tuple(new), erase=True)])
-            assert contents(await archive.read_session(session)) == ["new0", "new1"]
+            assert texts(await archive.read_session(session)) == ["new0", "new1"]
             # Erased ids are forgotten: an old record appended again is new.
             await archive.append_messages(session, old[:1])
-            assert contents(await archive.read_session(session)) == [
+            assert texts(await archive.read_session(session)) == [
                 "new0",
                 "new1",
                 "old0",
@@ -299,7 +286,7 @@ class TestOrderAndErasure:
                     SessionGroup(session, tuple(c)),
                 ]
             )
-            assert contents(await archive.read_session(session)) == contents(b + c)
+            assert texts(await archive.read_session(session)) == texts(b + c)
 
     async def test_delete_session_removes_only_that_file(
         self, directory: Path, session: UUID
@@ -786,24 +773,19 @@ async def test_an_archivist_delivers_to_it_and_reads_back(
     journal_path: Path, directory: Path, session: UUID
 ) -> None:
     archive = JsonlArchive(directory)
-    registration = Registration(
-        name="files",
-        backend=archive,
-        retry=FAST_RETRY,
-        write_policy=Queued(batch_window_ms=1),
-    )
     other = uuid4()
-    async with Archivist.open(journal_path, [registration]) as archivist:
+    reg = registration(archive, name="files")
+    async with Archivist.open(journal_path, [reg]) as archivist:
         await archivist.append_messages(session, records(session, 3))
         await archivist.append_messages(other, records(other, 2))
         await archivist.append_messages(session, records(session, 2, prefix="n"))
         with anyio.fail_after(10):
             await archivist.wait_drained()
         got = await archivist.read_session(session)
-        assert contents(got) == ["m0", "m1", "m2", "n0", "n1"]
+        assert texts(got) == ["m0", "m1", "m2", "n0", "n1"]
     # What was acknowledged is in the files after shutdown, read by a new instance.
     async with JsonlArchive(directory) as reopened:
-        assert contents(await reopened.read_session(session)) == contents(got)
+        assert texts(await reopened.read_session(session)) == texts(got)
         assert len(await reopened.read_session(other)) == 2
 
 

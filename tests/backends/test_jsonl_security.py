@@ -27,7 +27,6 @@ from journal_archivist import (
     BackendError,
     MessageRecord,
     Queued,
-    Registration,
 )
 from journal_archivist.backends import SessionGroup, jsonl
 from journal_archivist.backends._codec import decode_record, encode_record
@@ -37,7 +36,7 @@ from journal_archivist.backends._jsonl_files import (
     escape_line_breaks,
 )
 from journal_archivist.backends.jsonl import MAX_OPEN_FILES, JsonlArchive
-from tests.helpers import FAST_RETRY, needs_root, record, records
+from tests.helpers import NOBODY, needs_root, record, records, registration
 from tools.security.jsonl import Gated, counting_session_files, fd_limit
 
 if TYPE_CHECKING:
@@ -45,16 +44,9 @@ if TYPE_CHECKING:
 
 #: What a victim file holds: no newline, so the old torn-tail repair cut it to 0.
 VICTIM = b"someone else's file, not a record"
-NOBODY = 65534
 needs_proc = pytest.mark.skipif(
     not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd"
 )
-
-
-@pytest.fixture
-def directory(tmp_path: Path) -> Path:
-    """The archive's directory (not created yet)."""
-    return tmp_path / "archive"
 
 
 @pytest.fixture
@@ -560,13 +552,9 @@ class TestOpenFiles:
         self, journal_path: Path, directory: Path
     ) -> None:
         gated = Gated(JsonlArchive(directory))
-        registration = Registration(
-            name="files",
-            backend=gated,
-            retry=FAST_RETRY,
-            write_policy=Queued(batch_window_ms=1, max_batch=4096),
-        )
-        async with Archivist.open(journal_path, [registration]) as archivist:
+        policy = Queued(batch_window_ms=1, max_batch=4096)
+        reg = registration(gated, name="files", write_policy=policy)
+        async with Archivist.open(journal_path, [reg]) as archivist:
             first = uuid4()
             await archivist.append_messages(first, [record(first)])  # held
             limit = _room_for_one_chunk()

@@ -30,8 +30,6 @@ from journal_archivist import (
     Attachment,
     BackendError,
     MessageRecord,
-    Queued,
-    Registration,
 )
 from journal_archivist.backends import SessionGroup, SessionInfo
 from journal_archivist.backends._postgres_sql import classify, mask_dsn
@@ -39,10 +37,10 @@ from journal_archivist.backends.postgres import PostgresArchive
 from journal_archivist.testing import check_backend
 from tests.helpers import (
     BAD_PAGES,
-    FAST_RETRY,
     check_session_paging,
     record,
     records,
+    registration,
 )
 
 if TYPE_CHECKING:
@@ -715,15 +713,10 @@ async def test_an_archivist_delivers_to_postgres_and_reads_back(
     make_archive: Callable[..., PostgresArchive], journal_path: Path
 ) -> None:
     archive = make_archive()
-    registration = Registration(
-        name="postgres",
-        backend=archive,
-        retry=FAST_RETRY,
-        write_policy=Queued(batch_window_ms=1),
-    )
     sessions = [uuid4() for _ in range(5)]
     appended: dict[UUID, list[MessageRecord]] = {s: [] for s in sessions}
-    async with Archivist.open(journal_path, [registration]) as archivist:
+    reg = registration(archive, name="postgres")
+    async with Archivist.open(journal_path, [reg]) as archivist:
         for i in range(40):
             session = sessions[i % len(sessions)]
             batch = records(session, 1 + i % 3, f"{i}-")

@@ -13,15 +13,11 @@ import pytest
 
 from journal_archivist import Archivist, ReadFailed
 from journal_archivist.backends import JsonlArchive, SqliteArchive
-from tests.helpers import records, registration
+from tests.helpers import records, registration, texts
 
 if TYPE_CHECKING:
     from pathlib import Path
     from uuid import UUID
-
-
-def contents(got: list[object]) -> list[str]:
-    return [r.content_md for r in got]  # type: ignore[attr-defined]
 
 
 async def test_a_backlog_is_merged_with_what_the_archive_holds(
@@ -42,7 +38,7 @@ async def test_a_backlog_is_merged_with_what_the_archive_holds(
             await archivist.append_messages(session, records(session, 2, "b"))
             await archivist.append_messages(session, records(session, 1, "c"))
             got = await archivist.read_session(session)
-            assert contents(got) == ["a0", "a1", "b0", "b1", "c0"]
+            assert texts(got) == ["a0", "a1", "b0", "b1", "c0"]
             assert archivist.health().backends["sqlite"].lag_entries == 2
             other.execute("ROLLBACK")
         with anyio.fail_after(5):
@@ -66,7 +62,7 @@ async def test_a_down_archive_falls_back_to_the_next_in_priority(
         await a.append_messages(session, records(session, 3))
         with anyio.fail_after(5):
             await a.wait_drained("jsonl")
-        assert contents(await a.read_session(session)) == ["m0", "m1", "m2"]
+        assert texts(await a.read_session(session)) == ["m0", "m1", "m2"]
         assert a.health().backends["sqlite"].lag_entries == 1
 
         # Both down: the error names each archive and why.
@@ -82,4 +78,4 @@ async def test_a_down_archive_falls_back_to_the_next_in_priority(
         (tmp_path / "missing").mkdir()
         with anyio.fail_after(10):
             await a.wait_drained("sqlite")
-        assert contents(await a.read_session(session)) == ["m0", "m1", "m2"]
+        assert texts(await a.read_session(session)) == ["m0", "m1", "m2"]

@@ -18,7 +18,7 @@ import anyio
 import msgspec
 import pytest
 
-from journal_archivist import Archivist, MessageRecord, Queued, Registration
+from journal_archivist import Archivist, MessageRecord
 from journal_archivist._schema import APPLICATION_ID as JOURNAL_APPLICATION_ID
 from journal_archivist.backends import (
     BackendError,
@@ -34,7 +34,6 @@ from journal_archivist.backends.sqlite import (
 from journal_archivist.testing import check_backend
 from tests.helpers import (
     BAD_PAGES,
-    FAST_RETRY,
     check_session_paging,
     record,
     records,
@@ -1012,14 +1011,9 @@ async def test_an_archivist_delivers_to_the_archive_and_reads_it_back(
     want_a = backwards(a, 5, "a") + records(a, 3, "later")
     want_b = records(b, 4)
     backend = SqliteArchive(archive_path)
-    registration = Registration(
-        name="archive",
-        backend=backend,
-        write_policy=Queued(batch_window_ms=1),
-        retry=FAST_RETRY,
-    )
+    reg = registration(backend, name="archive")
     try:
-        async with Archivist.open(journal_path, [registration]) as archivist:
+        async with Archivist.open(journal_path, [reg]) as archivist:
             await archivist.append_messages(a, want_a[:5])
             await archivist.append_messages(b, want_b)
             await archivist.append_messages(a, want_a[5:])

@@ -29,8 +29,6 @@ from journal_archivist import (
     Archivist,
     BackendError,
     FailureMode,
-    Queued,
-    Registration,
 )
 from journal_archivist.backends import SessionGroup
 from journal_archivist.backends._codec import encode_record
@@ -42,7 +40,7 @@ from journal_archivist.backends.webhook import (
 )
 from journal_archivist.testing import check_backend
 from tests.backends.webhook_server import Reply, WebhookServer
-from tests.helpers import FAST_RETRY, record, records
+from tests.helpers import record, records, registration
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -967,16 +965,6 @@ async def test_contract(server: WebhookServer, per_batch: bool) -> None:
 # -- with an Archivist -----------------------------------------------------------------
 
 
-def registration(hook: WebhookArchive, **fields: object) -> Registration:
-    return Registration(
-        name="webhook",
-        backend=hook,
-        retry=FAST_RETRY,
-        write_policy=Queued(batch_window_ms=1),
-        **fields,  # type: ignore[arg-type]
-    )
-
-
 def dead_letters(journal_path: Path) -> list[tuple[str, str]]:
     with closing(sqlite3.connect(journal_path)) as db:
         return db.execute(
@@ -990,7 +978,7 @@ async def test_records_arrive_after_a_few_503s(
     server.queue(*[Reply(503, body=b"warming up")] * 4)
     sent = records(session, 5)
     async with Archivist.open(
-        journal_path, [registration(WebhookArchive(server.url))]
+        journal_path, [registration(WebhookArchive(server.url), name="webhook")]
     ) as archivist:
         for one in sent:
             await archivist.append_messages(session, [one])
@@ -1014,7 +1002,7 @@ async def deliver_a_poisoned_batch(
     server.reject(poison.message_id, 422)
     gate = threading.Event()
     server.queue(Reply(200, gate=gate))  # holds the first batch
-    reg = registration(hook, failure_mode=FailureMode.BEST_EFFORT)
+    reg = registration(hook, name="webhook", failure_mode=FailureMode.BEST_EFFORT)
     try:
         async with Archivist.open(journal_path, [reg]) as archivist:
             await archivist.append_messages(a, [record(a, "a0")])
@@ -1082,7 +1070,9 @@ async def test_per_batch_delivers_a_batch_over_many_sessions_in_one_request(
     server.queue(Reply(200, gate=gate))  # holds the first batch
     hook = WebhookArchive(server.url, per_batch=True)
     try:
-        async with Archivist.open(journal_path, [registration(hook)]) as archivist:
+        async with Archivist.open(
+            journal_path, [registration(hook, name="webhook")]
+        ) as archivist:
             await archivist.append_messages(sessions[0], [record(sessions[0], "x")])
             expected[sessions[0]].append("x")
             with anyio.fail_after(5):

@@ -27,13 +27,11 @@ from journal_archivist import (
     Archivist,
     BackendError,
     FailureMode,
-    Queued,
-    Registration,
 )
 from journal_archivist.backends._webhook_secrets import _Redactor
 from journal_archivist.backends.webhook import WebhookArchive
 from tests.backends.webhook_server import Reply, WebhookServer
-from tests.helpers import FAST_RETRY, record
+from tests.helpers import record, registration
 from tools.security.secrets import ECHOES, forms
 
 #: A self-signed certificate (and its key) for 127.0.0.1 that nothing trusts.
@@ -174,15 +172,9 @@ async def test_no_form_of_a_secret_is_written_to_the_journal(
     secret = TOKEN if place == "bearer" else URL_SECRET
     server.queue(echoing(422, ECHOES[echo](secret)))
     hook = hook_with_secret(place, server, log_response_body=True)
-    registration = Registration(
-        name="webhook",
-        backend=hook,
-        retry=FAST_RETRY,
-        failure_mode=FailureMode.BEST_EFFORT,
-        write_policy=Queued(batch_window_ms=1),
-    )
+    reg = registration(hook, name="webhook", failure_mode=FailureMode.BEST_EFFORT)
     files = [journal_path, Path(f"{journal_path}-wal")]
-    async with Archivist.open(journal_path, [registration]) as archivist:
+    async with Archivist.open(journal_path, [reg]) as archivist:
         await archivist.append_messages(session, [record(session)])
         with anyio.fail_after(5):
             await archivist.wait_drained()
@@ -332,14 +324,9 @@ async def test_erased_content_stays_out_of_logs_and_the_journal(
     content = f"private words {uuid4().hex}"
     quoted = json.dumps({"error": "refused", "record": {"content_md": content}})
     server.queue(Reply(503, body=quoted.encode()), Reply(422, body=quoted.encode()))
-    registration = Registration(
-        name="webhook",
-        backend=WebhookArchive(server.url),
-        retry=FAST_RETRY,
-        failure_mode=FailureMode.BEST_EFFORT,
-        write_policy=Queued(batch_window_ms=1),
-    )
-    async with Archivist.open(journal_path, [registration]) as archivist:
+    hook = WebhookArchive(server.url)
+    reg = registration(hook, name="webhook", failure_mode=FailureMode.BEST_EFFORT)
+    async with Archivist.open(journal_path, [reg]) as archivist:
         await archivist.append_messages(session, [record(session, content)])
         with anyio.fail_after(5):
             await archivist.wait_drained()

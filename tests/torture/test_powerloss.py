@@ -19,28 +19,18 @@ import random
 import re
 import subprocess
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
 from journal_archivist import Archivist, Registration
 from journal_archivist.testing import MockBackend
+from tests.helpers import ROOT
 from tools.torture import _shim, powerloss
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def library() -> Path:
-    try:
-        return _shim.build_shim()
-    except _shim.ShimUnavailable as exc:
-        pytest.skip(str(exc))
+    from pathlib import Path
 
 
 @pytest.fixture
