@@ -24,7 +24,7 @@ from ._errors import DeliveryFailed
 from ._policies import FailureMode, Sync
 
 if TYPE_CHECKING:
-    from ._committer import PendingAppend
+    from ._intake import PendingAppend
     from ._lifecycle import Runtime
 
 __all__ = ["acknowledge"]
@@ -39,13 +39,7 @@ async def acknowledge(runtime: Runtime, append: PendingAppend) -> None:
     """
     committer = runtime.committer
     committer.enqueue(append)
-    try:
-        error = await append.done
-    except BaseException:
-        committer.withdraw(append)
-        raise
-    if error is not None:
-        raise error
+    await committer.decided(append)
     if append.waiters:
         await _wait_synced(runtime, append)
 

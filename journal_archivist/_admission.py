@@ -24,11 +24,15 @@ Rules and theory:
   It still counts in the backlog, so the appends after it meet a full one sooner.
   Behind a ``BLOCK``ed append it is admitted at once unless an undecided append
   of its own session is ahead of it (order is per session, and the erasure must
-  come after that append).
+  come after that append) -- also one queued beyond the group (``beyond``). A
+  disabled backend keeps its backlog and gets it when enabled again, so an
+  erasure targets it too (``disabled``), to wait there after the appends it
+  erases.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -51,6 +55,8 @@ class Backlog:
     capacity_bytes: int | None
     pending: int
     pending_bytes: int
+    #: Under ``BLOCK``, seconds an append may wait for room (None: no limit).
+    block_timeout: float | None = None
 
     def fits(self, size: int) -> bool:
         """Whether one more entry of ``size`` bytes stays within the limits."""
@@ -96,12 +102,18 @@ def plan_admission(
     *,
     erasures: Collection[int] = (),
     sessions: Sequence[object] = (),
+    beyond: Sequence[tuple[int, bool, object]] = (),
+    disabled: int = 0,
 ) -> Plan:
     """Decide the appends of sizes ``sizes`` (arrival order) against ``backlogs``.
 
     The indexes in ``erasures`` are erasures, admitted for every backlog; with
     ``sessions`` (each append's session) they may pass a blocked append of
-    another session, and ``admitted`` then lists them after the others.
+    another session, and ``admitted`` then lists them after the others;
+    ``beyond`` describes the appends queued after the group, ``(size,
+    is_erasure, session)`` each, numbered on from ``len(sizes)``: an erasure
+    among them may pass a blocked append too. ``disabled`` is the mask of the
+    disabled backends, which erasures target as well.
     ``backlogs`` are updated in place to what they will be after the group commits
     (before ``DROP_OLDEST`` trimming, which ``oldest_excess`` describes).
     """
@@ -116,19 +128,25 @@ def plan_admission(
             backlog.pending_bytes += total
         plan.admitted = [(index, mask) for index in range(len(sizes))]
         plan.uniform = True
+        if erasures and disabled:
+            plan.admitted = [
+                (i, mask | disabled if i in erasures else mask)
+                for i in range(len(sizes))
+            ]
+            plan.uniform = False
         return plan
 
-    def admit_erasure(index: int) -> None:
-        everyone = 0
+    def admit_erasure(index: int, size: int) -> None:
+        everyone = disabled
         for backlog in backlogs:
             everyone |= backlog.mask
             backlog.pending += 1
-            backlog.pending_bytes += sizes[index]
+            backlog.pending_bytes += size
         plan.admitted.append((index, everyone))
 
     for index, size in enumerate(sizes):
         if index in erasures:
-            admit_erasure(index)
+            admit_erasure(index, size)
             continue
         full = [b for b in backlogs if not b.fits(size)]
         full_names = {b.name for b in full}
@@ -141,12 +159,22 @@ def plan_admission(
             plan.blocked = (index, blocking.name)
             if sessions:
                 # Undecided appends hold back only erasures of their session.
+                undecided = itertools.chain(
+                    (
+                        (later, sizes[later], later in erasures, sessions[later])
+                        for later in range(index + 1, len(sizes))
+                    ),
+                    (
+                        (len(sizes) + i, *described)
+                        for i, described in enumerate(beyond)
+                    ),
+                )
                 waiting = {sessions[index]}
-                for later in range(index + 1, len(sizes)):
-                    if later in erasures and sessions[later] not in waiting:
-                        admit_erasure(later)
+                for later, later_size, erasing, session in undecided:
+                    if erasing and session not in waiting:
+                        admit_erasure(later, later_size)
                     else:
-                        waiting.add(sessions[later])
+                        waiting.add(session)
             break
         targets = 0
         for backlog in backlogs:

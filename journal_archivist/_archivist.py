@@ -24,7 +24,6 @@ from collections.abc import Sized
 from typing import TYPE_CHECKING, Any, final
 
 from ._acknowledge import acknowledge
-from ._committer import PendingAppend
 from ._config import (
     DEFAULT_FREE_SPACE_RESERVE,
     DEFAULT_MAX_APPEND_RECORDS,
@@ -32,6 +31,7 @@ from ._config import (
     Registration,
 )
 from ._errors import ArchivistClosed, WrongEventLoop
+from ._intake import PendingAppend
 from ._lifecycle import bootstrap
 from ._options import DEFAULT_CLOSE_TIMEOUT, ArchivistOptions, check_registrations
 from ._ownership import check_ownership

@@ -196,6 +196,7 @@ class Book:
             policy.capacity_bytes,
             self.tally.pending,
             self.tally.pending_bytes,
+            policy.block_timeout,
         )
 
     # -- what the committer tells --------------------------------------------

@@ -32,7 +32,15 @@ if TYPE_CHECKING:
     from ._batching import Entry
     from ._rows import BackendRow
 
-__all__ = ["PERSIST_INTERVAL", "Delta", "Handover", "Ledger", "handover", "stored_row"]
+__all__ = [
+    "PERSIST_INTERVAL",
+    "Delta",
+    "Handover",
+    "Ledger",
+    "added_by_backend",
+    "handover",
+    "stored_row",
+]
 
 #: Seconds between persisting rounds while there is bookkeeping to write.
 PERSIST_INTERVAL: Final = 0.05
@@ -182,6 +190,28 @@ def stored_row(
         counted_through=max(stored.counted_through, tail),
         drop_floor=max(stored.drop_floor, drops[-1][0]) if drops else stored.drop_floor,
     )
+
+
+def added_by_backend(
+    entries: Sequence[tuple[Entry, int]],
+    nbytes: int,
+    uniform: Sequence[int] | None,
+    backends: Sequence[tuple[int, int]],
+) -> dict[int, tuple[int, int]]:
+    """``(entries, bytes)`` a round journals for each backend bit, from its
+    ``entries`` (each with its targets; ``nbytes`` in all). ``uniform``: the
+    bits of the enabled backends if every entry targets each of them (the
+    common case, O(1)); else ``backends`` (each ``(bit, mask)``) are counted
+    one by one (a disabled one gets erasures only)."""
+    if uniform is not None and entries:
+        total = (len(entries), nbytes)
+        return dict.fromkeys(uniform, total)
+    added: dict[int, tuple[int, int]] = {}
+    for bit, mask in backends:
+        mine = [e.size for e, targets in entries if targets & mask]
+        if mine:
+            added[bit] = (len(mine), sum(mine))
+    return added
 
 
 @dataclass(slots=True)

@@ -208,6 +208,16 @@ class Writer:
                 self.book.tally.dropped - self._dropped_at_open,
             )
 
+    def waiter_for(self, seq: int, targets: int, lost: set[int]) -> SyncWaiter:
+        """The waiter of a Sync append journaled as ``seq`` for ``targets``
+        (``lost``: the round's seqs DROP_OLDEST dropped here at once): settled
+        already if its entry was dropped."""
+        if not targets & self.mask:
+            return SyncWaiter.dropped(self.policy.overflow)
+        if seq in lost:
+            return SyncWaiter.dropped(OverflowPolicy.DROP_OLDEST)
+        return self.add_waiter(seq)
+
     def add_waiter(self, seq: int) -> SyncWaiter:
         """Register an appender waiting for entry ``seq`` to be settled here."""
         waiter = SyncWaiter(seq)

@@ -15,7 +15,7 @@ from uuid import uuid4
 import anyio
 import pytest
 
-import journal_archivist._committer as committer_module
+import journal_archivist._intake as intake_module
 from journal_archivist import (
     Archivist,
     ArchivistFailed,
@@ -243,7 +243,7 @@ async def test_an_erasure_beyond_the_planned_group_stays_behind_its_sessions_app
     # guarantees.md 11: an erasure passes blocked appends of other sessions, but
     # an undecided append of its own session made before it stays ahead of it,
     # also when both wait beyond the appends one round plans.
-    monkeypatch.setattr(committer_module, "MAX_GROUP", 4)  # rounds plan 4 appends
+    monkeypatch.setattr(intake_module, "MAX_GROUP", 4)  # rounds plan 4 appends
     mock = MockBackend()
     policy = Queued(capacity=1, overflow=OverflowPolicy.BLOCK, batch_window_ms=0)
     erased, filler = uuid4(), uuid4()

@@ -434,9 +434,9 @@ async def test_an_erasure_passes_a_blocked_append_of_another_session(
 async def test_an_erasure_passes_more_blocked_appends_than_one_round_plans(
     journal_path: Path, session: UUID, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import journal_archivist._committer as committer_module
+    import journal_archivist._intake as intake_module
 
-    monkeypatch.setattr(committer_module, "MAX_GROUP", 4)  # rounds plan 4 appends
+    monkeypatch.setattr(intake_module, "MAX_GROUP", 4)  # rounds plan 4 appends
     mock = MockBackend()
     policy = Queued(capacity=1, overflow=OverflowPolicy.BLOCK, batch_window_ms=0)
     reg = registration(mock, write_policy=policy)
@@ -456,7 +456,7 @@ async def test_an_erasure_passes_more_blocked_appends_than_one_round_plans(
             mock.release()
         with anyio.fail_after(5):
             await archivist.wait_drained()
-        assert archivist._committer._queued_erasures == 0  # white box: the count
+        assert archivist._committer._intake.erasures == 0  # white box: the count
     assert mock.erasures == [session]
     assert all(mock.appended_count(other) == 1 for other in others)
 

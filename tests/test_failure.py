@@ -27,9 +27,9 @@ from journal_archivist import (
     Sync,
     WrongEventLoop,
 )
-from journal_archivist._committer import CHECKPOINT_BYTES
 from journal_archivist._journal import Journal, Transaction, _write_failed
 from journal_archivist._reader import Reader
+from journal_archivist._upkeep import CHECKPOINT_BYTES
 from journal_archivist.testing import MockBackend
 from tests.helpers import append_catching, record, registration
 from tests.test_committer import InsertGate
@@ -152,8 +152,8 @@ class TestALoopDies:
                             append_catching, archivist, session, "blocks", *failed
                         )  # no room
                         # White box: until it waits for room, not only its turn.
-                        queue = archivist._committer._queue
-                        while not (queue and queue[0].blocked_on is not None):
+                        intake = archivist._committer._intake
+                        while not (intake.head and intake.head.blocked_on is not None):
                             await anyio.wait_all_tasks_blocked()
                         assert errors == []
                         gate.set()
@@ -301,7 +301,7 @@ class TestAJournalThatMustBeRewritten:
             # White box: a failed fsync, and a checkpoint due, with nothing to
             # commit (a commit round would rewrite it first on its own).
             archivist._journal.rewrite_needed = True
-            committer._wal_debt = CHECKPOINT_BYTES
+            committer._upkeep.wal_debt = CHECKPOINT_BYTES
             committer._kick.set()
             with anyio.fail_after(5):
                 while not any(name == "checkpoint" for name, _ in calls):
@@ -372,7 +372,7 @@ class TestACommitterThatDies:
 
         monkeypatch.setattr(Journal, "checkpoint", checkpoint)
         archivist = await Archivist.open(journal_path, [registration()])
-        archivist._committer._wal_debt = CHECKPOINT_BYTES  # white box: due now
+        archivist._committer._upkeep.wal_debt = CHECKPOINT_BYTES  # white box: due now
         await archivist.append_messages(session, [record(session, "first")])
         outcome: list[BaseException] = []
         async with anyio.create_task_group() as group:
@@ -380,7 +380,7 @@ class TestACommitterThatDies:
                 append_catching, archivist, session, "queued", ArchivistFailed, outcome
             )
             await anyio.wait_all_tasks_blocked()
-            assert archivist._committer._queue  # white box: it is queued
+            assert len(archivist._committer._intake)  # white box: it is queued
             gate.set()
         assert len(outcome) == 1
         assert "the committer died: RuntimeError: a bug" in str(outcome[0])

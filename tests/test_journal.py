@@ -34,7 +34,7 @@ from journal_archivist import (
     JournalLocked,
     JournalWriteFailed,
     Queued,
-    _committer,
+    _intake,
     _space,
 )
 from journal_archivist._config import MAX_BACKENDS as CONFIG_MAX_BACKENDS
@@ -477,7 +477,7 @@ class TestSpace:
         self, journal_path: Path, session: UUID, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         monkeypatch.setattr(_space, "free_bytes", lambda directory: 0)
-        monkeypatch.setattr(_committer, "MAX_GROUP", 2)
+        monkeypatch.setattr(_intake, "MAX_GROUP", 2)
         refused: list[JournalFull] = []
 
         async def append(i: int) -> None:

@@ -83,6 +83,7 @@ LAYERS: tuple[Layer, ...] = (
                 "_backlog",
                 "_batching",
                 "_delivery",
+                "_intake",
                 "_ledger",
                 "_read_merge",
             }
@@ -124,7 +125,10 @@ LAYERS: tuple[Layer, ...] = (
         ),
     ),
     # The loops that carry out decisions: one committer, one writer per backend.
-    Layer("drivers", frozenset({"_committer", "_writer"})),
+    Layer(
+        "drivers",
+        frozenset({"_bookkeeping", "_committer", "_upkeep", "_writer"}),
+    ),
     # The running archivist and its API.
     Layer(
         "archivist",

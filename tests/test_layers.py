@@ -16,12 +16,15 @@ PACKAGE = Path(__file__).resolve().parent.parent / "journal_archivist"
 #: Modules that decide without doing I/O: testable without an event loop.
 PURE = (
     "_admission",
+    "_backlog",
     "_batching",
     "_delivery",
     "_errors",
     "_failure",
     "_health",
+    "_intake",
     "_journal_types",
+    "_ledger",
     "_policies",
     "_printable",
     "_read_merge",

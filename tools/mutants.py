@@ -274,7 +274,7 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     ),
     Mutant(
         "no-rewrite-after-failed-fsync",
-        _J + "_committer.py",
+        _J + "_upkeep.py",
         "            if not self._journal.rewrite_needed:\n"
         "                self._journal.rewrite_needed = True",
         "            if False:\n                self._journal.rewrite_needed = True",
@@ -331,7 +331,7 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     ),
     Mutant(
         "fails-at-fourth-io-error",
-        _J + "_committer.py",
+        _J + "_upkeep.py",
         "self._io_failures >= MAX_IO_FAILURES",
         "self._io_failures > MAX_IO_FAILURES",
         "the archivist fails at the fourth I/O error in a row, not the third",
@@ -339,7 +339,7 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     ),
     Mutant(
         "disk-full-resets-io-streak",
-        _J + "_committer.py",
+        _J + "_upkeep.py",
         "        io_failure = exc.io_error\n",
         "        io_failure = exc.io_error\n"
         "        if not io_failure:\n"
@@ -349,7 +349,7 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     ),
     Mutant(
         "no-rewrite-after-failed-write",
-        _J + "_committer.py",
+        _J + "_upkeep.py",
         "            if not self._journal.rewrite_needed:\n"
         "                self._journal.rewrite_needed = True\n",
         "            if not self._journal.rewrite_needed:\n",
@@ -368,9 +368,9 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     ),
     Mutant(
         "sync-waits-for-dropped-entry",
-        _J + "_committer.py",
-        "        if not targets & writer.mask:\n"
-        "            return SyncWaiter.dropped(writer.policy.overflow)\n",
+        _J + "_writer.py",
+        "        if not targets & self.mask:\n"
+        "            return SyncWaiter.dropped(self.policy.overflow)\n",
         "",
         "a Sync appender waits for delivery of an entry its backend's overflow"
         " policy dropped",
@@ -378,7 +378,7 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     ),
     Mutant(
         "drop-oldest-drops-lone-newest",
-        _J + "_committer.py",
+        _J + "_bookkeeping.py",
         "keep = tail if not book.in_flight else tail + 1",
         "keep = tail + 1",
         "with nothing in flight, DROP_OLDEST may drop the entry just appended",
@@ -386,9 +386,9 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     ),
     Mutant(
         "dead-letter-not-written",
-        _J + "_committer.py",
-        "            if delta.dead:\n"
-        "                await tx.dead_letter(name, delta.dead, at)\n",
+        _J + "_bookkeeping.py",
+        "        if delta.dead:\n"
+        "            await tx.dead_letter(name, delta.dead, at)\n",
         "",
         "a BEST_EFFORT backend gives up on an entry without copying it to dead_letters",
         ("tests/test_writer.py",),
@@ -400,15 +400,6 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
         "self._shared = len(journal.backends) > 2",
         "with two backends, a done-mark deletes entries the other backend still owes",
         ("tests/test_journal.py", "tests/test_archivist.py"),
-    ),
-    Mutant(
-        "late-erasure-passes-own-session",
-        _J + "_committer.py",
-        "if append.op is not _APPEND_OP and append.session not in waiting:",
-        "if append.op is not _APPEND_OP:",
-        "an erasure queued beyond the planned group passes a blocked append of"
-        " its own session made before it",
-        ("tests/test_committer.py", "tests/test_erasure.py"),
     ),
     # -- the writers -------------------------------------------------------------
     Mutant(
@@ -567,7 +558,7 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
         "erasure-subject-to-capacity",
         _J + "_admission.py",
         "        if index in erasures:\n"
-        "            admit_erasure(index)\n"
+        "            admit_erasure(index, size)\n"
         "            continue\n",
         "",
         "an erasure is refused, blocked or dropped for capacity like an append",
@@ -576,10 +567,11 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     Mutant(
         "erasure-passes-own-session",
         _J + "_admission.py",
-        "if later in erasures and sessions[later] not in waiting:",
-        "if later in erasures:",
-        "an erasure passes a blocked append of its own session made before it",
-        ("tests/test_admission.py", "tests/test_erasure.py"),
+        "                    if erasing and session not in waiting:\n",
+        "                    if erasing:\n",
+        "an erasure (in the group or queued beyond it) passes a blocked append of"
+        " its own session made before it",
+        ("tests/test_admission.py", "tests/test_erasure.py", "tests/test_committer.py"),
     ),
     Mutant(
         "fast-path-ignores-bytes",
@@ -943,21 +935,19 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     ),
     Mutant(
         "compaction-before-rewrite",
-        _J + "_committer.py",
-        "        self._compact_due = False\n"
-        "        if not await self._rewrite_if_needed():\n",
-        "        self._compact_due = False\n        if False:\n",
+        _J + "_upkeep.py",
+        "        self.compact_due = False\n"
+        "        refused = await self.rewrite_if_needed()\n",
+        "        self.compact_due = False\n        refused = None\n",
         "compaction checkpoints while a failed fsync still asks for the WAL to be"
         " written back: frames from past a hole reach the database file",
         ("tests/test_failure.py",),
     ),
     Mutant(
         "checkpoint-before-rewrite",
-        _J + "_committer.py",
-        "        self._wal_debt = 0\n"
-        "        if not await self._rewrite_if_needed():\n"
-        "            return\n",
-        "        self._wal_debt = 0\n",
+        _J + "_upkeep.py",
+        "        self.wal_debt = 0\n        refused = await self.rewrite_if_needed()\n",
+        "        self.wal_debt = 0\n        refused = None\n",
         "a checkpoint runs while a failed fsync still asks for the WAL to be"
         " written back: frames from past a hole reach the database file",
         ("tests/test_failure.py",),

@@ -1,0 +1,97 @@
+"""A persisting round's bookkeeping, written inside the committer's transaction.
+
+Rules and theory:
+- The ``Ledger`` (pure) decides what is owed and when; this carries it out in
+  one transaction: dead letters, quarantined copies and purges of erased
+  sessions first, then the done-marks of every settled range, then DROP_OLDEST
+  trimming, then every backend's row (``stored_row``: one arithmetic).
+- DROP_OLDEST's excess is measured here, inside the transaction, not when the
+  round was planned: deliveries may have made room meanwhile. Only untaken
+  entries are dropped (after ``last_taken``; the writer's claim gate is closed),
+  and with nothing in flight the round's newest entry stays, however large:
+  alone, it fits, as an oversized entry fits an empty backlog.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from ._ledger import stored_row
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from ._ledger import Delta
+    from ._rows import BackendRow
+    from ._transaction import Transaction
+    from ._writer import Writer
+
+__all__ = ["write_bookkeeping"]
+
+
+async def write_bookkeeping(
+    tx: Transaction,
+    writers: Sequence[Writer],
+    stored: Mapping[str, BackendRow],
+    deltas: Mapping[int, Delta],
+    added: Mapping[int, tuple[int, int]],
+    dropped_newest: Mapping[str, int],
+    trimming: Sequence[Writer],
+    tail: int,
+    *,
+    shared: bool,
+) -> tuple[dict[str, list[tuple[int, int]]], int]:
+    """Write settlements, drops and counters in ``tx`` (``stored``: the rows in
+    the journal; ``tail``: the newest seq; ``shared``: an entry may owe several
+    backends). Returns the DROP_OLDEST drops by backend name, and how many seqs
+    the done-marks covered."""
+    by_bit = {w.bit: w for w in writers}
+    at = time.time()
+    missing = 0
+    for bit, delta in deltas.items():
+        name = by_bit[bit].name
+        if delta.dead:
+            await tx.dead_letter(name, delta.dead, at)
+        if delta.damaged:
+            await tx.quarantine(name, delta.damaged, at)
+        if delta.erased:
+            await tx.purge_erased(name, delta.erased)
+        missing += delta.missing
+    ranges = [
+        (by_bit[bit].mask, by_bit[bit].book.cursor, delta.upto)
+        for bit, delta in deltas.items()
+        if delta.upto > by_bit[bit].book.cursor
+    ]
+    settled = 0
+    if ranges:
+        await tx.settle(ranges, shared=shared)
+        settled = sum(upto - after for _, after, upto in ranges)
+    dropped: dict[str, list[tuple[int, int]]] = {}
+    for writer in trimming:
+        book = writer.book
+        backlog = book.backlog()
+        count, nbytes = added.get(writer.bit, (0, 0))
+        backlog.pending += count
+        backlog.pending_bytes += nbytes
+        excess_count, excess_bytes = backlog.excess()
+        if excess_count or excess_bytes:
+            keep = tail if not book.in_flight else tail + 1
+            dropped[writer.name] = await tx.drop_oldest(
+                writer.mask, book.last_taken, excess_count, excess_bytes, before=keep
+            )
+    rows = [
+        stored_row(
+            stored[writer.name],
+            deltas.get(writer.bit),
+            added.get(writer.bit, (0, 0)),
+            dropped.get(writer.name, ()),
+            dropped_newest.get(writer.name, 0),
+            tail,
+        )
+        for writer in writers
+    ]
+    if missing:
+        await tx.count_lost(missing)
+    await tx.update_backends(rows)
+    return dropped, settled
