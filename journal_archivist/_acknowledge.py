@@ -66,4 +66,4 @@ async def _wait_synced(runtime: Runtime, append: PendingAppend) -> None:
                 raise DeliveryFailed(writer.name, error)
     finally:
         for writer, waiter in append.waiters:
-            writer.remove_waiter(waiter)
+            writer.waiters.remove(waiter)

@@ -217,9 +217,7 @@ class Book:
             # (Into an empty buffer entries always go, however large: their
             # records are in memory already, and reading them back would make a
             # second copy.)
-            mem.clear()
-            self.mem_bytes = 0
-            self.mem_from = tail + 1
+            self.forget_memory(tail)
         else:
             mem.extend(entries)
             self.mem_bytes += nbytes
@@ -271,18 +269,16 @@ class Book:
         none, or if the journal range must be read first). The gate must be open.
         """
         assert not self.gate_closed
-        source = self.prefetch if self.prefetch else self.mem
-        if source is self.mem and self.db_pos < self.mem_from:
-            return []  # the journal range is not read yet
         floor = self._drop_floor
         last = self.last_taken
-        while source and (
-            source[0].seq <= last
-            or (source[0].seq <= floor and source[0].op == _APPEND)
-        ):
-            skipped = source.popleft()
-            if source is self.mem:
-                self.mem_bytes -= skipped.size
+        source = self.prefetch
+        if not self._skip_settled(source, floor, last):
+            # Read rows all taken or dropped: go on to the entries in memory,
+            # once the journal range before them is read.
+            source = self.mem
+            if self.db_pos < self.mem_from:
+                return []
+            self._skip_settled(source, floor, last)
         count = cut(source, max_rows=max_rows, max_bytes=max_bytes)
         if not count:
             return []
@@ -297,6 +293,18 @@ class Book:
             batch = [e for e in batch if e.seq > floor or e.op != _APPEND]
         self.in_flight = batch
         return batch
+
+    def _skip_settled(self, source: deque[Entry], floor: int, last: int) -> bool:
+        """Drop from the head of ``source`` what was taken or dropped already;
+        whether anything is left in it."""
+        while source and (
+            source[0].seq <= last
+            or (source[0].seq <= floor and source[0].op == _APPEND)
+        ):
+            skipped = source.popleft()
+            if source is self.mem:
+                self.mem_bytes -= skipped.size
+        return bool(source)
 
     def settle(
         self,
@@ -340,6 +348,21 @@ class Book:
             self.oldest_hint = batch[-1].enqueued_at
         return settlement, drifted
 
+    def oldest_pending_at(self) -> float | None:
+        """When the oldest entry owed here was journaled, if anything is owed
+        (an upper bound until the writer sees it)."""
+        if self.tally.pending <= 0:
+            return None
+        head = self.head()
+        if head is not None:
+            return head.enqueued_at
+        hint = self.oldest_hint
+        if self.mem:
+            # Behind an unread journal range: what is there is older still.
+            newest_bound = self.mem[0].enqueued_at
+            return newest_bound if hint is None else min(hint, newest_bound)
+        return hint
+
     def head(self) -> Entry | None:
         """The oldest entry owed and in memory, if any."""
         if self.in_flight:
@@ -356,6 +379,12 @@ class Book:
 
     def forget_memory(self, tail: int) -> None:
         """Drop the in-memory copies: the writer reads from the journal instead."""
+        if self.mem:
+            # The oldest of them may now be the oldest entry owed: keep its time
+            # as the bound on the backlog's age until the writer reads it.
+            first = self.mem[0].enqueued_at
+            hint = self.oldest_hint
+            self.oldest_hint = first if hint is None else min(hint, first)
         self.mem.clear()
         self.mem_bytes = 0
         self.mem_from = tail + 1

@@ -1,4 +1,7 @@
-"""A persisting round's bookkeeping, written inside the committer's transaction.
+"""What a commit round writes besides its entries, and what it tells the writers.
+
+``write_bookkeeping`` runs inside a persisting round's transaction;
+``hand_over`` runs once the round committed.
 
 Rules and theory:
 - The ``Ledger`` (pure) decides what is owed and when; this carries it out in
@@ -10,6 +13,10 @@ Rules and theory:
   entries are dropped (after ``last_taken``; the writer's claim gate is closed),
   and with nothing in flight the round's newest entry stays, however large:
   alone, it fits, as an oversized entry fits an empty backlog.
+- After the commit every writer is told, before any appender resumes, what the
+  round journaled for it and what it dropped (``handover``, pure); the claim
+  gate opens again. A round that did not persist leaves the new entries'
+  counts to the ledger, so the next persisting round writes them.
 """
 
 from __future__ import annotations
@@ -17,17 +24,19 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from ._ledger import stored_row
+from ._ledger import handover, stored_row
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-    from ._ledger import Delta
+    from ._admission import Plan
+    from ._intake import Numbered, PendingAppend
+    from ._ledger import Delta, Ledger
     from ._rows import BackendRow
     from ._transaction import Transaction
     from ._writer import Writer
 
-__all__ = ["write_bookkeeping"]
+__all__ = ["hand_over", "write_bookkeeping"]
 
 
 async def write_bookkeeping(
@@ -95,3 +104,50 @@ async def write_bookkeeping(
         await tx.count_lost(missing)
     await tx.update_backends(rows)
     return dropped, settled
+
+
+def hand_over(
+    writers: Sequence[Writer],
+    ledger: Ledger,
+    numbered: Numbered,
+    added: dict[int, tuple[int, int]],
+    dropped: dict[str, list[tuple[int, int]]],
+    plan: Plan,
+    persisted: dict[int, Delta] | None,
+    *,
+    sync: Sequence[Writer],
+    admitted: Sequence[tuple[PendingAppend, int]],
+) -> None:
+    """Tell every writer what the committed round (``numbered``) journaled and
+    dropped for it (``persisted``: the deltas the round wrote, if it persisted),
+    and register each admitted append's waiter with every ``sync`` writer."""
+    tail = numbered.tail
+    lost: dict[str, set[int]] = {}
+    for writer in writers:
+        bit = writer.bit
+        if not writer.enabled and bit not in added:
+            continue  # a disabled backend takes erasures only
+        share = handover(
+            writer.mask,
+            numbered.entries,
+            uniform=plan.uniform,
+            added=added.get(bit, (0, 0)),
+            drops=dropped.get(writer.name, ()),
+            dropped_newest=plan.dropped_newest.get(writer.name, 0),
+            tail=tail,
+        )
+        writer.take(share, tail)
+        lost[writer.name] = share.lost
+        if persisted is not None:
+            delta = persisted.get(bit)
+            if delta is not None:
+                writer.book.persisted(delta.upto)
+        elif bit in added:
+            # Not written yet (a round that drops entries always persists).
+            ledger.journaled(bit, *added[bit])
+        writer.open_gate()
+    for append, targets in admitted if sync else ():
+        seq = append.seq
+        append.waiters = [
+            (w, w.waiters.for_entry(seq, targets, lost[w.name])) for w in sync
+        ]

@@ -30,30 +30,35 @@ from typing import TYPE_CHECKING, Final
 
 import anyio
 
-from ._bookkeeping import write_bookkeeping
+from ._bookkeeping import hand_over, write_bookkeeping
 from ._errors import ArchivistClosed, ArchivistError, JournalWriteFailed
 from ._failure import Failure
-from ._intake import ACKED, MAX_GROUP, Intake, PendingAppend
+from ._intake import (
+    ACKED,
+    MAX_GROUP,
+    Intake,
+    PendingAppend,
+    acknowledge,
+    number,
+    refuse_failed,
+)
 from ._ledger import (
     PERSIST_INTERVAL,
     Delta,
     Ledger,
     added_by_backend,
-    handover,
 )
 from ._policies import Sync
 from ._records import Op
-from ._schema import entry_crc
 from ._upkeep import WAL_PAGE, Upkeep
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable
 
     from anyio.abc import TaskStatus
 
     from ._admission import Plan
     from ._backlog import Settlement
-    from ._batching import Entry
     from ._journal import Journal
     from ._space import SpaceGuard
     from ._writer import Writer
@@ -66,6 +71,36 @@ _current_task: Final = asyncio.current_task
 
 def _closed_before_journaled() -> ArchivistClosed:
     return ArchivistClosed("the archivist shut down before this append was journaled")
+
+
+class _Rounds:
+    """The end of the next round, which every waiting appender awaits (one
+    future per round, not one per append)."""
+
+    __slots__ = ("_done",)
+
+    def __init__(self) -> None:
+        self._done: asyncio.Future[None] | None = None
+
+    async def wait(self) -> None:
+        """Wait for the end of the next round."""
+        done = self._done
+        if done is None or done.done():
+            done = self._done = asyncio.get_running_loop().create_future()
+        try:
+            await done
+        except asyncio.CancelledError:
+            # A shared future is cancelled when any of its waiters is: only a
+            # waiter that was cancelled itself gives up.
+            task = _current_task()
+            if task is None or task.cancelling():
+                raise
+
+    def wake(self) -> None:
+        """A round ended: wake every waiter."""
+        done, self._done = self._done, None
+        if done is not None and not done.done():
+            done.set_result(None)
 
 
 class Committer:
@@ -91,8 +126,7 @@ class Committer:
             journal, lambda: all(w.book.pending == 0 for w in self._active)
         )
         self._kick = anyio.Event()
-        # Set by the end of each round: every appender waits on this one.
-        self._round_done: asyncio.Future[None] | None = None
+        self._rounds = _Rounds()
         self._flushed = anyio.Event()
         self.failure: Failure | None = None
         self.closing = False
@@ -124,17 +158,7 @@ class Committer:
         ``ArchivistClosed``, ``ArchivistFailed``). Cancelled, withdraw it."""
         try:
             while append.outcome is None:
-                done = self._round_done
-                if done is None or done.done():
-                    done = self._round_done = asyncio.get_running_loop().create_future()
-                try:
-                    await done
-                except asyncio.CancelledError:
-                    # The shared future is cancelled when any of its waiters is;
-                    # only a waiter that was cancelled itself gives up.
-                    task = _current_task()
-                    if task is None or task.cancelling():
-                        raise
+                await self._rounds.wait()
         except BaseException:
             self.withdraw(append)
             raise
@@ -146,11 +170,6 @@ class Committer:
         (then nothing of it is journaled); once taken, it may still commit."""
         if self._intake.withdraw(append):
             self._kick.set()  # it may have been blocking the head
-
-    def _wake_appenders(self) -> None:
-        done, self._round_done = self._round_done, None
-        if done is not None and not done.done():
-            done.set_result(None)
 
     # -- called by writers ---------------------------------------------------
 
@@ -195,7 +214,7 @@ class Committer:
         self._intake.refuse_all(
             failure.error if failure is not None else _closed_before_journaled
         )
-        self._wake_appenders()
+        self._rounds.wake()
 
     def fail(self, failure: Failure) -> None:
         """The archivist failed: refuse appends from now on, and the queued ones.
@@ -267,7 +286,7 @@ class Committer:
         persist = self._ledger.due(now, dropping=bool(trimming or plan.dropped_newest))
         if not admitted and not persist:
             if decision.refused:
-                self._wake_appenders()
+                self._rounds.wake()
             return bool(decision.refused)
         try:
             await self._commit(now, admitted, plan, trimming, persist)
@@ -286,7 +305,7 @@ class Committer:
                 append.finish(make())
             raise
         finally:
-            self._wake_appenders()
+            self._rounds.wake()
         return True
 
     async def _commit(
@@ -301,44 +320,14 @@ class Committer:
         # journal is rewritten (Journal.rewrite says why).
         refused = await self._upkeep.rewrite_if_needed()
         if refused is not None:
-            self._refuse(refused, admitted)
+            refuse_failed(refused, admitted)
             self._upkeep.failed(refused)
             return
-        # Sequence numbers go to appends that still owe someone; an append every
-        # backend dropped is acknowledged without a row.
-        seq = self._journal.last_seq
-        inserts: list[tuple[int, bytes, int, bytes, int, int, float, int, int]] = []
-        entries: list[tuple[Entry, int]] = []
-        nbytes = 0
-        for append, targets in admitted:
-            if not targets:
-                continue
-            seq += 1
-            append.seq = seq
-            sid = append.session
-            payload = append.payload
-            op = append.op
-            size = append.size
-            nbytes += size
-            crc = entry_crc(seq, sid, op, targets, payload)
-            # origin = targets: who is owed it, kept under the checksum for good.
-            row = (
-                seq,
-                sid,
-                op,
-                payload,
-                size,
-                crc,
-                append.enqueued_at,
-                targets,
-                targets,
-            )
-            inserts.append(row)
-            entries.append((append, targets))
-        erased = [e.session for e, _ in entries if e.op != _APPEND]
+        numbered = number(admitted, self._journal.last_seq)
+        inserts, entries, seq = numbered.rows, numbered.entries, numbered.tail
         added = added_by_backend(
             entries,
-            nbytes,
+            numbered.nbytes,
             [w.bit for w in self._active] if plan.uniform else None,
             [(w.bit, w.mask) for w in self._writers],
         )
@@ -355,8 +344,8 @@ class Committer:
                 async with self._journal.transaction(durable=bool(inserts)) as tx:
                     if inserts:
                         await tx.insert(inserts)
-                    if erased:
-                        await tx.purge_unregistered(erased, self._names)
+                    if numbered.erased:
+                        await tx.purge_unregistered(numbered.erased, self._names)
                     dropped: dict[str, list[tuple[int, int]]] = {}
                     if persist:
                         dropped, settled = await write_bookkeeping(
@@ -376,84 +365,30 @@ class Committer:
         except JournalWriteFailed as exc:
             for writer in trimming:
                 writer.open_gate()
-            self._refuse(exc, admitted)
+            refuse_failed(exc, admitted)
             # Keep the bookkeeping: the next persisting round writes it.
             self._ledger.restore(deltas, time.monotonic(), PERSIST_INTERVAL * 10)
             self._upkeep.failed(exc)
             return
 
         # Committed: hand entries to the writers, then wake the appenders.
-        self._upkeep.succeeded(WAL_PAGE * (2 + len(inserts) // 8) + nbytes)
+        self._upkeep.succeeded(WAL_PAGE * (2 + len(inserts) // 8) + numbered.nbytes)
         if inserts:
             self._journal.record_high_water(seq)
-        lost = self._hand_over(
-            entries, added, dropped, plan, seq, deltas if persist else None
+        hand_over(
+            self._writers,
+            self._ledger,
+            numbered,
+            added,
+            dropped,
+            plan,
+            deltas if persist else None,
+            sync=self._sync,
+            admitted=admitted,
         )
-        sync = self._sync
-        for append, _targets in admitted:
-            # Writers deliver the records they are handed; the encoded payload
-            # lives on in the journal only (a large record is not held twice).
-            append.payload = b""
-            # PendingAppend.finish, inlined: this runs for every append. A
-            # withdrawn caller's append is decided already.
-            append.queued = False
-            if append.outcome is None:
-                append.outcome = ACKED
-        if sync:
-            for append, targets in admitted:
-                append.waiters = [
-                    (writer, writer.waiter_for(append.seq, targets, lost[writer.name]))
-                    for writer in sync
-                ]
+        acknowledge(admitted)
         if persist:
             self._ledger.persisted(now, gen)
             flushed, self._flushed = self._flushed, anyio.Event()
             flushed.set()
             self._upkeep.after_persist()
-
-    @staticmethod
-    def _refuse(
-        exc: JournalWriteFailed, admitted: Sequence[tuple[PendingAppend, int]]
-    ) -> None:
-        for append, _ in admitted:
-            error = JournalWriteFailed(exc.path, exc.detail, io_error=exc.io_error)
-            error.__cause__ = exc.__cause__
-            append.finish(error)
-
-    def _hand_over(
-        self,
-        entries: list[tuple[Entry, int]],
-        added: dict[int, tuple[int, int]],
-        dropped: dict[str, list[tuple[int, int]]],
-        plan: Plan,
-        tail: int,
-        persisted: dict[int, Delta] | None,
-    ) -> dict[str, set[int]]:
-        """Tell every writer what the round committed for it (``persisted``: the
-        deltas the round wrote, if it persisted); return, per backend, the seqs
-        of the round's entries DROP_OLDEST dropped at once."""
-        lost: dict[str, set[int]] = {}
-        for writer in self._writers:
-            bit = writer.bit
-            if not writer.enabled and bit not in added:
-                continue  # a disabled backend takes erasures only
-            share = handover(
-                writer.mask,
-                entries,
-                uniform=plan.uniform,
-                added=added.get(bit, (0, 0)),
-                drops=dropped.get(writer.name, ()),
-                dropped_newest=plan.dropped_newest.get(writer.name, 0),
-                tail=tail,
-            )
-            writer.take(share, tail)
-            lost[writer.name] = share.lost
-            if persisted is not None:
-                delta = persisted.get(bit)
-                if delta is not None:
-                    writer.book.persisted(delta.upto)
-            elif bit in added:
-                # Not written yet (a round that drops entries always persists).
-                self._ledger.journaled(bit, *added[bit])
-            writer.open_gate()
-        return lost

@@ -27,8 +27,10 @@ from typing import TYPE_CHECKING, Final
 
 from ._admission import Plan, plan_admission
 from ._batching import Entry
-from ._errors import JournalFull, QueueFull
+from ._errors import JournalFull, JournalWriteFailed, QueueFull
+from ._journal_types import EntryRow
 from ._records import Op
+from ._schema import entry_crc
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -36,9 +38,20 @@ if TYPE_CHECKING:
 
     from ._admission import Backlog
     from ._records import MessageRecord
-    from ._writer import SyncWaiter, Writer
+    from ._waiters import SyncWaiter
+    from ._writer import Writer
 
-__all__ = ["ACKED", "MAX_GROUP", "Decision", "Intake", "PendingAppend"]
+__all__ = [
+    "ACKED",
+    "MAX_GROUP",
+    "Decision",
+    "Intake",
+    "Numbered",
+    "PendingAppend",
+    "acknowledge",
+    "number",
+    "refuse_failed",
+]
 
 #: The most appends one transaction journals.
 MAX_GROUP: Final = 1024
@@ -250,3 +263,83 @@ class Intake:
             head.finish(QueueFull(backlog.name, backlog.capacity, waited=waited))
             decision.refused.append(head)
             decision.more = True  # the appends behind it get their turn
+
+
+@dataclass(slots=True)
+class Numbered:
+    """A round's admitted appends, numbered for the journal."""
+
+    #: The rows to insert, in seq order.
+    rows: list[EntryRow]
+    #: The entries journaled, each with its targets.
+    entries: list[tuple[Entry, int]]
+    #: Their payload bytes, in all.
+    nbytes: int
+    #: The newest seq journaled (the last one before, if none).
+    tail: int
+    #: Sessions the round's erasures erase.
+    erased: list[bytes]
+
+
+def number(admitted: Sequence[tuple[PendingAppend, int]], last_seq: int) -> Numbered:
+    """Give the appends that still owe someone the seqs after ``last_seq`` and
+    build their rows (checksummed); an append every backend dropped is
+    acknowledged without a row."""
+    seq = last_seq
+    rows: list[EntryRow] = []
+    entries: list[tuple[Entry, int]] = []
+    nbytes = 0
+    for append, targets in admitted:
+        if not targets:
+            continue
+        seq += 1
+        append.seq = seq
+        session, op, payload, size = (
+            append.session,
+            append.op,
+            append.payload,
+            append.size,
+        )
+        nbytes += size
+        crc = entry_crc(seq, session, op, targets, payload)
+        # origin = targets: who is owed it, kept under the checksum for good.
+        rows.append(
+            EntryRow(
+                seq,
+                session,
+                op,
+                payload,
+                size,
+                crc,
+                append.enqueued_at,
+                targets,
+                targets,
+            )
+        )
+        entries.append((append, targets))
+    erased = [e.session for e, _ in entries if e.op != _APPEND]
+    return Numbered(rows, entries, nbytes, seq, erased)
+
+
+def refuse_failed(
+    exc: JournalWriteFailed, admitted: Sequence[tuple[PendingAppend, int]]
+) -> None:
+    """The round's commit failed with ``exc``: refuse each of its appends with a
+    copy of it (one exception object is never raised in two tasks)."""
+    for append, _ in admitted:
+        error = JournalWriteFailed(exc.path, exc.detail, io_error=exc.io_error)
+        error.__cause__ = exc.__cause__
+        append.finish(error)
+
+
+def acknowledge(admitted: Sequence[tuple[PendingAppend, int]]) -> None:
+    """The round's transaction committed: acknowledge each of its appends."""
+    for append, _ in admitted:
+        # Writers deliver the records they are handed; the encoded payload lives
+        # on in the journal only (a large record is not held twice).
+        append.payload = b""
+        # PendingAppend.finish, inlined: this runs for every append. A withdrawn
+        # caller's append is decided already.
+        append.queued = False
+        if append.outcome is None:
+            append.outcome = ACKED

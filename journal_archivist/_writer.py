@@ -9,19 +9,13 @@ Rules and theory:
 - The committer closes the claim gate before a transaction that may drop
   entries (DROP_OLDEST) and opens it after; the writer claims only while it is
   open, so an entry is never both dropped and delivered.
-- A delivery attempt that fails is retried with backoff. While the backend is
-  UNHEALTHY, ``health_check`` is probed first; a failing probe is an outage and
-  does not use up the batch's attempts. A BEST_EFFORT batch that exhausts its
-  attempts (or fails with a non-retryable error) is given up on only if the probe
-  then passes -- so an outage never dead-letters entries -- and is bisected until
-  the poison entry is alone, which is dead-lettered. Each of these decisions is
-  ``_delivery``'s (pure, tested directly); this module carries them out.
+- Delivering a batch (attempts, retries, probes, bisection, dead letters) is
+  the ``Dispatcher``'s (``_dispatch``), as ``_delivery`` decides each step.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from typing import TYPE_CHECKING, Final
 
@@ -29,70 +23,31 @@ import anyio
 import msgspec
 
 from ._backlog import Book, Settlement
-from ._batching import Entry, bisect, coalesce
-from ._delivery import (
-    Step,
-    after_failure,
-    after_judging,
-    before_attempt,
-    is_retryable,
-    judging_pause,
-    retry_delay,
-)
-from ._errors import ArchivistClosed, BackendError
-from ._failure import describe
+from ._dispatch import Dispatcher
+from ._errors import ArchivistClosed
 from ._health import BackendHealth, status_for
-from ._policies import FailureMode, OverflowPolicy
+from ._policies import FailureMode
 from ._records import decode_entry
 from ._throttle import Throttle
+from ._waiters import Waiters
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import Callable
 
     from anyio.abc import TaskStatus
 
+    from ._batching import Entry
     from ._config import Registration
     from ._ledger import Handover
     from ._reader import Reader
     from ._rows import BackendRow
 
-__all__ = ["Settlement", "SyncWaiter", "Writer"]
+__all__ = ["Settlement", "Writer"]
 
 logger = logging.getLogger("journal_archivist.writer")
 
 #: Seconds between WARNING lines about dropped entries, per backend.
 DROP_LOG_INTERVAL: Final = 10.0
-
-
-class SyncWaiter:
-    """An appender waiting for one entry to be settled by one backend.
-
-    Once ``event`` is set, ``error`` is None if the entry was delivered, or says
-    why not; ``final`` tells an entry that will never be delivered (dropped,
-    quarantined) from one that stays journaled and is retried.
-    """
-
-    __slots__ = ("error", "event", "final", "seq")
-
-    def __init__(self, seq: int) -> None:
-        self.seq = seq
-        self.event = anyio.Event()
-        self.error: str | None = None
-        self.final = False
-
-    @classmethod
-    def dropped(cls, overflow: OverflowPolicy) -> SyncWaiter:
-        """A waiter for an entry the overflow policy dropped: already settled."""
-        waiter = cls(0)
-        waiter.finish(f"dropped by {overflow.name} (the backlog was full)", final=True)
-        return waiter
-
-    def finish(self, error: str | None = None, *, final: bool = False) -> None:
-        """Wake the appender; ``error`` says why the entry was not delivered."""
-        if not self.event.is_set():
-            self.error = error
-            self.final = final
-            self.event.set()
 
 
 class Writer:
@@ -118,22 +73,21 @@ class Writer:
         self.book = Book(
             self.name, policy, row, tail=tail, oldest_pending_at=oldest_pending_at
         )
-        self._backend = registration.backend
-        self._retry = registration.retry
-        self._best_effort = registration.failure_mode is FailureMode.BEST_EFFORT
+        self._dispatcher = Dispatcher(
+            self.name,
+            registration.backend,
+            registration.retry,
+            best_effort=registration.failure_mode is FailureMode.BEST_EFFORT,
+            held_up=self._held_up,
+        )
         self._reader = reader
         self._on_settled: Callable[[Writer, Settlement], None] = lambda w, s: None
         self._dropped_at_open = row.dropped
         self._drop_log = Throttle(DROP_LOG_INTERVAL)
-        self._retry_after = 0.0
         self._gate: anyio.Event | None = None
 
-        # Health.
-        self.consecutive_failures = 0
-        self.last_error: str | None = None
-        self._streak_logged = False
-
-        self._waiters: list[SyncWaiter] = []
+        #: The Sync appenders waiting for entries to be settled here.
+        self.waiters = Waiters(self.book, policy.overflow)
         self._wakeup = anyio.Event()
         self._progress = anyio.Event()
         self.draining = False
@@ -177,7 +131,7 @@ class Writer:
             book.dropped_oldest(dropped)
             self._log_drops(len(dropped))
             seqs = {seq for seq, _ in dropped}
-            self._finish_waiters(
+            self.waiters.finish(
                 lambda w: w.seq in seqs,
                 lambda w: "dropped by DROP_OLDEST (the backlog was full)",
                 final=True,
@@ -208,30 +162,6 @@ class Writer:
                 self.book.tally.dropped - self._dropped_at_open,
             )
 
-    def waiter_for(self, seq: int, targets: int, lost: set[int]) -> SyncWaiter:
-        """The waiter of a Sync append journaled as ``seq`` for ``targets``
-        (``lost``: the round's seqs DROP_OLDEST dropped here at once): settled
-        already if its entry was dropped."""
-        if not targets & self.mask:
-            return SyncWaiter.dropped(self.policy.overflow)
-        if seq in lost:
-            return SyncWaiter.dropped(OverflowPolicy.DROP_OLDEST)
-        return self.add_waiter(seq)
-
-    def add_waiter(self, seq: int) -> SyncWaiter:
-        """Register an appender waiting for entry ``seq`` to be settled here."""
-        waiter = SyncWaiter(seq)
-        if seq <= self.book.settled_upto:
-            waiter.finish()
-        else:
-            self._waiters.append(waiter)
-        return waiter
-
-    def remove_waiter(self, waiter: SyncWaiter) -> None:
-        """Forget a waiter whose appender stopped waiting."""
-        if waiter in self._waiters:
-            self._waiters.remove(waiter)
-
     def start_draining(self) -> None:
         """Deliver what is pending without lingering for fuller batches."""
         self.draining = True
@@ -241,18 +171,14 @@ class Writer:
 
     def health(self) -> BackendHealth:
         """A snapshot of this backend's delivery state."""
-        book = self.book
-        tally = book.tally
-        oldest: float | None = None
-        if tally.pending > 0:
-            head = book.head()
-            oldest = head.enqueued_at if head is not None else book.oldest_hint
+        tally = self.book.tally
+        oldest = self.book.oldest_pending_at()
         return BackendHealth(
             name=self.name,
             enabled=self.enabled,
-            status=status_for(self.consecutive_failures),
-            last_error=self.last_error,
-            consecutive_failures=self.consecutive_failures,
+            status=status_for(self._dispatcher.consecutive_failures),
+            last_error=self._dispatcher.last_error,
+            consecutive_failures=self._dispatcher.consecutive_failures,
             lag_entries=tally.pending,
             lag_bytes=tally.pending_bytes,
             oldest_pending_age=None
@@ -278,7 +204,7 @@ class Writer:
     def close(self) -> None:
         """The loop has stopped: wake everyone still waiting on this writer."""
         self.closed = True
-        self._finish_waiters(
+        self.waiters.finish(
             lambda w: True, lambda w: "the archivist shut down before delivery"
         )
         self._signal_progress()
@@ -348,12 +274,11 @@ class Writer:
         while self._gate is not None:
             await self._gate.wait()
         # From here to the end nothing awaits: the claim is atomic w.r.t. drops.
-        from_journal = bool(book.prefetch)
         batch = book.claim(max_rows, self.policy.max_batch_bytes)
-        if from_journal:
-            # In-memory entries carry their records already; these are decoded.
+        if batch and batch[0].records is None:
+            # Read from the journal (in-memory entries carry their records).
             for entry in batch:
-                if entry.damage is None:
+                if entry.damage is None and entry.records is None:
                     try:
                         entry.records = decode_entry(entry.payload, entry.op)
                     except msgspec.DecodeError as exc:
@@ -366,118 +291,13 @@ class Writer:
         dead: list[tuple[Entry, str, int]] = []
         live = [e for e in batch if e.damage is None]
         if live:
-            await self._deliver_part(live, dead)
+            await self._dispatcher.deliver(live, dead)
         self._settle(batch, dead)
 
-    async def _deliver_part(
-        self, entries: Sequence[Entry], dead: list[tuple[Entry, str, int]]
-    ) -> None:
-        """Deliver ``entries`` or dead-letter their poison into ``dead``; each
-        step is ``_delivery``'s decision, carried out here."""
-        groups = coalesce(entries)
-        attempt = 0
-        while True:
-            step = before_attempt(self.consecutive_failures)
-            if step is Step.PROBE_FIRST and not await self._probe(entries):
-                await anyio.sleep(self._backoff(self.consecutive_failures))
-                continue
-            attempt += 1
-            try:
-                await self._call(lambda: self._backend.write_batch(groups))
-            except Exception as exc:
-                self._record_failure(exc, entries)
-                step = after_failure(
-                    attempt=attempt,
-                    max_attempts=self._retry.max_attempts,
-                    retryable=is_retryable(exc),
-                    best_effort=self._best_effort,
-                )
-                if step is Step.JUDGE:
-                    await self._honour_retry_after()
-                    step = after_judging(
-                        healthy=await self._probe(entries), entries=len(entries)
-                    )
-                if step is Step.DEAD_LETTER:
-                    dead.append((entries[0], describe(exc), attempt))
-                    return
-                if step is Step.BISECT:
-                    left, right = bisect(entries)
-                    await self._deliver_part(left, dead)
-                    await self._deliver_part(right, dead)
-                    return
-                await anyio.sleep(self._backoff(attempt))
-                continue
-            self._record_success()
-            return
-
-    async def _honour_retry_after(self) -> None:
-        asked, self._retry_after = self._retry_after, 0.0
-        if asked:
-            await anyio.sleep(judging_pause(asked))
-
-    def _backoff(self, attempt: int) -> float:
-        """The delay before retry ``attempt`` (``_delivery.retry_delay``)."""
-        asked, self._retry_after = self._retry_after, 0.0
-        return retry_delay(self._retry.delay(attempt), asked)
-
-    async def _probe(self, entries: Sequence[Entry]) -> bool:
-        """Whether the backend passes its health check (a failure is recorded)."""
-        try:
-            await self._call(self._backend.health_check)
-        except Exception as exc:
-            self._record_failure(exc, entries, probe=True)
-            return False
-        return True
-
-    async def _call(self, fn: Callable[[], Awaitable[None]]) -> None:
-        timeout = self._retry.attempt_timeout
-        with anyio.fail_after(math.inf if timeout is None else timeout):
-            await fn()
-
-    def _record_failure(
-        self, exc: Exception, entries: Sequence[Entry], *, probe: bool = False
-    ) -> None:
-        self.consecutive_failures += 1
-        self.last_error = describe(exc)
-        if isinstance(exc, BackendError) and exc.retry_after is not None:
-            self._retry_after = exc.retry_after
-        what = "health check" if probe else f"delivery of {len(entries)} entries"
-        if not self._streak_logged:
-            self._streak_logged = True
-            # The traceback of an unexpected exception is logged once per streak.
-            logger.warning(
-                "backend %r: %s failed: %s",
-                self.name,
-                what,
-                self.last_error,
-                exc_info=exc
-                if not isinstance(exc, BackendError | TimeoutError)
-                else None,
-            )
-        elif self.consecutive_failures & (self.consecutive_failures - 1) == 0:
-            logger.warning(
-                "backend %r: %s failed again (%d in a row): %s",
-                self.name,
-                what,
-                self.consecutive_failures,
-                self.last_error,
-            )
-        if not self._best_effort:
-            # Every waiting Sync appender hears of it: its entry is in this batch
-            # or queued behind it, so its delivery is held up by this failure.
-            error = self.last_error
-            self._finish_waiters(lambda w: True, lambda w: error)
-
-    def _record_success(self) -> None:
-        if self.consecutive_failures:
-            logger.info(
-                "backend %r: delivering again after %d failures",
-                self.name,
-                self.consecutive_failures,
-            )
-        self.consecutive_failures = 0
-        self._streak_logged = False
-        self._retry_after = 0.0
+    def _held_up(self, error: str) -> None:
+        """A REQUIRED backend failed: every waiting Sync appender hears of it
+        (its entry is in the batch or queued behind it)."""
+        self.waiters.finish(lambda w: True, lambda w: error)
 
     def _settle(
         self,
@@ -501,27 +321,8 @@ class Writer:
             logger.error("backend %r: entry %d quarantined: %s", self.name, seq, reason)
         failed = {seq: f"quarantined: {reason}" for seq, reason in settlement.damaged}
         upto = settlement.upto
-        self._finish_waiters(
+        self.waiters.finish(
             lambda w: w.seq <= upto, lambda w: failed.get(w.seq), final=True
         )
         self._on_settled(self, settlement)
         self._signal_progress()
-
-    def _finish_waiters(
-        self,
-        match: Callable[[SyncWaiter], bool],
-        error_for: Callable[[SyncWaiter], str | None],
-        *,
-        final: bool = False,
-    ) -> None:
-        """Wake the waiters ``match`` selects; ``error_for`` says why one failed
-        (``final``: its entry will never be delivered)."""
-        if not self._waiters:
-            return
-        keep: list[SyncWaiter] = []
-        for waiter in self._waiters:
-            if match(waiter):
-                waiter.finish(error_for(waiter), final=final)
-            else:
-                keep.append(waiter)
-        self._waiters = keep

@@ -112,6 +112,45 @@ async def test_a_caller_cancelled_mid_commit_leaves_the_others_answered(
     assert sorted(contents) == ["after", "gave up", "waited"]
 
 
+async def test_a_caller_cancelled_while_queued_withdraws_and_the_others_commit(
+    journal_path: Path, session: UUID, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Appenders wait on one future per round; one of them cancelled must not
+    # wake or cancel the others, and its append is withdrawn from the queue.
+    gate = InsertGate(monkeypatch)
+    mock = MockBackend()
+    async with Archivist.open(journal_path, [registration(mock)]) as archivist:
+        gave_up = anyio.CancelScope()
+        answered: list[str] = []
+
+        async def impatient() -> None:
+            with gave_up:
+                await archivist.append_messages(session, [record(session, "gave up")])
+
+        async def patient(text: str) -> None:
+            await archivist.append_messages(session, [record(session, text)])
+            answered.append(text)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(patient, "first")
+            with anyio.fail_after(5):
+                await gate.entered.wait()  # the first round is in its transaction
+            group.start_soon(patient, "a")
+            group.start_soon(impatient)
+            group.start_soon(patient, "b")
+            await anyio.wait_all_tasks_blocked()  # all three queued for round two
+            gave_up.cancel()
+            await anyio.wait_all_tasks_blocked()
+            assert answered == []  # nobody else woke up early
+            gate.release()
+        assert sorted(answered) == ["a", "b", "first"]
+        with anyio.fail_after(5):
+            await archivist.wait_drained()
+    assert gate.inserts == [1, 2]  # the withdrawn append was never journaled
+    contents = [r.content_md for r in mock.records(session)]
+    assert sorted(contents) == ["a", "b", "first"]
+
+
 async def test_a_cancelled_open_releases_the_journal(
     journal_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
