@@ -305,9 +305,9 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     ),
     Mutant(
         "failed-commit-acknowledged",
-        _J + "_committer.py",
-        "            append.finish(error)\n",
-        "            append.finish()\n",
+        _J + "_intake.py",
+        "        append.finish(error)\n",
+        "        append.finish()\n",
         "the appends of a group whose commit failed are acknowledged",
         ("tests/test_journal.py", "tests/test_failure.py"),
     ),
@@ -360,7 +360,7 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     Mutant(
         "erasure-keeps-unregistered-copies",
         _J + "_committer.py",
-        "await tx.purge_unregistered(erased, self._names)",
+        "await tx.purge_unregistered(numbered.erased, self._names)",
         "pass  # each backend purges its copies when it settles the erasure",
         "an erasure leaves the dead letters and quarantined copies kept for"
         " backends no longer registered",
@@ -368,9 +368,9 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     ),
     Mutant(
         "sync-waits-for-dropped-entry",
-        _J + "_writer.py",
-        "        if not targets & self.mask:\n"
-        "            return SyncWaiter.dropped(self.policy.overflow)\n",
+        _J + "_waiters.py",
+        "        if not targets & self._book.mask:\n"
+        "            return SyncWaiter.dropped(self._overflow)\n",
         "",
         "a Sync appender waits for delivery of an entry its backend's overflow"
         " policy dropped",
@@ -406,11 +406,11 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
         "settled-before-delivered",
         _J + "_writer.py",
         "        if live:\n"
-        "            await self._deliver_part(live, dead)\n"
+        "            await self._dispatcher.deliver(live, dead)\n"
         "        self._settle(batch, dead)\n",
         "        self._settle(batch, dead)\n"
         "        if live:\n"
-        "            await self._deliver_part(live, dead)\n",
+        "            await self._dispatcher.deliver(live, dead)\n",
         "a batch is settled (marked done) before its delivery succeeds",
         ("tests/test_writer.py", "tests/test_recovery.py"),
     ),
@@ -442,11 +442,11 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     ),
     Mutant(
         "bisect-right-half-first",
-        _J + "_writer.py",
-        "                    await self._deliver_part(left, dead)\n"
-        "                    await self._deliver_part(right, dead)\n",
-        "                    await self._deliver_part(right, dead)\n"
-        "                    await self._deliver_part(left, dead)\n",
+        _J + "_dispatch.py",
+        "                    await self.deliver(left, dead)\n"
+        "                    await self.deliver(right, dead)\n",
+        "                    await self.deliver(right, dead)\n"
+        "                    await self.deliver(left, dead)\n",
         "a bisected batch delivers its right half before its left: a session's"
         " records are reordered",
         ("tests/test_writer.py", "tests/test_erasure.py"),
@@ -469,7 +469,7 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     ),
     Mutant(
         "required-sync-not-told-of-failure",
-        _J + "_writer.py",
+        _J + "_dispatch.py",
         "        if not self._best_effort:\n            # Every waiting Sync",
         "        if self._best_effort:\n            # Every waiting Sync",
         "a failed attempt wakes BEST_EFFORT Sync appenders instead of REQUIRED ones",
@@ -522,8 +522,8 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     ),
     Mutant(
         "payload-kept-after-commit",
-        _J + "_committer.py",
-        '            append.payload = b""\n',
+        _J + "_intake.py",
+        '        append.payload = b""\n',
         "",
         "the encoded payload stays with the entry handed to the writers (a large"
         " record held twice while it is delivered)",
@@ -680,7 +680,7 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     # -- SqliteArchive ------------------------------------------------------------
     Mutant(
         "sqlite-archive-synchronous-off",
-        _B + "sqlite.py",
+        _B + "_sqlite_open.py",
         'await conn.execute("PRAGMA synchronous = FULL")',
         'await conn.execute("PRAGMA synchronous = OFF")',
         "the SQLite archive acknowledges batches at synchronous=OFF",
@@ -697,28 +697,28 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     ),
     Mutant(
         "sqlite-erase-after-group-records",
-        _B + "sqlite.py",
-        "            if group.erase:\n"
-        "                if pending:\n"
-        '                    steps.append(("insert", pending))\n'
-        "                    pending = []\n"
-        '                steps.append(("erase", str(group.session)))\n'
-        "                erases = True\n"
-        "            pending.extend(_sql.rows(group.session, group.records))\n",
-        "            pending.extend(_sql.rows(group.session, group.records))\n"
-        "            if group.erase:\n"
-        "                if pending:\n"
-        '                    steps.append(("insert", pending))\n'
-        "                    pending = []\n"
-        '                steps.append(("erase", str(group.session)))\n'
-        "                erases = True\n",
+        _B + "_sqlite_sql.py",
+        "        if group.erase:\n"
+        "            if pending:\n"
+        '                steps.append(("insert", pending))\n'
+        "                pending = []\n"
+        '            steps.append(("erase", str(group.session)))\n'
+        "            erases = True\n"
+        "        pending.extend(rows(group.session, group.records))\n",
+        "        pending.extend(rows(group.session, group.records))\n"
+        "        if group.erase:\n"
+        "            if pending:\n"
+        '                steps.append(("insert", pending))\n'
+        "                pending = []\n"
+        '            steps.append(("erase", str(group.session)))\n'
+        "            erases = True\n",
         "the SQLite archive erases a session after inserting the records that"
         " follow the erasure in its group",
         ("tests/backends/test_sqlite_archive.py",),
     ),
     Mutant(
         "sqlite-reads-by-ts",
-        _B + "_sqlite_sql.py",
+        _B + "_sqlite_read.py",
         '" FROM messages WHERE session = ? ORDER BY seq"\n)\nREAD_CHECKED',
         '" FROM messages WHERE session = ? ORDER BY ts"\n)\nREAD_CHECKED',
         "the SQLite archive reads a session back by timestamp, not append order",
@@ -747,7 +747,7 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     # -- JsonlArchive --------------------------------------------------------------
     Mutant(
         "jsonl-written-file-not-synced",
-        _B + "jsonl.py",
+        _B + "_jsonl_batch.py",
         "                    target.synced = False\n",
         "",
         "a JSONL file already known synced is not fsync'd after new lines are appended",
@@ -755,7 +755,7 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     ),
     Mutant(
         "jsonl-created-file-dir-not-synced",
-        _B + "jsonl.py",
+        _B + "_jsonl_batch.py",
         "                self._dir_dirty |= created\n",
         "",
         "creating a JSONL session file does not mark the directory for an fsync",
@@ -763,7 +763,7 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     ),
     Mutant(
         "jsonl-not-idempotent",
-        _B + "jsonl.py",
+        _B + "_jsonl_batch.py",
         "                        state.ids.add(key)\n",
         "",
         "the JSONL archive never remembers the ids it writes: a redelivered record"
@@ -772,8 +772,8 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     ),
     Mutant(
         "jsonl-erase-keeps-earlier",
-        _B + "jsonl.py",
-        "                plan.records.clear()\n",
+        _B + "_jsonl_batch.py",
+        "            plan.records.clear()\n",
         "",
         "a JSONL erasing group keeps the records of the session's earlier groups,"
         " which it writes after erasing",
@@ -781,7 +781,7 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     ),
     Mutant(
         "jsonl-cache-trusts-grown-file",
-        _B + "jsonl.py",
+        _B + "_jsonl_batch.py",
         "            and cached.size == stat.st_size\n",
         "",
         "the JSONL id cache is trusted though the file changed size behind it"
@@ -806,7 +806,7 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     ),
     Mutant(
         "sqlite-content-not-restored",
-        _B + "_sqlite_sql.py",
+        _B + "_sqlite_read.py",
         "    if record.content_md:\n        return record\n",
         "    return record\n",
         "a record read back keeps the empty content of its JSON",
@@ -828,7 +828,7 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
         _B + "postgres.py",
         "            async with connection.transaction():\n"
         "                # Lock first",
-        "            async with contextlib.nullcontext():\n"
+        '            async with __import__("contextlib").nullcontext():\n'
         "                # Lock first",
         "the PostgreSQL archive runs a batch's statements outside a transaction:"
         " a failed batch keeps what ran before the failure",
@@ -973,7 +973,7 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     ),
     Mutant(
         "sqlite-content-any-type",
-        _B + "_sqlite_sql.py",
+        _B + "_sqlite_read.py",
         "    \"SELECT CAST(record AS BLOB), CASE typeof(content_md) WHEN 'text'\"\n"
         "    \" THEN CAST(content_md AS BLOB) WHEN 'blob' THEN content_md END\"\n",
         '    "SELECT CAST(record AS BLOB), CAST(content_md AS BLOB)"\n',
@@ -1049,9 +1049,9 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     ),
     Mutant(
         "jsonl-one-chunk",
-        _B + "jsonl.py",
-        "                for at in range(0, len(items), MAX_OPEN_FILES):\n"
-        "                    chunk = items[at : at + MAX_OPEN_FILES]\n",
+        _B + "_jsonl_batch.py",
+        "                for at in range(0, len(items), max_open_files):\n"
+        "                    chunk = items[at : at + max_open_files]\n",
         "                for at in range(0, len(items), len(items)):\n"
         "                    chunk = items[at : at + len(items)]\n",
         "a JSONL batch holds every session file open at once: EMFILE past the"

@@ -1,39 +1,31 @@
-"""The file-level work of ``JsonlArchive``: synchronous, stateless, plain ``os`` calls.
+"""The session files of ``JsonlArchive``: synchronous, stateless, plain ``os`` calls.
 
-Opening and checking the directory and the session files, scanning a session file
-(torn-tail repair, corrupt-line errors), encoding and appending lines, fsyncing,
-erasing. ``jsonl.py`` decides when (locking, caching, batches) and is the only
-importer; the file format and what users are promised are in its docstring.
+Opening and checking a session file, encoding and appending lines, fsyncing,
+erasing, the health probe. ``jsonl.py`` decides when (locking, caching,
+batches); the directory is ``_jsonl_directory``'s and reading a file back
+``_jsonl_scan``'s. The file format and what users are promised are in
+``jsonl.py``'s docstring.
 
 Rules and theory:
 - An fsync of a file makes its lines durable, not its name: a created file can
   vanish after a power loss, and an unlinked one come back, until the directory
-  holding it is fsync'd (a new directory: until its parent is, which
-  ``settle_new_directory`` does). So the caller fsyncs every file it appended to,
-  then the directory if an entry in it may be unsynced, and only then
-  acknowledges. Nothing here decides when to sync.
-- ``load_ids`` runs on the write path before anything is appended, and cuts a
-  torn tail (else the fragment and the next line would make one corrupt line),
-  then fsyncs the cut. ``scan`` and ``read_records`` never change a file; they
-  stop before such a tail.
-- Nothing is followed, nothing foreign is touched. The directory is opened once
-  per call with ``O_DIRECTORY | O_NOFOLLOW`` (a symlink there is ``Refused``) and
-  must not be writable by every user (anyone could remove or rename our files);
-  one writable by its group or owned by another user than us or root is used,
-  and ``jsonl.py`` warns (the rule of the journal's folder too). Every session
-  file is opened relative to that descriptor (``dir_fd``), so swapping the path
-  for a symlink mid-call changes nothing. A session file is opened with
-  ``O_NOFOLLOW`` and ``O_NONBLOCK`` (a FIFO or device planted there cannot block
-  the open) and, before a byte of it is read, cut or written, ``fstat`` must show
-  a regular file owned by us with exactly one link; anything else is
-  ``Refused``. A second link is refused because the torn-tail repair, an append
-  and an erasure all change the inode, i.e. every file linked to it. A mode other
-  than 0600 is set to 0600, except that a non-empty file group or others may read
-  or write is ``Refused`` (others may have read it: the operator decides, then
-  ``chmod 600``).
-- A session file is created ``O_EXCL`` and set to exactly 0600 with ``fchmod``; a
-  directory created here is set to exactly 0700. The health probe is created
-  ``O_EXCL`` under a random name that is never a session's.
+  holding it is fsync'd (``_jsonl_directory``). So the caller fsyncs every file
+  it appended to, then the directory if an entry in it may be unsynced, and only
+  then acknowledges. Nothing here decides when to sync.
+- Nothing is followed, nothing foreign is touched. Every session file is opened
+  relative to the directory's descriptor (``dir_fd``, opened and checked by
+  ``_jsonl_directory``), so swapping the path for a symlink mid-call changes
+  nothing. A session file is opened with ``O_NOFOLLOW`` and ``O_NONBLOCK`` (a
+  FIFO or device planted there cannot block the open) and, before a byte of it is
+  read, cut or written, ``fstat`` must show a regular file owned by us with
+  exactly one link; anything else is ``Refused``. A second link is refused
+  because the torn-tail repair, an append and an erasure all change the inode,
+  i.e. every file linked to it. A mode other than 0600 is set to 0600, except
+  that a non-empty file group or others may read or write is ``Refused`` (others
+  may have read it: the operator decides, then ``chmod 600``).
+- A session file is created ``O_EXCL`` and set to exactly 0600 with ``fchmod``.
+  The health probe is created ``O_EXCL`` under a random name that is never a
+  session's.
 - Lines hold no character that ``str.splitlines()`` ends a line at and no C1
   control: JSON escapes the ASCII ones, ``encode_line`` escapes U+0080-U+009F
   (U+0085 among them), U+2028 and U+2029. Reading accepts them raw (older files).
@@ -52,17 +44,16 @@ import os
 import re
 import secrets
 import stat
-from typing import IO, TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final
 from uuid import UUID
 
 import msgspec
 
 from .._errors import BackendError
-from .._private_files import FILE_MODE, FOLDER_MODE, UnsafePath, adopt
-from ._codec import DECODE_ERRORS, decode_record, encode_record
+from .._private_files import FILE_MODE, UnsafePath, adopt
+from ._codec import encode_record
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from concurrent.futures import Executor
 
     from .._records import MessageRecord
@@ -76,32 +67,17 @@ _SUFFIX: Final = ".jsonl"
 PROBE_PREFIX: Final = ".jsonl-archive-health-probe-"
 _NOFOLLOW: Final = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)
-_DIRECTORY: Final = getattr(os, "O_DIRECTORY", 0)
 _NONBLOCK: Final = getattr(os, "O_NONBLOCK", 0)
 _NOCTTY: Final = getattr(os, "O_NOCTTY", 0)
 #: Every open of a session file: never through a symlink, never blocking on a
 #: FIFO or device planted in its place, never taking a terminal.
 _SESSION_FLAGS: Final = _NOFOLLOW | _CLOEXEC | _NONBLOCK | _NOCTTY
-_DIR_FLAGS: Final = os.O_RDONLY | _DIRECTORY | _NOFOLLOW | _CLOEXEC
 #: What ``open`` says about a symlink under ``O_NOFOLLOW`` (Linux: ``ELOOP`` for a
 #: file, ``ENOTDIR`` with ``O_DIRECTORY``; FreeBSD: ``EMLINK``), about a directory
 #: opened for writing (``EISDIR``) and about a socket (``ENXIO``).
 _NOT_A_FILE_ERRNOS: Final = frozenset(
     {errno.ELOOP, errno.EMLINK, errno.ENOTDIR, errno.EISDIR, errno.ENXIO}
 )
-
-
-class Corrupt(Exception):
-    """A line that does not decode, before the end of a file (internal)."""
-
-    def __init__(self, path: str, line: int, offset: int, detail: str) -> None:
-        super().__init__(
-            f"{path}: line {line} (at byte {offset}) is corrupt and cannot be"
-            f" repaired automatically ({detail}); the file was not changed. If it is"
-            " crash damage in the last write, never acknowledged, keep a copy and"
-            f" truncate the file to {offset} bytes; otherwise move the file aside or"
-            " erase the session"
-        )
 
 
 class Refused(Exception):
@@ -117,10 +93,6 @@ class Refused(Exception):
         )
 
 
-_DIRECTORY_RULE: Final = (
-    "The JSONL directory must be a real directory (not a symbolic link), owned by"
-    " the user the service runs as, and not shared with other writers (chmod 700)"
-)
 _FILE_RULE: Final = (
     "A session file must be a regular file owned by the user the service runs as,"
     " with no other hard link (back up by copying, not hard-linking): move this one"
@@ -343,15 +315,6 @@ def write_probe(dir_fd: int) -> str:
     return name
 
 
-def fsync_directory(path: str) -> None:
-    """fsync the directory ``path``, making the names in it durable."""
-    fd = os.open(path, os.O_RDONLY | _DIRECTORY | _CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def fsync_files(fds: list[int], pool: Executor | None) -> None:
     """fsync every file of ``fds``, one after another or on ``pool``'s threads."""
     if pool is None:
@@ -365,163 +328,3 @@ def fsync_files(fds: list[int], pool: Executor | None) -> None:
         error = future.exception()
         if error is not None:
             raise error
-
-
-def open_directory(
-    path: str, *, create: bool
-) -> tuple[int, bool, os.stat_result] | None:
-    """Open the archive directory ``path``; return ``(fd, created, st)``.
-
-    If it is missing it is created (0700 and unsettled: see
-    ``settle_new_directory``) when ``create`` is set, else None is returned. Its
-    parent must exist. Raises ``Refused`` if ``path`` is a symbolic link (never
-    followed) or every user may write to it (sticky or not), and
-    ``NotADirectoryError`` if it is something else.
-    """
-    created = False
-    try:
-        fd = _open_directory(path)
-    except FileNotFoundError:
-        if not create:
-            return None
-        try:
-            os.mkdir(path, FOLDER_MODE)
-            created = True
-        except FileExistsError:
-            pass  # made meanwhile: open whatever is there, with the same checks
-        fd = _open_directory(path)
-    try:
-        st = os.fstat(fd)
-        if st.st_mode & stat.S_IWOTH:
-            raise Refused(
-                path,
-                "the JSONL directory is writable by every user (mode"
-                f" {stat.S_IMODE(st.st_mode):04o}): anyone could plant, rename or"
-                " remove session files",
-                _DIRECTORY_RULE,
-            )
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, created, st
-
-
-def _open_directory(path: str) -> int:
-    try:
-        return os.open(path, _DIR_FLAGS)
-    except OSError as exc:
-        if exc.errno not in _NOT_A_FILE_ERRNOS or not _is_symlink(path):
-            raise
-    raise Refused(
-        path,
-        "the JSONL directory is a symbolic link (never followed: whoever can change"
-        " it would choose which files are written)",
-        _DIRECTORY_RULE + "; configure the real directory's path",
-    )
-
-
-def _is_symlink(path: str) -> bool:
-    try:
-        return stat.S_ISLNK(os.lstat(path).st_mode)
-    except OSError:
-        return False
-
-
-def sharing(st: os.stat_result) -> str | None:
-    """Who else than us (and root) controls the entries of a directory, if anyone:
-    its group (``g+w``) or its owner (another uid)."""
-    if st.st_uid not in (os.geteuid(), 0):
-        return f"owned by uid {st.st_uid} (this process runs as {os.geteuid()})"
-    if st.st_mode & stat.S_IWGRP:
-        return f"writable by its group (mode {stat.S_IMODE(st.st_mode):04o})"
-    return None
-
-
-def settle_new_directory(fd: int, path: str) -> None:
-    """Set the directory just created (open as ``fd``) to 0700 and fsync its
-    parent, making it durable."""
-    os.fchmod(fd, FOLDER_MODE)  # exactly 0700, whatever the umask
-    fsync_directory(os.path.dirname(path))
-
-
-def scan(
-    path: str, session: UUID, file: IO[bytes]
-) -> Iterator[tuple[int, MessageRecord]]:
-    """Yield ``(end offset, record)`` for each good line; stop before a torn tail.
-
-    A good line is a record of ``session`` (the file's) followed by a newline. A
-    torn tail is a final fragment without a newline and, before it, a final line
-    that is not good. Raises ``Corrupt`` for a line before the end that is not
-    good: anything from JSON that is not a record to bytes that are not UTF-8.
-    """
-    end = 0
-    bad: tuple[int, int, str] | None = None  # (line number, offset, error)
-    want = session.int
-    for number, line in enumerate(file, start=1):
-        if not line.endswith(b"\n"):
-            return  # a fragment: at most the last line; never acknowledged
-        if bad is not None:
-            raise Corrupt(path, *bad)
-        try:
-            record = decode_record(line)
-        except DECODE_ERRORS as exc:
-            problem = str(exc)
-        else:
-            if record.session.int == want:
-                end += len(line)
-                yield end, record
-                continue
-            # Never written here: returning it would hand out another session's
-            # record (a flipped digit, a file copied or renamed by hand).
-            problem = f"a record of session {record.session}, not of {session}"
-        zeros = "; it holds NUL bytes" if b"\0" in line else ""
-        bad = (number, end, f"{problem}{zeros}")
-
-
-def load_ids(path: str, session: UUID, fd: int) -> tuple[set[int], int]:
-    """Read the ids of an open session file, repairing a torn tail.
-
-    Returns the ``message_id.int`` of every good line and the file's size after
-    the repair (just past the last good line).
-    """
-    os.lseek(fd, 0, os.SEEK_SET)
-    ids: set[int] = set()
-    end = 0  # just past the last good line
-    with os.fdopen(fd, "rb", closefd=False) as file:
-        for line_end, record in scan(path, session, file):
-            ids.add(record.message_id.int)
-            end = line_end
-    size = os.fstat(fd).st_size
-    if size > end:
-        os.ftruncate(fd, end)
-        os.fsync(fd)
-        logger.warning(
-            "%s: cut %d bytes of a torn last line left by a crash (never"
-            " acknowledged; it will be delivered again)",
-            path,
-            size - end,
-        )
-    return ids, end
-
-
-def read_records(
-    dir_fd: int, name: str, path: str, session: UUID
-) -> list[MessageRecord]:
-    """The records of the session file ``name`` in file order, first copy of each
-    id; ``[]`` if there is none.
-
-    Skips a torn tail without cutting it. Raises ``Corrupt`` for a bad line before
-    the end, ``Refused`` as ``open_session`` does.
-    """
-    try:
-        fd, _ = open_session(dir_fd, name, path, os.O_RDONLY)
-    except FileNotFoundError:
-        return []
-    records: list[MessageRecord] = []
-    seen: set[int] = set()
-    with os.fdopen(fd, "rb") as file:
-        for _, record in scan(path, session, file):
-            if record.message_id.int not in seen:
-                seen.add(record.message_id.int)
-                records.append(record)
-    return records

@@ -75,26 +75,27 @@ Rules and theory:
 - The hop is not abandoned on cancel, so ``attempt_timeout`` cannot end a call
   stuck in a hung disk. Abandoning is unsafe: an abandoned batch waiting for the
   lock could run after a later one was acknowledged and re-apply an erasure.
+- This module is the lock, the thread hop and the errors. ``_jsonl_batch``
+  applies a batch (the plan, the id cache, chunks, fsyncs), ``_jsonl_directory``
+  opens and checks the directory, ``_jsonl_files`` the session files, and
+  ``_jsonl_scan`` reads them back.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
-from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, TypeVar, final
 
 import anyio.to_thread
 
 from .._errors import BackendError
-from . import _jsonl_files as _files
+from . import _jsonl_batch as _batch, _jsonl_files as _files, _jsonl_scan as _scan
 from ._base import ArchiveBackend, SessionGroup, checked_uuid, text_path
+from ._jsonl_directory import ArchiveDirectory
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Sequence
+    from collections.abc import Callable, Sequence
     from uuid import UUID
 
     from .._records import MessageRecord
@@ -117,45 +118,6 @@ MAX_OPEN_FILES: Final = 256
 
 _A = TypeVar("_A")
 _R = TypeVar("_R")
-
-
-@dataclass
-class _Cached:
-    """The ids in one session file, and the file they were read from."""
-
-    ids: set[int]  # message_id.int: smaller and faster to hash than UUIDs
-    inode: int
-    size: int
-
-
-@dataclass
-class _Plan:
-    """What one batch does to one session file: erase first?, then these records."""
-
-    erase: bool = False
-    records: list[MessageRecord] = field(default_factory=list)
-
-
-@dataclass
-class _Target:
-    """A session file open during one batch."""
-
-    session: UUID
-    fd: int
-    state: _Cached
-    start: int  # the file's size before this batch appended to it
-    synced: bool  # whether everything in the file is known to be fsync'd
-    wrote: bool = False  # whether this batch appended (or tried to)
-
-    def roll_back(self) -> None:
-        """Cut what this batch appended (best effort: the batch failed anyway).
-
-        After a failed fsync, cached pages may never reach the disk: the
-        redelivery writes and syncs them again instead of trusting them.
-        """
-        if self.wrote:
-            with contextlib.suppress(OSError):
-                os.ftruncate(self.fd, self.start)
 
 
 @final
@@ -227,14 +189,11 @@ class JsonlArchive(ArchiveBackend):
             )
         self._dir = os.path.abspath(path)
         self._max_cached = max_cached_sessions
-        self._cache: OrderedDict[UUID, _Cached] = OrderedDict()
-        self._new_dir = False  # created by us; its parent is not synced yet
-        self._dir_identity: tuple[int, int] | None = None  # (st_dev, st_ino)
-        # (dev, ino, mode, uid) of the directory last warned about
-        self._warned_shared: tuple[int, int, int, int] | None = None
-        self._dir_dirty = False  # the directory may hold entries not yet synced
-        self._fsync_threads = fsync_threads
-        self._pool: ThreadPoolExecutor | None = None
+        self._ids = _batch.IdCache(max_cached_sessions)
+        self._directory = ArchiveDirectory(self._dir, on_replaced=self._ids.clear)
+        self._writer = _batch.BatchWriter(
+            self._directory, self._ids, fsync_threads=fsync_threads
+        )
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -252,7 +211,7 @@ class JsonlArchive(ArchiveBackend):
     @property
     def cached_sessions(self) -> int:
         """How many id sets are cached now (never more than ``max_cached_sessions``)."""
-        return len(self._cache)
+        return len(self._ids)
 
     def path_of(self, session: UUID) -> str:
         """The file that holds ``session``'s records (it may not exist)."""
@@ -285,21 +244,7 @@ class JsonlArchive(ArchiveBackend):
                 (it was left as it is; sessions in earlier chunks may have been
                 written).
         """
-        plans: dict[UUID, _Plan] = {}
-        for group in groups:
-            plan = plans.setdefault(checked_uuid(group.session), _Plan())
-            if group.erase:
-                # Everything before an erasure in this batch would be erased: skip it.
-                plan.erase = True
-                plan.records.clear()
-            for record in group.records:
-                if record.session.int != group.session.int:
-                    raise BackendError(
-                        f"record {record.message_id} belongs to session"
-                        f" {record.session}, not {group.session}",
-                        retryable=False,
-                    )
-            plan.records.extend(group.records)
+        plans = _batch.plan_batch(groups)
         if plans:
             await anyio.to_thread.run_sync(self._locked, self._apply, plans)
 
@@ -315,7 +260,7 @@ class JsonlArchive(ArchiveBackend):
                 directory or the session file is refused (a symlink, a file with
                 another hard link or another owner): it is left as it is.
         """
-        plans = {checked_uuid(session): _Plan(erase=True)}
+        plans = {checked_uuid(session): _batch.Plan(erase=True)}
         await anyio.to_thread.run_sync(self._locked, self._apply, plans)
 
     async def read_session(self, session: UUID) -> list[MessageRecord]:
@@ -366,14 +311,14 @@ class JsonlArchive(ArchiveBackend):
     def _locked(self, fn: Callable[[_A], _R], arg: _A) -> _R:
         """Run ``fn(arg)`` under the lock, translating its errors once, here.
 
-        ``_files.Corrupt`` and ``_files.Refused`` become a non-retryable
+        ``_scan.Corrupt`` and ``_files.Refused`` become a non-retryable
         ``BackendError`` (only an operator can fix them); an ``OSError`` a retryable
         one.
         """
         with self._lock:
             try:
                 return fn(arg)
-            except (_files.Corrupt, _files.Refused) as exc:
+            except (_scan.Corrupt, _files.Refused) as exc:
                 raise BackendError(str(exc), retryable=False) from None
             except OSError as exc:
                 raise BackendError(
@@ -381,180 +326,22 @@ class JsonlArchive(ArchiveBackend):
                 ) from exc
 
     def _read(self, session: UUID) -> list[MessageRecord]:
-        with self._directory(create=False) as dir_fd:
+        with self._directory.open(create=False) as dir_fd:
             if dir_fd is None:
                 return []
             name = _files.file_name(session)
-            return _files.read_records(dir_fd, name, self.path_of(session), session)
+            return _scan.read_records(dir_fd, name, self.path_of(session), session)
 
     def _forget(self, _: None) -> None:
-        self._cache.clear()
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown()
+        self._ids.clear()
+        self._writer.close()
 
-    def _apply(self, plans: dict[UUID, _Plan]) -> None:
-        encoded = {
-            s: [_files.encode_line(r) for r in plan.records]
-            for s, plan in plans.items()
-        }
-        items = list(plans.items())
-        with self._directory(create=True) as dir_fd:
-            assert dir_fd is not None  # created if missing
-            try:
-                for at in range(0, len(items), MAX_OPEN_FILES):
-                    chunk = items[at : at + MAX_OPEN_FILES]
-                    self._apply_chunk(dir_fd, chunk, encoded)
-                if self._dir_dirty:
-                    os.fsync(dir_fd)
-                    self._dir_dirty = False
-            except BaseException:
-                # Also the chunks that succeeded: the redelivery reads their files.
-                for session in plans:
-                    self._cache.pop(session, None)
-                raise
-
-    def _apply_chunk(
-        self,
-        dir_fd: int,
-        chunk: list[tuple[UUID, _Plan]],
-        encoded: dict[UUID, list[bytes]],
-    ) -> None:
-        """Apply ``chunk`` (at most ``MAX_OPEN_FILES`` sessions), fsync its files
-        and close them; on failure cut back what it appended."""
-        opened: list[_Target] = []
-        try:
-            for session, plan in chunk:
-                path = self.path_of(session)
-                name = _files.file_name(session)
-                if plan.erase:
-                    self._cache.pop(session, None)
-                    if _files.erase(dir_fd, name, path):
-                        self._dir_dirty = True
-                if not plan.records:
-                    continue
-                fd, created, stat = _files.open_for_append(dir_fd, name, path)
-                self._dir_dirty |= created
-                try:
-                    state, synced = self._state(session, path, fd, stat, fresh=created)
-                except BaseException:
-                    os.close(fd)
-                    raise
-                target = _Target(session, fd, state, state.size, synced)
-                opened.append(target)
-                lines = []
-                for record, line in zip(plan.records, encoded[session], strict=True):
-                    key = record.message_id.int
-                    if key not in state.ids:
-                        state.ids.add(key)
-                        lines.append(line)
-                if lines:
-                    target.synced = False
-                    target.wrote = True
-                    state.size += _files.append_lines(fd, lines)
-            self._fsync_all([t.fd for t in opened if not t.synced])
-        except BaseException:
-            for target in opened:
-                target.roll_back()
-            raise
-        finally:
-            for target in opened:
-                os.close(target.fd)
-        for target in opened:
-            self._remember(target.session, target.state)
-
-    def _state(
-        self, session: UUID, path: str, fd: int, stat: os.stat_result, *, fresh: bool
-    ) -> tuple[_Cached, bool]:
-        """The ids in the open file ``fd`` (``stat`` is its ``fstat``), and whether
-        the file is known synced.
-
-        A cached set is used while the file's inode and size are what this instance
-        left them, after an fsync; otherwise the file is read again, and it and the
-        directory must be fsync'd before acknowledging: a crashed writer may have
-        left lines, or the file's directory entry, never synced, which the ids now
-        vouch for.
-        """
-        cached = self._cache.get(session)
-        if (
-            cached is not None
-            and cached.inode == stat.st_ino
-            and cached.size == stat.st_size
-        ):
-            return cached, True
-        if fresh and stat.st_size == 0:
-            return _Cached(set(), stat.st_ino, 0), False
-        self._dir_dirty = True
-        ids, size = _files.load_ids(path, session, fd)
-        return _Cached(ids, stat.st_ino, size), False
-
-    def _fsync_all(self, fds: list[int]) -> None:
-        """fsync every file of ``fds``; on several threads if configured."""
-        pool = None
-        if len(fds) > 1 and self._fsync_threads > 1:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(
-                    self._fsync_threads, thread_name_prefix="jsonl-fsync"
-                )
-            pool = self._pool
-        _files.fsync_files(fds, pool)
-
-    def _remember(self, session: UUID, state: _Cached) -> None:
-        self._cache[session] = state
-        self._cache.move_to_end(session)
-        while len(self._cache) > self._max_cached:
-            self._cache.popitem(last=False)
+    def _apply(self, plans: dict[UUID, _batch.Plan]) -> None:
+        # Looked up at each batch, so that lowering the module's MAX_OPEN_FILES
+        # (tests do) takes effect.
+        self._writer.apply(plans, max_open_files=MAX_OPEN_FILES)
 
     def _probe(self, _: None) -> None:
-        with self._directory(create=True) as dir_fd:
+        with self._directory.open(create=True) as dir_fd:
             assert dir_fd is not None  # created if missing
             _files.write_probe(dir_fd)
-
-    @contextlib.contextmanager
-    def _directory(self, *, create: bool) -> Iterator[int | None]:
-        """The directory, open (``O_NOFOLLOW``) and checked, for one call.
-
-        None if it is missing and not ``create``. A directory created here is
-        settled (0700, its parent fsync'd) before use, and again by later calls
-        until that succeeds. Another directory than last time (recreated, or the
-        path now names another one) holds none of the cached ids: they are dropped.
-        """
-        opened = _files.open_directory(self._dir, create=create)
-        if opened is None:
-            yield None
-            return
-        fd, created, stat = opened
-        try:
-            if created:
-                self._new_dir = True
-                self._cache.clear()  # even if it took the inode of a removed one
-            if self._new_dir and create:
-                _files.settle_new_directory(fd, self._dir)
-                self._new_dir = False
-            identity = (stat.st_dev, stat.st_ino)
-            if identity != self._dir_identity:
-                self._cache.clear()
-                self._dir_identity = identity
-            self._warn_if_shared(stat)
-            yield fd
-        finally:
-            os.close(fd)
-
-    def _warn_if_shared(self, stat: os.stat_result) -> None:
-        """Warn once per directory, mode and owner if someone else controls it."""
-        who = _files.sharing(stat)
-        if who is None:
-            self._warned_shared = None
-            return
-        seen = (stat.st_dev, stat.st_ino, stat.st_mode, stat.st_uid)
-        if seen == self._warned_shared:
-            return
-        self._warned_shared = seen
-        _files.logger.warning(
-            "%s: the JSONL directory is %s: another user can add, remove or rename"
-            " session files. Session files that are symlinks, hard-linked or not"
-            " ours are refused, but the directory should belong to the service's"
-            " user alone (chown it, chmod 700 it)",
-            self._dir,
-            who,
-        )

@@ -35,7 +35,7 @@ Rules and theory:
   operator may fix (connections, timeouts, deadlocks, a server restarting, a
   missing table or privilege) is retryable, so records are never dead-lettered
   because of it; what the server refuses about the data itself is not. Errors
-  are translated once, in ``_run``.
+  are translated once, in ``_postgres_pool.PoolKeeper.run``.
 - **Secrets**: the DSN's password never appears in a ``repr``, a log record or an
   error message; messages are built here, with the DSN masked. The mask trusts no
   URL parser: everything between ``://`` and the last ``@`` is user info, any
@@ -44,40 +44,37 @@ Rules and theory:
   it. A DSN that a URL parser reads differently (a password with an unescaped
   ``/``, ``?``, ``#`` or ``@``) makes the driver quote pieces of it, so the
   driver's own text is withheld from errors that are not the server's.
-- **Opening and closing take one lock** (``_opening``), so ``aclose`` waits for a
+- **The pool** is ``_postgres_pool.PoolKeeper``'s: opened on first use, once per
+  event loop, under one lock that ``aclose`` takes too, so ``aclose`` waits for a
   pool being opened and closes it, rather than returning before it is stored.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 import warnings
-from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, final
+from typing import TYPE_CHECKING, Any, Final, final
 from uuid import UUID
-
-import anyio
 
 from .._errors import BackendError
 from ._base import ArchiveBackend, SessionGroup, SessionInfo, checked_page
 from ._codec import DECODE_ERRORS, decode_record
 
 try:
-    import asyncpg  # type: ignore[import-untyped]
+    import asyncpg  # type: ignore[import-untyped]  # noqa: F401 (the guard)
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     raise ImportError(
         "PostgresArchive needs asyncpg: pip install 'journal-archivist[postgres]'"
     ) from exc
 
-# After the guard above: it imports asyncpg too.
+# After the guard above: they import asyncpg too.
 from . import _postgres_sql as _pgsql
+from ._postgres_pool import PoolKeeper
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
-    from contextlib import AbstractAsyncContextManager
+    from collections.abc import Sequence
 
     from .._records import MessageRecord
+    from ._postgres_pool import Connection, Pool
 
 __all__ = [
     "DEFAULT_APPLICATION_NAME",
@@ -94,33 +91,6 @@ DEFAULT_POOL_MAX_SIZE: Final = 4
 #: Seconds one call (connecting included) may take before it fails, retryable.
 DEFAULT_TIMEOUT: Final = 30.0
 DEFAULT_APPLICATION_NAME: Final = "journal-archivist"
-
-logger = logging.getLogger(__name__)
-
-_T = TypeVar("_T")
-
-
-class _Connection(Protocol):
-    """The part of ``asyncpg.Connection`` this module uses."""
-
-    async def execute(self, query: str, *args: object) -> str: ...
-    async def fetch(self, query: str, *args: object) -> list[Any]: ...
-    async def fetchrow(self, query: str, *args: object) -> Any: ...
-    async def fetchval(self, query: str, *args: object) -> Any: ...
-    def transaction(self) -> AbstractAsyncContextManager[object]: ...
-
-
-class _Pool(Protocol):
-    """The part of ``asyncpg.Pool`` this module uses."""
-
-    def acquire(self) -> AbstractAsyncContextManager[_Connection]: ...
-    async def close(self) -> None: ...
-    async def expire_connections(self) -> None: ...
-    def terminate(self) -> None: ...
-
-
-async def _keep_session_state(connection: object) -> None:
-    """Pool reset hook: nothing to reset (see ``PostgresArchive._open_pool``)."""
 
 
 @final
@@ -169,9 +139,7 @@ class PostgresArchive(ArchiveBackend):
         if not isinstance(dsn, str):
             raise TypeError(f"dsn must be a str, got {type(dsn).__name__}")
         self._masked_dsn, secrets = _pgsql.mask_dsn(dsn)
-        # Longest first, so no secret is left half-replaced by a shorter one.
-        self._secrets = sorted(secrets, key=len, reverse=True)
-        self._misread = _pgsql.misread_dsn(dsn)
+        misread = _pgsql.misread_dsn(dsn)
         scheme = dsn.partition("://")[0].lower()
         if scheme not in ("postgresql", "postgres"):
             raise ValueError(
@@ -191,19 +159,21 @@ class PostgresArchive(ArchiveBackend):
             )
         if not timeout > 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
-        self._dsn = dsn
         self._schema = schema
         self._table_prefix = table_prefix
-        self._create_schema = create_schema
-        self._pool_min_size = pool_min_size
-        self._pool_max_size = pool_max_size
-        self._timeout = timeout
-        self._application_name = application_name
         self._sql = _pgsql.statements(schema, table_prefix)
-        self._pool: _Pool | None = None
-        self._pool_loop: asyncio.AbstractEventLoop | None = None
-        self._schema_ready = not create_schema
-        self._opening = anyio.Lock()
+        self._keeper = PoolKeeper(
+            dsn,
+            masked_dsn=self._masked_dsn,
+            secrets=secrets,
+            misread=misread,
+            ddl=self._sql.ddl,
+            create_schema=create_schema,
+            pool_min_size=pool_min_size,
+            pool_max_size=pool_max_size,
+            timeout=timeout,
+            application_name=application_name,
+        )
 
     def __repr__(self) -> str:
         return (
@@ -212,7 +182,7 @@ class PostgresArchive(ArchiveBackend):
         )
 
     def __del__(self) -> None:
-        if getattr(self, "_pool", None) is not None:
+        if getattr(self, "_keeper", None) is not None and self._pool is not None:
             warnings.warn(
                 f"{self!r} was never closed: await aclose()",
                 ResourceWarning,
@@ -220,104 +190,10 @@ class PostgresArchive(ArchiveBackend):
                 source=self,
             )
 
-    # -- connections and errors --------------------------------------------------------
-
-    def _forget_foreign_pool(self) -> _Pool | None:
-        """Return the pool if it belongs to the running event loop, else drop it.
-
-        An asyncpg pool works only on the loop that made it; a backend used again
-        under a new loop (a test's portal, a restarted runner) starts a new pool.
-        """
-        if self._pool is not None and self._pool_loop is not asyncio.get_running_loop():
-            pool, self._pool = self._pool, None
-            self._schema_ready = not self._create_schema
-            with contextlib.suppress(Exception):  # its loop may be closed already
-                pool.terminate()
-        return self._pool
-
-    async def _open_pool(self) -> _Pool:
-        pool = self._forget_foreign_pool()
-        if pool is not None and self._schema_ready:
-            return pool
-        async with self._opening:
-            pool = self._forget_foreign_pool()
-            if pool is None:
-                pool = await asyncpg.create_pool(
-                    self._dsn,
-                    min_size=self._pool_min_size,
-                    max_size=self._pool_max_size,
-                    timeout=self._timeout,  # of connecting
-                    server_settings={"application_name": self._application_name},
-                    # Saves a round trip per call: this module sets no session
-                    # state, cursors, listeners or session advisory locks, and
-                    # asyncpg still rolls back a transaction left open.
-                    reset=_keep_session_state,
-                )
-                self._pool, self._pool_loop = pool, asyncio.get_running_loop()
-                logger.info("opened a connection pool to %s", self._masked_dsn)
-            if not self._schema_ready:
-                async with (
-                    pool.acquire() as connection,
-                    connection.transaction(),
-                ):
-                    await connection.execute(self._sql.ddl)
-                self._schema_ready = True
-            return pool
-
-    async def _run(
-        self, action: str, work: Callable[[_Connection], Awaitable[_T]]
-    ) -> _T:
-        """Run ``work`` on a pooled connection within the timeout; translate errors.
-
-        A failure while opening the pool or creating the tables is retryable
-        whatever it is: it is never the records' fault.
-        """
-        opened = False
-        try:
-            with anyio.fail_after(self._timeout):
-                pool = await self._open_pool()
-                opened = True
-                async with pool.acquire() as connection:
-                    return await work(connection)
-        except BackendError:
-            raise
-        except Exception as exc:
-            retryable, what = _pgsql.classify(exc)
-            state = getattr(exc, "sqlstate", None)
-            if state in _pgsql.MISSING_SCHEMA_STATES:
-                self._schema_ready = not self._create_schema  # recreate next time
-            if state in _pgsql.RECONNECT_STATES and self._pool is not None:
-                await self._pool.expire_connections()  # no I/O: bumps a counter
-            hidden = self._shows_secret(exc)
-            if self._misread and not isinstance(exc, asyncpg.PostgresError):
-                what = f"{type(exc).__name__} (details withheld: they may quote the"
-                what += " password; percent-encode it in the dsn)"
-            error = BackendError(
-                self._scrub(f"PostgresArchive {action} on {self._masked_dsn}: {what}"),
-                retryable=retryable or not opened,
-                retry_after=1.0 if state in _pgsql.BACKOFF_STATES else None,
-            )
-            logger.debug("%s", error)
-            if not hidden:
-                raise error from exc
-        # Raised outside the handler, so not even ``__context__`` keeps the error
-        # that shows the password.
-        raise error
-
-    def _shows_secret(self, exc: BaseException) -> bool:
-        """Whether ``exc`` or anything chained to it may show a secret."""
-        if self._misread:
-            return True
-        for link in _pgsql.error_chain(exc):
-            texts = (str(link), repr(link), *map(str, link.args))
-            if any(secret in text for secret in self._secrets for text in texts):
-                return True
-        return False
-
-    def _scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+    @property
+    def _pool(self) -> Pool | None:
+        """The open pool, if any (``None`` before first use and after ``aclose``)."""
+        return self._keeper.pool
 
     # -- the backend protocol --------------------------------------------------------
 
@@ -338,7 +214,7 @@ class PostgresArchive(ArchiveBackend):
         sizes = [len(appended.get(s, ())) for s in touched]
         columns = _pgsql.columns(sessions, appended) if sessions else None
 
-        async def work(connection: _Connection) -> None:
+        async def work(connection: Connection) -> None:
             async with connection.transaction():
                 # Lock first, then delete in a statement of its own: its fresh
                 # snapshot sees what other writers committed while we waited.
@@ -367,7 +243,7 @@ class PostgresArchive(ArchiveBackend):
                 )
 
         if touched:
-            await self._run("write_batch", work)
+            await self._keeper.run("write_batch", work)
 
     async def append_messages(
         self, session: UUID, records: Sequence[MessageRecord]
@@ -393,11 +269,11 @@ class PostgresArchive(ArchiveBackend):
                 decodes (not retryable).
         """
 
-        async def work(connection: _Connection) -> list[bytes]:
+        async def work(connection: Connection) -> list[bytes]:
             rows = await connection.fetch(self._sql.read, session)
             return [row[0] for row in rows]
 
-        blobs = await self._run("read_session", work)
+        blobs = await self._keeper.run("read_session", work)
         try:
             return [decode_record(blob) for blob in blobs]
         except DECODE_ERRORS as exc:  # RecursionError too: nested too deep
@@ -410,11 +286,11 @@ class PostgresArchive(ArchiveBackend):
     async def count(self, session: UUID) -> int:
         """How many distinct records of ``session`` are archived (0 if unknown)."""
 
-        async def work(connection: _Connection) -> int:
+        async def work(connection: Connection) -> int:
             value = await connection.fetchval(self._sql.count_session, session)
             return 0 if value is None else int(value)
 
-        return await self._run("count", work)
+        return await self._keeper.run("count", work)
 
     async def list_sessions(
         self, *, limit: int | None = None, after: UUID | None = None
@@ -438,12 +314,12 @@ class PostgresArchive(ArchiveBackend):
         """
         limit, after = checked_page(limit, after)
 
-        async def work(connection: _Connection) -> list[Any]:
+        async def work(connection: Connection) -> list[Any]:
             if after is None:
                 return await connection.fetch(self._sql.list_all, limit)
             return await connection.fetch(self._sql.list_after, limit, after)
 
-        rows = await self._run("list_sessions", work)
+        rows = await self._keeper.run("list_sessions", work)
         return [
             SessionInfo(
                 session=UUID(bytes=row[0].bytes),  # asyncpg's own UUID subclass
@@ -462,12 +338,12 @@ class PostgresArchive(ArchiveBackend):
                 missing; the message names the tables and how to create them.
         """
 
-        async def work(connection: _Connection) -> Any:
+        async def work(connection: Connection) -> Any:
             return await connection.fetchrow(
                 self._sql.probe, self._sql.sessions, self._sql.messages
             )
 
-        present = await self._run("health_check", work)
+        present = await self._keeper.run("health_check", work)
         missing = [
             name
             for name, exists in zip(
@@ -476,7 +352,7 @@ class PostgresArchive(ArchiveBackend):
             if not exists
         ]
         if missing:
-            self._schema_ready = not self._create_schema
+            self._keeper.forget_schema()
             raise BackendError(
                 f"PostgresArchive on {self._masked_dsn}: table {' and '.join(missing)}"
                 " does not exist: pass create_schema=True or create the tables"
@@ -489,14 +365,4 @@ class PostgresArchive(ArchiveBackend):
 
         Waits for a pool being opened by a concurrent call, and closes it too.
         """
-        async with self._opening:  # decide under the lock, close outside it
-            self._forget_foreign_pool()
-            pool, self._pool = self._pool, None
-            self._schema_ready = not self._create_schema
-        if pool is None:
-            return
-        with anyio.move_on_after(self._timeout) as scope:
-            await pool.close()
-        if scope.cancelled_caught:
-            pool.terminate()
-        logger.info("closed the connection pool to %s", self._masked_dsn)
+        await self._keeper.aclose()

@@ -31,27 +31,26 @@ Rules and theory:
   ``wal_checkpoint(TRUNCATE)``, so erased content leaves both the database file
   and its WAL.
 - The file format (schema, statements, the row a record becomes) and the meaning
-  of each ``sqlite3`` error code live in ``_sqlite_sql``; this module is the
-  behaviour around them.
+  of each ``sqlite3`` error code live in ``_sqlite_sql``, what is read back and
+  its checks in ``_sqlite_read``, and opening a file as an archive (identity,
+  pragmas, schema, upgrades) in ``_sqlite_open``; this module is the behaviour
+  around them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
 import os
 import sqlite3
 import warnings
 from typing import TYPE_CHECKING, Any, Final, final
 
-import aiosqlite
 import anyio
 
 from .._errors import BackendError
 from .._large_values import LargeValues
 from .._private_files import UnsafePath, check_file, check_folder, create_file
-from . import _sqlite_sql as _sql
+from . import _sqlite_open as _open, _sqlite_read as _reading, _sqlite_sql as _sql
 from ._base import (
     ArchiveBackend,
     SessionGroup,
@@ -65,6 +64,8 @@ from ._sqlite_sql import APPLICATION_ID, SCHEMA_VERSION
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from uuid import UUID
+
+    import aiosqlite
 
     from .._records import MessageRecord
 
@@ -127,15 +128,8 @@ class SqliteArchive(ArchiveBackend):
         raw = text_path(path, "path")
         if not raw or raw == ":memory:" or "\x00" in raw:
             raise ValueError(f"path must name a file, got {raw!r:.80}")
-        if isinstance(busy_timeout, bool) or not isinstance(busy_timeout, int | float):
-            raise TypeError(
-                f"busy_timeout must be a number of seconds, got {busy_timeout!r}"
-            )
-        if not math.isfinite(busy_timeout) or busy_timeout < 0:
-            raise ValueError(f"busy_timeout must be >= 0 seconds, got {busy_timeout}")
+        self._busy_timeout_ms = _open.busy_timeout_ms(busy_timeout)
         self._path = os.path.abspath(raw)
-        # SQLite takes a 32-bit count of milliseconds.
-        self._busy_timeout_ms = min(round(busy_timeout * 1000), 2**31 - 1)
         self._conn: aiosqlite.Connection | None = None
         self._lock = anyio.Lock()
         self._large = LargeValues()
@@ -190,19 +184,7 @@ class SqliteArchive(ArchiveBackend):
         Raises:
             BackendError: as ``append_messages``; nothing of the batch was applied.
         """
-        steps: list[_sql.Step] = []
-        pending: list[_sql.Row] = []
-        erases = False
-        for group in groups:
-            if group.erase:
-                if pending:
-                    steps.append(("insert", pending))
-                    pending = []
-                steps.append(("erase", str(group.session)))
-                erases = True
-            pending.extend(_sql.rows(group.session, group.records))
-        if pending:
-            steps.append(("insert", pending))
+        steps, erases = _sql.write_steps(groups)
         if steps:
             await self._write(steps, erases=erases)
 
@@ -223,20 +205,13 @@ class SqliteArchive(ArchiveBackend):
             conn = await self._connection()
             try:
                 await conn.execute("BEGIN IMMEDIATE")
-                for kind, arg in steps:
-                    if kind == "insert":
-                        for statement, params in _sql.insert_statements(
-                            arg, self._large
-                        ):
-                            await conn.execute(statement, params)
-                    else:
-                        await conn.execute(_sql.ERASE_MESSAGES, (arg,))
-                        await conn.execute(_sql.ERASE_SESSION, (arg,))
+                for statement, params in _sql.step_statements(steps, self._large):
+                    await conn.execute(statement, params)
                 await conn.execute("COMMIT")
             except BaseException as exc:
                 await self._abort(conn, exc)
                 if isinstance(exc, sqlite3.Error):
-                    raise self._error("write", exc) from exc
+                    raise _sql.backend_error(self._path, "write", exc) from exc
                 raise
             finally:
                 self._large.clear()  # what a failed statement never took
@@ -282,11 +257,11 @@ class SqliteArchive(ArchiveBackend):
                 the message names the file, the row's ``seq`` and what is wrong).
         """
         key = (str(checked_uuid(session)),)
-        found = _sql.records(session, await self._read(_sql.READ, key))
+        found = _reading.records(session, await self._read(_reading.READ, key))
         if found is None:
             # Rare: read again with each row's seq, to say which row and why.
-            rows = await self._read(_sql.READ_CHECKED, key)
-            found = _sql.checked_records(self._path, session, rows)
+            rows = await self._read(_reading.READ_CHECKED, key)
+            found = _reading.checked_records(self._path, session, rows)
         return found
 
     async def count(self, session: UUID) -> int:
@@ -296,8 +271,8 @@ class SqliteArchive(ArchiveBackend):
             BackendError: the archive cannot be read, or the session's count row
                 is damaged (``retryable=False``).
         """
-        rows = await self._read(_sql.COUNT, (str(checked_uuid(session)),))
-        return _sql.message_count(self._path, session, rows[0][0]) if rows else 0
+        rows = await self._read(_reading.COUNT, (str(checked_uuid(session)),))
+        return _reading.message_count(self._path, session, rows[0][0]) if rows else 0
 
     async def list_sessions(
         self, *, limit: int | None = None, after: UUID | None = None
@@ -323,10 +298,10 @@ class SqliteArchive(ArchiveBackend):
         limit, after = checked_page(limit, after)
         bound = -1 if limit is None else limit  # -1: no limit, to SQLite
         if after is None:
-            rows = await self._read(_sql.LIST_ALL, (bound,))
+            rows = await self._read(_reading.LIST_ALL, (bound,))
         else:
-            rows = await self._read(_sql.LIST_AFTER, (str(after), bound))
-        return [_sql.session_info(self._path, row) for row in rows]
+            rows = await self._read(_reading.LIST_AFTER, (str(after), bound))
+        return [_reading.session_info(self._path, row) for row in rows]
 
     async def health_check(self) -> None:
         """Open the archive if needed and run a trivial query against it.
@@ -348,7 +323,7 @@ class SqliteArchive(ArchiveBackend):
                     with anyio.CancelScope(shield=True):
                         await self._drop()
                 if isinstance(exc, sqlite3.Error):
-                    raise self._error("read", exc) from exc
+                    raise _sql.backend_error(self._path, "read", exc) from exc
                 raise
 
     # -- the connection ---------------------------------------------------------------
@@ -374,92 +349,10 @@ class SqliteArchive(ArchiveBackend):
         """
         if self._conn is None:
             _create_file(self._path)
-            # Shielded: a connection half made when its caller gave up would be a
-            # thread and a file handle nobody closes.
-            with anyio.CancelScope(shield=True):
-                try:
-                    conn = await aiosqlite.connect(self._path, isolation_level=None)
-                except sqlite3.Error as exc:
-                    raise self._error("open", exc) from exc
-                try:
-                    await self._prepare(conn)
-                except BaseException:
-                    # A failure to close must not hide why the file was refused.
-                    with contextlib.suppress(sqlite3.Error):
-                        await conn.close()
-                    raise
-            self._conn = conn
-        return self._conn
-
-    async def _prepare(self, conn: aiosqlite.Connection) -> None:
-        """Refuse a file that is not an archive, then configure and create it."""
-        try:
-            await conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
-            app_id, version, tables = await _identity(conn)
-            _sql.check_identity(self._path, app_id, version, tables)
-            (mode,) = next(iter(await conn.execute_fetchall("PRAGMA journal_mode=WAL")))
-            if str(mode).lower() != "wal":
-                raise BackendError(
-                    f"{self._path}: cannot switch the archive to WAL (got {mode})",
-                    retryable=False,
-                )
-            await conn.execute("PRAGMA synchronous = FULL")
-            await conn.execute("PRAGMA secure_delete = ON")
-            await self._large.register(conn)
-            if 0 < version < SCHEMA_VERSION:
-                await conn.execute("BEGIN IMMEDIATE")
-                (version,) = next(
-                    iter(await conn.execute_fetchall("PRAGMA user_version"))
-                )
-                while version < SCHEMA_VERSION:
-                    for statement in _sql.UPGRADES[version]:
-                        await conn.execute(statement)
-                    version += 1
-                await conn.execute("COMMIT")
-            if version == 0:
-                await conn.execute("BEGIN IMMEDIATE")
-                # Another process may have created it since we looked.
-                app_id, version, tables = await _identity(conn)
-                _sql.check_identity(self._path, app_id, version, tables)
-                if version == 0:
-                    for statement in _sql.SCHEMA:
-                        await conn.execute(statement)
-                await conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                # The caller closes the connection, which rolls back anyway.
-                with contextlib.suppress(sqlite3.Error):
-                    await conn.rollback()
-            raise self._error("open", exc) from exc
-
-    def _error(self, doing: str, exc: sqlite3.Error) -> BackendError:
-        if doing == "write":
-            damaged = _sql.damaged_session_row(self._path, exc)
-            if damaged is not None:
-                return damaged
-        retryable, _ = _sql.classify(exc)
-        if doing == "open" and not retryable:
-            return BackendError(
-                f"{self._path} is not a usable SQLite archive (corrupt, or not a"
-                f" database): {exc}",
-                retryable=False,
+            self._conn = await _open.open_archive(
+                self._path, busy_timeout_ms=self._busy_timeout_ms, large=self._large
             )
-        return BackendError(f"{self._path}: {doing} failed: {exc}", retryable=retryable)
-
-
-async def _identity(conn: aiosqlite.Connection) -> tuple[int, int, list[str]]:
-    """``(application_id, user_version, table names)`` of the open file."""
-    (app_id,) = next(iter(await conn.execute_fetchall("PRAGMA application_id")))
-    (version,) = next(iter(await conn.execute_fetchall("PRAGMA user_version")))
-    # As bytes: the names only go into a message, and a damaged name that is not
-    # UTF-8 would raise in the driver.
-    tables = [
-        bytes(row[0] or b"").decode(errors="replace")
-        for row in await conn.execute_fetchall(
-            "SELECT CAST(name AS BLOB) FROM sqlite_schema WHERE type = 'table'"
-        )
-    ]
-    return int(app_id), int(version), tables
+        return self._conn
 
 
 def _create_file(path: str) -> None:

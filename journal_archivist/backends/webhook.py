@@ -98,19 +98,18 @@ Guarantees and rules:
   a message only made printable (``journal_archivist._printable``): control
   characters such as ESC are escaped, never written raw.
 - Not readable: ``read_session`` raises ``BackendError`` (read from the receiver).
+- This module shapes bodies and judges statuses; sending a request and reducing
+  its answer to a status, ``Retry-After`` and a masked detail is ``_webhook_http``'s
+  (one client, redirects never followed, the whole request under ``timeout``).
 """
 
 from __future__ import annotations
 
-import logging
 import ssl
 import warnings
 from typing import TYPE_CHECKING, Final, final
 
-import anyio
-
 from .._errors import BackendError
-from .._printable import printable
 from ._base import ArchiveBackend, SessionGroup
 from ._webhook_secrets import (
     _HttpxLogMask,
@@ -122,21 +121,15 @@ from ._webhook_secrets import (
     _url_secrets,
 )
 from ._webhook_wire import (
-    _EXCERPT_CHARS,
     MAX_RETRY_AFTER,
     _check_headers,
     _check_timeout,
     _describe_answer,
     _describe_post,
-    _describe_redirect,
     _encode_body,
     _idempotency_key,
     _is_retryable,
-    _parse_retry_after,
     _probe_passes,
-    _quote_body,
-    _read_capped,
-    _summarise_body,
 )
 
 try:
@@ -145,6 +138,9 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess
     raise ImportError(
         "WebhookArchive needs httpx: pip install 'journal-archivist[webhook]'"
     ) from exc
+
+# After the guard above: it imports httpx too.
+from ._webhook_http import _HttpClient
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -158,8 +154,6 @@ __all__ = [
     "MAX_RETRY_AFTER",
     "WebhookArchive",
 ]
-
-logger = logging.getLogger("journal_archivist.backends.webhook")
 
 #: Seconds one request may take in all (connect, send, wait, read the answer).
 DEFAULT_TIMEOUT: Final = 10.0
@@ -258,8 +252,6 @@ class WebhookArchive(ArchiveBackend):
             raise TypeError(
                 f"verify must be a bool or an ssl.SSLContext, got {verify!r:.40}"
             )
-        self._max_connections = max_connections
-        self._verify = verify
         self._per_batch = per_batch
         self._secret_path = secret_path
         self._log_response_body = log_response_body
@@ -293,7 +285,16 @@ class WebhookArchive(ArchiveBackend):
             shown[str(self._health_url)] = self._masked_health_url
         # Held for the filter's sake: it forgets an instance once it is collected.
         self._log_mask = _httpx_log_mask.hold(shown, self._redact)
-        self._client: httpx.AsyncClient | None = None
+        self._http = _HttpClient(
+            headers=self._headers,
+            auth=self._auth,
+            timeout=self._timeout,
+            max_connections=max_connections,
+            verify=verify,
+            redact=self._redact,
+            secret_path=secret_path,
+            log_response_body=log_response_body,
+        )
         for what, target, masked, userinfo in (
             ("url", self._url, self._masked_url, self._auth is not None),
             ("health_url", self._health_url, self._masked_health_url, False),
@@ -315,13 +316,14 @@ class WebhookArchive(ArchiveBackend):
         return f"WebhookArchive({self._masked_url!r}{extra}, timeout={self._timeout!r})"
 
     def __del__(self, _warn: Callable[..., object] = warnings.warn) -> None:
-        if getattr(self, "_client", None) is not None:
+        http = getattr(self, "_http", None)
+        if http is not None and not http.is_closed:
             _warn(f"unclosed {self!r}", ResourceWarning, source=self)
 
     @property
     def is_closed(self) -> bool:
         """Whether no HTTP client is open (before first use, or after ``aclose``)."""
-        return self._client is None
+        return self._http.is_closed
 
     # -- the backend protocol ------------------------------------------------------
 
@@ -376,14 +378,16 @@ class WebhookArchive(ArchiveBackend):
         """
         if self._health_url is not None:
             what = f"health check GET {self._masked_health_url}"
-            status, retry_after, detail = await self._send(
+            status, retry_after, detail = await self._http.send(
                 "GET", self._health_url, what
             )
             if 200 <= status < 300:
                 return
         else:
             what = f"health check OPTIONS {self._masked_url}"
-            status, retry_after, detail = await self._send("OPTIONS", self._url, what)
+            status, retry_after, detail = await self._http.send(
+                "OPTIONS", self._url, what
+            )
             if _probe_passes(status):
                 return
         raise BackendError(
@@ -394,27 +398,9 @@ class WebhookArchive(ArchiveBackend):
 
     async def aclose(self) -> None:
         """Close the HTTP client (idempotent); a later call opens a new one."""
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
+        await self._http.aclose()
 
     # -- HTTP -------------------------------------------------------------------------
-
-    def _open(self) -> httpx.AsyncClient:
-        client = self._client
-        if client is None:
-            client = self._client = httpx.AsyncClient(
-                headers={"User-Agent": "journal-archivist", **self._headers},
-                auth=self._auth,
-                timeout=httpx.Timeout(self._timeout),
-                limits=httpx.Limits(
-                    max_connections=self._max_connections,
-                    max_keepalive_connections=self._max_connections,
-                ),
-                follow_redirects=False,
-                verify=self._verify,
-            )
-        return client
 
     async def _post(self, groups: Sequence[SessionGroup]) -> None:
         """POST ``groups`` (exactly one unless ``per_batch``) as one body.
@@ -426,7 +412,7 @@ class WebhookArchive(ArchiveBackend):
         body = _encode_body(groups, batch=self._per_batch)
         key = _idempotency_key(groups, batch=self._per_batch)
         what = _describe_post(self._masked_url, groups)
-        status, retry_after, detail = await self._send(
+        status, retry_after, detail = await self._http.send(
             "POST",
             self._url,
             what,
@@ -440,65 +426,6 @@ class WebhookArchive(ArchiveBackend):
             f"{what}: {_describe_answer(status, _reason(status), detail)}",
             retryable=retryable,
             retry_after=retry_after if retryable else None,
-        )
-
-    async def _send(
-        self,
-        method: str,
-        url: httpx.URL,
-        what: str,
-        *,
-        content: bytes | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> tuple[int, float | None, str]:
-        """Send one request; return its status, ``Retry-After`` and what an error
-        would say of the answer (see ``_detail``).
-
-        Raises:
-            BackendError: (retryable) no answer: a timeout or transport error.
-        """
-        client = self._open()
-        try:
-            # httpx's timeouts bound each phase; this bounds the whole request.
-            with anyio.fail_after(self._timeout):
-                async with client.stream(
-                    method, url, content=content, headers=headers
-                ) as response:
-                    body, complete = await _read_capped(response.aiter_raw())
-        except (TimeoutError, httpx.TimeoutException) as exc:
-            raise BackendError(
-                f"{what}: no answer within {self._timeout:g} s", retryable=True
-            ) from exc
-        except httpx.HTTPError as exc:
-            # Transport errors may quote what the receiver sent (h11 does).
-            problem = printable(self._redact.excerpt(str(exc), _EXCERPT_CHARS))
-            raise BackendError(
-                f"{what}: {type(exc).__name__}: {problem}", retryable=True
-            ) from exc
-        status = response.status_code
-        logger.debug("%s: %d", what, status)
-        retry_after = None
-        if _is_retryable(status):
-            retry_after = _parse_retry_after(response.headers.get("Retry-After"))
-        return status, retry_after, self._detail(response, body, complete)
-
-    def _detail(self, response: httpx.Response, body: bytes, complete: bool) -> str:
-        """What an error says of an answer besides its status: where a redirect
-        points; else the body's size and media type, or, with
-        ``log_response_body``, its start. Masked and printable."""
-        headers = response.headers
-        if 300 <= response.status_code < 400:
-            return _describe_redirect(
-                headers.get("Location"), self._redact, secret_path=self._secret_path
-            )
-        if self._log_response_body:
-            return _quote_body(body, complete, self._redact)
-        return _summarise_body(
-            body,
-            complete,
-            headers.get("Content-Type"),
-            headers.get("Content-Length"),
-            self._redact,
         )
 
 
