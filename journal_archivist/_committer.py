@@ -82,19 +82,12 @@ class _Rounds:
     def __init__(self) -> None:
         self._done: asyncio.Future[None] | None = None
 
-    async def wait(self) -> None:
-        """Wait for the end of the next round."""
+    def next(self) -> asyncio.Future[None]:
+        """The end of the next round, to await (see ``Committer.decided``)."""
         done = self._done
         if done is None or done.done():
             done = self._done = asyncio.get_running_loop().create_future()
-        try:
-            await done
-        except asyncio.CancelledError:
-            # A shared future is cancelled when any of its waiters is: only a
-            # waiter that was cancelled itself gives up.
-            task = _current_task()
-            if task is None or task.cancelling():
-                raise
+        return done
 
     def wake(self) -> None:
         """A round ended: wake every waiter."""
@@ -156,9 +149,17 @@ class Committer:
         """Wait until a round decides ``append``; raise the error that refused it
         (``QueueFull``, ``JournalFull``, ``JournalWriteFailed``,
         ``ArchivistClosed``, ``ArchivistFailed``). Cancelled, withdraw it."""
+        rounds = self._rounds
         try:
             while append.outcome is None:
-                await self._rounds.wait()
+                try:
+                    await rounds.next()
+                except asyncio.CancelledError:
+                    # A shared future is cancelled when any of its waiters is:
+                    # only a waiter that was cancelled itself gives up.
+                    task = _current_task()
+                    if task is None or task.cancelling():
+                        raise
         except BaseException:
             self.withdraw(append)
             raise

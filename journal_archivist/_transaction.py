@@ -30,7 +30,7 @@ from ._large_values import LargeValues
 from ._rows import typed
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Callable, Iterable, Sequence
     from types import TracebackType
 
     import aiosqlite
@@ -87,14 +87,54 @@ def _insert_entries(count: int) -> str:
     )
 
 
+def _insert_chunks(db: sqlite3.Connection, rows: Sequence[EntryRowLike]) -> None:
+    for at in range(0, len(rows), INSERT_CHUNK):
+        chunk = rows[at : at + INSERT_CHUNK]
+        db.execute(_insert_entries(len(chunk)), [v for row in chunk for v in row])
+
+
+def _insert_and_commit(db: sqlite3.Connection, rows: Sequence[EntryRowLike]) -> None:
+    _insert_chunks(db, rows)
+    db.commit()
+
+
+async def _on_thread(
+    conn: aiosqlite.Connection,
+    fn: Callable[[sqlite3.Connection, Sequence[EntryRowLike]], None],
+    rows: Sequence[EntryRowLike],
+) -> None:
+    """Run ``fn(db, rows)`` on the connection's own thread: one hop for all of
+    its statements.
+
+    aiosqlite runs each call in one hop and has no public call for several
+    statements; ``_execute`` is the method its public ones are built on (a test
+    checks it is still there). Each hop costs the loop a thread switch and the
+    thread a wait for the GIL, so a round of INSERT and COMMIT is one hop, not
+    two.
+    """
+    await conn._execute(lambda: fn(conn._conn, rows))  # type: ignore[no-untyped-call]
+
+
 class Transaction:
-    """One write transaction of the committer. Use as ``async with``."""
+    """One write transaction of the committer. Use as ``async with``.
+
+    Inserted entries (but large ones) are held back and sent with the next
+    statement, or with the COMMIT, in one thread hop: a round that only journals
+    entries costs one hop.
+    """
 
     def __init__(self, journal: Journal, conn: aiosqlite.Connection) -> None:
         self._journal = journal
         self._conn = conn
         self._backend_rows: Sequence[BackendRow] = ()
         self._lost = 0
+        self._deferred: list[EntryRowLike] = []
+
+    async def _flush(self) -> None:
+        """Send the held-back inserts now: a statement that follows must see them."""
+        if self._deferred:
+            rows, self._deferred = self._deferred, []
+            await _on_thread(self._conn, _insert_chunks, rows)
 
     async def __aenter__(self) -> Transaction:
         return self
@@ -108,7 +148,11 @@ class Transaction:
         conn = self._conn
         if exc is None:
             try:
-                await conn.commit()
+                rows, self._deferred = self._deferred, []
+                if rows:
+                    await _on_thread(conn, _insert_and_commit, rows)
+                else:
+                    await conn.commit()
             except sqlite3.Error as commit_exc:
                 exc = commit_exc
             else:
@@ -127,19 +171,17 @@ class Transaction:
         """Insert entries (``EntryRow`` each).
 
         Up to ``INSERT_CHUNK`` rows go in one multi-row INSERT: one
-        ``sqlite3_step``, so aiosqlite's thread gives up and retakes the GIL once
-        per chunk rather than once per row, which under load means waiting for
-        the event loop's thread each time.
+        ``sqlite3_step``, so the thread gives up and retakes the GIL once per
+        chunk rather than once per row, which under load means waiting for the
+        event loop's thread each time. They are sent with the next statement or
+        the COMMIT (see the class).
         """
         rows = list(rows)
         # By position (4: size): a caller may still pass plain tuples.
         small = [row for row in rows if row[4] < LargeValues.THRESHOLD]
-        for at in range(0, len(small), INSERT_CHUNK):
-            chunk = small[at : at + INSERT_CHUNK]
-            await self._conn.execute(
-                _insert_entries(len(chunk)), [v for row in chunk for v in row]
-            )
+        self._deferred += small
         if len(small) < len(rows):
+            await self._flush()
             # One by one: the payload in a row of its own (see ``_schema``),
             # through LargeValues, so no copy of it stays behind.
             large = self._journal.large
@@ -163,6 +205,7 @@ class Transaction:
         Erasures are never dropped. Returns each dropped entry (a ``Dropped``),
         oldest first.
         """
+        await self._flush()
         dropped: list[DroppedLike] = []
         freed = 0
         position = after
@@ -202,6 +245,7 @@ class Transaction:
         self, backend: str, rows: Sequence[DeadLetteredLike], failed_at: float
     ) -> None:
         """Copy entries (``DeadLettered`` each) to ``backend``'s dead letters."""
+        await self._flush()
         await self._conn.executemany(
             "INSERT INTO dead_letters (backend, seq, session, op, payload, crc,"
             " origin, enqueued_at, error, attempts, failed_at)"
@@ -217,6 +261,7 @@ class Transaction:
         self, backend: str, rows: Sequence[DamagedLike], at: float
     ) -> None:
         """Copy damaged entries (``Damaged`` each) to ``quarantine`` for ``backend``."""
+        await self._flush()
         await self._conn.executemany(
             "INSERT INTO quarantine (backend, seq, session, op, payload, size, crc,"
             " origin, reason, quarantined_at)"
@@ -232,6 +277,7 @@ class Transaction:
         Run when the erasure is settled for ``backend``: by then every earlier
         entry of the session is settled there too, so none can be parked later.
         """
+        await self._flush()
         for table in ("dead_letters", "quarantine"):
             await self._conn.executemany(
                 f"DELETE FROM {table} WHERE backend = ? AND session = ? AND seq < ?",
@@ -243,6 +289,7 @@ class Transaction:
     ) -> None:
         """Delete dead letters and quarantined copies of ``sessions`` kept for
         backends that are no longer registered (none will settle an erasure)."""
+        await self._flush()
         names = ", ".join("?" * len(registered))
         for table in ("dead_letters", "quarantine"):
             await self._conn.executemany(
@@ -259,6 +306,7 @@ class Transaction:
         what is left owed to no one is deleted after, since several backends may
         settle the same entries in one transaction.
         """
+        await self._flush()
         if not shared:
             # "owes no one else", not "targets = mask": a row whose targets were
             # damaged is deleted all the same once settled.
@@ -289,12 +337,14 @@ class Transaction:
 
     async def count_lost(self, count: int) -> None:
         """Add ``count`` owed entries found missing to ``lost_entries``."""
+        await self._flush()
         await self._conn.execute(ADD_TO_META, ("lost_entries", count))
         self._lost += count
 
     async def update_backends(self, rows: Sequence[BackendRow]) -> None:
         """Store ``rows`` (whole, with their checksums); once committed they are
         the journal's ``backends``."""
+        await self._flush()
         await update_backend_rows(self._conn, rows)
         self._backend_rows = rows
 

@@ -151,6 +151,32 @@ async def test_a_caller_cancelled_while_queued_withdraws_and_the_others_commit(
     assert sorted(contents) == ["a", "b", "first"]
 
 
+async def test_a_round_that_only_journals_entries_is_one_thread_hop(
+    journal_path: Path, session: UUID, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # INSERT and COMMIT go to the connection's thread together (the loop pays a
+    # thread switch per hop); the hop is made through aiosqlite's _execute.
+    mock = MockBackend()
+    mock.hold()  # nothing settles: no bookkeeping round runs meanwhile
+    async with Archivist.open(journal_path, [registration(mock)]) as archivist:
+        durable = archivist._journal._durable  # white box
+        hops: list[object] = []
+        original = durable._execute
+
+        async def counted(fn: Any, *args: Any, **kwargs: Any) -> Any:
+            hops.append(fn)
+            return await original(fn, *args, **kwargs)
+
+        monkeypatch.setattr(durable, "_execute", counted)
+        await archivist.append_messages(session, [record(session, "one hop")])
+        assert len(hops) == 1
+        monkeypatch.undo()
+        mock.release()
+        with anyio.fail_after(5):
+            await archivist.wait_drained()
+    assert [r.content_md for r in mock.records(session)] == ["one hop"]
+
+
 async def test_a_cancelled_open_releases_the_journal(
     journal_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
