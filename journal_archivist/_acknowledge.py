@@ -2,8 +2,10 @@
 
 Rules and theory:
 - ``append_messages`` and ``delete_session`` hand their entry to the committer
-  and return once it is committed (contract 1). A caller cancelled before its
-  entry is taken withdraws it: nothing of it is journaled.
+  and return once it is committed (contract 1). Every waiting caller awaits the
+  same future, the end of the next round (one per round, not one per call), and
+  then reads its own outcome. A caller cancelled before its entry is taken
+  withdraws it: nothing of it is journaled; the others wait on.
 - Then, for each ``Sync`` backend the entry targets, the call waits for the
   writer to settle it, within that policy's ``timeout`` counted from the commit
   (one clock for all of them). A ``REQUIRED`` backend that did not deliver raises
@@ -15,12 +17,14 @@ Rules and theory:
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING
 
 import anyio
 
 from ._errors import DeliveryFailed
+from ._intake import ACKED
 from ._policies import FailureMode, Sync
 
 if TYPE_CHECKING:
@@ -39,7 +43,21 @@ async def acknowledge(runtime: Runtime, append: PendingAppend) -> None:
     """
     committer = runtime.committer
     committer.enqueue(append)
-    await committer.decided(append)
+    try:
+        while append.outcome is None:
+            try:
+                await committer.next_round()
+            except asyncio.CancelledError:
+                # The round's future is shared, so it is cancelled when any of
+                # its waiters is: only a waiter cancelled itself gives up.
+                task = asyncio.current_task()
+                if task is None or task.cancelling():
+                    raise
+    except BaseException:
+        committer.withdraw(append)
+        raise
+    if append.outcome is not ACKED:
+        raise append.outcome
     if append.waiters:
         await _wait_synced(runtime, append)
 

@@ -239,6 +239,11 @@ class Book:
         )
         self._drop_floor = max(self._drop_floor, dropped[-1][0])
 
+    def hold_claims(self, held: bool) -> None:
+        """Close (``held``) or open the claim gate: while a transaction that may
+        drop entries (DROP_OLDEST) runs, nothing is claimed."""
+        self.gate_closed = held
+
     def persisted(self, upto: int) -> None:
         """The journal now has this backend settled through ``upto``."""
         self.cursor = max(self.cursor, upto)

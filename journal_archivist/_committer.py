@@ -12,7 +12,8 @@ Rules and theory:
   not durable. Appenders wait on one future per round (``decided``), not one each.
 - Bookkeeping is written lazily: what to write and when is the ``Ledger``'s
   decision (``_ledger``, pure); each backend's state is its ``Book``
-  (``_backlog``), which the committer changes only through its writer's methods.
+  (``_backlog``), which the committer changes only through its writer's and
+  its book's methods.
 - Transactions with appends are durable (fsync under ``Durability.FULL``);
   persisting rounds without appends are not.
 - After the commit, the new entries go to the writers in memory (the fast path),
@@ -34,7 +35,6 @@ from ._bookkeeping import hand_over, write_bookkeeping
 from ._errors import ArchivistClosed, ArchivistError, JournalWriteFailed
 from ._failure import Failure
 from ._intake import (
-    ACKED,
     MAX_GROUP,
     Intake,
     PendingAppend,
@@ -66,7 +66,6 @@ if TYPE_CHECKING:
 __all__ = ["MAX_GROUP", "Committer", "PendingAppend"]
 
 _APPEND: Final = int(Op.APPEND)
-_current_task: Final = asyncio.current_task
 
 
 def _closed_before_journaled() -> ArchivistClosed:
@@ -83,7 +82,7 @@ class _Rounds:
         self._done: asyncio.Future[None] | None = None
 
     def next(self) -> asyncio.Future[None]:
-        """The end of the next round, to await (see ``Committer.decided``)."""
+        """The end of the next round, to await."""
         done = self._done
         if done is None or done.done():
             done = self._done = asyncio.get_running_loop().create_future()
@@ -133,7 +132,8 @@ class Committer:
     # -- called by appenders -------------------------------------------------
 
     def enqueue(self, append: PendingAppend) -> None:
-        """Queue ``append`` for the next round; ``decided`` gives the outcome.
+        """Queue ``append`` for the next round; once a round decides it, its
+        ``outcome`` is ``ACKED`` or the error that refused it.
 
         Raises ``ArchivistFailed`` or ``ArchivistClosed`` at once if the committer
         takes no more appends.
@@ -145,26 +145,10 @@ class Committer:
         self._intake.push(append)
         self._kick.set()
 
-    async def decided(self, append: PendingAppend) -> None:
-        """Wait until a round decides ``append``; raise the error that refused it
-        (``QueueFull``, ``JournalFull``, ``JournalWriteFailed``,
-        ``ArchivistClosed``, ``ArchivistFailed``). Cancelled, withdraw it."""
-        rounds = self._rounds
-        try:
-            while append.outcome is None:
-                try:
-                    await rounds.next()
-                except asyncio.CancelledError:
-                    # A shared future is cancelled when any of its waiters is:
-                    # only a waiter that was cancelled itself gives up.
-                    task = _current_task()
-                    if task is None or task.cancelling():
-                        raise
-        except BaseException:
-            self.withdraw(append)
-            raise
-        if append.outcome is not ACKED:
-            raise append.outcome
+    def next_round(self) -> asyncio.Future[None]:
+        """The end of the next round: every queued appender awaits this one
+        future, then reads its append's ``outcome`` (``_acknowledge``)."""
+        return self._rounds.next()
 
     def withdraw(self, append: PendingAppend) -> None:
         """Take back an append whose caller gave up, if no round has taken it yet

@@ -111,13 +111,13 @@ class Writer:
 
     def close_gate(self) -> None:
         """Stop claiming entries until ``open_gate`` (a DROP_OLDEST is deciding)."""
-        self.book.gate_closed = True
+        self.book.hold_claims(True)
         if self._gate is None:
             self._gate = anyio.Event()
 
     def open_gate(self) -> None:
         """Let the writer claim entries again."""
-        self.book.gate_closed = False
+        self.book.hold_claims(False)
         gate, self._gate = self._gate, None
         if gate is not None:
             gate.set()
