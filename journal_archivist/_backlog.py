@@ -37,11 +37,13 @@ from typing import TYPE_CHECKING, Final
 
 from ._admission import Backlog
 from ._batching import Entry, cut
+from ._journal_types import Damaged, DeadLettered, Erasure
 from ._records import Op
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from ._journal_types import Dropped
     from ._policies import WritePolicy
     from ._rows import BackendRow
 
@@ -86,11 +88,11 @@ class Settlement:
     delivered: int
     #: Entries the backlog count said were owed that are not in the journal.
     missing: int = 0
-    dead: list[tuple[int, str, int]] = field(default_factory=list)
-    damaged: list[tuple[int, str]] = field(default_factory=list)
+    dead: list[DeadLettered] = field(default_factory=list)
+    damaged: list[Damaged] = field(default_factory=list)
     #: ``(session, seq)`` of each erasure settled (its session's parked copies
     #: from before it are purged with this settlement).
-    erased: list[tuple[bytes, int]] = field(default_factory=list)
+    erased: list[Erasure] = field(default_factory=list)
 
     def tally(self) -> Tally:
         """The change this settlement makes to the counters."""
@@ -226,7 +228,7 @@ class Book:
         """``count`` new entries were dropped before they were ever queued here."""
         self.tally.dropped += count
 
-    def dropped_oldest(self, dropped: Sequence[tuple[int, int]]) -> None:
+    def dropped_oldest(self, dropped: Sequence[Dropped]) -> None:
         """Untaken entries ``(seq, size)`` were dropped (DROP_OLDEST), oldest first."""
         if not dropped:
             return
@@ -322,7 +324,7 @@ class Book:
         ``(count, bytes)`` settle owed entries found missing. Returns the
         settlement and, if the counters drifted below zero and were reset to
         zero, the ``(entries, bytes)`` they drifted to."""
-        damaged = [(e.seq, e.damage) for e in batch if e.damage is not None]
+        damaged = [Damaged(e.seq, e.damage) for e in batch if e.damage is not None]
         count, nbytes = drift or (len(batch), sum([e.size for e in batch]))
         settlement = Settlement(
             upto=batch[-1].seq if batch else self.last_taken,
@@ -330,11 +332,13 @@ class Book:
             nbytes=nbytes,
             delivered=len(batch) - len(dead) - len(damaged),
             missing=drift[0] if drift else 0,
-            dead=[(entry.seq, error, attempts) for entry, error, attempts in dead],
+            dead=[DeadLettered(entry.seq, error, n) for entry, error, n in dead],
             damaged=damaged,
             # A damaged (quarantined) erasure was not applied: it purges nothing.
             erased=[
-                (e.session, e.seq) for e in batch if e.op == _ERASE and e.damage is None
+                Erasure(e.session, e.seq)
+                for e in batch
+                if e.op == _ERASE and e.damage is None
             ],
         )
         tally = self.tally

@@ -24,6 +24,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from ._journal_types import SettledRange
 from ._ledger import handover, stored_row
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
     from ._admission import Plan
     from ._intake import Numbered, PendingAppend
+    from ._journal_types import Dropped
     from ._ledger import Delta, Ledger
     from ._rows import BackendRow
     from ._transaction import Transaction
@@ -50,7 +52,7 @@ async def write_bookkeeping(
     tail: int,
     *,
     shared: bool,
-) -> tuple[dict[str, list[tuple[int, int]]], int]:
+) -> tuple[dict[str, list[Dropped]], int]:
     """Write settlements, drops and counters in ``tx`` (``stored``: the rows in
     the journal; ``tail``: the newest seq; ``shared``: an entry may owe several
     backends). Returns the DROP_OLDEST drops by backend name, and how many seqs
@@ -68,7 +70,7 @@ async def write_bookkeeping(
             await tx.purge_erased(name, delta.erased)
         missing += delta.missing
     ranges = [
-        (by_bit[bit].mask, by_bit[bit].book.cursor, delta.upto)
+        SettledRange(by_bit[bit].mask, by_bit[bit].book.cursor, delta.upto)
         for bit, delta in deltas.items()
         if delta.upto > by_bit[bit].book.cursor
     ]
@@ -76,7 +78,7 @@ async def write_bookkeeping(
     if ranges:
         await tx.settle(ranges, shared=shared)
         settled = sum(upto - after for _, after, upto in ranges)
-    dropped: dict[str, list[tuple[int, int]]] = {}
+    dropped: dict[str, list[Dropped]] = {}
     for writer in trimming:
         book = writer.book
         backlog = book.backlog()
@@ -111,7 +113,7 @@ def hand_over(
     ledger: Ledger,
     numbered: Numbered,
     added: dict[int, tuple[int, int]],
-    dropped: dict[str, list[tuple[int, int]]],
+    dropped: dict[str, list[Dropped]],
     plan: Plan,
     persisted: dict[int, Delta] | None,
     *,

@@ -9,7 +9,8 @@ Rules and theory:
   the same backlogs.
 - An append is acknowledged only after its transaction committed. If the commit
   fails, every append of the group gets an error: nothing is acknowledged that is
-  not durable. Appenders wait on one future per round (``decided``), not one each.
+  not durable. Appenders wait on one future per round (``next_round``), not one
+  each.
 - Bookkeeping is written lazily: what to write and when is the ``Ledger``'s
   decision (``_ledger``, pure); each backend's state is its ``Book``
   (``_backlog``), which the committer changes only through its writer's and
@@ -60,6 +61,7 @@ if TYPE_CHECKING:
     from ._admission import Plan
     from ._backlog import Settlement
     from ._journal import Journal
+    from ._journal_types import Dropped
     from ._space import SpaceGuard
     from ._writer import Writer
 
@@ -331,7 +333,7 @@ class Committer:
                         await tx.insert(inserts)
                     if numbered.erased:
                         await tx.purge_unregistered(numbered.erased, self._names)
-                    dropped: dict[str, list[tuple[int, int]]] = {}
+                    dropped: dict[str, list[Dropped]] = {}
                     if persist:
                         dropped, settled = await write_bookkeeping(
                             tx,

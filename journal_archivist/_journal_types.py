@@ -7,31 +7,21 @@ Rules and theory:
   reorder one.
 - What the journal stores and reads back is typed as stored: ``op`` is a plain
   ``int`` (an ``Op`` value), never the enum.
-- The journal returns the named types. It also accepts, for now, a plain tuple
-  of the same fields in the same order wherever it takes one: the ``...Like``
-  aliases. So on the way in, fields are read by position (unpacking), never by
-  name, unless the journal named the row itself. Once every caller builds the
-  named types, the aliases go and the journal takes only those.
+- The journal takes and returns only these types (mypy checks the callers).
 Nothing here does I/O.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple, TypeAlias
+from typing import NamedTuple
 
 __all__ = [
     "Damaged",
-    "DamagedLike",
     "DeadLettered",
-    "DeadLetteredLike",
     "Dropped",
-    "DroppedLike",
     "EntryRow",
-    "EntryRowLike",
     "Erasure",
-    "ErasureLike",
     "SettledRange",
-    "SettledRangeLike",
     "StoredEntry",
 ]
 
@@ -107,18 +97,3 @@ class Dropped(NamedTuple):
 
     seq: int
     size: int
-
-
-#: What the journal accepts where it takes the named type (see the module
-#: docstring): the named type or a plain tuple of its fields.
-EntryRowLike: TypeAlias = (
-    EntryRow | tuple[int, bytes, int, bytes, int, int, float, int, int]
-)
-SettledRangeLike: TypeAlias = SettledRange | tuple[int, int, int]
-DeadLetteredLike: TypeAlias = DeadLettered | tuple[int, str, int]
-DamagedLike: TypeAlias = Damaged | tuple[int, str]
-ErasureLike: TypeAlias = Erasure | tuple[bytes, int]
-#: What ``Transaction.drop_oldest`` is annotated to return: always ``Dropped``
-#: values, but a ``list`` is invariant, so a caller that keeps them in a
-#: ``list[tuple[int, int]]`` must be able to.
-DroppedLike: TypeAlias = Dropped | tuple[int, int]

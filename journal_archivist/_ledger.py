@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
     from ._backlog import Settlement
     from ._batching import Entry
+    from ._journal_types import Damaged, DeadLettered, Dropped, Erasure
     from ._rows import BackendRow
 
 __all__ = [
@@ -53,9 +54,9 @@ class Delta:
     tally: Tally = field(default_factory=Tally)
     upto: int = 0  # settled through this seq
     missing: int = 0  # owed entries found missing from the journal
-    dead: list[tuple[int, str, int]] = field(default_factory=list)
-    damaged: list[tuple[int, str]] = field(default_factory=list)
-    erased: list[tuple[bytes, int]] = field(default_factory=list)
+    dead: list[DeadLettered] = field(default_factory=list)
+    damaged: list[Damaged] = field(default_factory=list)
+    erased: list[Erasure] = field(default_factory=list)
 
     def settle(self, settlement: Settlement) -> None:
         """Add a settled batch."""
@@ -148,7 +149,7 @@ def stored_row(
     stored: BackendRow,
     delta: Delta | None,
     added: tuple[int, int],
-    drops: Sequence[tuple[int, int]],
+    drops: Sequence[Dropped],
     dropped_newest: int,
     tail: int,
 ) -> BackendRow:
@@ -222,7 +223,7 @@ class Handover:
     entries: Sequence[Entry]
     nbytes: int
     #: Older untaken entries ``(seq, size)`` DROP_OLDEST dropped.
-    dropped_oldest: Sequence[tuple[int, int]]
+    dropped_oldest: Sequence[Dropped]
     #: The round's own entries dropped before they were queued (either policy).
     dropped_new: int
     #: Seqs of the round's own entries DROP_OLDEST dropped.
@@ -235,7 +236,7 @@ def handover(
     *,
     uniform: bool,
     added: tuple[int, int],
-    drops: Sequence[tuple[int, int]],
+    drops: Sequence[Dropped],
     dropped_newest: int,
     tail: int,
 ) -> Handover:

@@ -25,7 +25,7 @@ import sqlite3
 from typing import TYPE_CHECKING, Final
 
 from ._journal_file import write_failed
-from ._journal_types import Dropped, DroppedLike, EntryRow
+from ._journal_types import Dropped, EntryRow
 from ._large_values import LargeValues
 from ._rows import typed
 
@@ -36,13 +36,7 @@ if TYPE_CHECKING:
     import aiosqlite
 
     from ._journal import Journal
-    from ._journal_types import (
-        DamagedLike,
-        DeadLetteredLike,
-        EntryRowLike,
-        ErasureLike,
-        SettledRangeLike,
-    )
+    from ._journal_types import Damaged, DeadLettered, Erasure, SettledRange
     from ._rows import BackendRow
 
 __all__ = [
@@ -87,21 +81,21 @@ def _insert_entries(count: int) -> str:
     )
 
 
-def _insert_chunks(db: sqlite3.Connection, rows: Sequence[EntryRowLike]) -> None:
+def _insert_chunks(db: sqlite3.Connection, rows: Sequence[EntryRow]) -> None:
     for at in range(0, len(rows), INSERT_CHUNK):
         chunk = rows[at : at + INSERT_CHUNK]
         db.execute(_insert_entries(len(chunk)), [v for row in chunk for v in row])
 
 
-def _insert_and_commit(db: sqlite3.Connection, rows: Sequence[EntryRowLike]) -> None:
+def _insert_and_commit(db: sqlite3.Connection, rows: Sequence[EntryRow]) -> None:
     _insert_chunks(db, rows)
     db.commit()
 
 
 async def _on_thread(
     conn: aiosqlite.Connection,
-    fn: Callable[[sqlite3.Connection, Sequence[EntryRowLike]], None],
-    rows: Sequence[EntryRowLike],
+    fn: Callable[[sqlite3.Connection, Sequence[EntryRow]], None],
+    rows: Sequence[EntryRow],
 ) -> None:
     """Run ``fn(db, rows)`` on the connection's own thread: one hop for all of
     its statements.
@@ -128,7 +122,7 @@ class Transaction:
         self._conn = conn
         self._backend_rows: Sequence[BackendRow] = ()
         self._lost = 0
-        self._deferred: list[EntryRowLike] = []
+        self._deferred: list[EntryRow] = []
 
     async def _flush(self) -> None:
         """Send the held-back inserts now: a statement that follows must see them."""
@@ -167,7 +161,7 @@ class Transaction:
         if isinstance(exc, sqlite3.Error):
             raise write_failed(self._journal.path, str(exc), exc) from exc
 
-    async def insert(self, rows: Iterable[EntryRowLike]) -> None:
+    async def insert(self, rows: Iterable[EntryRow]) -> None:
         """Insert entries (``EntryRow`` each).
 
         Up to ``INSERT_CHUNK`` rows go in one multi-row INSERT: one
@@ -177,15 +171,14 @@ class Transaction:
         the COMMIT (see the class).
         """
         rows = list(rows)
-        # By position (4: size): a caller may still pass plain tuples.
-        small = [row for row in rows if row[4] < LargeValues.THRESHOLD]
+        small = [row for row in rows if row.size < LargeValues.THRESHOLD]
         self._deferred += small
         if len(small) < len(rows):
             await self._flush()
             # One by one: the payload in a row of its own (see ``_schema``),
             # through LargeValues, so no copy of it stays behind.
             large = self._journal.large
-            for row in map(EntryRow._make, rows):
+            for row in rows:
                 if len(row.payload) >= LargeValues.THRESHOLD:
                     await self._conn.execute(
                         _insert_entries(1), row._replace(payload=b"")
@@ -198,7 +191,7 @@ class Transaction:
 
     async def drop_oldest(
         self, mask: int, after: int, count: int, nbytes: int, *, before: int
-    ) -> list[DroppedLike]:
+    ) -> list[Dropped]:
         """Untarget the oldest appends owed to ``mask`` with ``after < seq < before``.
 
         Drops at least ``count`` entries and ``nbytes`` bytes, or all there are.
@@ -206,7 +199,7 @@ class Transaction:
         oldest first.
         """
         await self._flush()
-        dropped: list[DroppedLike] = []
+        dropped: list[Dropped] = []
         freed = 0
         position = after
         while len(dropped) < count or freed < nbytes:
@@ -242,7 +235,7 @@ class Transaction:
         return dropped
 
     async def dead_letter(
-        self, backend: str, rows: Sequence[DeadLetteredLike], failed_at: float
+        self, backend: str, rows: Sequence[DeadLettered], failed_at: float
     ) -> None:
         """Copy entries (``DeadLettered`` each) to ``backend``'s dead letters."""
         await self._flush()
@@ -258,7 +251,7 @@ class Transaction:
         )
 
     async def quarantine(
-        self, backend: str, rows: Sequence[DamagedLike], at: float
+        self, backend: str, rows: Sequence[Damaged], at: float
     ) -> None:
         """Copy damaged entries (``Damaged`` each) to ``quarantine`` for ``backend``."""
         await self._flush()
@@ -270,7 +263,7 @@ class Transaction:
             [(backend, reason, at, seq) for seq, reason in rows],
         )
 
-    async def purge_erased(self, backend: str, erasures: Sequence[ErasureLike]) -> None:
+    async def purge_erased(self, backend: str, erasures: Sequence[Erasure]) -> None:
         """Delete ``backend``'s dead letters and quarantined copies of each erased
         session (an ``Erasure``) that precede its erasure (its ``seq``).
 
@@ -297,7 +290,7 @@ class Transaction:
                 [(session, *registered) for session in sessions],
             )
 
-    async def settle(self, ranges: Sequence[SettledRangeLike], *, shared: bool) -> None:
+    async def settle(self, ranges: Sequence[SettledRange], *, shared: bool) -> None:
         """Mark entries done: for each ``SettledRange`` clear its ``mask`` from the
         entries with ``after < seq <= upto`` and delete those owed to no one.
 
@@ -329,7 +322,7 @@ class Transaction:
         )
         await self._delete_orphan_payloads(ranges)
 
-    async def _delete_orphan_payloads(self, ranges: Sequence[SettledRangeLike]) -> None:
+    async def _delete_orphan_payloads(self, ranges: Sequence[SettledRange]) -> None:
         # Cheap: payloads holds only the few large entries, found by their key.
         await self._conn.executemany(
             DELETE_ORPHAN_PAYLOADS, [(after, upto) for _, after, upto in ranges]
