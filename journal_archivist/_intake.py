@@ -222,6 +222,7 @@ class Intake:
         if plan.blocked is None:
             for _ in range(count):
                 queue.popleft().queued = False
+            decision.more = bool(queue)  # past MAX_GROUP
             decision.admitted = [(group[i], targets) for i, targets in plan.admitted]
         else:
             later = list(itertools.islice(queue, count, None)) if beyond else []
