@@ -68,6 +68,18 @@ class Tally:
     dead_lettered: int = 0
     quarantined: int = 0
 
+    @classmethod
+    def of(cls, row: BackendRow) -> Tally:
+        """The counters stored in ``row``."""
+        return cls(
+            row.pending,
+            row.pending_bytes,
+            row.delivered,
+            row.dropped,
+            row.dead_lettered,
+            row.quarantined,
+        )
+
     def add(self, change: Tally) -> None:
         """Add ``change`` to these counters."""
         self.pending += change.pending
@@ -142,14 +154,7 @@ class Book:
         self.policy = policy
         self.mask = row.mask
         self.bit = row.bit
-        self.tally = Tally(
-            row.pending,
-            row.pending_bytes,
-            row.delivered,
-            row.dropped,
-            row.dead_lettered,
-            row.quarantined,
-        )
+        self.tally = Tally.of(row)
         #: Settled through this seq, as last committed to the journal.
         self.cursor = row.cursor
         self.last_taken = row.cursor

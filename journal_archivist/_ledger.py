@@ -169,14 +169,7 @@ def stored_row(
     if delta is not None:
         change.add(delta.tally)
         upto = delta.upto
-    total = Tally(
-        stored.pending,
-        stored.pending_bytes,
-        stored.delivered,
-        stored.dropped,
-        stored.dead_lettered,
-        stored.quarantined,
-    )
+    total = Tally.of(stored)
     total.add(change)
     return replace(
         stored,

@@ -14,10 +14,12 @@ import pytest
 from journal_archivist import (
     Archivist,
     MessageRecord,
+    OverflowPolicy,
     Queued,
     Registration,
     RetryPolicy,
 )
+from journal_archivist._admission import Backlog
 from journal_archivist.backends import ArchiveBackend, SessionGroup
 from journal_archivist.testing import MockBackend
 
@@ -37,6 +39,30 @@ needs_root = pytest.mark.skipif(
 
 #: Retries fast enough for tests; a failing backend still goes UNHEALTHY after 3.
 FAST_RETRY = RetryPolicy(initial_delay=0.001, max_delay=0.01, max_attempts=3)
+
+
+def backlog(
+    name: str = "a",
+    overflow: OverflowPolicy = OverflowPolicy.BLOCK,
+    *,
+    mask: int = 1,
+    capacity: int = 100,
+    capacity_bytes: int | None = None,
+    pending: int = 0,
+    pending_bytes: int = 0,
+    block_timeout: float | None = None,
+) -> Backlog:
+    """An admission backlog with roomy defaults."""
+    return Backlog(
+        name=name,
+        mask=mask,
+        overflow=overflow,
+        capacity=capacity,
+        capacity_bytes=capacity_bytes,
+        pending=pending,
+        pending_bytes=pending_bytes,
+        block_timeout=block_timeout,
+    )
 
 
 def record(session: UUID, content: str = "hi", **fields: Any) -> MessageRecord:

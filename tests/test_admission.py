@@ -9,33 +9,12 @@ from hypothesis import given, strategies as st
 
 from journal_archivist._admission import Backlog, Plan, plan_admission
 from journal_archivist._policies import OverflowPolicy
+from tests.helpers import backlog
 
 BLOCK = OverflowPolicy.BLOCK
 REJECT = OverflowPolicy.REJECT
 DROP_NEWEST = OverflowPolicy.DROP_NEWEST
 DROP_OLDEST = OverflowPolicy.DROP_OLDEST
-
-
-def backlog(
-    name: str = "a",
-    overflow: OverflowPolicy = BLOCK,
-    *,
-    mask: int = 1,
-    capacity: int = 100,
-    capacity_bytes: int | None = None,
-    pending: int = 0,
-    pending_bytes: int = 0,
-) -> Backlog:
-    """A backlog with roomy defaults."""
-    return Backlog(
-        name=name,
-        mask=mask,
-        overflow=overflow,
-        capacity=capacity,
-        capacity_bytes=capacity_bytes,
-        pending=pending,
-        pending_bytes=pending_bytes,
-    )
 
 
 # --- one backend, each policy -------------------------------------------------------

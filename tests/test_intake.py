@@ -30,6 +30,7 @@ from journal_archivist._journal_types import EntryRow
 from journal_archivist._policies import OverflowPolicy
 from journal_archivist._records import Op
 from journal_archivist._schema import entry_crc
+from tests.helpers import backlog
 
 BLOCK = OverflowPolicy.BLOCK
 REJECT = OverflowPolicy.REJECT
@@ -50,30 +51,6 @@ def append(session: UUID = S1, payload: bytes = b"record") -> PendingAppend:
 def erasure(session: UUID = S1) -> PendingAppend:
     """A ``delete_session`` call of ``session``."""
     return PendingAppend(session, b"", [], Op.ERASE)
-
-
-def backlog(
-    name: str = "a",
-    overflow: OverflowPolicy = BLOCK,
-    *,
-    mask: int = 1,
-    capacity: int = 100,
-    capacity_bytes: int | None = None,
-    pending: int = 0,
-    pending_bytes: int = 0,
-    block_timeout: float | None = None,
-) -> Backlog:
-    """A backlog with roomy defaults."""
-    return Backlog(
-        name=name,
-        mask=mask,
-        overflow=overflow,
-        capacity=capacity,
-        capacity_bytes=capacity_bytes,
-        pending=pending,
-        pending_bytes=pending_bytes,
-        block_timeout=block_timeout,
-    )
 
 
 def full(
