@@ -251,7 +251,8 @@ class Committer:
 
     async def _idle(self) -> None:
         """Wait for a kick, a blocked append's deadline, or the next persist."""
-        deadline = self._intake.deadline() or math.inf
+        blocked_until = self._intake.deadline()
+        deadline = math.inf if blocked_until is None else blocked_until
         if self._ledger.deltas:
             deadline = min(deadline, self._ledger.persist_at)
         with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
