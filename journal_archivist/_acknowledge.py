@@ -2,10 +2,10 @@
 
 Rules and theory:
 - ``append_messages`` and ``delete_session`` hand their entry to the committer
-  and return once it is committed (contract 1). Every waiting caller awaits the
-  same future, the end of the next round (one per round, not one per call), and
-  then reads its own outcome. A caller cancelled before its entry is taken
-  withdraws it: nothing of it is journaled; the others wait on.
+  and return once it is committed (contract 1). Each waits on its own future,
+  woken once a round has decided its entry (a caller behind a blocked append is
+  not woken by rounds that do not decide it). A caller cancelled before its
+  entry is taken withdraws it: nothing of it is journaled.
 - Then, for each ``Sync`` backend the entry targets, the call waits for the
   writer to settle it, within that policy's ``timeout`` counted from the commit
   (one clock for all of them). A ``REQUIRED`` backend that did not deliver raises
@@ -42,22 +42,18 @@ async def acknowledge(runtime: Runtime, append: PendingAppend) -> None:
         is journaled, ``DeliveryFailed`` or ``ArchivistFailed`` (see the module).
     """
     committer = runtime.committer
+    # Its own future: cancelling this caller cancels nothing another waits on.
+    append.caller = decided = asyncio.get_running_loop().create_future()
     committer.enqueue(append)
     try:
-        while append.outcome is None:
-            try:
-                await committer.next_round()
-            except asyncio.CancelledError:
-                # The round's future is shared, so it is cancelled when any of
-                # its waiters is: only a waiter cancelled itself gives up.
-                task = asyncio.current_task()
-                if task is None or task.cancelling():
-                    raise
+        await decided
     except BaseException:
         committer.withdraw(append)
         raise
-    if append.outcome is not ACKED:
-        raise append.outcome
+    outcome = append.outcome
+    if outcome is not ACKED:
+        assert outcome is not None  # woken only once decided
+        raise outcome
     if append.waiters:
         await _wait_synced(runtime, append)
 

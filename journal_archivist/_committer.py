@@ -9,8 +9,7 @@ Rules and theory:
   the same backlogs.
 - An append is acknowledged only after its transaction committed. If the commit
   fails, every append of the group gets an error: nothing is acknowledged that is
-  not durable. Appenders wait on one future per round (``next_round``), not one
-  each.
+  not durable. Each caller is woken once its append is decided, not before.
 - Bookkeeping is written lazily: what to write and when is the ``Ledger``'s
   decision (``_ledger``, pure); each backend's state is its ``Book``
   (``_backlog``), which the committer changes only through its writer's and
@@ -25,7 +24,6 @@ Rules and theory:
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from typing import TYPE_CHECKING, Final
@@ -42,6 +40,7 @@ from ._intake import (
     acknowledge,
     number,
     refuse_failed,
+    wake,
 )
 from ._ledger import (
     PERSIST_INTERVAL,
@@ -74,29 +73,6 @@ def _closed_before_journaled() -> ArchivistClosed:
     return ArchivistClosed("the archivist shut down before this append was journaled")
 
 
-class _Rounds:
-    """The end of the next round, which every waiting appender awaits (one
-    future per round, not one per append)."""
-
-    __slots__ = ("_done",)
-
-    def __init__(self) -> None:
-        self._done: asyncio.Future[None] | None = None
-
-    def next(self) -> asyncio.Future[None]:
-        """The end of the next round, to await."""
-        done = self._done
-        if done is None or done.done():
-            done = self._done = asyncio.get_running_loop().create_future()
-        return done
-
-    def wake(self) -> None:
-        """A round ended: wake every waiter."""
-        done, self._done = self._done, None
-        if done is not None and not done.done():
-            done.set_result(None)
-
-
 class Committer:
     """Journals appends in groups and writes the writers' bookkeeping."""
 
@@ -120,7 +96,6 @@ class Committer:
             journal, lambda: all(w.book.pending == 0 for w in self._active)
         )
         self._kick = anyio.Event()
-        self._rounds = _Rounds()
         self._flushed = anyio.Event()
         self.failure: Failure | None = None
         self.closing = False
@@ -135,7 +110,8 @@ class Committer:
 
     def enqueue(self, append: PendingAppend) -> None:
         """Queue ``append`` for the next round; once a round decides it, its
-        ``outcome`` is ``ACKED`` or the error that refused it.
+        ``outcome`` is ``ACKED`` or the error that refused it, and its
+        ``caller`` is woken.
 
         Raises ``ArchivistFailed`` or ``ArchivistClosed`` at once if the committer
         takes no more appends.
@@ -146,11 +122,6 @@ class Committer:
             raise ArchivistClosed()
         self._intake.push(append)
         self._kick.set()
-
-    def next_round(self) -> asyncio.Future[None]:
-        """The end of the next round: every queued appender awaits this one
-        future, then reads its append's ``outcome`` (``_acknowledge``)."""
-        return self._rounds.next()
 
     def withdraw(self, append: PendingAppend) -> None:
         """Take back an append whose caller gave up, if no round has taken it yet
@@ -198,10 +169,11 @@ class Committer:
         self.closing = True
         self._upkeep.finish_compaction()
         failure = self.failure
-        self._intake.refuse_all(
-            failure.error if failure is not None else _closed_before_journaled
+        wake(
+            self._intake.refuse_all(
+                failure.error if failure is not None else _closed_before_journaled
+            )
         )
-        self._rounds.wake()
 
     def fail(self, failure: Failure) -> None:
         """The archivist failed: refuse appends from now on, and the queued ones.
@@ -269,12 +241,11 @@ class Committer:
         )
         if decision.more:
             self._kick.set()
+        wake(decision.refused)
         admitted, plan = decision.admitted, decision.plan
         trimming = [w for w in self._active if w.name in plan.oldest_excess]
         persist = self._ledger.due(now, dropping=bool(trimming or plan.dropped_newest))
         if not admitted and not persist:
-            if decision.refused:
-                self._rounds.wake()
             return bool(decision.refused)
         try:
             await self._commit(now, admitted, plan, trimming, persist)
@@ -293,7 +264,7 @@ class Committer:
                 append.finish(make())
             raise
         finally:
-            self._rounds.wake()
+            wake([append for append, _ in admitted])
         return True
 
     async def _commit(

@@ -13,7 +13,8 @@ Rules and theory:
   planning, so an append that room was just made for is admitted rather than
   timed out.
 - An append's ``outcome`` is None until decided, then ``ACKED`` or the error that
-  refused it. Waiters are woken by the committer once per round, not per append.
+  refused it; then, and only then, its caller is woken (``wake``): an append
+  that waits behind a blocked head is not woken by rounds that do not decide it.
 Nothing here awaits or does I/O.
 """
 
@@ -23,7 +24,7 @@ import itertools
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 from ._admission import Plan, plan_admission
 from ._batching import Entry
@@ -33,7 +34,7 @@ from ._records import Op
 from ._schema import entry_crc
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterable, Sequence
     from uuid import UUID
 
     from ._admission import Backlog
@@ -51,6 +52,7 @@ __all__ = [
     "acknowledge",
     "number",
     "refuse_failed",
+    "wake",
 ]
 
 #: The most appends one transaction journals.
@@ -67,6 +69,14 @@ class _Acked(BaseException):
 ACKED: Final = _Acked()
 
 
+class Waker(Protocol):
+    """What wakes a waiting caller (an ``asyncio.Future``, set by the caller)."""
+
+    def done(self) -> bool: ...  # pragma: no cover - a protocol
+
+    def set_result(self, result: None, /) -> None: ...  # pragma: no cover
+
+
 class PendingAppend(Entry):
     """One ``append_messages`` (or ``delete_session``) call waiting for its
     commit; then, its entry.
@@ -77,7 +87,14 @@ class PendingAppend(Entry):
     writers as the journal ``Entry`` (no second copy per append).
     """
 
-    __slots__ = ("blocked_on", "blocked_since", "outcome", "queued", "waiters")
+    __slots__ = (
+        "blocked_on",
+        "blocked_since",
+        "caller",
+        "outcome",
+        "queued",
+        "waiters",
+    )
 
     def __init__(
         self,
@@ -95,6 +112,9 @@ class PendingAppend(Entry):
         self.records = records
         self.damage = None
         self.outcome: BaseException | None = None
+        #: Woken once ``outcome`` is set (the caller's own future: cancelling one
+        #: caller disturbs no other).
+        self.caller: Waker | None = None
         self.queued = True
         self.blocked_on: Backlog | None = None
         self.blocked_since = 0.0
@@ -156,11 +176,14 @@ class Intake:
             self.erasures -= 1
         return True
 
-    def refuse_all(self, make: Callable[[], BaseException]) -> None:
-        """Refuse every queued append with ``make()``."""
-        while self._queue:
-            self._queue.popleft().finish(make())
+    def refuse_all(self, make: Callable[[], BaseException]) -> list[PendingAppend]:
+        """Refuse every queued append with ``make()``; return them."""
+        refused = list(self._queue)
+        self._queue.clear()
         self.erasures = 0
+        for append in refused:
+            append.finish(make())
+        return refused
 
     def deadline(self) -> float | None:
         """When the blocked head times out (``time.monotonic()``), if it does."""
@@ -344,3 +367,11 @@ def acknowledge(admitted: Sequence[tuple[PendingAppend, int]]) -> None:
         append.queued = False
         if append.outcome is None:
             append.outcome = ACKED
+
+
+def wake(appends: Iterable[PendingAppend]) -> None:
+    """Wake the callers of decided ``appends`` (their ``outcome`` is set)."""
+    for append in appends:
+        caller = append.caller
+        if caller is not None and not caller.done():
+            caller.set_result(None)

@@ -10,9 +10,8 @@ Rules and theory:
   lost are added to ``Journal.lost_entries``.
 - Each aiosqlite call is a thread round trip, so the SQL is shaped to need few:
   one ``executemany`` per kind of change, and appends in multi-row INSERTs.
-- Rows come in and go out as the named tuples of ``_journal_types``; one that
-  comes in may still be a plain tuple of the same fields, so it is read by
-  position.
+- Rows come in and go out as the named tuples of ``_journal_types`` (read by
+  name).
 - Backend rows are always written whole, with their checksum
   (``store_backend_rows``, ``update_backend_rows``; open uses them too).
 """

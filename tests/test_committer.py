@@ -115,8 +115,8 @@ async def test_a_caller_cancelled_mid_commit_leaves_the_others_answered(
 async def test_a_caller_cancelled_while_queued_withdraws_and_the_others_commit(
     journal_path: Path, session: UUID, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Appenders wait on one future per round; one of them cancelled must not
-    # wake or cancel the others, and its append is withdrawn from the queue.
+    # One caller cancelled must not wake or cancel the others waiting for the
+    # same round, and its append is withdrawn from the queue.
     gate = InsertGate(monkeypatch)
     mock = MockBackend()
     async with Archivist.open(journal_path, [registration(mock)]) as archivist:
@@ -149,6 +149,81 @@ async def test_a_caller_cancelled_while_queued_withdraws_and_the_others_commit(
     assert gate.inserts == [1, 2]  # the withdrawn append was never journaled
     contents = [r.content_md for r in mock.records(session)]
     assert sorted(contents) == ["a", "b", "first"]
+
+
+async def test_a_shielded_append_in_a_cancelled_task_commits_beside_a_cancelled_one(
+    journal_path: Path, session: UUID, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A task being cancelled may still journal a last record under a shield
+    # (cleanup): another caller of the same round given up meanwhile must not
+    # take it down with it.
+    gate = InsertGate(monkeypatch)
+    mock = MockBackend()
+    async with Archivist.open(journal_path, [registration(mock)]) as archivist:
+        outer = anyio.CancelScope()
+        gave_up = anyio.CancelScope()
+        results: list[str] = []
+
+        async def cleaning_up() -> None:
+            with outer:
+                try:
+                    await anyio.sleep_forever()
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await archivist.append_messages(
+                            session, [record(session, "last words")]
+                        )
+                        results.append("last words committed")
+
+        async def impatient() -> None:
+            with gave_up:
+                await archivist.append_messages(session, [record(session, "gave up")])
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(archivist.append_messages, session, [record(session, "a")])
+            with anyio.fail_after(5):
+                await gate.entered.wait()  # round one holds the committer
+            group.start_soon(cleaning_up)
+            await anyio.wait_all_tasks_blocked()
+            outer.cancel()  # the shielded append joins the queue
+            group.start_soon(impatient)
+            await anyio.wait_all_tasks_blocked()
+            gave_up.cancel()
+            await anyio.wait_all_tasks_blocked()
+            gate.release()
+        assert results == ["last words committed"]
+        with anyio.fail_after(5):
+            await archivist.wait_drained()
+    assert sorted(r.content_md for r in mock.records(session)) == ["a", "last words"]
+
+
+async def test_callers_behind_a_blocked_append_are_not_woken_by_other_rounds(
+    journal_path: Path, session: UUID
+) -> None:
+    # Each caller is woken once its own append is decided: a crowd waiting for
+    # room under BLOCK costs nothing per round (persisting rounds run meanwhile).
+    mock = MockBackend()
+    mock.hold()
+    policy = Queued(capacity=1, overflow=OverflowPolicy.BLOCK, batch_window_ms=0)
+    reg = registration(mock, write_policy=policy)
+    async with Archivist.open(journal_path, [reg]) as archivist:
+        await archivist.append_messages(session, [record(session, "fills it")])
+        async with anyio.create_task_group() as group:
+            for i in range(5):
+                group.start_soon(
+                    archivist.append_messages, session, [record(session, f"w{i}")]
+                )
+            await anyio.wait_all_tasks_blocked()
+            committer = archivist._committer  # white box
+            waiting = list(committer._intake._queue)
+            assert len(waiting) == 5
+            for _ in range(3):  # rounds that decide none of them
+                await committer.flush(counters=True)
+            assert not any(a.caller is not None and a.caller.done() for a in waiting)
+            mock.release()
+        with anyio.fail_after(5):
+            await archivist.wait_drained()
+    assert len(mock.records(session)) == 6
 
 
 async def test_a_round_that_only_journals_entries_is_one_thread_hop(
