@@ -354,6 +354,11 @@ class Book:
             # More was settled than counted (a damaged row's size, say): a
             # negative count would keep the writer asleep with entries owed.
             tally.pending = tally.pending_bytes = 0
+        elif tally.pending_bytes < 0:
+            # Entries still owed, their bytes drifted below zero: a negative
+            # byte count would let a byte capacity admit too much.
+            drifted = tally.pending, tally.pending_bytes
+            tally.pending_bytes = 0
         self.settled_upto = settlement.upto
         self.in_flight = ()
         if batch:

@@ -429,6 +429,14 @@ def test_counters_that_drift_below_zero_are_reset_and_reported(
     assert (book.tally.pending, book.tally.pending_bytes) == (0, 0)
 
 
+def test_bytes_that_drift_below_zero_with_entries_owed_are_reset_and_reported() -> None:
+    # A damaged row's size larger than counted, with another entry still owed.
+    book = fresh_book(pending=2, pending_bytes=5)
+    _, reported = book.settle([entry(1, 10)], [])
+    assert reported == (1, -5)
+    assert (book.tally.pending, book.tally.pending_bytes) == (1, 0)
+
+
 def test_the_oldest_pending_entry_is_the_head_or_else_the_hint() -> None:
     book = fresh_book()
     assert book.oldest_pending_at() is None
