@@ -271,7 +271,8 @@ class Intake:
             head = group[plan.blocked[0]]
             backlog = next(b for b in backlogs if b.name == plan.blocked[1])
             if head.blocked_on is None or head.blocked_on.name != backlog.name:
-                head.blocked_on, head.blocked_since = backlog, now
+                head.blocked_since = now  # the wait counts from the first block
+            head.blocked_on = backlog
             self._expire_blocked(now, decision)
         return decision
 
