@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -34,7 +34,6 @@ from ._bookkeeping import hand_over, write_bookkeeping
 from ._errors import ArchivistClosed, ArchivistError, JournalWriteFailed
 from ._failure import Failure
 from ._intake import (
-    MAX_GROUP,
     Intake,
     PendingAppend,
     acknowledge,
@@ -49,7 +48,6 @@ from ._ledger import (
     added_by_backend,
 )
 from ._policies import Sync
-from ._records import Op
 from ._upkeep import WAL_PAGE, Upkeep
 
 if TYPE_CHECKING:
@@ -64,9 +62,7 @@ if TYPE_CHECKING:
     from ._space import SpaceGuard
     from ._writer import Writer
 
-__all__ = ["MAX_GROUP", "Committer", "PendingAppend"]
-
-_APPEND: Final = int(Op.APPEND)
+__all__ = ["Committer"]
 
 
 def _closed_before_journaled() -> ArchivistClosed:

@@ -210,7 +210,8 @@ class Intake:
         count = min(len(queue), MAX_GROUP)
         if not count:
             return decision
-        group = [queue[i] for i in range(count)] if count < len(queue) else list(queue)
+        # islice, not queue[i]: indexing a deque walks it from an end each time.
+        group = list(itertools.islice(queue, count))
         sizes = [a.size for a in group]
         refusal = space(sum(sizes))
         if refusal is not None:
