@@ -60,6 +60,7 @@ LAYERS: tuple[Layer, ...] = (
                 "_printable",
                 "_records",
                 "_schema",
+                "_stats",
                 "_throttle",
             }
         ),

@@ -31,6 +31,7 @@ PURE = (
     "_records",
     "_rows",
     "_schema",
+    "_stats",
     "_throttle",
     "backends/_base",
     "backends/_codec",
