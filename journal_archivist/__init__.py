@@ -17,11 +17,13 @@ from ._config import (
     DEFAULT_MAX_RECORD_BYTES,
     Registration,
 )
+from ._config_file import ArchivistConfig, BackendConfig, load_config
 from ._errors import (
     ArchivistClosed,
     ArchivistError,
     ArchivistFailed,
     BackendError,
+    ConfigError,
     DeliveryFailed,
     JournalCorrupt,
     JournalError,
@@ -67,11 +69,14 @@ __all__ = [
     "MAX_JSON_DEPTH",
     "Archivist",
     "ArchivistClosed",
+    "ArchivistConfig",
     "ArchivistError",
     "ArchivistFailed",
     "Attachment",
+    "BackendConfig",
     "BackendError",
     "BackendHealth",
+    "ConfigError",
     "DeliveryFailed",
     "Durability",
     "FailureMode",
@@ -98,6 +103,7 @@ __all__ = [
     "WritePolicy",
     "WrongEventLoop",
     "__version__",
+    "load_config",
     "uuid7",
 ]
 

@@ -30,9 +30,11 @@ from ._config import (
     DEFAULT_MAX_RECORD_BYTES,
     Registration,
 )
+from ._config_file import ArchivistConfig, load_config
 from ._errors import ArchivistClosed, WrongEventLoop
 from ._intake import PendingAppend
 from ._lifecycle import bootstrap
+from ._operator_calls import OperatorCalls
 from ._options import DEFAULT_CLOSE_TIMEOUT, ArchivistOptions, check_registrations
 from ._ownership import check_ownership
 from ._policies import Durability
@@ -57,7 +59,7 @@ __all__ = ["DEFAULT_CLOSE_TIMEOUT", "Archivist"]
 
 
 @final
-class Archivist:
+class Archivist(OperatorCalls):
     """Archives message records durably to every registered backend.
 
     Open with ``async with Archivist.open(path, registrations) as archivist:`` or
@@ -121,8 +123,6 @@ class Archivist:
                 a backend that would write the journal's files, or a file or
                 directory another registration writes (``owned_paths``).
         """
-        regs = check_registrations(registrations)
-        check_ownership(os.fspath(journal_path), regs)
         options = ArchivistOptions(
             journal_path=os.fspath(journal_path),
             durability=durability,
@@ -132,11 +132,25 @@ class Archivist:
             free_space_reserve=free_space_reserve,
             close_timeout=close_timeout,
         )
+        return _opening(options, registrations)
 
-        async def create() -> Archivist:
-            return Archivist(await bootstrap(options, regs), options)
+    @staticmethod
+    def from_config(
+        config: str | os.PathLike[str] | ArchivistConfig | None = None,
+    ) -> OpeningArchivist:
+        """Open as a config file says (``docs/configuration.md``): a TOML file's
+        path, a loaded ``ArchivistConfig``, or None for the embedded default (a
+        journal and a SQLite archive under ``./archivist-data/``). Use it as
+        ``open()``'s result.
 
-        return OpeningArchivist(create)
+        Raises:
+            ConfigError: the file cannot be read, or a value in it is wrong
+                (named with the file, table, key and line).
+            and what ``open()`` raises.
+        """
+        if not isinstance(config, ArchivistConfig):
+            config = load_config(config)
+        return _opening(config.journal, config.registrations())
 
     def __del__(self, _warn: Any = warnings.warn) -> None:
         runtime = getattr(self, "_runtime", None)
@@ -247,48 +261,6 @@ class Archivist:
         """Frozen snapshots of the journal and of every backend (contract 7)."""
         return self._runtime.health()
 
-    async def wait_drained(self, backend: str | None = None) -> None:
-        """Wait until nothing is pending for ``backend`` (default: every enabled one).
-
-        Also waits for the done-marks to be committed, so the journal no longer
-        holds the delivered entries. Use under ``anyio.fail_after`` when a backend
-        may be down.
-
-        Raises:
-            ValueError: ``backend`` is not registered, or is disabled.
-            ArchivistClosed: the archivist is shut down.
-            ArchivistFailed: the archivist failed (at once, also while waiting).
-        """
-        self._check_open()
-        if backend is None:
-            writers = [w for w in self._writers if w.enabled]
-        else:
-            writer = self._by_name.get(backend)
-            if writer is None:
-                raise ValueError(f"no backend named {backend!r} is registered")
-            if not writer.enabled:
-                raise ValueError(f"backend {backend!r} is disabled and will not drain")
-            writers = [writer]
-        try:
-            for writer in writers:
-                await writer.wait_settled()
-            await self._committer.flush()
-        except ArchivistClosed:
-            self._check_open()  # ArchivistFailed, if that is why
-            raise
-
-    async def compact(self) -> None:
-        """Return the journal's free pages to the filesystem now.
-
-        The journal reuses the space of delivered entries, so its file keeps the
-        size of its largest backlog; the archivist gives free pages back by itself
-        once the backlog is drained and more than 64 MiB is free. This does it now,
-        in slices between commits (appends are not held up for long).
-        """
-        self._check_open()
-        await self._committer.compact()
-        self._check_open()  # it may have stopped meanwhile
-
     @property
     def is_closed(self) -> bool:
         """Whether the archivist takes no more calls: ``shutdown`` has begun, or
@@ -352,6 +324,18 @@ class Archivist:
     async def aclose(self) -> None:
         """Shut down without waiting for delivery (``shutdown(timeout=0)``)."""
         await self.shutdown(timeout=0)
+
+
+def _opening(
+    options: ArchivistOptions, registrations: Sequence[Registration]
+) -> OpeningArchivist:
+    regs = check_registrations(registrations)
+    check_ownership(options.journal_path, regs)
+
+    async def create() -> Archivist:
+        return Archivist(await bootstrap(options, regs), options)
+
+    return OpeningArchivist(create)
 
 
 @final

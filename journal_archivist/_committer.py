@@ -47,11 +47,12 @@ from ._ledger import (
     Ledger,
     added_by_backend,
 )
+from ._maintenance import Requests
 from ._policies import Sync
 from ._upkeep import WAL_PAGE, Upkeep
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
     from anyio.abc import TaskStatus
 
@@ -59,7 +60,9 @@ if TYPE_CHECKING:
     from ._backlog import Settlement
     from ._journal import Journal
     from ._journal_types import Dropped
+    from ._maintenance import Request
     from ._space import SpaceGuard
+    from ._transaction import Transaction
     from ._writer import Writer
 
 __all__ = ["Committer"]
@@ -93,6 +96,7 @@ class Committer:
         )
         self._kick = anyio.Event()
         self._flushed = anyio.Event()
+        self._requests = Requests()
         self.failure: Failure | None = None
         self.closing = False
         self.stopped = False
@@ -112,10 +116,7 @@ class Committer:
         Raises ``ArchivistFailed`` or ``ArchivistClosed`` at once if the committer
         takes no more appends.
         """
-        if self.failure is not None:
-            raise self.failure.error()
-        if self.closing:
-            raise ArchivistClosed()
+        self._check_taking()
         self._intake.push(append)
         self._kick.set()
 
@@ -154,6 +155,19 @@ class Committer:
         """Return every free page to the filesystem, between commit rounds."""
         await self._upkeep.compact(self._kick.set)
 
+    def submit(self, request: Request) -> None:
+        """Run an operator's ``request`` between rounds (``_maintenance``); it is
+        answered through its future. Raises like ``enqueue``."""
+        self._check_taking()
+        self._requests.push(request)
+        self._kick.set()
+
+    def _check_taking(self) -> None:
+        if self.failure is not None:
+            raise self.failure.error()
+        if self.closing:
+            raise ArchivistClosed()
+
     # -- lifecycle -----------------------------------------------------------
 
     def close(self) -> None:
@@ -164,12 +178,9 @@ class Committer:
         """
         self.closing = True
         self._upkeep.finish_compaction()
-        failure = self.failure
-        wake(
-            self._intake.refuse_all(
-                failure.error if failure is not None else _closed_before_journaled
-            )
-        )
+        failed = self.failure.error if self.failure else None
+        self._requests.refuse_all(failed or ArchivistClosed)
+        wake(self._intake.refuse_all(failed or _closed_before_journaled))
 
     def fail(self, failure: Failure) -> None:
         """The archivist failed: refuse appends from now on, and the queued ones.
@@ -201,6 +212,8 @@ class Committer:
                 if upkeep.hold_until > time.monotonic():
                     await anyio.sleep(upkeep.hold_until - time.monotonic())
                 worked = await self._round()
+                if await self._requests.serve_next(self._commit):
+                    worked = True
                 await upkeep.checkpoint_if_due()
                 # Compaction runs between rounds: when idle, or at once if asked.
                 if upkeep.compact_due and (not worked or upkeep.compaction_asked):
@@ -270,14 +283,19 @@ class Committer:
         plan: Plan,
         trimming: list[Writer],
         persist: bool,
-    ) -> None:
+        *,
+        step: Callable[[Transaction], Awaitable[None]] | None = None,
+    ) -> JournalWriteFailed | None:
+        """Journal ``admitted`` and (``persist``) the bookkeeping, and run an
+        operator request's ``step``, in one transaction; the write failure that
+        refused it, if one did."""
         # After a failed write or fsync nothing is acknowledged again before the
         # journal is rewritten (Journal.rewrite says why).
         refused = await self._upkeep.rewrite_if_needed()
         if refused is not None:
             refuse_failed(refused, admitted)
             self._upkeep.failed(refused)
-            return
+            return refused
         numbered = number(admitted, self._journal.last_seq)
         inserts, entries, seq = numbered.rows, numbered.entries, numbered.tail
         added = added_by_backend(
@@ -296,9 +314,12 @@ class Committer:
             # Once started, finish the transaction even if we are cancelled, so
             # every appender of the group gets a definite answer.
             with anyio.CancelScope(shield=True):
-                async with self._journal.transaction(durable=bool(inserts)) as tx:
+                durable = bool(inserts) or step is not None
+                async with self._journal.transaction(durable=durable) as tx:
                     if inserts:
                         await tx.insert(inserts)
+                    if step is not None:
+                        await step(tx)
                     if numbered.erased:
                         await tx.purge_unregistered(numbered.erased, self._names)
                     dropped: dict[str, list[Dropped]] = {}
@@ -324,7 +345,7 @@ class Committer:
             # Keep the bookkeeping: the next persisting round writes it.
             self._ledger.restore(deltas, time.monotonic(), PERSIST_INTERVAL * 10)
             self._upkeep.failed(exc)
-            return
+            return exc
 
         # Committed: hand entries to the writers, then wake the appenders.
         self._upkeep.succeeded(WAL_PAGE * (2 + len(inserts) // 8) + numbered.nbytes)
@@ -338,7 +359,8 @@ class Committer:
             dropped,
             plan,
             deltas if persist else None,
-            sync=self._sync,
+            # An operator's request has no caller to wait for Sync delivery.
+            sync=self._sync if step is None else (),
             admitted=admitted,
         )
         acknowledge(admitted)
@@ -347,3 +369,4 @@ class Committer:
             flushed, self._flushed = self._flushed, anyio.Event()
             flushed.set()
             self._upkeep.after_persist()
+        return None

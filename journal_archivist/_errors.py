@@ -2,6 +2,7 @@
 
 ArchivistError              base of everything we raise on purpose
 ├── ValidationError         bad record (also a ValueError); nothing journaled
+├── ConfigError             a bad config file (also a ValueError); nothing opened
 ├── QueueFull               a backlog is full (REJECT, or BLOCK past its timeout)
 ├── DeliveryFailed          a Sync write was not delivered; the entry stays journaled
 ├── BackendError            raised by backends; ``retryable`` says whether to try again
@@ -9,6 +10,7 @@ ArchivistError              base of everything we raise on purpose
 ├── ArchivistClosed         used after shutdown() or outside its ``async with``
 ├── ArchivistFailed         a background loop died; the archivist accepts nothing more
 ├── WrongEventLoop          used from an event loop other than the one that opened it
+├── WrongProcess            a SyncArchivist used in a process forked from its opener
 └── JournalError            about the journal file itself
     ├── JournalLocked       another owner holds the journal
     ├── JournalCorrupt      the file is not a journal, or is damaged
@@ -35,6 +37,7 @@ __all__ = [
     "ArchivistError",
     "ArchivistFailed",
     "BackendError",
+    "ConfigError",
     "DeliveryFailed",
     "JournalCorrupt",
     "JournalError",
@@ -74,6 +77,42 @@ class ValidationError(ArchivistError, ValueError):
         self.problem = problem
         self.index = index
         self.field = field
+
+
+class ConfigError(ArchivistError, ValueError):
+    """A config file (``load_config``) or a registration built from it is refused.
+
+    Raised for a missing or unreadable file, bad TOML, an unknown key, a wrong type
+    or value, a missing environment variable, or a backend that cannot be built.
+    Nothing was opened or changed. The facts are kept as attributes: ``path`` (the
+    file; None for a config not read from one), ``table`` (``journal``,
+    ``backends[1]``, ``backends[1].write_policy``...; None for the whole file),
+    ``key`` (None for the whole table) and ``line`` (1-based; None when unknown,
+    and a best effort otherwise). A value taken from the environment is never
+    shown. The message reads ``<file>:<line>: <table>.<key>: <problem>``.
+    """
+
+    def __init__(
+        self,
+        problem: str,
+        *,
+        path: str | None = None,
+        table: str | None = None,
+        key: str | None = None,
+        line: int | None = None,
+    ) -> None:
+        where = path if path is not None else "<config>"
+        if line is not None:
+            where += f":{line}"
+        field = ".".join(part for part in (table, key) if part)
+        super().__init__(
+            f"{where}: {field}: {problem}" if field else f"{where}: {problem}"
+        )
+        self.problem = problem
+        self.path = path
+        self.table = table
+        self.key = key
+        self.line = line
 
 
 class QueueFull(ArchivistError):
@@ -304,3 +343,26 @@ class JournalWriteFailed(JournalError):
         super().__init__(path, f"journal commit failed ({detail})")
         self.detail = detail
         self.io_error = io_error
+
+
+class WrongProcess(ArchivistError, RuntimeError):
+    """A ``SyncArchivist`` was used in a process forked from the one that opened it.
+
+    Its event-loop thread runs in the opener only (``fork`` copies the calling
+    thread alone), so the call did nothing, here or in the opener, whose archivist
+    is untouched. Open an archivist of the child's own instead (gunicorn: in
+    ``post_fork`` or when the worker starts, not before the fork), on a journal no
+    other process holds. ``opener_pid`` opened it; ``pid`` is this process.
+    """
+
+    def __init__(self, path: str, *, opener_pid: int, pid: int) -> None:
+        super().__init__(
+            f"the SyncArchivist of journal {path} was opened by process {opener_pid}"
+            f" and cannot be used in process {pid}, forked from it: its event loop"
+            " runs in the opener only. Open one of this process's own after the"
+            " fork (gunicorn: in post_fork, or when the worker starts), on a journal"
+            " no other process holds"
+        )
+        self.path = path
+        self.opener_pid = opener_pid
+        self.pid = pid

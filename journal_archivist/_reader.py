@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from ._journal_types import StoredEntry
+from ._records import Op
 from ._rows import (
     DEAD_LETTER_COLUMNS,
     ENTRY_COLUMNS,
@@ -134,14 +135,21 @@ class Reader:
         )
         return float(rows[0][0]) if rows and rows[0][0] is not None else None
 
-    async def dead_letters(self, after: int = 0, limit: int = 1000) -> list[DeadLetter]:
-        """Dead letters with ``id > after``, oldest first, checked like entries."""
+    async def dead_letters(
+        self, after: int = 0, limit: int = 1000, *, backend: str | None = None
+    ) -> list[DeadLetter]:
+        """Dead letters with ``id > after`` (of ``backend`` only, if given), oldest
+        first, checked like entries."""
+        params: list[object] = [after, limit]
+        where = "id > ?"
+        if backend is not None:
+            where, params = "id > ? AND backend = ?", [after, backend, limit]
         rows = await self._conn.execute_fetchall(
             f"SELECT id, {typed('backend', 'text')}, {DEAD_LETTER_COLUMNS},"
             f" {typed('error', 'text')}, {typed('attempts', 'integer')},"
             f" {typed('failed_at', 'real')}"
-            " FROM dead_letters WHERE id > ? ORDER BY id LIMIT ?",
-            (after, limit),
+            f" FROM dead_letters WHERE {where} ORDER BY id LIMIT ?",
+            params,
         )
         letters = []
         for row_id, backend, *entry, error, attempts, failed_at in rows:
@@ -156,3 +164,14 @@ class Reader:
                 )
             )
         return letters
+
+    async def pending_erasures(self, mask: int) -> dict[bytes, int]:
+        """The sessions with an erasure still owed to ``mask`` (not yet settled
+        there), each with the seq of its latest one."""
+        rows = await self._conn.execute_fetchall(
+            "SELECT session, max(seq) FROM entries WHERE op = ? AND targets & ?"
+            " GROUP BY session",
+            (int(Op.ERASE), mask),
+        )
+        # A damaged row's session may be anything: only a real one can match.
+        return {session: seq for session, seq in rows if isinstance(session, bytes)}

@@ -276,6 +276,25 @@ class Transaction:
                 [(backend, session, seq) for session, seq in erasures],
             )
 
+    async def discard(self, table: str, backend: str, ids: Iterable[int] | None) -> int:
+        """Delete ``backend``'s rows of ``table`` (``dead_letters`` or
+        ``quarantine``), only those of ``ids`` if given; how many went."""
+        assert table in ("dead_letters", "quarantine")
+        await self._flush()
+        sql = f"DELETE FROM {table} WHERE backend = ?"
+        if ids is None:
+            cursor = await self._conn.execute(sql, (backend,))
+            return cursor.rowcount
+        wanted, deleted = list(ids), 0
+        for start in range(0, len(wanted), INSERT_CHUNK):
+            chunk = wanted[start : start + INSERT_CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            cursor = await self._conn.execute(
+                f"{sql} AND id IN ({marks})", (backend, *chunk)
+            )
+            deleted += cursor.rowcount
+        return deleted
+
     async def purge_unregistered(
         self, sessions: Sequence[bytes], registered: Sequence[str]
     ) -> None:

@@ -91,6 +91,10 @@ class MockBackend(ArchiveBackend):
         """Fail every call that carries the record ``message_id``."""
         self._poison[message_id] = retryable
 
+    def cure(self, message_id: UUID) -> None:
+        """Undo ``poison(message_id)``."""
+        self._poison.pop(message_id, None)
+
     def hold(self) -> None:
         """Make calls wait at a gate until ``release()``."""
         if self._gate is None:

@@ -1083,6 +1083,33 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
         "an unhealthy backend gets one more attempt before its health check",
         ("tests/test_delivery.py", "tests/test_writer.py"),
     ),
+    Mutant(
+        "replay-past-a-pending-erasure",
+        _J + "_maintenance.py",
+        "elif erased.get(entry.session, 0) > entry.seq:",
+        "elif False:",
+        "a replay requeues a dead letter of a session whose erasure is still"
+        " pending for the backend: the erased record comes back after it",
+        ("tests/test_maintenance.py",),
+    ),
+    Mutant(
+        "replay-keeps-the-dead-letter",
+        _J + "_maintenance.py",
+        'await tx.discard("dead_letters", request.backend, ids)',
+        "pass",
+        "a replayed dead letter stays in the table: a second replay delivers it"
+        " again and the operator sees it still failed",
+        ("tests/test_maintenance.py",),
+    ),
+    Mutant(
+        "replay-to-every-backend",
+        _J + "_maintenance.py",
+        "mask = request.writer.mask",
+        "mask = -1 & ((1 << 62) - 1)",
+        "a replay requeues the entry for every backend, not only the one that"
+        " dead-lettered it",
+        ("tests/test_maintenance.py",),
+    ),
 )
 
 
