@@ -52,6 +52,7 @@ from ._policies import (
     WritePolicy,
 )
 from ._records import MAX_JSON_DEPTH, Attachment, JsonValue, MessageRecord, uuid7
+from ._stats import BackendStats, HistogramSnapshot, JournalStats, Stats
 
 __version__ = "0.1.0"
 
@@ -76,18 +77,21 @@ __all__ = [
     "BackendConfig",
     "BackendError",
     "BackendHealth",
+    "BackendStats",
     "ConfigError",
     "DeliveryFailed",
     "Durability",
     "FailureMode",
     "HealthReport",
     "HealthStatus",
+    "HistogramSnapshot",
     "JournalCorrupt",
     "JournalError",
     "JournalFull",
     "JournalHealth",
     "JournalIncompatible",
     "JournalLocked",
+    "JournalStats",
     "JournalWriteFailed",
     "JsonValue",
     "MessageRecord",
@@ -98,6 +102,7 @@ __all__ = [
     "ReadFailed",
     "Registration",
     "RetryPolicy",
+    "Stats",
     "Sync",
     "ValidationError",
     "WritePolicy",

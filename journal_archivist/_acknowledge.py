@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from ._errors import DeliveryFailed
+from ._errors import ArchivistError, DeliveryFailed
 from ._intake import ACKED
 from ._policies import FailureMode, Sync
 
@@ -41,10 +41,15 @@ async def acknowledge(runtime: Runtime, append: PendingAppend) -> None:
         the error the committer refused it with (nothing journaled), or, once it
         is journaled, ``DeliveryFailed`` or ``ArchivistFailed`` (see the module).
     """
+    started = time.perf_counter()
     committer = runtime.committer
     # Its own future: cancelling this caller cancels nothing another waits on.
     append.caller = decided = asyncio.get_running_loop().create_future()
-    committer.enqueue(append)
+    try:
+        committer.enqueue(append)
+    except ArchivistError as exc:  # closed or failed: nothing journaled
+        runtime.metrics.refused(exc)
+        raise
     try:
         await decided
     except BaseException:
@@ -53,9 +58,12 @@ async def acknowledge(runtime: Runtime, append: PendingAppend) -> None:
     outcome = append.outcome
     if outcome is not ACKED:
         assert outcome is not None  # woken only once decided
+        runtime.metrics.refused(outcome)
         raise outcome
+    runtime.metrics.appended(1)
     if append.waiters:
         await _wait_synced(runtime, append)
+    runtime.metrics.append_latency(time.perf_counter() - started)
 
 
 async def _wait_synced(runtime: Runtime, append: PendingAppend) -> None:

@@ -31,7 +31,7 @@ from ._config import (
     Registration,
 )
 from ._config_file import ArchivistConfig, load_config
-from ._errors import ArchivistClosed, WrongEventLoop
+from ._errors import ArchivistClosed, ArchivistError, WrongEventLoop
 from ._intake import PendingAppend
 from ._lifecycle import bootstrap
 from ._operator_calls import OperatorCalls
@@ -45,6 +45,7 @@ from ._records import (
     check_append_count,
     encode_append,
 )
+from ._stats_live import collect_stats
 from .backends._base import checked_uuid
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
 
     from ._health import HealthReport
     from ._lifecycle import Runtime
+    from ._stats import Stats
 
 __all__ = ["DEFAULT_CLOSE_TIMEOUT", "Archivist"]
 
@@ -188,30 +190,29 @@ class Archivist(OperatorCalls):
             ArchivistClosed, ArchivistFailed: the archivist is shut down or failed.
         """
         runtime = self._runtime
-        if runtime.shutdown_started or runtime.failure or not self._in_own_loop():
-            self._check_open()
-        checked_uuid(session)
-        if not isinstance(records, Sized):
-            # An iterator: taken only as far as the limit allows.
-            records = list(itertools.islice(records, self._max_append_records + 1))
-        if not records:
-            return
-        # Counted before the copy and the encoding: refusing costs nothing per record.
-        check_append_count(len(records), self._max_append_records)
-        records = list(records)
-        append = PendingAppend(
-            session,
-            encode_append(
+        try:
+            if runtime.shutdown_started or runtime.failure or not self._in_own_loop():
+                self._check_open()
+            checked_uuid(session)
+            if not isinstance(records, Sized):
+                # An iterator: taken only as far as the limit allows.
+                limit = self._max_append_records + 1
+                records = list(itertools.islice(records, limit))
+            if not records:
+                return
+            # Counted before the copy and the encoding: refusing costs nothing.
+            check_append_count(len(records), self._max_append_records)
+            records = list(records)
+            payload = encode_append(
                 session,
                 records,
                 max_record_bytes=self._max_record_bytes,
                 max_append_bytes=self._max_append_bytes,
-            ),
-            records,
-        )
-        await acknowledge(
-            self._runtime, append
-        )  # held by the append alone: see _commit
+            )
+        except ArchivistError as exc:
+            runtime.metrics.refused(exc)
+            raise
+        await acknowledge(runtime, PendingAppend(session, payload, records))
 
     async def delete_session(self, session: UUID) -> None:
         """Erase ``session`` from every backend: a journaled privacy erasure.
@@ -235,7 +236,11 @@ class Archivist(OperatorCalls):
                 ArchivistFailed: as for ``append_messages``; unless it returned,
                 the erasure may not be journaled: call again.
         """
-        self._check_open()
+        try:
+            self._check_open()
+        except ArchivistError as exc:
+            self._runtime.metrics.refused(exc)
+            raise
         checked_uuid(session)
         await acknowledge(self._runtime, PendingAppend(session, b"", [], Op.ERASE))
 
@@ -260,6 +265,12 @@ class Archivist(OperatorCalls):
     def health(self) -> HealthReport:
         """Frozen snapshots of the journal and of every backend (contract 7)."""
         return self._runtime.health()
+
+    def stats(self) -> Stats:
+        """The numbers of the journal and of every backend, and the append and
+        commit counters and histograms since open (``docs/metrics.md``). Cheap:
+        no journal query."""
+        return collect_stats(self._runtime, self._runtime.metrics)
 
     @property
     def is_closed(self) -> bool:

@@ -48,6 +48,7 @@ from ._ledger import (
     added_by_backend,
 )
 from ._maintenance import Requests
+from ._metrics import Metrics
 from ._policies import Sync
 from ._upkeep import WAL_PAGE, Upkeep
 
@@ -89,6 +90,7 @@ class Committer:
         # clear bits instead of deleting rows outright).
         self._shared = len(journal.backends) > 1
         self._space = space
+        self.metrics = Metrics()
         self._intake = Intake()
         self._ledger = Ledger()
         self._upkeep = Upkeep(
@@ -348,6 +350,7 @@ class Committer:
             return exc
 
         # Committed: hand entries to the writers, then wake the appenders.
+        self.metrics.commit(len(admitted), time.monotonic() - now)
         self._upkeep.succeeded(WAL_PAGE * (2 + len(inserts) // 8) + numbered.nbytes)
         if inserts:
             self._journal.record_high_water(seq)

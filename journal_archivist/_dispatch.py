@@ -71,6 +71,8 @@ class Dispatcher:
         self.consecutive_failures = 0
         self.last_error: str | None = None
         self._streak_logged = False
+        #: Called with the backend's name after each failed delivery attempt.
+        self.on_failed_attempt: Callable[[str], None] = lambda name: None
 
     async def deliver(
         self, entries: Sequence[Entry], dead: list[tuple[Entry, str, int]]
@@ -89,6 +91,7 @@ class Dispatcher:
                 await self._call(lambda: self._backend.write_batch(groups))
             except Exception as exc:
                 self._record_failure(exc, entries)
+                self.on_failed_attempt(self.name)
                 step = after_failure(
                     attempt=attempt,
                     max_attempts=self._retry.max_attempts,

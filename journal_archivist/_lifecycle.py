@@ -155,8 +155,10 @@ class Runtime:
         self.query = query
         self.space = space
         self.committer = Committer(journal, writers, space)
+        #: The in-process counters (``_metrics``), fed by the hooks.
+        self.metrics = self.committer.metrics
         for writer in writers:
-            writer.attach(self.committer.settled)
+            writer.attach(self.committer.settled, self.metrics)
         self.failure: Failure | None = None
         self.shutdown_started = False
         # The loop that opened it closed under it (asyncio.run() returned).

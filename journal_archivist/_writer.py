@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from ._batching import Entry
     from ._config import Registration
     from ._ledger import Handover
+    from ._metrics import Metrics
     from ._reader import Reader
     from ._rows import BackendRow
 
@@ -93,9 +94,13 @@ class Writer:
         self.draining = False
         self.closed = False
 
-    def attach(self, on_settled: Callable[[Writer, Settlement], None]) -> None:
-        """Report each settled batch to ``on_settled`` (the committer)."""
+    def attach(
+        self, on_settled: Callable[[Writer, Settlement], None], metrics: Metrics
+    ) -> None:
+        """Report each settled batch to ``on_settled`` (the committer), and each
+        failed delivery attempt to ``metrics``."""
         self._on_settled = on_settled
+        self._dispatcher.on_failed_attempt = metrics.delivery_failed
 
     @property
     def settled_upto(self) -> int:

@@ -56,6 +56,7 @@ LAYERS: tuple[Layer, ...] = (
                 "_failure",
                 "_health",
                 "_journal_types",
+                "_metrics",
                 "_policies",
                 "_printable",
                 "_records",
@@ -117,6 +118,11 @@ LAYERS: tuple[Layer, ...] = (
             }
         ),
     ),
+    # A config file read into options and registrations (it builds backends).
+    Layer(
+        "config file",
+        frozenset({"_config_backends", "_config_file", "_config_text"}),
+    ),
     # The SQLite journal: its file, rows, transactions, loading and reading.
     # (_rows is sans-IO, tests/test_layers.py, but it is the journal's row format.)
     Layer(
@@ -140,6 +146,7 @@ LAYERS: tuple[Layer, ...] = (
                 "_bookkeeping",
                 "_committer",
                 "_dispatch",
+                "_maintenance",
                 "_upkeep",
                 "_waiters",
                 "_writer",
@@ -149,10 +156,22 @@ LAYERS: tuple[Layer, ...] = (
     # The running archivist and its API.
     Layer(
         "archivist",
-        frozenset({"_acknowledge", "_archivist", "_lifecycle", "_reading"}),
+        frozenset(
+            {
+                "_acknowledge",
+                "_archivist",
+                "_lifecycle",
+                "_operator_calls",
+                "_reading",
+                "_stats_live",
+            }
+        ),
     ),
     # What users import: the package and its testing helpers.
-    Layer("public surface", frozenset({"__init__", "_contract", "testing"})),
+    Layer(
+        "public surface",
+        frozenset({"__init__", "_contract", "prometheus", "testing"}),
+    ),
 )
 
 #: The only layers a built-in backend imports from.

@@ -25,6 +25,7 @@ PURE = (
     "_intake",
     "_journal_types",
     "_ledger",
+    "_metrics",
     "_policies",
     "_printable",
     "_read_merge",

@@ -15,6 +15,7 @@ import journal_archivist
 PUBLIC_MODULES = [
     "journal_archivist",
     "journal_archivist.backends",
+    "journal_archivist.prometheus",
     "journal_archivist.testing",
 ]
 
