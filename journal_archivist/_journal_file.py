@@ -51,6 +51,7 @@ __all__ = [
     "check_and_migrate",
     "connect",
     "is_corruption",
+    "is_row_damage",
     "prepare_file",
     "prepare_folder",
     "write_failed",
@@ -64,6 +65,13 @@ QUICK_CHECK_LIMIT: Final = 100
 _NULL_IN_ROW: Final = re.compile(
     r"NULL value in (entries|backends|payloads|meta|dead_letters|quarantine)\.\w+$"
 )
+
+
+def is_row_damage(problem: str) -> bool:
+    """Whether a finding of ``PRAGMA quick_check`` is one row's damage (a NULL
+    where NOT NULL belongs: a flipped type byte, which every reader handles),
+    not damage to the file's structure."""
+    return _NULL_IN_ROW.match(problem) is not None
 
 
 def is_corruption(exc: sqlite3.Error) -> bool:
@@ -204,7 +212,7 @@ async def check_and_migrate(conn: aiosqlite.Connection, path: str) -> None:
         # A NULL where NOT NULL belongs is one row's damage (a flipped type
         # byte), which every reader handles; damage to the file's structure, or
         # more findings than were listed, refuses the file.
-        structural = [p for p in problems if p != "ok" and not _NULL_IN_ROW.match(p)]
+        structural = [p for p in problems if p != "ok" and not is_row_damage(p)]
         if structural or len(problems) >= QUICK_CHECK_LIMIT:
             raise JournalCorrupt(path, "; ".join(structural[:5] or problems[:5]))
         if problems != ["ok"]:

@@ -15,14 +15,19 @@ Rules and theory:
   to be registered: its entries are never released on the word of a damaged row.
 - Counters are written lazily, so open adds the entries journaled after a
   backend's ``counted_through`` (one scan of that tail).
+- The reading is sans-IO (``read_state`` yields its queries), so open, on
+  aiosqlite, and the offline reader (``_offline``, on a read-only ``sqlite3``
+  connection, ``read_state_sync``) share every query and every sum: ``status``
+  reports what open would find.
 """
 
 from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final, TypeAlias
 
 from ._errors import JournalCorrupt
 from ._journal_file import is_corruption, write_failed
@@ -31,15 +36,52 @@ from ._schema import MAX_BACKENDS
 from ._transaction import ADD_TO_META, DELETE_ORPHAN_PAYLOADS, store_backend_rows
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
     import aiosqlite
 
     from ._lockfile import LockFile
 
-__all__ = ["Loaded", "load", "reconcile"]
+__all__ = [
+    "OWED",
+    "Loaded",
+    "Query",
+    "Rows",
+    "State",
+    "load",
+    "read_state",
+    "read_state_sync",
+    "reconcile",
+]
 
 logger = logging.getLogger("journal_archivist.journal")
+
+
+#: A query step of ``read_state``: SQL and its parameters.
+Query: TypeAlias = tuple[str, tuple[object, ...]]
+#: What running a ``Query`` gives back: its rows, each a sequence of values.
+Rows: TypeAlias = list[Sequence[object]]
+#: Appends a backend is owed among the rows it selects: journaled for it
+#: (``origin``) and not dropped under its DROP_OLDEST floor. Parameters: its mask,
+#: its floor, its mask.
+OWED: Final = "origin & ? AND NOT (op = 1 AND seq <= ? AND NOT targets & ?)"
+
+
+@dataclass(slots=True)
+class State:
+    """A journal's state as stored, brought up to date in memory (``read_state``).
+
+    ``backends`` have exact counters as of ``last_seq`` (their ``damage`` says
+    which rows open repairs); ``lost`` counts acknowledged entries newly found
+    missing (above ``last_seq`` in the lock file's high-water), which
+    ``meta["lost_entries"]`` does not include yet.
+    """
+
+    backends: list[BackendRow]
+    meta: dict[str, int]
+    #: The stored keys (as bytes) of damaged ``meta`` rows, to delete.
+    damaged_meta: list[bytes | None]
+    quarantined: set[int]
+    last_seq: int
+    lost: int
 
 
 @dataclass(slots=True)
@@ -54,6 +96,96 @@ class Loaded:
     quarantined: set[int]
 
 
+def read_state(recorded: int | None) -> Generator[Query, Rows, State]:
+    """Read a journal's state, one query at a time: sans-IO, so open (aiosqlite)
+    and the offline reader (``read_state_sync``) share every query and sum.
+
+    Send each yielded query's rows back; the return value is the ``State``.
+    ``recorded`` is the lock file's high-water (None: none or unknown). Nothing is
+    written: a damaged backend row gets its position derived from the entries
+    (``_derive_position``) and every row's counters are brought up to
+    ``last_seq`` in memory (counters are written lazily: the entries journaled
+    after a row's ``counted_through`` are added, one scan of that tail each).
+    """
+    rows = [
+        BackendRow.from_stored(tuple(row))
+        for row in (yield (f"SELECT {BACKEND_COLUMNS} FROM backends", ()))
+    ]
+    meta: dict[str, int] = {}
+    damaged_meta: list[bytes | None] = []  # their stored keys, as bytes
+    for raw_key, value in (
+        yield (
+            f"SELECT {typed('key', 'text')}, {typed('value', 'integer')} FROM meta",
+            (),
+        )
+    ):
+        key = decode_text(raw_key)
+        if key is None or type(value) is not int:
+            damaged_meta.append(raw_key if isinstance(raw_key, bytes) else None)
+        else:
+            meta[key] = value
+    quarantined = {
+        seq
+        for (seq,) in (
+            yield (f"SELECT DISTINCT {typed('seq', 'integer')} FROM quarantine", ())
+        )
+        if type(seq) is int
+    }
+    ((max_seq,),) = yield ("SELECT max(seq) FROM entries", ())
+    counted = [row.counted_through for row in rows if row.exact]
+    last_seq = max([_int(max_seq), *counted])
+    lost = 0
+    if recorded is not None and recorded > last_seq:
+        lost = recorded - last_seq
+        last_seq = recorded  # never reuse a seq that was acknowledged
+    for row in rows:
+        if row.damage is not None and not row.exact:
+            yield from _derive_position(row, last_seq)
+    for row in rows:
+        if row.counted_through < last_seq:
+            ((count, nbytes),) = yield (
+                f"SELECT count(*), total({typed('size', 'integer')}) FROM entries"
+                f" WHERE seq > ? AND {OWED}",
+                (row.counted_through, row.mask, row.drop_floor, row.mask),
+            )
+            row.pending += _int(count)
+            row.pending_bytes += _int(nbytes)
+            row.counted_through = last_seq
+    return State(rows, meta, damaged_meta, quarantined, last_seq, lost)
+
+
+def read_state_sync(conn: sqlite3.Connection, recorded: int | None) -> State:
+    """``read_state`` run on a plain ``sqlite3`` connection (the offline reader).
+
+    Raises:
+        sqlite3.Error: reading failed.
+    """
+    steps = read_state(recorded)
+    try:
+        query = next(steps)
+        while True:
+            query = steps.send(conn.execute(*query).fetchall())
+    except StopIteration as done:
+        state: State = done.value
+        return state
+
+
+async def _read_state_async(conn: aiosqlite.Connection, recorded: int | None) -> State:
+    steps = read_state(recorded)
+    try:
+        query = next(steps)
+        while True:
+            query = steps.send(list(await conn.execute_fetchall(*query)))
+    except StopIteration as done:
+        state: State = done.value
+        return state
+
+
+def _int(value: object) -> int:
+    """An aggregate's value as an int (NULL, from no rows, is 0)."""
+    return int(value) if isinstance(value, int | float) else 0
+
+
 async def load(conn: aiosqlite.Connection, path: str, lock: LockFile) -> Loaded:
     """Read the journal's state on ``conn``, repair it, and persist the repairs.
 
@@ -62,54 +194,24 @@ async def load(conn: aiosqlite.Connection, path: str, lock: LockFile) -> Loaded:
         JournalCorrupt: a damaged page was met while writing the repairs.
         JournalWriteFailed: writing the repairs failed; nothing was written.
     """
-    rows = [
-        BackendRow.from_stored(tuple(row))
-        for row in await conn.execute_fetchall(
-            f"SELECT {BACKEND_COLUMNS} FROM backends"
-        )
-    ]
-    meta: dict[str, int] = {}
-    damaged_meta: list[bytes | None] = []  # their stored keys, as bytes
-    for raw_key, value in await conn.execute_fetchall(
-        f"SELECT {typed('key', 'text')}, {typed('value', 'integer')} FROM meta"
-    ):
-        key = decode_text(raw_key)
-        if key is None or type(value) is not int:
-            damaged_meta.append(raw_key)
-        else:
-            meta[key] = value
-    quarantined = {
-        seq
-        for (seq,) in await conn.execute_fetchall(
-            f"SELECT DISTINCT {typed('seq', 'integer')} FROM quarantine"
-        )
-        if type(seq) is int
-    }
-    (max_seq,) = next(iter(await conn.execute_fetchall("SELECT max(seq) FROM entries")))
-    counted = [row.counted_through for row in rows if row.exact]
-    last_seq = max([int(max_seq or 0), *counted])
-    recorded = lock.read_high_water()
-    lost = 0
-    if recorded is not None and recorded > last_seq:
-        lost = recorded - last_seq
+    state = await _read_state_async(conn, lock.read_high_water())
+    last_seq, lost = state.last_seq, state.lost
+    if lost:
         logger.error(
             "journal %s: %d acknowledged entries (seq %d..%d) are missing; the WAL"
             " tail was lost or damaged (health().journal.lost_entries counts them)",
             path,
             lost,
-            last_seq + 1,
-            recorded,
+            last_seq - lost + 1,
+            last_seq,
         )
-        last_seq = recorded  # never reuse a seq that was acknowledged
-    for row in rows:
-        if row.damage is not None and not row.exact:
-            await _derive_position(conn, row, last_seq)
+    rows = state.backends
     loaded = Loaded(
         backends={row.name: row for row in rows},
         last_seq=last_seq,
-        lost_entries=meta.get("lost_entries", 0),
-        repaired_rows=meta.get("repaired_rows", 0),
-        quarantined=quarantined,
+        lost_entries=state.meta.get("lost_entries", 0),
+        repaired_rows=state.meta.get("repaired_rows", 0),
+        quarantined=state.quarantined,
     )
     repaired = [row for row in rows if row.damage is not None]
     for row in repaired:
@@ -125,20 +227,18 @@ async def load(conn: aiosqlite.Connection, path: str, lock: LockFile) -> Loaded:
             else ": its position was rebuilt from the journal's entries and its"
             " delivered/dropped/dead-lettered/quarantined counts may be off",
         )
-    if damaged_meta:
+    if state.damaged_meta:
         logger.error(
             "journal %s: %d damaged rows of journal-wide counters were reset",
             path,
-            len(damaged_meta),
+            len(state.damaged_meta),
         )
-    await _settle_counters(conn, path, loaded, lost, len(repaired), damaged_meta)
+    await _store_state(conn, path, loaded, lost, len(repaired), state.damaged_meta)
     lock.write_high_water(last_seq)
     return loaded
 
 
-async def _derive_position(
-    conn: aiosqlite.Connection, row: BackendRow, last_seq: int
-) -> None:
+def _derive_position(row: BackendRow, last_seq: int) -> Generator[Query, Rows, None]:
     """Rebuild a damaged backend row's position from the entries.
 
     An entry keeps a backend's bit in ``targets`` until that backend settles
@@ -148,21 +248,19 @@ async def _derive_position(
     DROP_OLDEST. What is pending is counted again.
     """
     mask = row.mask
-    ((first,),) = await conn.execute_fetchall(
-        "SELECT min(seq) FROM entries WHERE targets & ?", (mask,)
-    )
-    row.cursor = last_seq if first is None else int(first) - 1
-    ((floor,),) = await conn.execute_fetchall(
+    ((first,),) = yield ("SELECT min(seq) FROM entries WHERE targets & ?", (mask,))
+    row.cursor = last_seq if first is None else _int(first) - 1
+    ((floor,),) = yield (
         "SELECT max(seq) FROM entries WHERE seq > ? AND origin & ?"
         " AND NOT targets & ? AND op = 1",
         (row.cursor, mask, mask),
     )
-    row.drop_floor = int(floor or 0)
+    row.drop_floor = _int(floor)
     row.pending = row.pending_bytes = 0
     row.counted_through = row.cursor
 
 
-async def _settle_counters(
+async def _store_state(
     conn: aiosqlite.Connection,
     path: str,
     loaded: Loaded,
@@ -170,31 +268,12 @@ async def _settle_counters(
     repaired: int,
     damaged_meta: list[bytes | None],
 ) -> None:
-    """Bring every backend's counters up to ``last_seq`` and persist them, with
-    the journal-wide counters and the rows repaired on the way.
+    """Persist the backends' up-to-date counters, with the journal-wide counters
+    and the rows repaired on the way.
 
-    Counters are written lazily, so entries journaled after a backend's
-    ``counted_through`` are added here, with one scan of that tail. A repaired
-    row whose name cannot be trusted is written by ``reconcile`` once the name
-    is known to be registered.
+    A repaired row whose name cannot be trusted is written by ``reconcile`` once
+    the name is known to be registered.
     """
-    last_seq = loaded.last_seq
-    for row in loaded.backends.values():
-        if row.counted_through < last_seq:
-            (count, nbytes) = next(
-                iter(
-                    await conn.execute_fetchall(
-                        f"SELECT count(*), total({typed('size', 'integer')})"
-                        " FROM entries"
-                        " WHERE seq > ? AND origin & ?"
-                        " AND NOT (op = 1 AND seq <= ? AND NOT targets & ?)",
-                        (row.counted_through, row.mask, row.drop_floor, row.mask),
-                    )
-                )
-            )
-            row.pending += int(count)
-            row.pending_bytes += int(nbytes)
-            row.counted_through = last_seq
     trusted = [row for row in loaded.backends.values() if row.exact]
     try:
         await store_backend_rows(conn, trusted)

@@ -17,6 +17,9 @@ Rules:
   journal's own high-water is lower, the difference was lost. Without the fsync the
   record may be stale after a power loss, which can hide a loss but never invent one
   under ``Durability.FULL``.
+- ``peek`` reads both records without taking the lock (the offline reader, while
+  the owner runs): whether the lock is held is read from ``/proc/locks`` where
+  there is one, so a peek never holds a lock an opening owner could collide with.
 """
 
 from __future__ import annotations
@@ -26,11 +29,12 @@ import logging
 import os
 import struct
 import zlib
+from typing import NamedTuple
 
 from ._errors import JournalError, JournalLocked
 from ._private_files import UnsafePath, open_file
 
-__all__ = ["LockFile"]
+__all__ = ["LockFile", "LockPeek", "peek"]
 
 logger = logging.getLogger("journal_archivist.journal")
 
@@ -71,13 +75,7 @@ class LockFile:
     def read_high_water(self) -> int | None:
         """The recorded high-water, or None if there is none or it is damaged."""
         assert self._fd is not None
-        data = os.pread(self._fd, _RECORD.size, 0)
-        if len(data) != _RECORD.size:
-            return None
-        magic, value, crc = _RECORD.unpack(data)
-        if magic != _MAGIC or zlib.crc32(data[:16]) != crc:
-            return None
-        return int(value)
+        return _read_high_water(self._fd)
 
     def write_high_water(self, value: int) -> None:
         """Record ``value`` (one small pwrite into the page cache, no fsync).
@@ -118,3 +116,71 @@ def _read_owner(fd: int) -> int | None:
     if magic != _OWNER_MAGIC or zlib.crc32(data[:16]) != crc:
         return None
     return int(pid)
+
+
+def _read_high_water(fd: int) -> int | None:
+    data = os.pread(fd, _RECORD.size, 0)
+    if len(data) != _RECORD.size:
+        return None
+    magic, value, crc = _RECORD.unpack(data)
+    if magic != _MAGIC or zlib.crc32(data[:16]) != crc:
+        return None
+    return int(value)
+
+
+class LockPeek(NamedTuple):
+    """What ``peek`` read from a lock file."""
+
+    #: Whether an owner holds the lock now.
+    held: bool
+    #: The holder's pid (None when the lock is free, or the pid is unreadable).
+    pid: int | None
+    #: The recorded high-water (None: none, or damaged).
+    high_water: int | None
+
+
+def peek(path: str) -> LockPeek:
+    """Read the lock file at ``path`` without locking it (missing: nothing held).
+
+    Opened read-only and never through a symlink; its mode is not touched.
+
+    Raises:
+        OSError: it exists but cannot be read.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return LockPeek(False, None, None)
+    try:
+        held = _is_held(fd)
+        return LockPeek(held, _read_owner(fd) if held else None, _read_high_water(fd))
+    finally:
+        # Our own descriptor: closing it releases no flock another one holds.
+        os.close(fd)
+
+
+def _is_held(fd: int) -> bool:
+    """Whether some descriptor holds a ``flock`` on the file ``fd`` is open on."""
+    stat = os.fstat(fd)
+    inode = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}:{stat.st_ino}"
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as listing:
+            # "1: FLOCK  ADVISORY  WRITE 4242 fe:00:1466752 0 EOF"
+            if any(
+                fields[1] == "FLOCK" and fields[5] == inode
+                for fields in (line.split() for line in listing)
+                if len(fields) > 5
+            ):
+                return True
+    except OSError:
+        pass
+    # No /proc/locks, or no entry (an overlay filesystem may list another device
+    # than stat reports): try a shared lock and let it go at once. Only here can
+    # a peek collide with an owner opening in the same microseconds, which would
+    # get JournalLocked and could simply retry.
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return False

@@ -43,7 +43,18 @@ IO_LIBRARIES = frozenset({"anyio", "aiosqlite", "sqlite3", "asyncpg", "httpx"})
 #: The core modules that may speak to SQLite itself (the backends have their own):
 #: the journal and its parts.
 SQLITE_OWNERS = frozenset(
-    {"_journal", "_journal_file", "_journal_load", "_transaction"}
+    {
+        "_journal",
+        "_journal_file",
+        "_journal_load",
+        # The offline reader: a read-only sqlite3 connection, no event loop, so
+        # it reads while the owner runs (status, check, the side tables).
+        "_offline",
+        "_offline_check",
+        # Salvage reads a damaged file row by row and writes a new journal.
+        "_salvage",
+        "_transaction",
+    }
 )
 
 

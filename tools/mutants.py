@@ -231,8 +231,8 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     Mutant(
         "rebuilt-row-skips-first-owed",
         _J + "_journal_load.py",
-        "row.cursor = last_seq if first is None else int(first) - 1",
-        "row.cursor = last_seq if first is None else int(first)",
+        "row.cursor = last_seq if first is None else _int(first) - 1",
+        "row.cursor = last_seq if first is None else _int(first)",
         "a backend row rebuilt from the entries starts just past its first owed"
         " entry, which is never delivered",
         ("tests/test_damage.py",),
@@ -297,8 +297,8 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     Mutant(
         "append-commit-not-durable",
         _J + "_committer.py",
-        "self._journal.transaction(durable=bool(inserts))",
-        "self._journal.transaction(durable=False)",
+        "durable = bool(inserts) or step is not None",
+        "durable = False",
         "appends commit on the settle-only connection (synchronous=NORMAL): a"
         " dropped fsync under Durability.FULL",
         ("tests/test_committer.py", "tests/test_journal.py"),
