@@ -10,6 +10,7 @@ from __future__ import annotations
 import msgspec
 
 from ._archivist import DEFAULT_CLOSE_TIMEOUT, Archivist, OpeningArchivist
+from ._blocking import SyncArchivist
 from ._config import (
     DEFAULT_FREE_SPACE_RESERVE,
     DEFAULT_MAX_APPEND_BYTES,
@@ -35,6 +36,7 @@ from ._errors import (
     ReadFailed,
     ValidationError,
     WrongEventLoop,
+    WrongProcess,
 )
 from ._health import BackendHealth, HealthReport, HealthStatus, JournalHealth
 from ._policies import (
@@ -104,9 +106,11 @@ __all__ = [
     "RetryPolicy",
     "Stats",
     "Sync",
+    "SyncArchivist",
     "ValidationError",
     "WritePolicy",
     "WrongEventLoop",
+    "WrongProcess",
     "__version__",
     "load_config",
     "uuid7",

@@ -49,6 +49,7 @@ __all__ = [
     "ReadFailed",
     "ValidationError",
     "WrongEventLoop",
+    "WrongProcess",
 ]
 
 

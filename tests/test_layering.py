@@ -132,8 +132,12 @@ LAYERS: tuple[Layer, ...] = (
                 "_journal",
                 "_journal_file",
                 "_journal_load",
+                "_offline",
+                "_offline_check",
+                "_offline_tables",
                 "_reader",
                 "_rows",
+                "_salvage",
                 "_transaction",
             }
         ),
@@ -160,7 +164,10 @@ LAYERS: tuple[Layer, ...] = (
             {
                 "_acknowledge",
                 "_archivist",
+                "_blocking",
+                "_demo",
                 "_lifecycle",
+                "_loop_thread",
                 "_operator_calls",
                 "_reading",
                 "_stats_live",
@@ -171,6 +178,11 @@ LAYERS: tuple[Layer, ...] = (
     Layer(
         "public surface",
         frozenset({"__init__", "_contract", "prometheus", "testing"}),
+    ),
+    # What operators run: the command line, over the public API.
+    Layer(
+        "command line",
+        frozenset({"__main__", "_cli", "_cli_common", "_cli_offline", "_cli_online"}),
     ),
 )
 

@@ -1,0 +1,333 @@
+"""SyncArchivist: the blocking API, on a real journal and a real SQLite archive."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import uuid
+from typing import TYPE_CHECKING
+
+import pytest
+
+from journal_archivist import (
+    ArchivistClosed,
+    MessageRecord,
+    Registration,
+    RetryPolicy,
+    ValidationError,
+)
+from journal_archivist._blocking import SyncArchivist
+from journal_archivist._errors import WrongProcess
+from journal_archivist.backends import SqliteArchive
+
+from .helpers import ROOT
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+#: Safety net for waits on threads; never the assertion.
+WAIT = 30.0
+FAST_RETRY = RetryPolicy(initial_delay=0.01, max_delay=0.05)
+
+
+def archive_registration(path: Path) -> Registration:
+    return Registration(name="archive", backend=SqliteArchive(path), retry=FAST_RETRY)
+
+
+def records(session: uuid.UUID, count: int, prefix: str = "m") -> list[MessageRecord]:
+    return [
+        MessageRecord(session=session, role="user", content_md=f"{prefix}{i}")
+        for i in range(count)
+    ]
+
+
+@pytest.fixture
+def archive_path(tmp_path: Path) -> Path:
+    return tmp_path / "archive.db"
+
+
+@pytest.fixture
+def archivist(journal_path: Path, archive_path: Path) -> Iterator[SyncArchivist]:
+    sync = SyncArchivist.open(journal_path, [archive_registration(archive_path)])
+    try:
+        yield sync
+    finally:
+        sync.close()
+
+
+def test_a_round_trip_appends_drains_reads_and_erases(
+    archivist: SyncArchivist, journal_path: Path, session: uuid.UUID
+) -> None:
+    sent = records(session, 5)
+    archivist.append_messages(session, sent)
+    archivist.wait_drained(timeout=WAIT)
+    assert archivist.read_session(session) == sent
+    assert archivist.health().backends["archive"].lag_entries == 0
+    assert archivist.journal_path == str(journal_path)
+    archivist.compact()
+    archivist.delete_session(session)
+    archivist.wait_drained("archive", timeout=WAIT)
+    assert archivist.read_session(session) == []
+    assert not archivist.is_closed
+
+
+def test_many_threads_appending_at_once_lose_nothing(
+    archivist: SyncArchivist,
+) -> None:
+    threads, appends = 16, 50
+    sessions = [uuid.uuid4() for _ in range(threads)]
+    start = threading.Barrier(threads)
+    errors: list[BaseException] = []
+
+    def producer(session: uuid.UUID) -> None:
+        try:
+            start.wait(WAIT)
+            for i in range(appends):
+                archivist.append_messages(session, records(session, 1, f"{i}-"))
+        except BaseException as exc:
+            errors.append(exc)
+
+    workers = [threading.Thread(target=producer, args=(s,)) for s in sessions]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(WAIT)
+    assert not errors
+    archivist.wait_drained(timeout=WAIT)
+    for session in sessions:
+        contents = [r.content_md for r in archivist.read_session(session)]
+        assert contents == [f"{i}-0" for i in range(appends)]  # in append order
+
+
+def test_the_with_block_closes_and_releases_the_journal(
+    journal_path: Path, archive_path: Path, session: uuid.UUID
+) -> None:
+    with SyncArchivist.open(
+        journal_path, [archive_registration(archive_path)]
+    ) as archivist:
+        archivist.append_messages(session, records(session, 3))
+    assert archivist.is_closed
+    # Closing drained within close_timeout and released the lock: reopen it.
+    with SyncArchivist.open(
+        journal_path, [archive_registration(archive_path)]
+    ) as again:
+        assert len(again.read_session(session)) == 3
+        assert again.health().backends["archive"].lag_entries == 0
+
+
+def test_closing_twice_is_fine(archivist: SyncArchivist) -> None:
+    archivist.close()
+    archivist.close()
+    archivist.shutdown(timeout=0)
+    assert archivist.is_closed
+
+
+def test_every_call_after_close_raises_archivist_closed(
+    archivist: SyncArchivist, session: uuid.UUID
+) -> None:
+    archivist.close()
+    with pytest.raises(ArchivistClosed, match="closed"):
+        archivist.append_messages(session, records(session, 1))
+    with pytest.raises(ArchivistClosed, match="closed"):
+        archivist.read_session(session)
+    with pytest.raises(ArchivistClosed, match="closed"):
+        archivist.wait_drained()
+    with pytest.raises(ArchivistClosed, match="closed"):
+        archivist.health()
+
+
+def test_the_cores_errors_propagate_unchanged(
+    archivist: SyncArchivist, session: uuid.UUID
+) -> None:
+    stranger = MessageRecord(session=uuid.uuid4(), role="user", content_md="x")
+    with pytest.raises(ValidationError, match="record 0, field 'session'"):
+        archivist.append_messages(session, [stranger])
+    with pytest.raises(ValueError, match="no backend named 'nope'"):
+        archivist.wait_drained("nope")
+    with pytest.raises(TypeError, match="UUID"):
+        archivist.delete_session("not a uuid")  # type: ignore[arg-type]
+    archivist.append_messages(session, records(session, 1))  # still usable
+
+
+def test_wait_drained_gives_up_after_its_timeout(
+    journal_path: Path, tmp_path: Path, session: uuid.UUID
+) -> None:
+    missing = tmp_path / "unmounted" / "archive.db"  # the backend is down
+    with SyncArchivist.open(
+        journal_path, [archive_registration(missing)], close_timeout=0
+    ) as archivist:
+        archivist.append_messages(session, records(session, 1))
+        with pytest.raises(TimeoutError):
+            archivist.wait_drained(timeout=0.2)
+
+
+def test_calls_racing_a_close_end_or_are_refused_and_none_hangs(
+    journal_path: Path, archive_path: Path
+) -> None:
+    archivist = SyncArchivist.open(journal_path, [archive_registration(archive_path)])
+    started = threading.Barrier(9)
+    outcomes: list[str] = []
+
+    def producer() -> None:
+        session = uuid.uuid4()
+        started.wait(WAIT)
+        try:
+            while True:
+                archivist.append_messages(session, records(session, 1))
+        except ArchivistClosed:
+            outcomes.append("closed")
+
+    workers = [threading.Thread(target=producer) for _ in range(8)]
+    for worker in workers:
+        worker.start()
+    started.wait(WAIT)
+    archivist.close()
+    for worker in workers:
+        worker.join(WAIT)
+    assert not any(worker.is_alive() for worker in workers)
+    assert outcomes == ["closed"] * 8
+
+
+def test_opening_a_locked_journal_raises_and_leaves_no_thread(
+    archivist: SyncArchivist, journal_path: Path, tmp_path: Path
+) -> None:
+    before = threading.active_count()
+    with pytest.raises(Exception, match="locked") as info:
+        SyncArchivist.open(journal_path, [archive_registration(tmp_path / "b.db")])
+    assert type(info.value).__name__ == "JournalLocked"
+    assert threading.active_count() == before
+
+
+async def test_a_call_from_a_running_event_loop_is_refused(
+    archivist: SyncArchivist, session: uuid.UUID
+) -> None:
+    with pytest.raises(RuntimeError, match="running an event loop"):
+        archivist.append_messages(session, records(session, 1))
+
+
+def test_a_call_from_the_archivists_own_loop_is_refused_not_a_deadlock(
+    archivist: SyncArchivist,
+) -> None:
+    # What a backend calling back into the SyncArchivist would do.
+    with pytest.raises(RuntimeError, match="running an event loop"):
+        archivist._loop_thread.call_sync(archivist.health)
+
+
+def test_a_forked_child_gets_wrong_process_and_the_parent_is_untouched(
+    archivist: SyncArchivist, session: uuid.UUID
+) -> None:
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report what each call raised, then leave at once
+        try:
+            os.close(read_end)
+            report = {}
+            for name, call in {
+                "append": lambda: archivist.append_messages(session, []),
+                "health": archivist.health,
+                "close": archivist.close,
+            }.items():
+                try:
+                    call()
+                    report[name] = "returned"
+                except BaseException as exc:
+                    report[name] = f"{type(exc).__name__}: {exc}"
+            os.write(write_end, json.dumps(report).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        report = json.loads(pipe.read())
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    for outcome in report.values():
+        assert outcome.startswith("WrongProcess: ")
+        assert f"opened by process {os.getpid()}" in outcome
+        assert "post_fork" in outcome
+    assert issubclass(WrongProcess, RuntimeError)
+    archivist.append_messages(session, records(session, 2))  # the parent's still works
+    archivist.wait_drained(timeout=WAIT)
+    assert len(archivist.read_session(session)) == 2
+
+
+CHILD = """
+import sys, uuid
+from journal_archivist import MessageRecord, Registration
+from journal_archivist._blocking import SyncArchivist
+from journal_archivist.backends import SqliteArchive
+
+journal, archive, session = sys.argv[1], sys.argv[2], uuid.UUID(sys.argv[3])
+reg = Registration(name="archive", backend=SqliteArchive(archive))
+archivist = SyncArchivist.open(journal, [reg])
+for i in range(200):
+    record = MessageRecord(session=session, role="user", content_md=str(i))
+    archivist.append_messages(session, [record])
+# no close: the interpreter's exit must close it (and drain within close_timeout)
+"""
+
+
+def test_an_archivist_left_open_is_closed_at_exit_without_a_warning(
+    journal_path: Path, archive_path: Path, session: uuid.UUID
+) -> None:
+    child = subprocess.run(
+        [sys.executable, "-W", "default", "-X", "dev", "-c", CHILD,
+         str(journal_path), str(archive_path), str(session)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert child.returncode == 0, child.stderr
+    assert child.stderr == ""
+    with SyncArchivist.open(journal_path, [archive_registration(archive_path)]) as a:
+        # Delivered by the close at exit: nothing was left in the journal.
+        assert a.health().backends["archive"].lag_entries == 0
+        contents = [r.content_md for r in a.read_session(session)]
+    assert contents == [str(i) for i in range(200)]
+
+
+def test_a_dropped_archivist_warns_and_closes_itself(
+    journal_path: Path, archive_path: Path, session: uuid.UUID
+) -> None:
+    archivist = SyncArchivist.open(journal_path, [archive_registration(archive_path)])
+    archivist.append_messages(session, records(session, 1))
+    loop_thread = archivist._loop_thread
+    with pytest.warns(ResourceWarning, match="never closed"):
+        del archivist  # the last reference: collected at once
+    assert loop_thread._ended.wait(WAIT)  # the loop thread closed it and ended
+    with SyncArchivist.open(journal_path, [archive_registration(archive_path)]) as a:
+        assert len(a.read_session(session)) == 1
+
+
+def test_the_operator_calls_and_stats_are_wrapped(
+    archivist: SyncArchivist, session: uuid.UUID
+) -> None:
+    archivist.append_messages(session, records(session, 2))
+    archivist.wait_drained(timeout=WAIT)
+    stats = archivist.stats()
+    assert stats.appends_total == 1
+    assert [b.name for b in stats.backends] == ["archive"]
+    assert archivist.replay_dead_letters("archive") == 0
+    assert archivist.purge_dead_letters("archive", ids=[1, 2]) == 0
+    assert archivist.purge_quarantine("archive") == 0
+    with pytest.raises(ValueError, match="nope"):
+        archivist.replay_dead_letters("nope")
+
+
+def test_from_config_opens_what_the_file_says(
+    tmp_path: Path, session: uuid.UUID
+) -> None:
+    config = tmp_path / "archivist.toml"
+    config.write_text(
+        '[journal]\njournal_path = "data/journal.db"\nclose_timeout = 3.0\n\n'
+        '[[backends]]\nname = "archive"\ntype = "sqlite"\n\n'
+        '[backends.settings]\npath = "data/archive.db"\n'
+    )
+    (tmp_path / "data").mkdir()
+    with SyncArchivist.from_config(config) as archivist:
+        assert archivist.journal_path == str(tmp_path / "data" / "journal.db")
+        assert archivist._loop_thread.close_timeout == 3.0
+        archivist.append_messages(session, records(session, 1))
+        archivist.wait_drained(timeout=WAIT)
+        assert len(archivist.read_session(session)) == 1
