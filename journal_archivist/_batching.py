@@ -98,28 +98,39 @@ def coalesce(entries: Sequence[Entry]) -> list[SessionGroup]:
 
     Damaged entries are left out; every other entry's ``records`` must be decoded.
     Records of one session keep their append order; a group that neither erases
-    nor holds records is never returned.
+    nor holds records is never returned. Each group carries its records' journal
+    times and its erasure's (``SessionGroup``'s erasure marks).
     """
-    merged: dict[bytes, list[MessageRecord]] = {}
-    erasing: set[bytes] = set()
+    merged: dict[bytes, tuple[list[MessageRecord], list[float]]] = {}
+    erased_at: dict[bytes, float] = {}
     get = merged.get
     for entry in entries:
         records = entry.records
         if entry.damage is not None or records is None:
             continue
         if entry.op == _ERASE:
-            erasing.add(entry.session)
-            merged[entry.session] = []
+            erased_at[entry.session] = entry.enqueued_at
+            merged[entry.session] = ([], [])
             continue
         group = get(entry.session)
         if group is None:
-            merged[entry.session] = list(records)
+            merged[entry.session] = (
+                list(records),
+                [entry.enqueued_at] * len(records),
+            )
         else:
-            group += records
+            group[0].extend(records)
+            group[1].extend([entry.enqueued_at] * len(records))
     return [
-        SessionGroup(UUID(bytes=session), tuple(records), session in erasing)
-        for session, records in merged.items()
-        if records or session in erasing
+        SessionGroup(
+            UUID(bytes=session),
+            tuple(records),
+            session in erased_at,
+            erased_at.get(session),
+            tuple(times),
+        )
+        for session, (records, times) in merged.items()
+        if records or session in erased_at
     ]
 
 

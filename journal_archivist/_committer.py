@@ -80,10 +80,8 @@ class Committer:
         self._journal = journal
         self._writers = writers
         self._active = [w for w in writers if w.enabled]
-        self._disabled_mask = 0
-        for writer in writers:
-            if not writer.enabled:
-                self._disabled_mask |= writer.mask
+        # One bit per backend: their sum is their union.
+        self._disabled_mask = sum(w.mask for w in writers if not w.enabled)
         self._sync = [w for w in self._active if isinstance(w.policy, Sync)]
         self._names = [w.name for w in writers]
         # Whether an entry may owe more than one backend (then done-marks must
@@ -298,7 +296,7 @@ class Committer:
             refuse_failed(refused, admitted)
             self._upkeep.failed(refused)
             return refused
-        numbered = number(admitted, self._journal.last_seq)
+        numbered = number(admitted, self._journal.last_seq, self._journal.last_stamp)
         inserts, entries, seq = numbered.rows, numbered.entries, numbered.tail
         added = added_by_backend(
             entries,
@@ -323,7 +321,9 @@ class Committer:
                     if step is not None:
                         await step(tx)
                     if numbered.erased:
-                        await tx.purge_unregistered(numbered.erased, self._names)
+                        await tx.journal_erasures(
+                            numbered.erased, self._names, numbered.stamp
+                        )
                     dropped: dict[str, list[Dropped]] = {}
                     if persist:
                         dropped, settled = await write_bookkeeping(
@@ -353,7 +353,7 @@ class Committer:
         self.metrics.commit(len(admitted), time.monotonic() - now)
         self._upkeep.succeeded(WAL_PAGE * (2 + len(inserts) // 8) + numbered.nbytes)
         if inserts:
-            self._journal.record_high_water(seq)
+            self._journal.record_high_water(seq, numbered.stamp)
         hand_over(
             self._writers,
             self._ledger,

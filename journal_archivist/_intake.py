@@ -21,6 +21,7 @@ Nothing here awaits or does I/O.
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -108,7 +109,9 @@ class PendingAppend(Entry):
         self.op = op if op is _APPEND else int(op)
         self.payload = payload
         self.size = len(payload)
-        self.enqueued_at = time.time()
+        #: Its journal time, given by ``number`` (0.0 until then); a replayed
+        #: dead letter keeps the one it was first journaled at.
+        self.enqueued_at = 0.0
         self.records = records
         self.damage = None
         self.outcome: BaseException | None = None
@@ -305,13 +308,25 @@ class Numbered:
     tail: int
     #: Sessions the round's erasures erase.
     erased: list[bytes]
+    #: The newest journal time given (the last one before, if none).
+    stamp: float
 
 
-def number(admitted: Sequence[tuple[PendingAppend, int]], last_seq: int) -> Numbered:
+def number(
+    admitted: Sequence[tuple[PendingAppend, int]], last_seq: int, last_stamp: float
+) -> Numbered:
     """Give the appends that still owe someone the seqs after ``last_seq`` and
-    build their rows (checksummed); an append every backend dropped is
-    acknowledged without a row."""
+    journal times after ``last_stamp``, and build their rows (checksummed); an
+    append every backend dropped is acknowledged without a row.
+
+    Journal times are the clock's, but strictly increasing in seq order even if
+    the clock stands still or steps back: an archive's erasure marks
+    (``SessionGroup``) tell records before an erasure from those after it by
+    them. A replayed dead letter keeps its first time.
+    """
     seq = last_seq
+    stamp = last_stamp
+    now = time.time()
     rows: list[EntryRow] = []
     entries: list[tuple[Entry, int]] = []
     nbytes = 0
@@ -320,6 +335,9 @@ def number(admitted: Sequence[tuple[PendingAppend, int]], last_seq: int) -> Numb
             continue
         seq += 1
         append.seq = seq
+        if not append.enqueued_at:
+            stamp = now if now > stamp else math.nextafter(stamp, math.inf)
+            append.enqueued_at = stamp
         session, op, payload, size = (
             append.session,
             append.op,
@@ -344,7 +362,7 @@ def number(admitted: Sequence[tuple[PendingAppend, int]], last_seq: int) -> Numb
         )
         entries.append((append, targets))
     erased = [e.session for e, _ in entries if e.op != _APPEND]
-    return Numbered(rows, entries, nbytes, seq, erased)
+    return Numbered(rows, entries, nbytes, seq, erased, stamp)
 
 
 def refuse_failed(

@@ -91,6 +91,8 @@ class Journal:
         self._readers: list[Reader] = []
         self.backends: dict[str, BackendRow] = {}
         self.last_seq = 0
+        #: The newest journal time handed out (``_intake.number``).
+        self.last_stamp = 0.0
         self.lost_entries = 0
         self.repaired_rows = 0
         #: A write or fsync failed: ``rewrite`` before anything is acknowledged.
@@ -152,6 +154,7 @@ class Journal:
         loaded = await load(self._durable, self.path, self._lock)
         self.backends = loaded.backends
         self.last_seq = loaded.last_seq
+        self.last_stamp = loaded.last_stamp
         self.lost_entries = loaded.lost_entries
         self.repaired_rows = loaded.repaired_rows
         self.quarantined = loaded.quarantined
@@ -184,9 +187,11 @@ class Journal:
         """
         return Transaction(self, self._durable if durable else self._lazy)
 
-    def record_high_water(self, seq: int) -> None:
-        """Note in the lock file that entries up to ``seq`` are committed."""
+    def record_high_water(self, seq: int, stamp: float) -> None:
+        """Note in the lock file that entries up to ``seq`` are committed, the
+        newest journaled at time ``stamp``."""
         self.last_seq = seq
+        self.last_stamp = stamp
         self._lock.write_high_water(seq)
 
     async def checkpoint(self) -> None:

@@ -33,7 +33,12 @@ from ._errors import JournalCorrupt
 from ._journal_file import is_corruption, write_failed
 from ._rows import BACKEND_COLUMNS, BackendRow, decode_text, typed
 from ._schema import MAX_BACKENDS
-from ._transaction import ADD_TO_META, DELETE_ORPHAN_PAYLOADS, store_backend_rows
+from ._transaction import (
+    ADD_TO_META,
+    DELETE_ORPHAN_PAYLOADS,
+    LAST_ERASURE_US,
+    store_backend_rows,
+)
 
 if TYPE_CHECKING:
     import aiosqlite
@@ -82,6 +87,9 @@ class State:
     quarantined: set[int]
     last_seq: int
     lost: int
+    #: The latest journal time handed out (``stamp_times``): the newest entry's,
+    #: or the newest erasure's if later (``meta[LAST_ERASURE_US]``).
+    last_stamp: float
 
 
 @dataclass(slots=True)
@@ -92,6 +100,7 @@ class Loaded:
     last_seq: int
     lost_entries: int
     repaired_rows: int
+    last_stamp: float
     #: Seqs of entries quarantined (by any backend), to count each once.
     quarantined: set[int]
 
@@ -131,7 +140,14 @@ def read_state(recorded: int | None) -> Generator[Query, Rows, State]:
         )
         if type(seq) is int
     }
-    ((max_seq,),) = yield ("SELECT max(seq) FROM entries", ())
+    ((max_seq, max_stamp),) = yield (
+        f"SELECT max(seq), max({typed('enqueued_at', 'real')}) FROM entries",
+        (),
+    )
+    last_stamp = max(
+        max_stamp if type(max_stamp) is float else 0.0,
+        meta.get(LAST_ERASURE_US, 0) / 1e6,
+    )
     counted = [row.counted_through for row in rows if row.exact]
     last_seq = max([_int(max_seq), *counted])
     lost = 0
@@ -151,7 +167,7 @@ def read_state(recorded: int | None) -> Generator[Query, Rows, State]:
             row.pending += _int(count)
             row.pending_bytes += _int(nbytes)
             row.counted_through = last_seq
-    return State(rows, meta, damaged_meta, quarantined, last_seq, lost)
+    return State(rows, meta, damaged_meta, quarantined, last_seq, lost, last_stamp)
 
 
 def read_state_sync(conn: sqlite3.Connection, recorded: int | None) -> State:
@@ -211,6 +227,7 @@ async def load(conn: aiosqlite.Connection, path: str, lock: LockFile) -> Loaded:
         last_seq=last_seq,
         lost_entries=state.meta.get("lost_entries", 0),
         repaired_rows=state.meta.get("repaired_rows", 0),
+        last_stamp=state.last_stamp,
         quarantined=state.quarantined,
     )
     repaired = [row for row in rows if row.damage is not None]

@@ -160,10 +160,14 @@ class Runtime:
         for writer in writers:
             writer.attach(self.committer.settled, self.metrics)
         self.failure: Failure | None = None
+        #: Loops that run beside the writers and stop with them (what each is,
+        #: and its ``run(task_status=...)``), e.g. a slot directory's adopter.
+        self.services: list[tuple[str, Callable[..., Awaitable[None]]]] = []
         self.shutdown_started = False
         # The loop that opened it closed under it (asyncio.run() returned).
         self.abandoned = False
-        self._close_timeout = close_timeout
+        #: What ``shutdown`` waits by default for the backlog (None: no limit).
+        self.close_timeout = close_timeout
         self._stop = anyio.Event()
         self._stopped = anyio.Event()
         self._host: asyncio.Task[None] | None = None
@@ -208,6 +212,8 @@ class Runtime:
                         if writer.enabled:
                             what = f"the writer loop of backend {writer.name!r}"
                             await writers.start(self._run_loop, what, writer.run)
+                    for what, run in self.services:
+                        await writers.start(self._run_loop, what, run)
                     task_status.started()
                     await self._stop.wait()
                     writers.cancel_scope.cancel()
@@ -284,7 +290,7 @@ class Runtime:
         leave the task group ``enter`` entered; raise ``failure`` if the block
         never met it."""
         assert self._outer is not None
-        timeout = self._close_timeout if exc is None else 0.0
+        timeout = self.close_timeout if exc is None else 0.0
         cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
         try:
             await self.shut_down(timeout)

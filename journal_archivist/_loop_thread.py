@@ -185,7 +185,7 @@ class LoopThread:
             return
         self._archivist = archivist
         self.path = archivist.journal_path
-        self.close_timeout = archivist._runtime._close_timeout
+        self.close_timeout = archivist.close_timeout
         self._loop = asyncio.get_running_loop()
         self._stop = anyio.Event()
         _register(self)

@@ -165,7 +165,9 @@ async def replay_batch(request: Request) -> tuple[list[PendingAppend], list[int]
             session = UUID(bytes=entry.session)
             records = decode_entry(entry.payload, entry.op)
             append = PendingAppend(session, entry.payload, records, entry.op)
-            append.enqueued_at = time.time()  # queued anew: its age starts now
+            # Its first journal time: an archive's erasure mark set since must
+            # still refuse it (``SessionGroup``).
+            append.enqueued_at = entry.enqueued_at
             appends.append(append)
             ids.append(letter.id)
         if appends:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import sqlite3
 from typing import TYPE_CHECKING, Final
 
@@ -42,6 +43,7 @@ __all__ = [
     "ADD_TO_META",
     "DELETE_ORPHAN_PAYLOADS",
     "INSERT_CHUNK",
+    "LAST_ERASURE_US",
     "Transaction",
     "store_backend_rows",
     "update_backend_rows",
@@ -64,6 +66,14 @@ _INSERT_PAYLOAD: Final = (
 DELETE_ORPHAN_PAYLOADS: Final = (
     "DELETE FROM payloads WHERE seq > ? AND seq <= ?"
     " AND NOT EXISTS (SELECT 1 FROM entries WHERE entries.seq = payloads.seq)"
+)
+#: The ``meta`` key of the newest erasure's journal time, in whole microseconds
+#: rounded up: journal times never go back past it, even if the clock does.
+LAST_ERASURE_US: Final = "last_erasure_us"
+# Raise the journal-wide (key, value) to at least value.
+RAISE_META: Final = (
+    "INSERT INTO meta (key, value) VALUES (?, ?)"
+    " ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)"
 )
 # Add (key, value) to a journal-wide counter.
 ADD_TO_META: Final = (
@@ -295,12 +305,18 @@ class Transaction:
             deleted += cursor.rowcount
         return deleted
 
-    async def purge_unregistered(
-        self, sessions: Sequence[bytes], registered: Sequence[str]
+    async def journal_erasures(
+        self, sessions: Sequence[bytes], registered: Sequence[str], stamp: float
     ) -> None:
-        """Delete dead letters and quarantined copies of ``sessions`` kept for
-        backends that are no longer registered (none will settle an erasure)."""
+        """After erasures of ``sessions`` journaled up to time ``stamp``: keep
+        ``stamp`` (journal times never go back past an erasure, whatever the
+        clock does) and delete dead letters and quarantined copies of ``sessions``
+        kept for backends that are no longer registered (none will settle an
+        erasure)."""
         await self._flush()
+        await self._conn.execute(
+            RAISE_META, (LAST_ERASURE_US, math.ceil(stamp * 1_000_000))
+        )
         names = ", ".join("?" * len(registered))
         for table in ("dead_letters", "quarantine"):
             await self._conn.executemany(

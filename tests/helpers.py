@@ -24,7 +24,7 @@ from journal_archivist.backends import ArchiveBackend, SessionGroup
 from journal_archivist.testing import MockBackend
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Sequence
 
 #: The repository's root: the working directory of tools run as subprocesses.
 ROOT = Path(__file__).resolve().parent.parent
@@ -167,3 +167,25 @@ BAD_PAGES: list[tuple[dict[str, object], type[Exception], str]] = [
     ({"limit": 2.0}, TypeError, "limit must be an int or None, got float"),
     ({"after": "x"}, TypeError, r"after must be a uuid\.UUID, got str"),  # not parsed
 ]
+
+
+class GroupLog(MockBackend):
+    """A mock backend that also keeps every group it was handed (with the
+    journal times of its records and erasure)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.groups: list[SessionGroup] = []
+
+    async def write_batch(self, groups: Sequence[SessionGroup]) -> None:
+        self.groups.extend(groups)
+        await super().write_batch(groups)
+
+    def times_of(self, message_id: UUID) -> list[float]:
+        """The journal time each delivery of record ``message_id`` carried."""
+        return [
+            at
+            for group in self.groups
+            for record, at in zip(group.records, group.appended_at, strict=True)
+            if record.message_id == message_id
+        ]

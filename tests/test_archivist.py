@@ -265,6 +265,10 @@ async def test_session_must_be_a_uuid(journal_path: Path, session: UUID) -> None
     async with Archivist.open(journal_path, [registration()]) as archivist:
         with pytest.raises(TypeError, match=r"session must be a uuid\.UUID"):
             await archivist.append_messages(str(session), [record(session)])  # type: ignore[arg-type]
+        for call in (archivist.read_session, archivist.delete_session):
+            with pytest.raises(TypeError, match=r"session must be a uuid\.UUID"):
+                await call(str(session))  # type: ignore[arg-type]
+        assert archivist.close_timeout is not None
 
 
 async def test_invalid_record_journals_nothing_of_the_call(

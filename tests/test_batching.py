@@ -50,7 +50,7 @@ def entry(
         op=Op.APPEND,
         payload=b"",
         size=size,
-        enqueued_at=0.0,
+        enqueued_at=float(seq),  # its journal time: distinct, in seq order
         records=records if decoded else None,
         damage=damage,
     )
@@ -127,13 +127,23 @@ def _records_of(entries: list[Entry]) -> tuple[MessageRecord, ...]:
     return tuple(r for e in entries for r in e.records or ())
 
 
+def _times_of(entries: list[Entry]) -> tuple[float, ...]:
+    return tuple(e.enqueued_at for e in entries for _ in e.records or ())
+
+
+def _group(session: UUID, entries: list[Entry]) -> SessionGroup:
+    """The group ``coalesce`` makes of ``entries`` of ``session``: their records,
+    each with its entry's journal time."""
+    return SessionGroup(session, _records_of(entries), appended_at=_times_of(entries))
+
+
 def test_coalesce_groups_by_session_in_order_of_first_appearance() -> None:
     a1, b1, a2, c1, b2 = entry(A, 2), entry(B), entry(A, 3), entry(C), entry(B, 2)
     groups = coalesce([a1, b1, a2, c1, b2])
     assert groups == [
-        SessionGroup(A, _records_of([a1, a2])),
-        SessionGroup(B, _records_of([b1, b2])),
-        SessionGroup(C, _records_of([c1])),
+        _group(A, [a1, a2]),
+        _group(B, [b1, b2]),
+        _group(C, [c1]),
     ]
     assert all(isinstance(g.session, UUID) for g in groups)
 
@@ -143,23 +153,21 @@ def test_coalesce_leaves_out_damaged_entries() -> None:
     groups = coalesce([entry(C, damage="checksum mismatch"), a1, a2, b1])
     # C's only entry is damaged, so C has no group at all.
     assert groups == [
-        SessionGroup(A, _records_of([a1])),
-        SessionGroup(B, _records_of([b1])),
+        _group(A, [a1]),
+        _group(B, [b1]),
     ]
 
 
 def test_coalesce_never_returns_an_empty_group() -> None:
     b1 = entry(B)
-    assert coalesce([entry(A, 0), b1, entry(C, 0)]) == [
-        SessionGroup(B, _records_of([b1]))
-    ]
+    assert coalesce([entry(A, 0), b1, entry(C, 0)]) == [_group(B, [b1])]
 
 
 def test_coalesce_orders_groups_by_each_session_s_first_entry_even_if_empty() -> None:
     a_empty, b1, a1 = entry(A, 0), entry(B), entry(A)
     assert coalesce([a_empty, b1, a1]) == [
-        SessionGroup(A, _records_of([a1])),
-        SessionGroup(B, _records_of([b1])),
+        _group(A, [a1]),
+        _group(B, [b1]),
     ]
 
 
@@ -200,6 +208,7 @@ def test_coalesce_keeps_each_session_s_records_in_append_order(
     for group in groups:
         own = [e for e in good if e.session == group.session.bytes]
         assert group.records == _records_of(own)
+        assert group.appended_at == _times_of(own)
         assert group.records
     # Nothing but the damaged entries is lost.
     assert sum(len(g.records) for g in groups) == len(_records_of(good))
@@ -236,13 +245,14 @@ def test_an_erasure_discards_the_sessions_earlier_records_in_the_batch() -> None
     a, b = uuid4(), uuid4()
     a0, a1, b0 = record(a, "a0"), record(a, "a1"), record(b, "b0")
     batch = [
-        Entry(1, a.bytes, Op.APPEND, b"", 1, 0.0, [a0]),
-        Entry(2, b.bytes, Op.APPEND, b"", 1, 0.0, [b0]),
-        Entry(3, a.bytes, Op.ERASE, b"", 0, 0.0, []),
-        Entry(4, a.bytes, Op.APPEND, b"", 1, 0.0, [a1]),
-        Entry(5, b.bytes, Op.ERASE, b"", 0, 0.0, []),
+        Entry(1, a.bytes, Op.APPEND, b"", 1, 1.0, [a0]),
+        Entry(2, b.bytes, Op.APPEND, b"", 1, 2.0, [b0]),
+        Entry(3, a.bytes, Op.ERASE, b"", 0, 3.0, []),
+        Entry(4, a.bytes, Op.APPEND, b"", 1, 4.0, [a1]),
+        Entry(5, b.bytes, Op.ERASE, b"", 0, 5.0, []),
     ]
+    # Each erasure carries its journal time, each record its own.
     assert coalesce(batch) == [
-        SessionGroup(a, (a1,), erase=True),
-        SessionGroup(b, (), erase=True),
+        SessionGroup(a, (a1,), erase=True, erased_at=3.0, appended_at=(4.0,)),
+        SessionGroup(b, (), erase=True, erased_at=5.0),
     ]

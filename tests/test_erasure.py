@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import math
 import sqlite3
+import time
 from contextlib import closing
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 from uuid import UUID, uuid4
 
@@ -24,9 +26,10 @@ from journal_archivist import (
     Queued,
     QueueFull,
     RetryPolicy,
+    _intake,
 )
 from journal_archivist.testing import MockBackend
-from tests.helpers import contents, record, records, registration
+from tests.helpers import GroupLog, contents, record, records, registration
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -486,3 +489,35 @@ async def test_a_quarantined_erasure_purges_nothing(
     # The backend never erased: the dead letter is the operator's only copy.
     assert mock.erasures == []
     assert journal_rows(journal_path, session)["dead_letters"] == 1
+
+
+async def test_journal_times_order_an_erasure_even_when_the_clock_steps_back(
+    journal_path: Path, session: UUID, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Archives keep erasure marks by journal time (``SessionGroup``): a record
+    appended after an erasure, even after a restart with the clock an hour back
+    and the erasure long settled, must carry a later time than the erasure."""
+    log = GroupLog()
+    async with Archivist.open(journal_path, [registration(log)]) as archivist:
+        await archivist.append_messages(session, [record(session, "before")])
+        with anyio.fail_after(5):
+            await archivist.wait_drained()
+        await archivist.delete_session(session)
+        with anyio.fail_after(5):
+            await archivist.wait_drained()
+    assert journal_rows(journal_path, session)["entries"] == 0
+    (before,) = log.groups[0].appended_at
+    erased_at = log.groups[-1].erased_at
+    assert erased_at is not None
+    assert before < erased_at
+
+    an_hour_back = time.time() - 3600.0
+    monkeypatch.setattr(_intake, "time", SimpleNamespace(time=lambda: an_hour_back))
+    log.groups.clear()
+    async with Archivist.open(journal_path, [registration(log)]) as archivist:
+        await archivist.append_messages(session, [record(session, "after")])
+        with anyio.fail_after(5):
+            await archivist.wait_drained()
+    (after,) = log.groups[0].appended_at
+    assert after > erased_at
+    assert contents(log, session) == ["after"]

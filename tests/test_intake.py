@@ -9,6 +9,7 @@ append of their session, and a round's appends are numbered and answered.
 from __future__ import annotations
 
 import dataclasses
+import time
 from unittest import mock
 from uuid import UUID
 
@@ -561,7 +562,7 @@ def test_number_gives_consecutive_seqs_to_the_appends_someone_is_owed() -> None:
         append(S1, b"three"),
     )
     admitted = [(first, 3), (dropped, 0), (erasing, 7), (last, 1)]
-    numbered = number(admitted, last_seq=41)
+    numbered = number(admitted, last_seq=41, last_stamp=0.0)
     assert [a.seq for a, _ in admitted] == [42, 0, 43, 44]
     expected = [
         EntryRow(
@@ -585,14 +586,35 @@ def test_number_gives_consecutive_seqs_to_the_appends_someone_is_owed() -> None:
     assert numbered.nbytes == len(b"one") + len(b"three")
     assert numbered.tail == 44
     assert numbered.erased == [S3.bytes]
+    # Journal times in seq order; the dropped append got none.
+    assert first.enqueued_at < erasing.enqueued_at < last.enqueued_at
+    assert (dropped.enqueued_at, numbered.stamp) == (0.0, last.enqueued_at)
+
+
+def test_journal_times_increase_strictly_even_if_the_clock_steps_back() -> None:
+    future = time.time() + 3600.0  # the last time handed out, an hour ahead
+    appends = [append(S1, b"a"), append(S2, b"b"), append(S1, b"c")]
+    numbered = number([(a, 1) for a in appends], last_seq=0, last_stamp=future)
+    times = [a.enqueued_at for a in appends]
+    assert future < times[0] < times[1] < times[2] == numbered.stamp
+    assert times[2] - future < 1e-6  # the next representable floats, not a jump
+
+
+def test_a_replayed_dead_letter_keeps_its_first_journal_time() -> None:
+    replayed = append(S1, b"again")
+    replayed.enqueued_at = 1000.0
+    fresh = append(S1, b"new")
+    number([(replayed, 1), (fresh, 1)], last_seq=0, last_stamp=2000.0)
+    assert replayed.enqueued_at == 1000.0
+    assert fresh.enqueued_at > 2000.0
 
 
 def test_number_of_appends_no_one_is_owed_journals_nothing() -> None:
     nobody = [(append(), 0), (erasure(), 0)]
-    numbered = number(nobody, last_seq=7)
+    numbered = number(nobody, last_seq=7, last_stamp=5.0)
     assert (numbered.rows, numbered.entries, numbered.nbytes) == ([], [], 0)
-    assert (numbered.tail, numbered.erased) == (7, [])
-    assert number([], last_seq=7).tail == 7
+    assert (numbered.tail, numbered.erased, numbered.stamp) == (7, [], 5.0)
+    assert number([], last_seq=7, last_stamp=5.0).tail == 7
 
 
 def test_acknowledge_answers_the_round_and_forgets_the_payloads() -> None:

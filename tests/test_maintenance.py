@@ -22,7 +22,7 @@ from journal_archivist import (
     MessageRecord,
 )
 from journal_archivist.testing import MockBackend
-from tests.helpers import contents, query, record, registration
+from tests.helpers import GroupLog, contents, query, record, registration
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -229,3 +229,22 @@ async def test_purge_quarantine_counts_what_went(journal_path: Path) -> None:
         assert await archivist.purge_quarantine("old") == 1
         assert await archivist.purge_quarantine("mock") == 1
     assert query(journal_path, "SELECT count(*) FROM quarantine") == [(0,)]
+
+
+async def test_a_replayed_record_keeps_its_first_journal_time(
+    journal_path: Path, session: UUID
+) -> None:
+    """An archive's erasure marks compare journal times: a replay must not make
+    an old record look new (``docs/scaling.md``)."""
+    log = GroupLog()
+    regs = [registration(log, "a", failure_mode=FailureMode.BEST_EFFORT)]
+    async with Archivist.open(journal_path, regs) as archivist:
+        [poison] = await dead_letter(archivist, log, session, "poison")
+        (first,) = query(journal_path, "SELECT enqueued_at FROM dead_letters")[0]
+        log.cure(poison.message_id)
+        assert await archivist.replay_dead_letters("a") == 1
+        with anyio.fail_after(5):
+            await archivist.wait_drained()
+    times = log.times_of(poison.message_id)
+    assert times[-1] == first
+    assert set(times) == {first}  # every attempt, before and after, carried it

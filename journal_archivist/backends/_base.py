@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import abc
 import os
+import time
 from datetime import datetime
-from typing import TYPE_CHECKING, Final, Self
+from typing import TYPE_CHECKING, ClassVar, Final, Self
 from uuid import UUID
 
 import msgspec
@@ -36,6 +37,8 @@ __all__ = [
     "ArchiveBackend",
     "SessionGroup",
     "SessionInfo",
+    "append_times",
+    "erasure_time",
     "implements",
 ]
 
@@ -43,15 +46,49 @@ __all__ = [
 class SessionGroup(msgspec.Struct, frozen=True):
     """What one batch asks a backend to do for one session.
 
-    If ``erase`` is set, first delete every record archived for ``session`` (a
-    privacy erasure, see ``Archivist.delete_session``); then archive ``records``
-    in append order. Groups of different sessions in one batch may be applied in
-    any order; groups of the same session must be applied in the order given.
+    If ``erase`` is set, first erase ``session`` (a privacy erasure, see
+    ``Archivist.delete_session``); then archive ``records`` in append order.
+    Groups of different sessions in one batch may be applied in any order; groups
+    of the same session must be applied in the order given.
+
+    Erasure marks (``docs/scaling.md``): several journals (slots, hosts) may feed
+    one archive, so an erasure can arrive before an older append of the same
+    session still waiting in another journal. Times are unix seconds of the
+    journal that took the call, strictly increasing within one journal. An
+    erasure at ``erased_at`` deletes the records appended before it and leaves a
+    mark, the latest erasure time of the session; a record appended before the
+    session's mark is skipped on arrival (it was erased), not an error.
+    ``erased_at`` None (a direct call) means now, and so does a missing
+    ``appended_at``: use ``erasure_time`` and ``append_times``.
     """
 
     session: UUID
     records: tuple[MessageRecord, ...]
     erase: bool = False
+    #: When the erasure was journaled; None: now.
+    erased_at: float | None = None
+    #: When each of ``records`` was journaled, in the same order; empty: now.
+    appended_at: tuple[float, ...] = ()
+
+
+def erasure_time(group: SessionGroup, now: float | None = None) -> float:
+    """The time ``group``'s erasure applies at: its ``erased_at``, else now."""
+    if group.erased_at is not None:
+        return group.erased_at
+    return time.time() if now is None else now
+
+
+def append_times(group: SessionGroup, now: float | None = None) -> tuple[float, ...]:
+    """The journal time of each of ``group.records``; now for each if not given."""
+    times = group.appended_at
+    if len(times) == len(group.records):
+        return times
+    if times:
+        raise ValueError(
+            f"SessionGroup of {len(group.records)} records has"
+            f" {len(times)} append times"
+        )
+    return (time.time() if now is None else now,) * len(group.records)
 
 
 class SessionInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -126,6 +163,11 @@ class ArchiveBackend(abc.ABC):
     ``read_session``, ``count`` and ``list_sessions``, whose defaults raise
     ``BackendError(retryable=False)``. A backend offers a read by overriding it.
     """
+
+    #: Whether this archive keeps erasure marks (``SessionGroup``), so that
+    #: several journals may feed it at once without an erased record coming back.
+    #: A slot journal directory refuses a backend that does not.
+    erasure_marks: ClassVar[bool] = False
 
     @abc.abstractmethod
     async def append_messages(
