@@ -6,7 +6,8 @@ without seeing each other's data. Reads go through a *new* backend instance
 that is already closed: that is how a restart sees it. A backend that is not
 readable is read through ``read_session`` (the place it delivers to). The optional
 ``count`` and ``list_sessions`` are checked only where the backend's class offers
-them (``backends._base.implements``, the one rule for optional methods).
+them (``backends._base.implements``, the one rule for optional methods), and
+erasure marks only where its class sets ``erasure_marks`` (``_contract_marks``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from ._contract_marks import check_erasure_marks
 from ._records import Attachment, MessageRecord
 from .backends._base import SessionGroup, implements
 
@@ -367,6 +369,12 @@ async def check_backend(
     session's records and only those, and forget their ids. If the backend's
     class overrides the optional ``count`` or ``list_sessions``: they count each
     record once, give the earliest and latest ``ts``, and forget an erased session.
+    If its class sets ``erasure_marks``, the rule of ``SessionGroup`` with explicit
+    times: an erasure at T deletes only records appended before T (one at T or
+    later survives); a record appended before the mark arriving later is skipped
+    and its batch succeeds, while one after it is stored; an older erasure arriving
+    after a newer one neither lowers the mark nor deletes what the newer one kept;
+    and redelivery, even reordered, stays idempotent.
 
     For a backend that is not readable, pass ``read_session``: an async function
     returning what was delivered for a session, read from where the backend
@@ -387,3 +395,7 @@ async def check_backend(
         contract.counts,
     ):
         await check()
+    async with make_backend() as backend:
+        marks = type(backend).erasure_marks
+    if marks:
+        await check_erasure_marks(make_backend, contract.expect)

@@ -38,6 +38,7 @@ import asyncpg  # type: ignore[import-untyped]
 
 from .._errors import BackendError
 from . import _postgres_sql as _pgsql
+from ._postgres_dsn import error_chain
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable
@@ -79,7 +80,7 @@ class PoolKeeper:
         dsn: the DSN as given, passed to asyncpg only.
         masked_dsn: the DSN as errors and logs show it.
         secrets: every form of every secret of the DSN, scrubbed from errors.
-        misread: a URL parser reads the DSN differently (``_pgsql.misread_dsn``).
+        misread: a URL parser reads the DSN differently (``_postgres_dsn.misread_dsn``).
         ddl: creates the schema and tables, run if ``create_schema``.
         create_schema, pool_min_size, pool_max_size, timeout, application_name:
             as ``PostgresArchive`` takes them, already checked.
@@ -206,7 +207,7 @@ class PoolKeeper:
         """Whether ``exc`` or anything chained to it may show a secret."""
         if self._misread:
             return True
-        for link in _pgsql.error_chain(exc):
+        for link in error_chain(exc):
             texts = (str(link), repr(link), *map(str, link.args))
             if any(secret in text for secret in self._secrets for text in texts):
                 return True

@@ -1,19 +1,22 @@
 """What ``PostgresArchive`` says to PostgreSQL, and what its errors mean: pure, no I/O.
 
 The statements (with validated, quoted table names), how a batch becomes their
-parameters, what an error from asyncpg or the OS means, and which text of a DSN
-is secret. ``postgres.py`` holds
-the behaviour (pool, transactions, error translation) and is the only importer:
-it imports this module after its own guarded ``import asyncpg``, which names the
-extra to install.
+parameters, and what an error from asyncpg or the OS means; which text of a DSN
+is secret is ``_postgres_dsn``'s. ``postgres.py`` holds the behaviour (pool,
+transactions, error translation) and imports this module after its own guarded
+``import asyncpg``, which names the extra to install.
 
 Rules and theory:
-- **Schema** (``<schema>.<prefix>sessions`` and ``<prefix>messages``):
-  sessions(session uuid PK, message_count, next_seq, first_ts, last_ts,
-  created_at, updated_at); messages(message_id uuid PK, session, seq, parent_id,
-  ts timestamptz, role, author, content_md, record bytea, archived_at), unique on
-  (session, seq). Schema and prefix are checked against ``[a-z_][a-z0-9_]{0,40}``
-  and quoted, so no other text reaches the SQL.
+- **Schema** (``<schema>.<prefix>sessions``, ``<prefix>messages`` and
+  ``<prefix>erasure_marks``): sessions(session uuid PK, message_count, next_seq,
+  first_ts, last_ts, created_at, updated_at); messages(message_id uuid PK,
+  session, seq, parent_id, ts timestamptz, role, author, content_md, record
+  bytea, archived_at, appended_at), unique on (session, seq);
+  erasure_marks(session uuid PK, erased_at). Schema and prefix are checked
+  against ``[a-z_][a-z0-9_]{0,40}`` and quoted, so no other text reaches the SQL.
+  Tables made before erasure marks are upgraded in place by the DDL: the
+  marks table is created, and ``appended_at`` added with default 0 (no table
+  rewrite): those rows predate every mark, so any erasure deletes them.
 - **Counters move with the rows.** ``message_count``, ``first_ts`` and ``last_ts``
   are updated by the statement that inserts the messages, from the rows it really
   inserted (``RETURNING`` skips conflicts): a redelivered record changes none of
@@ -22,18 +25,30 @@ Rules and theory:
   session), and such a row is not listed.
 - **One lock, then a fresh look.** A batch first upserts the row of every session
   it touches (``reserve``, in one statement, in UUID order, so batches never
-  deadlock on each other): that reserves the appended records' positions, resets
-  the counters of erased sessions, and locks each row until COMMIT, waiting for
-  any other writer of the session (even one whose row is not committed yet).
-  Only then does a separate statement delete the erased sessions' messages: under
-  READ COMMITTED it takes a new snapshot, so it sees every batch committed before
-  the lock was granted. (Deleting in the statement that waits for the lock would
-  use the snapshot from before the wait and miss those rows.)
-- **Erasure keeps the sessions row** with ``message_count`` 0, ``first_ts`` and
-  ``last_ts`` NULL, and ``next_seq`` as it was: positions never restart, so no
-  record ever collides with the (session, seq) of an earlier one. An erasure of
-  an unknown session leaves such a row too. ``count`` reads 0 and
-  ``list_sessions`` skips the session, as if it had never been written.
+  deadlock on each other): that reserves the appended records' positions and
+  locks each row until COMMIT, waiting for any other writer of the session (even
+  one whose row is not committed yet). Only then do separate statements erase
+  and insert: under READ COMMITTED each takes a new snapshot, so it sees every
+  batch committed before the lock was granted. (Deleting in the statement that
+  waits for the lock would use the snapshot from before the wait and miss
+  those rows.)
+- **Erasure marks ride on that lock.** An erasure at T raises the session's mark
+  to at least T and deletes its messages appended before T; an insert skips a
+  record appended before its session's mark. READ COMMITTED alone would let an
+  erasure miss a concurrent uncommitted insert and that insert miss the
+  uncommitted mark; but every batch, erasing or appending, holds the row lock of
+  each session it touches before it reads or writes a mark or a message of it,
+  so the two are serialised, and whichever comes second sees the first. The row
+  is the lock: exclusive for both, which costs appends nothing, since appends
+  of one session already queue on ``next_seq``; and no extra round trip, and no
+  advisory-lock key space to share with the application. Marks are kept forever.
+- **Erasure keeps the sessions row**, recounted from the messages left (none,
+  unless a record appended after the erasure arrived first: then
+  ``message_count`` is theirs, else 0 with ``first_ts``/``last_ts`` NULL), and
+  ``next_seq`` as it was: positions never restart, so no record ever collides
+  with the (session, seq) of an earlier one. An erasure of an unknown session
+  leaves such a row too. ``count`` reads 0 and ``list_sessions`` skips an
+  emptied session, as if it had never been written.
 - **Sessions sort as UUIDs.** PostgreSQL compares ``uuid`` bytewise (big-endian),
   which is the order of the 128-bit values, Python's ``UUID`` order.
 - **Failure classification**: whatever repeating may fix is retryable: lost or
@@ -51,17 +66,17 @@ Rules and theory:
 from __future__ import annotations
 
 import re
-import urllib.parse
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import asyncpg  # type: ignore[import-untyped]
 import msgspec
 
 from .._errors import BackendError
+from ._base import append_times, erasure_time
 from ._codec import encode_record
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Sequence
     from datetime import datetime
     from uuid import UUID
 
@@ -84,6 +99,7 @@ class Sql(NamedTuple):
 
     sessions: str  # the quoted, schema-qualified names
     messages: str
+    marks: str
     ddl: str
     reserve: str
     erase: str
@@ -96,13 +112,15 @@ class Sql(NamedTuple):
 
 
 def statements(schema: str, prefix: str) -> Sql:
-    """The statements for tables ``<prefix>sessions`` and ``<prefix>messages``.
+    """The statements for tables ``<prefix>sessions``, ``<prefix>messages`` and
+    ``<prefix>erasure_marks``.
 
     ``schema`` and ``prefix`` must have passed ``check_identifier``.
     """
     qschema = f'"{schema}"'
     sessions = f'{qschema}."{prefix}sessions"'
     messages = f'{qschema}."{prefix}messages"'
+    marks = f'{qschema}."{prefix}erasure_marks"'
     # One lock per schema serialises every instance's DDL there (CREATE ... IF NOT
     # EXISTS alone races); the validated name holds no quote.
     lock_key = f"journal_archivist:{schema}"
@@ -130,39 +148,84 @@ def statements(schema: str, prefix: str) -> Sql:
             content_md text NOT NULL,
             record bytea NOT NULL,
             archived_at timestamptz NOT NULL DEFAULT now(),
+            appended_at double precision NOT NULL DEFAULT 0,  -- journal time
             UNIQUE (session, seq)
         );
+        CREATE TABLE IF NOT EXISTS {marks} (
+            session uuid PRIMARY KEY,
+            erased_at double precision NOT NULL  -- latest erasure, unix seconds
+        );
+        -- Upgrade tables made before erasure marks. Checked first: ALTER TABLE
+        -- locks the table exclusively even when it changes nothing.
+        DO $$ BEGIN
+            IF NOT EXISTS (SELECT 1 FROM pg_attribute
+                           WHERE attrelid = '{messages}'::regclass
+                           AND attname = 'appended_at' AND NOT attisdropped) THEN
+                ALTER TABLE {messages}
+                    ADD COLUMN appended_at double precision NOT NULL DEFAULT 0;
+            END IF;
+        END $$;
     """
     listed = f"SELECT session, message_count, first_ts, last_ts FROM {sessions}"
     return Sql(
         sessions=sessions,
         messages=messages,
+        marks=marks,
         ddl=ddl,
         # $1 every session of the batch (sorted), $2 how many records each
-        # appends, $3 the erased ones. Runs before ``erase``: see "One lock".
+        # appends. Runs first: see "One lock".
         reserve=f"""
             INSERT INTO {sessions} AS s (session, next_seq)
             SELECT * FROM unnest($1::uuid[], $2::bigint[])
             ON CONFLICT (session) DO UPDATE SET
                 next_seq = s.next_seq + excluded.next_seq,
-                message_count = CASE WHEN s.session = ANY($3::uuid[]) THEN 0
-                                     ELSE s.message_count END,
-                first_ts = CASE WHEN s.session = ANY($3::uuid[]) THEN NULL
-                                ELSE s.first_ts END,
-                last_ts = CASE WHEN s.session = ANY($3::uuid[]) THEN NULL
-                               ELSE s.last_ts END,
                 updated_at = now()
             RETURNING session, next_seq
         """,
-        erase=f"DELETE FROM {messages} WHERE session = ANY($1::uuid[])",
-        # least/greatest ignore NULL: the first rows of a session set both.
+        # $1 the erased sessions, $2 the time of each erasure. The recount runs
+        # on the statement's snapshot, from before the DELETE: so it counts the
+        # rows the DELETE leaves, those appended at or after the erasure.
+        # ``session = ANY($1)`` lets any plan find the rows by index.
+        erase=f"""
+            WITH e AS (
+                SELECT * FROM unnest($1::uuid[], $2::float8[]) AS e(session, t)
+            ), marked AS (
+                INSERT INTO {marks} AS k (session, erased_at)
+                SELECT session, t FROM e
+                ON CONFLICT (session) DO UPDATE
+                SET erased_at = greatest(k.erased_at, excluded.erased_at)
+            ), deleted AS (
+                DELETE FROM {messages} AS m USING e
+                WHERE m.session = ANY($1::uuid[]) AND m.session = e.session
+                AND m.appended_at < e.t
+            )
+            UPDATE {sessions} AS s SET (message_count, first_ts, last_ts) = (
+                SELECT count(*), min(m.ts), max(m.ts) FROM {messages} AS m
+                WHERE m.session = s.session AND m.appended_at >= e.t
+            )
+            FROM e WHERE s.session = e.session
+        """,
+        # least/greatest ignore NULL: the first rows of a session set both. A
+        # record appended before its session's mark was erased: skipped. (The
+        # marks are read once, in ``m``: checked row by row instead, the check's
+        # cost grows with the rows planned, so PostgreSQL kept planning the
+        # statement anew at every call rather than reuse its generic plan.)
         insert=f"""
-            WITH inserted AS (
+            WITH m AS MATERIALIZED (
+                SELECT session, erased_at FROM {marks}
+                WHERE session = ANY($2::uuid[])
+            ), inserted AS (
                 INSERT INTO {messages} (message_id, session, seq, parent_id, ts,
-                                        role, author, content_md, record)
-                SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[],
-                                     $4::uuid[], $5::timestamptz[], $6::text[],
-                                     $7::text[], $8::text[], $9::bytea[])
+                                        role, author, content_md, record,
+                                        appended_at)
+                SELECT r.* FROM unnest($1::uuid[], $2::uuid[], $3::bigint[],
+                                       $4::uuid[], $5::timestamptz[], $6::text[],
+                                       $7::text[], $8::text[], $9::bytea[],
+                                       $10::float8[])
+                    AS r(message_id, session, seq, parent_id, ts, role, author,
+                         content_md, record, appended_at)
+                WHERE NOT EXISTS (SELECT 1 FROM m WHERE m.session = r.session
+                                  AND m.erased_at > r.appended_at)
                 ON CONFLICT (message_id) DO NOTHING
                 RETURNING session, ts
             )
@@ -186,7 +249,14 @@ def statements(schema: str, prefix: str) -> Sql:
             {listed} WHERE session > $2 AND message_count > 0
             ORDER BY session LIMIT $1
         """,
-        probe="SELECT to_regclass($1) IS NOT NULL, to_regclass($2) IS NOT NULL",
+        # Each table, and the column that tables made before marks lack.
+        probe="""
+            SELECT to_regclass($1) IS NOT NULL, to_regclass($2) IS NOT NULL,
+                   to_regclass($3) IS NOT NULL,
+                   EXISTS (SELECT 1 FROM pg_attribute
+                           WHERE attrelid = to_regclass($2)
+                           AND attname = 'appended_at' AND NOT attisdropped)
+        """,
     )
 
 
@@ -194,42 +264,50 @@ def statements(schema: str, prefix: str) -> Sql:
 
 
 class Plan(NamedTuple):
-    """What a batch does: erase these sessions, then append these records."""
+    """What a batch does: erase these sessions (at these times), then append
+    these records (each with its journal time)."""
 
-    erased: list[UUID]
-    appended: dict[UUID, list[MessageRecord]]
+    erased: dict[UUID, float]
+    appended: dict[UUID, list[tuple[MessageRecord, float]]]
 
 
-def plan(groups: Sequence[SessionGroup]) -> Plan:
+def plan(groups: Sequence[SessionGroup], now: float) -> Plan:
     """Reduce a batch to what it does per session: maybe erase, then append.
 
-    An erasing group discards the records of earlier groups of its session (they
-    would be erased anyway). A record repeated within the batch is kept once, where
-    it first appears, as ``ON CONFLICT DO NOTHING`` keeps it across batches.
+    Times missing from a group (a direct call) are ``now``. An erasing group
+    discards the records of earlier groups of its session: group order is
+    journal order, so they were appended before it and would be erased anyway.
+    Two erasures of one session erase at the later time. A record repeated
+    within the batch is kept once, where it first appears, as ``ON CONFLICT DO
+    NOTHING`` keeps it across batches.
     """
-    erased: dict[UUID, None] = {}
-    appended: dict[UUID, list[MessageRecord]] = {}
+    erased: dict[UUID, float] = {}
+    appended: dict[UUID, list[tuple[MessageRecord, float]]] = {}
     for group in groups:
         if group.erase:
-            erased[group.session] = None
+            at = erasure_time(group, now)
+            erased[group.session] = max(at, erased.get(group.session, at))
             appended.pop(group.session, None)
         if group.records:
-            appended.setdefault(group.session, []).extend(group.records)
+            times = append_times(group, now)
+            pairs = zip(group.records, times, strict=True)
+            appended.setdefault(group.session, []).extend(pairs)
     seen: set[UUID] = set()
-    for session, records in appended.items():
+    for session, both in appended.items():
         kept = []
-        for record in records:
+        for record, at in both:
             if record.message_id not in seen:
                 seen.add(record.message_id)
-                kept.append(record)
+                kept.append((record, at))
         appended[session] = kept
-    return Plan(list(erased), appended)
+    return Plan(erased, appended)
 
 
 def columns(
-    sessions: list[UUID], appended: dict[UUID, list[MessageRecord]]
+    sessions: list[UUID], appended: dict[UUID, list[tuple[MessageRecord, float]]]
 ) -> list[list[Any]]:
-    """The insert's column arrays, all but ``seq`` (known once reserved).
+    """The insert's column arrays, all but ``seq`` (known once reserved), the
+    journal times last.
 
     Raises:
         BackendError: ``retryable=False``, for a record of another session or one
@@ -243,8 +321,9 @@ def columns(
     authors: list[str | None] = []
     contents: list[str] = []
     blobs: list[bytes] = []
+    times: list[float] = []
     for session in sessions:
-        for record in appended[session]:
+        for record, at in appended[session]:
             if record.session != session:
                 raise BackendError(
                     f"record {record.message_id} belongs to session"
@@ -266,7 +345,8 @@ def columns(
             author = record.author
             authors.append(None if author is None else _text(author))
             contents.append(_text(record.content_md))
-    return [ids, owners, parents, stamps, roles, authors, contents, blobs]
+            times.append(at)
+    return [ids, owners, parents, stamps, roles, authors, contents, blobs, times]
 
 
 def _text(value: str) -> str:
@@ -368,94 +448,3 @@ def _classify_one(exc: BaseException) -> tuple[bool, str]:
     if isinstance(exc, OSError):
         return True, f"cannot reach the server: {type(exc).__name__}: {exc}"
     return False, f"{type(exc).__name__}: {exc}"
-
-
-# -- secrets ------------------------------------------------------------------------
-
-#: ``password=`` (and ``sslpassword=``) in a URL's query: the value runs to the
-#: next ``&``, a ``#`` included.
-_QUERY_PASSWORD: Final = re.compile(r"(?i)([?&][a-z_]*password=)([^&]*)")
-#: ``password = value`` in a libpq keyword/value string, the value maybe quoted.
-_KEYWORD_PASSWORD: Final = re.compile(r"(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'?|\S*)")
-
-
-def _secret_forms(secret: str) -> set[str]:
-    """``secret`` as written and as decoded (percent, plus, libpq quoting)."""
-    unquoted = (
-        secret[1:-1] if len(secret) > 1 and secret[0] == secret[-1] == "'" else secret
-    )
-    return {
-        secret,
-        unquoted,
-        re.sub(r"\\(.)", r"\1", unquoted),
-        urllib.parse.unquote(secret),
-        urllib.parse.unquote_plus(secret),
-    }
-
-
-def _url_userinfo(dsn: str) -> str | None:
-    """The user info a URL parser (asyncpg's) reads from ``dsn``, if any."""
-    try:
-        netloc = urllib.parse.urlsplit(dsn).netloc
-    except ValueError:  # an unbalanced "[": no parser agrees on anything
-        return None
-    userinfo, at, _ = netloc.rpartition("@")
-    return userinfo if at else None
-
-
-def mask_dsn(dsn: str) -> tuple[str, frozenset[str]]:
-    """Return ``dsn`` with its passwords replaced by ``***``, and the secrets.
-
-    Parses nothing the way a URL parser would, so a password with an unescaped
-    ``/``, ``?``, ``#`` or ``@`` is masked whole: in a URL, everything between
-    ``://`` and the last ``@`` after a ``:`` is user info (more than a password,
-    if a query value holds an ``@``: masking too much is the safe side). A libpq
-    keyword/value string has its ``password=`` value masked.
-    """
-    secrets: set[str] = set()
-
-    def hide(match: re.Match[str]) -> str:
-        secrets.update(_secret_forms(match[2]))
-        return f"{match[1]}***"
-
-    scheme, sep, rest = dsn.partition("://")
-    if not sep:
-        return _KEYWORD_PASSWORD.sub(hide, dsn), frozenset(s for s in secrets if s)
-    userinfo, at, tail = rest.rpartition("@")
-    if at and ":" in userinfo:
-        user, _, password = userinfo.partition(":")
-        secrets.update(_secret_forms(password))
-        rest = f"{user}:***@{tail}"
-    parsed = _url_userinfo(dsn)  # what the driver will read, if it differs
-    if parsed is not None and ":" in parsed:
-        secrets.update(_secret_forms(parsed.partition(":")[2]))
-    masked = f"{scheme}{sep}{_QUERY_PASSWORD.sub(hide, rest)}"
-    return masked, frozenset(s for s in secrets if s)
-
-
-def misread_dsn(dsn: str) -> bool:
-    """Whether a URL parser reads ``dsn``'s user info differently from the mask.
-
-    Then the driver may quote pieces of the password (``invalid literal for
-    int(): 'pa'`` for ``u:pa/ss@host``), which no scrub list can recognise: a
-    password with an unescaped ``/``, ``?``, ``#`` or ``@``.
-    """
-    _, sep, rest = dsn.partition("://")
-    userinfo, at, _ = rest.rpartition("@")
-    if not (sep and at and ":" in userinfo):
-        return False
-    # asyncpg splits the netloc at its first "@", urlsplit at its last.
-    return "@" in userinfo or _url_userinfo(dsn) != userinfo
-
-
-def error_chain(exc: BaseException) -> Iterator[BaseException]:
-    """``exc`` and every exception chained to it (cause or context)."""
-    seen: set[int] = set()
-    stack: list[BaseException] = [exc]
-    while stack:
-        current = stack.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        stack.extend(e for e in (current.__cause__, current.__context__) if e)

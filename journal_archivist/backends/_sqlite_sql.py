@@ -19,6 +19,17 @@ Rules and theory:
 - A value read back is never trusted to have the type the schema gave it
   (``_sqlite_read``). A damaged value is a non-retryable ``BackendError``
   (``damaged``) naming the file, the row and the column, never a wrong record.
+- **Erasure marks** (``SessionGroup``): every row keeps its journal time
+  (``appended_at``), and ``erasure_marks`` the latest erasure time of each
+  erased session, kept forever. An erasure at T deletes the session's rows
+  appended before T and raises its mark to at least T; an insert skips a row
+  appended before its session's mark (``NOT EXISTS`` in the INSERT itself).
+  Every write is one ``BEGIN IMMEDIATE`` transaction, which holds the database's
+  write lock from its first statement, so a mark and the rows it judges are
+  read and written by one writer at a time, whichever process it is.
+- Within one batch, group order is journal order: an erasing group drops the
+  batch's earlier records of its session (``write_steps``) whatever their
+  times, and a direct call's groups all take one time, "now".
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ import msgspec
 
 from .._errors import BackendError
 from .._large_values import LargeValues
+from ._base import append_times, erasure_time
 from ._codec import encode_record
 
 if TYPE_CHECKING:
@@ -47,9 +59,27 @@ APPLICATION_ID: Final = 0x4A415243
 #: (version 1 stored it in both); version 1 files are read as they are and
 #: upgraded by a version bump (UPGRADES), so an older library, which would read
 #: version 2 records without their content, refuses them.
-SCHEMA_VERSION: Final = 2
+#: Version 3 adds erasure marks: ``messages.appended_at`` and the table
+#: ``erasure_marks``. Rows of a version 2 file get ``appended_at`` 0: they predate
+#: any mark, so any later erasure deletes them (the privacy-safe side), and the
+#: column is added without rewriting the table (a record's ``ts`` is the
+#: application's time, not the journal's, and cannot stand in for it).
+SCHEMA_VERSION: Final = 3
+_MARKS_TABLE: Final = """
+    CREATE TABLE erasure_marks (
+        session   TEXT PRIMARY KEY,  -- canonical UUID string
+        erased_at REAL NOT NULL      -- the latest erasure time (unix seconds)
+    ) WITHOUT ROWID
+"""
 #: What takes an archive from version ``n`` (the key) to ``n + 1``.
-UPGRADES: Final = {1: ("PRAGMA user_version = 2",)}
+UPGRADES: Final = {
+    1: ("PRAGMA user_version = 2",),
+    2: (
+        "ALTER TABLE messages ADD COLUMN appended_at REAL NOT NULL DEFAULT 0",
+        _MARKS_TABLE,
+        "PRAGMA user_version = 3",
+    ),
+}
 # The journal's application_id ("JRNL", journal_archivist._schema): named here so
 # that pointing an archive at the journal says so (backends never import it).
 JOURNAL_APPLICATION_ID: Final = 0x4A524E4C
@@ -75,10 +105,12 @@ SCHEMA: Final = (
         role       TEXT NOT NULL,
         author     TEXT,
         content_md TEXT NOT NULL,  -- may hold NUL characters
-        record     TEXT NOT NULL   -- the record as JSON (backends._codec), with
+        record     TEXT NOT NULL,  -- the record as JSON (backends._codec), with
                                    -- content_md "" (the column above holds it)
+        appended_at REAL NOT NULL DEFAULT 0  -- journal time, unix seconds
     )
     """,
+    _MARKS_TABLE,
     # Every index entry ends with the rowid (seq), so this one also orders by seq.
     "CREATE INDEX messages_by_session ON messages (session)",
     # Counts only rows really inserted: ON CONFLICT DO NOTHING fires no trigger.
@@ -97,15 +129,24 @@ SCHEMA: Final = (
 )
 
 _INSERT_COLUMNS: Final = (
-    "INSERT INTO messages"
-    " (message_id, session, parent_id, ts, role, author, content_md, record) VALUES "
+    "INSERT INTO messages (message_id, session, parent_id, ts, role, author,"
+    " content_md, record, appended_at) SELECT * FROM (VALUES "
 )
-_ROW_PLACEHOLDERS: Final = "(?, ?, ?, ?, ?, ?, ?, ?)"
+_ROW_PLACEHOLDERS: Final = "(?, ?, ?, ?, ?, ?, ?, ?, ?)"
 #: Rows per multi-row INSERT, largest first; any count is a sum of these.
 INSERT_CHUNKS: Final = (64, 16, 4, 1)
+# A row appended before its session's erasure mark was erased: skipped. (The
+# WHERE also settles the INSERT ... SELECT ... ON CONFLICT parsing ambiguity.)
+_SKIP_ERASED: Final = (
+    ") AS v WHERE NOT EXISTS (SELECT 1 FROM erasure_marks AS m"
+    " WHERE m.session = v.column2 AND m.erased_at > v.column9)"
+)
 _ON_CONFLICT: Final = " ON CONFLICT (message_id) DO NOTHING"
 _INSERT_MANY: Final = {
-    k: _INSERT_COLUMNS + ", ".join([_ROW_PLACEHOLDERS] * k) + _ON_CONFLICT
+    k: _INSERT_COLUMNS
+    + ", ".join([_ROW_PLACEHOLDERS] * k)
+    + _SKIP_ERASED
+    + _ON_CONFLICT
     for k in INSERT_CHUNKS
 }
 
@@ -147,11 +188,32 @@ def _insert_small(rows: list[Row], statements: list[tuple[str, list[Any]]]) -> N
 
 def _insert_large(large: LargeValues) -> str:
     content = large.sql()
-    return _INSERT_COLUMNS + f"(?, ?, ?, ?, ?, ?, {content}, ?)" + _ON_CONFLICT
+    row = f"(?, ?, ?, ?, ?, ?, {content}, ?, ?)"
+    return _INSERT_COLUMNS + row + _SKIP_ERASED + _ON_CONFLICT
 
 
-ERASE_MESSAGES: Final = "DELETE FROM messages WHERE session = ?"
-ERASE_SESSION: Final = "DELETE FROM sessions WHERE session = ?"
+# An erasure at ?2 of session ?1: raise the mark, delete what was appended before
+# ?2, then drop the session's count row if nothing is left, else recount it. A
+# row whose appended_at is no longer a number (damaged) is deleted too: erasing
+# a session removes its damaged rows.
+ERASE_MARK: Final = (
+    "INSERT INTO erasure_marks (session, erased_at) VALUES (?1, ?2)"
+    " ON CONFLICT (session) DO UPDATE SET"
+    " erased_at = max(erased_at, excluded.erased_at)"
+)
+ERASE_MESSAGES: Final = (
+    "DELETE FROM messages WHERE session = ?1 AND NOT"
+    " (typeof(appended_at) IN ('real', 'integer') AND appended_at >= ?2)"
+)
+ERASE_SESSION: Final = (
+    "DELETE FROM sessions WHERE session = ?1"
+    " AND NOT EXISTS (SELECT 1 FROM messages WHERE session = ?1)"
+)
+RECOUNT_SESSION: Final = (
+    "UPDATE sessions SET (message_count, first_ts, last_ts) ="
+    " (SELECT count(*), min(ts), max(ts) FROM messages WHERE session = ?1)"
+    " WHERE session = ?1"
+)
 PROBE: Final = "SELECT 1 FROM sessions LIMIT 1"
 
 
@@ -167,13 +229,15 @@ def step_statements(
         if kind == "insert":
             yield from insert_statements(arg, large)
         else:
-            yield ERASE_MESSAGES, (arg,)
-            yield ERASE_SESSION, (arg,)
+            yield ERASE_MARK, arg
+            yield ERASE_MESSAGES, arg
+            yield ERASE_SESSION, arg[:1]
+            yield RECOUNT_SESSION, arg[:1]
 
 
 # One row of ``messages`` without ``seq``, as bound to ``INSERT``.
-Row = tuple[str, str, str | None, str, str, str | None, str, str]
-# One step of a write: ("insert", rows) or ("erase", session).
+Row = tuple[str, str, str | None, str, str, str | None, str, str, float]
+# One step of a write: ("insert", rows) or ("erase", (session, erased_at)).
 Step = tuple[str, Any]
 
 
@@ -187,7 +251,9 @@ def utc_text(ts: datetime) -> str:
     return ts.isoformat(timespec="microseconds")[:26] + "Z"
 
 
-def _row(record: MessageRecord, session: UUID, session_text: str) -> Row:
+def _row(
+    record: MessageRecord, session: UUID, session_text: str, appended_at: float
+) -> Row:
     """The ``messages`` row of one record; raise ``ValueError`` if it has none."""
     if record.session.int != session.int:
         raise ValueError(f"record belongs to session {record.session}, not {session}")
@@ -201,11 +267,15 @@ def _row(record: MessageRecord, session: UUID, session_text: str) -> Row:
         record.content_md,
         # Without its content, which the row holds once, in content_md.
         encode_record(msgspec.structs.replace(record, content_md="")).decode(),
+        appended_at,
     )
 
 
-def rows(session: UUID, records: Sequence[MessageRecord]) -> list[Row]:
-    """The ``messages`` rows of ``records``, all of ``session``.
+def rows(
+    session: UUID, records: Sequence[MessageRecord], times: Sequence[float]
+) -> list[Row]:
+    """The ``messages`` rows of ``records``, all of ``session``, appended at
+    ``times`` (one each).
 
     Raises:
         BackendError: ``retryable=False``, naming the first record that cannot be
@@ -213,9 +283,9 @@ def rows(session: UUID, records: Sequence[MessageRecord]) -> list[Row]:
     """
     result: list[Row] = []
     session_text = str(session)
-    for record in records:
+    for record, appended_at in zip(records, times, strict=True):
         try:
-            result.append(_row(record, session, session_text))
+            result.append(_row(record, session, session_text, appended_at))
         except (
             msgspec.EncodeError,
             TypeError,
@@ -234,26 +304,32 @@ def rows(session: UUID, records: Sequence[MessageRecord]) -> list[Row]:
     return result
 
 
-def write_steps(groups: Sequence[SessionGroup]) -> tuple[list[Step], bool]:
+def write_steps(groups: Sequence[SessionGroup], now: float) -> tuple[list[Step], bool]:
     """The steps of a coalesced batch, in order, and whether any of them erases.
 
-    An erasing group deletes its session's rows first, then its records are
-    inserted; the records of groups in a row share one ``insert`` step.
+    An erasing group erases its session at its ``erased_at`` (``now`` if None),
+    then its records are inserted at their ``appended_at`` (``now`` if none);
+    the records of groups in a row share one ``insert`` step. An erasing group
+    drops the batch's earlier records of its session: they were appended before
+    it (group order is journal order) and would be erased anyway.
 
     Raises:
         BackendError: as ``rows``, for the first record that cannot be archived.
     """
+    last_erase = {g.session: i for i, g in enumerate(groups) if g.erase}
     steps: list[Step] = []
     pending: list[Row] = []
     erases = False
-    for group in groups:
+    for index, group in enumerate(groups):
         if group.erase:
             if pending:
                 steps.append(("insert", pending))
                 pending = []
-            steps.append(("erase", str(group.session)))
+            steps.append(("erase", (str(group.session), erasure_time(group, now))))
             erases = True
-        pending.extend(rows(group.session, group.records))
+        made = rows(group.session, group.records, append_times(group, now))
+        if index >= last_erase.get(group.session, index):
+            pending.extend(made)
     if pending:
         steps.append(("insert", pending))
     return steps, erases

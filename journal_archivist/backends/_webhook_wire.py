@@ -9,6 +9,13 @@ The wire format and the guarantees behind these rules are described in the
 docstring of ``webhook.py``, the only importer.
 
 Rules and theory:
+- **Times travel with the groups** (erasure marks, ``SessionGroup``): each group
+  carries ``erased_at`` (null unless it erases) and ``appended_at`` (one journal
+  time per record, in order), after the fields it always had, so a receiver
+  that ignores unknown fields reads the body as before. A group without times
+  (a direct call) is sent at the call's "now", and an erasing group drops the
+  batch's earlier records of its session (group order is journal order: they
+  would be erased anyway), so a receiver never needs to break a tie.
 - **Keys name content.** A body without erasures is keyed by the hex SHA-256 of
   its sessions, erase flags and message ids (a batch body adds a fixed prefix and
   per-group record counts, so the two shapes and regroupings never share a key).
@@ -44,13 +51,13 @@ import msgspec
 from .._errors import RETRY_AFTER_CAP, BackendError
 from .._printable import printable
 from .._records import MessageRecord
+from ._base import SessionGroup, append_times, erasure_time
 from ._codec import encode_record
 from ._webhook_secrets import _MASK, _is_secret_header, _mask_url
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable
 
-    from ._base import SessionGroup
     from ._webhook_secrets import _Redactor
 
 #: The longest ``Retry-After`` honoured, in seconds; a longer one is cut to this
@@ -78,11 +85,16 @@ _BATCH_KEY_PREFIX: Final = b"journal-archivist webhook batch\x00"
 
 
 class _Group(msgspec.Struct):
-    """One session group on the wire (field order is the wire order)."""
+    """One session group on the wire (field order is the wire order; fields
+    added later go at the end)."""
 
     session: UUID
     erase: bool
     records: Sequence[MessageRecord]
+    #: When the erasure was journaled (unix seconds); None unless ``erase``.
+    erased_at: float | None
+    #: When each of ``records`` was journaled, in the same order.
+    appended_at: Sequence[float]
 
 
 class _Batch(msgspec.Struct):
@@ -91,12 +103,33 @@ class _Batch(msgspec.Struct):
     groups: list[_Group]
 
 
+def _timed(groups: Sequence[SessionGroup], now: float) -> list[SessionGroup]:
+    """``groups`` with their times filled in (``now`` where missing), without
+    the records an erasing group of their session later in the batch erases,
+    and without the groups left with nothing to do."""
+    last_erase = {g.session: i for i, g in enumerate(groups) if g.erase}
+    timed = []
+    for index, group in enumerate(groups):
+        records, times = group.records, append_times(group, now)
+        if index < last_erase.get(group.session, index):
+            records, times = (), ()
+        if group.erase or records:
+            erased_at = erasure_time(group, now) if group.erase else None
+            timed.append(
+                SessionGroup(group.session, records, group.erase, erased_at, times)
+            )
+    return timed
+
+
 def _group_body(group: SessionGroup) -> _Group:
-    return _Group(group.session, group.erase, group.records)
+    return _Group(
+        group.session, group.erase, group.records, group.erased_at, group.appended_at
+    )
 
 
 def _encode_body(groups: Sequence[SessionGroup], *, batch: bool) -> bytes:
-    """The JSON body carrying ``groups`` (exactly one unless ``batch``).
+    """The JSON body carrying ``groups`` (exactly one unless ``batch``), whose
+    times ``_timed`` filled in.
 
     Raises:
         BackendError: (not retryable) a record cannot be encoded, such as one

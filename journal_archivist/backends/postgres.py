@@ -23,10 +23,16 @@ Rules and theory:
   ``create_schema=True`` runs the DDL (``IF NOT EXISTS``) under a
   transaction-scoped advisory lock per schema, so concurrent instances are safe.
 - **Erasure deletes the messages and keeps the session's row**: the batch first
-  locks the row of every session it touches (resetting the counters of erased
-  ones), then deletes the erased sessions' messages in a statement of its own, so
-  it also erases what another writer of the session committed while this batch
-  waited for the lock (``_postgres_sql``, "One lock, then a fresh look").
+  locks the row of every session it touches, then erases in a statement of its
+  own, so it also erases what another writer of the session committed while
+  this batch waited for the lock (``_postgres_sql``, "One lock, then a fresh
+  look").
+- **Erasure marks** (``erasure_marks = True``): an erasure at T deletes the
+  session's records appended before T and leaves a mark; a record appended
+  before the mark is skipped on arrival. The session row's lock serialises every
+  batch of a session, erasing or not, across processes and hosts, so neither an
+  erasure nor an append misses the other (``_postgres_sql``, "Erasure marks
+  ride on that lock"). A direct call without times applies at ``time.time()``.
   ``next_seq`` is kept, so positions never restart. Ids are forgotten, so a
   record appended again is new. Within a batch the plan of each session is
   computed first (``_postgres_sql.plan``, pure), so groups of one session apply
@@ -51,11 +57,13 @@ Rules and theory:
 
 from __future__ import annotations
 
+import time
 import warnings
 from typing import TYPE_CHECKING, Any, Final, final
 from uuid import UUID
 
 from .._errors import BackendError
+from . import _postgres_dsn as _dsn
 from ._base import ArchiveBackend, SessionGroup, SessionInfo, checked_page
 from ._codec import DECODE_ERRORS, decode_record
 
@@ -124,6 +132,9 @@ class PostgresArchive(ArchiveBackend):
         ValueError: a bad schema, table prefix, pool size, timeout or DSN scheme.
     """
 
+    #: Keeps erasure marks: several journals (processes, hosts) may feed it.
+    erasure_marks = True
+
     def __init__(
         self,
         dsn: str,
@@ -138,8 +149,8 @@ class PostgresArchive(ArchiveBackend):
     ) -> None:
         if not isinstance(dsn, str):
             raise TypeError(f"dsn must be a str, got {type(dsn).__name__}")
-        self._masked_dsn, secrets = _pgsql.mask_dsn(dsn)
-        misread = _pgsql.misread_dsn(dsn)
+        self._masked_dsn, secrets = _dsn.mask_dsn(dsn)
+        misread = _dsn.misread_dsn(dsn)
         scheme = dsn.partition("://")[0].lower()
         if scheme not in ("postgresql", "postgres"):
             raise ValueError(
@@ -200,14 +211,17 @@ class PostgresArchive(ArchiveBackend):
     async def write_batch(self, groups: Sequence[SessionGroup]) -> None:
         """Apply the batch in one transaction; return once it committed.
 
-        Erasing groups delete their session's rows first; records already archived
-        are skipped (``ON CONFLICT DO NOTHING``) and not counted again.
+        Erasing groups first delete their session's rows appended before their
+        ``erased_at`` and raise its erasure mark; records already archived are
+        skipped (``ON CONFLICT DO NOTHING``) and not counted again, and so are
+        records appended before their session's mark (erased). Groups without
+        times are applied at now.
 
         Raises:
             BackendError: nothing of the batch was kept. ``retryable`` is false for
                 a record the server refuses or that cannot be encoded.
         """
-        erased, appended = _pgsql.plan(groups)
+        erased, appended = _pgsql.plan(groups, time.time())
         sessions = sorted(appended, key=lambda s: s.int)
         # Every row locked by one statement, in one order for all batches.
         touched = sorted({*erased, *appended}, key=lambda s: s.int)
@@ -216,11 +230,14 @@ class PostgresArchive(ArchiveBackend):
 
         async def work(connection: Connection) -> None:
             async with connection.transaction():
-                # Lock first, then delete in a statement of its own: its fresh
-                # snapshot sees what other writers committed while we waited.
-                rows = await connection.fetch(self._sql.reserve, touched, sizes, erased)
+                # Lock first, then erase and insert in statements of their own:
+                # their fresh snapshots see what other writers of these sessions
+                # committed (rows and marks) while we waited for the locks.
+                rows = await connection.fetch(self._sql.reserve, touched, sizes)
                 if erased:
-                    await connection.execute(self._sql.erase, erased)
+                    await connection.execute(
+                        self._sql.erase, list(erased), list(erased.values())
+                    )
                 if columns is None:
                     return
                 ends = {row[0]: row[1] for row in rows}
@@ -228,7 +245,9 @@ class PostgresArchive(ArchiveBackend):
                 for session in sessions:
                     end, size = ends[session], len(appended[session])
                     seqs.extend(range(end - size, end))
-                ids, owners, parents, stamps, roles, authors, contents, blobs = columns
+                ids, owners, parents, stamps, roles, authors, contents, blobs, times = (
+                    columns
+                )
                 await connection.execute(
                     self._sql.insert,
                     ids,
@@ -240,6 +259,7 @@ class PostgresArchive(ArchiveBackend):
                     authors,
                     contents,
                     blobs,
+                    times,
                 )
 
         if touched:
@@ -252,10 +272,11 @@ class PostgresArchive(ArchiveBackend):
         await self.write_batch([SessionGroup(session, tuple(records))])
 
     async def delete_session(self, session: UUID) -> None:
-        """Delete every record of ``session`` and reset its counters to zero.
+        """Erase ``session`` now: delete what was appended before now, leave a mark.
 
         The session's row is kept (its ``next_seq`` too); ``count`` reads 0 and
-        ``list_sessions`` skips it. Erasing an unknown session leaves such a row.
+        ``list_sessions`` skips it. Erasing an unknown session leaves such a row,
+        and a mark.
         """
         await self.write_batch([SessionGroup(session, (), erase=True)])
 
@@ -331,26 +352,30 @@ class PostgresArchive(ArchiveBackend):
         ]
 
     async def health_check(self) -> None:
-        """Return if a connection works and both tables exist.
+        """Return if a connection works and the tables exist, up to date.
 
         Raises:
             BackendError: (retryable) the server is unreachable, or a table is
-                missing; the message names the tables and how to create them.
+                missing or predates erasure marks; the message names the tables
+                and how to create or upgrade them.
         """
+        tables = (self._sql.sessions, self._sql.messages, self._sql.marks)
 
         async def work(connection: Connection) -> Any:
-            return await connection.fetchrow(
-                self._sql.probe, self._sql.sessions, self._sql.messages
-            )
+            return await connection.fetchrow(self._sql.probe, *tables)
 
-        present = await self._keeper.run("health_check", work)
+        *present, upgraded = await self._keeper.run("health_check", work)
         missing = [
-            name
-            for name, exists in zip(
-                (self._sql.sessions, self._sql.messages), present, strict=True
-            )
-            if not exists
+            name for name, exists in zip(tables, present, strict=True) if not exists
         ]
+        if not missing and not upgraded:
+            self._keeper.forget_schema()
+            raise BackendError(
+                f"PostgresArchive on {self._masked_dsn}: table {self._sql.messages}"
+                " has no column appended_at (made before erasure marks): pass"
+                " create_schema=True or upgrade it (see docs/backends.md)",
+                retryable=True,
+            )
         if missing:
             self._keeper.forget_schema()
             raise BackendError(

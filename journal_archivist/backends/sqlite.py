@@ -27,6 +27,14 @@ Rules and theory:
   ``application_id`` marks an archive, ``user_version`` is its schema version.
 - Encoding happens before ``BEGIN``, so a transaction holds the write lock only
   for SQL.
+- **Erasure marks** (``erasure_marks = True``): several journals, in several
+  processes, may feed one archive file. An erasure at T deletes the session's
+  records appended before T and leaves a mark; a record appended before the
+  mark is skipped when it arrives (``_sqlite_sql``). The mark is read and
+  written inside the ``BEGIN IMMEDIATE`` transaction of the batch, which holds
+  the database's write lock from its start: two writers' batches never
+  interleave, so no append slips past an erasure running in another process.
+  A direct call without times is applied at ``time.time()``.
 - ``secure_delete`` is on, and an erasure is followed by a
   ``wal_checkpoint(TRUNCATE)``, so erased content leaves both the database file
   and its WAL.
@@ -42,6 +50,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import time
 import warnings
 from typing import TYPE_CHECKING, Any, Final, final
 
@@ -55,6 +64,7 @@ from ._base import (
     ArchiveBackend,
     SessionGroup,
     SessionInfo,
+    append_times,
     checked_page,
     checked_uuid,
     text_path,
@@ -88,9 +98,10 @@ class SqliteArchive(ArchiveBackend):
 
     Each session's records read back in append order; a redelivered record
     (same ``message_id``) is archived once; a call returns only after its
-    ``synchronous=FULL`` commit. The file is created owner-only (0600) on first
-    use; it must not be the journal's file, and a SQLite file that is not an
-    archive is refused, never modified.
+    ``synchronous=FULL`` commit. It keeps erasure marks (``SessionGroup``), so
+    several journals, in several processes, may feed one file. The file is
+    created owner-only (0600) on first use; it must not be the journal's file,
+    and a SQLite file that is not an archive is refused, never modified.
 
     Constructing does no I/O: the file is opened on first use (any call, including
     ``health_check``) and after a failure that dropped the connection. ``aclose``
@@ -118,6 +129,9 @@ class SqliteArchive(ArchiveBackend):
         ValueError: ``path`` is empty, ``":memory:"`` or holds a NUL character, or
             ``busy_timeout`` is negative or not finite.
     """
+
+    #: Keeps erasure marks: several journals (processes) may feed one file.
+    erasure_marks = True
 
     def __init__(
         self,
@@ -172,33 +186,40 @@ class SqliteArchive(ArchiveBackend):
                 class docstring says. Nothing of the call was archived.
         """
         if records:
-            await self._write([("insert", _sql.rows(session, records))], erases=False)
+            times = append_times(SessionGroup(session, tuple(records)))
+            steps = [("insert", _sql.rows(session, records, times))]
+            await self._write(steps, erases=False)
 
     async def write_batch(self, groups: Sequence[SessionGroup]) -> None:
         """Apply a whole coalesced batch in one transaction.
 
         Groups run in the order given: an erasing group deletes its session's rows
-        first, then its records are inserted. Either the whole batch is committed
-        (durably) or nothing of it is.
+        appended before its ``erased_at`` and raises the session's mark, then its
+        records are inserted; a record appended before its session's mark is
+        skipped (it was erased). Groups without times are applied at now. Either
+        the whole batch is committed (durably) or nothing of it is.
 
         Raises:
             BackendError: as ``append_messages``; nothing of the batch was applied.
         """
-        steps, erases = _sql.write_steps(groups)
+        steps, erases = _sql.write_steps(groups, time.time())
         if steps:
             await self._write(steps, erases=erases)
 
     async def delete_session(self, session: UUID) -> None:
         """Erase ``session`` durably: its messages and its session row.
 
-        A no-op for a session with no records. ``secure_delete`` overwrites the
+        Erases at now: deletes what was appended before now and leaves a mark
+        there (records appended before it that arrive later are skipped). A
+        session with no records only gets its mark. ``secure_delete`` overwrites the
         erased content in the database file, and a ``wal_checkpoint(TRUNCATE)``
         after the commit empties the WAL. What may remain: the WAL's old frames if
         another connection holds a read transaction through the checkpoint (they
         go at the next checkpoint), blocks the filesystem or an SSD has not reused
         yet, and any backup or snapshot taken before.
         """
-        await self._write([("erase", str(checked_uuid(session)))], erases=True)
+        step = ("erase", (str(checked_uuid(session)), time.time()))
+        await self._write([step], erases=True)
 
     async def _write(self, steps: Sequence[_sql.Step], *, erases: bool) -> None:
         async with self._lock:

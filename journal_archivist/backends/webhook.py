@@ -5,13 +5,18 @@ Install with ``pip install 'journal-archivist[webhook]'``. Importing
 
 Wire format. A *group* is what one batch asks for one session::
 
-    {"session": "<uuid>", "erase": false, "records": [<record>, ...]}
+    {"session": "<uuid>", "erase": false, "records": [<record>, ...],
+     "erased_at": null, "appended_at": [<unix seconds>, ...]}
 
 A ``<record>`` is the JSON form of ``journal_archivist.backends._codec`` (UUIDs as
 strings, ``ts`` as RFC 3339 with its offset, attachment ``data`` as base64).
-``"erase": true`` tells the receiver to delete everything it holds for the session
-(and forget those message ids) *before* it archives the group's records;
-``delete_session`` sends an erase with an empty ``records`` list. Every request is::
+``appended_at`` holds each record's journal time, in the order of ``records``.
+``"erase": true`` tells the receiver to erase the session *before* it archives the
+group's records, at ``erased_at`` (the erasure's journal time; null when ``erase``
+is false); ``delete_session`` sends an erase with an empty ``records`` list. A
+direct call's times are its "now". ``erased_at`` and ``appended_at`` came with
+erasure marks; fields are only ever added at the end of a group, so a receiver
+that ignores unknown fields keeps working. Every request is::
 
     POST <url>
     Content-Type: application/json
@@ -44,6 +49,14 @@ Guarantees and rules:
   its records in smaller batches and groups. The receiver is responsible for
   idempotence: archive each ``message_id`` once per session, and apply every erase
   it receives (an erase is idempotent by nature).
+- Erasure marks (``erasure_marks = True``): several journals may feed one
+  receiver, so an erasure can arrive before an older record of its session. The
+  receiver keeps, per erased session, a mark: the latest ``erased_at`` it got. An
+  erase at T deletes only the session's records whose ``appended_at`` is below T
+  (and forgets their ids) and raises the mark to at least T, never lowers it; a
+  record whose ``appended_at`` is below the session's mark is dropped on arrival
+  (answered 2xx: it was erased). Times compare as numbers, and ties keep the
+  record. This backend only forwards the times.
 - ``Idempotency-Key``, for a body without erasures, is the hex SHA-256 of what the
   body asks for, so a redelivered body carries the same key and a receiver may
   answer a key it has already applied without applying it again -- provided it
@@ -106,6 +119,7 @@ Guarantees and rules:
 from __future__ import annotations
 
 import ssl
+import time
 import warnings
 from typing import TYPE_CHECKING, Final, final
 
@@ -130,6 +144,7 @@ from ._webhook_wire import (
     _idempotency_key,
     _is_retryable,
     _probe_passes,
+    _timed,
 )
 
 try:
@@ -185,9 +200,10 @@ class WebhookArchive(ArchiveBackend):
     (or per batch, with ``per_batch=True``).
 
     Acknowledges a body only when the receiver answers 2xx; delivery is
-    at-least-once and the receiver must be idempotent on ``message_id`` (see the
-    module docstring for the wire format and the failure classification). Not
-    readable. One ``httpx.AsyncClient`` is opened on first use and closed by
+    at-least-once and the receiver must be idempotent on ``message_id`` and keep
+    erasure marks from the times each group carries (see the module docstring
+    for the wire format, the receiver's duties and the failure classification).
+    Not readable. One ``httpx.AsyncClient`` is opened on first use and closed by
     ``aclose()``; a later call opens a new one.
 
     Args:
@@ -220,6 +236,9 @@ class WebhookArchive(ArchiveBackend):
         TypeError, ValueError: a bad argument, named in the message (secrets
             masked).
     """
+
+    #: Forwards erasure and append times; the receiver keeps the marks.
+    erasure_marks = True
 
     def __init__(
         self,
@@ -339,7 +358,9 @@ class WebhookArchive(ArchiveBackend):
                 retryable); the receiver may have applied the body anyway.
         """
         if records:
-            await self._post([SessionGroup(session, tuple(records))])
+            await self._post(
+                _timed([SessionGroup(session, tuple(records))], time.time())
+            )
 
     async def delete_session(self, session: UUID) -> None:
         """POST an erase of ``session`` with no records; return once answered 2xx.
@@ -347,21 +368,22 @@ class WebhookArchive(ArchiveBackend):
         Raises:
             BackendError: as for ``append_messages``.
         """
-        await self._post([SessionGroup(session, (), erase=True)])
+        await self._post(_timed([SessionGroup(session, (), erase=True)], time.time()))
 
     async def write_batch(self, groups: Sequence[SessionGroup]) -> None:
         """POST the batch: one body per group, in order, each after the last is
         answered; or, with ``per_batch``, all groups in one body.
 
         An erasing group says ``"erase": true`` and carries its records. Groups
-        that neither erase nor hold records are left out, and nothing is sent if
-        no group is left.
+        carry their times (now, for a group without), an erasing group drops the
+        records of its session's earlier groups (erased anyway), groups left with
+        nothing to do are left out, and nothing is sent if no group is left.
 
         Raises:
             BackendError: at the first body not delivered; the groups before it
                 were delivered and are sent again when the writer retries.
         """
-        groups = [group for group in groups if group.erase or group.records]
+        groups = _timed(groups, time.time())
         if self._per_batch:
             if groups:
                 await self._post(groups)

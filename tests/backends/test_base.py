@@ -7,7 +7,7 @@ from uuid import uuid4
 
 import pytest
 
-from journal_archivist import BackendError
+from journal_archivist import BackendError, backends
 from journal_archivist.backends import ArchiveBackend, JsonlArchive, SqliteArchive
 from journal_archivist.backends._base import OPTIONAL_READS, implements
 from journal_archivist.testing import MockBackend
@@ -70,3 +70,27 @@ def test_implements_refuses_a_method_that_is_not_optional() -> None:
         ValueError, match=r"^method must be one of \(.*\), got 'append'$"
     ):
         implements(MockBackend(), "append")
+
+
+@pytest.mark.parametrize(
+    ("cls", "marks"),
+    [
+        # The default: a backend must opt in to being fed by several journals.
+        (ArchiveBackend, False),
+        # One writer per directory: times are ignored.
+        (JsonlArchive, False),
+        # Marks in its file, under the batch's BEGIN IMMEDIATE.
+        (SqliteArchive, True),
+        # Marks in a table, under each session row's lock.
+        ("PostgresArchive", True),
+        # Sends the times; the receiver keeps the marks.
+        ("WebhookArchive", True),
+    ],
+)
+def test_which_built_in_backends_keep_erasure_marks(
+    cls: type[ArchiveBackend] | str, marks: bool
+) -> None:
+    found: type[ArchiveBackend] = (
+        getattr(backends, cls) if isinstance(cls, str) else cls
+    )
+    assert found.erasure_marks is marks

@@ -32,7 +32,8 @@ from journal_archivist import (
     MessageRecord,
 )
 from journal_archivist.backends import SessionGroup, SessionInfo
-from journal_archivist.backends._postgres_sql import classify, mask_dsn
+from journal_archivist.backends._postgres_dsn import mask_dsn
+from journal_archivist.backends._postgres_sql import classify
 from journal_archivist.backends.postgres import PostgresArchive
 from journal_archivist.testing import check_backend
 from tests.helpers import (
@@ -266,8 +267,90 @@ async def test_create_schema_is_idempotent_under_concurrent_callers(
         " ORDER BY table_name",
         schema,
     )
-    assert [row[0] for row in tables] == ["cc_messages", "cc_sessions"]
+    assert [row[0] for row in tables] == [
+        "cc_erasure_marks",
+        "cc_messages",
+        "cc_sessions",
+    ]
     await make_archive(table_prefix="cc_").health_check()  # once more, later
+
+
+def version_2_ddl(schema: str) -> str:
+    """The tables as the versions before erasure marks made them."""
+    return f"""
+        CREATE SCHEMA "{schema}";
+        CREATE TABLE "{schema}".journal_archivist_sessions (
+            session uuid PRIMARY KEY,
+            message_count bigint NOT NULL DEFAULT 0,
+            next_seq bigint NOT NULL DEFAULT 0,
+            first_ts timestamptz, last_ts timestamptz,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            updated_at timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE TABLE "{schema}".journal_archivist_messages (
+            message_id uuid PRIMARY KEY, session uuid NOT NULL,
+            seq bigint NOT NULL, parent_id uuid, ts timestamptz NOT NULL,
+            role text NOT NULL, author text, content_md text NOT NULL,
+            record bytea NOT NULL,
+            archived_at timestamptz NOT NULL DEFAULT now(),
+            UNIQUE (session, seq)
+        );
+    """
+
+
+async def test_tables_made_before_erasure_marks_are_upgraded_in_place(
+    make_archive: Callable[..., PostgresArchive], admin: Any, schema: str
+) -> None:
+    session = uuid4()
+    old, new = record(session, "before marks"), record(session, "after marks")
+    await admin.execute(version_2_ddl(schema))
+    await admin.execute(
+        f'INSERT INTO "{schema}".journal_archivist_messages'
+        " (message_id, session, seq, ts, role, content_md, record)"
+        " VALUES ($1, $2, 0, $3, 'user', $4, $5)",
+        old.message_id,
+        session,
+        old.ts,
+        old.content_md,
+        msgspec.json.encode(old),
+    )
+    await admin.execute(
+        f'INSERT INTO "{schema}".journal_archivist_sessions'
+        " (session, message_count, next_seq, first_ts, last_ts)"
+        " VALUES ($1, 1, 1, $2, $2)",
+        session,
+        old.ts,
+    )
+    # Without create_schema, the health check names what is missing, and writes
+    # fail retryably (the writer keeps the records) until an operator upgrades.
+    stale = make_archive(create_schema=False)
+    with pytest.raises(BackendError, match=r"erasure_marks.*does not exist") as raised:
+        await stale.health_check()
+    assert raised.value.retryable
+    await admin.execute(
+        f'CREATE TABLE "{schema}".journal_archivist_erasure_marks'
+        " (session uuid PRIMARY KEY, erased_at double precision NOT NULL)"
+    )
+    with pytest.raises(BackendError, match="no column appended_at") as raised:
+        await stale.health_check()
+    assert raised.value.retryable
+    with pytest.raises(BackendError, match="appended_at") as raised:
+        await stale.write_batch([SessionGroup(session, (new,), appended_at=(5.0,))])
+    assert raised.value.retryable
+    # create_schema=True upgrades in place: old rows get appended_at 0, so they
+    # predate every mark and any erasure deletes them.
+    archive = make_archive()
+    await archive.write_batch([SessionGroup(session, (new,), appended_at=(5.0,))])
+    assert await archive.read_session(session) == [old, new]
+    assert await archive.count(session) == 2
+    times = await admin.fetch(
+        f"SELECT appended_at FROM {archive._sql.messages} ORDER BY seq"
+    )
+    assert [row[0] for row in times] == [0.0, 5.0]
+    await archive.write_batch([SessionGroup(session, (), erase=True, erased_at=1.0)])
+    assert await archive.read_session(session) == [new]
+    assert await archive.count(session) == 1
+    await stale.health_check()  # upgraded behind its back: fine now
 
 
 async def test_without_create_schema_missing_tables_are_named_and_retryable(

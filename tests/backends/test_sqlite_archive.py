@@ -470,6 +470,49 @@ async def test_queryable_columns_hold_the_record_fields(
     )
 
 
+async def test_erasure_marks_are_kept_in_their_table(
+    archive: SqliteArchive, archive_path: Path
+) -> None:
+    session, never = uuid4(), uuid4()
+    old, new = record(session, "old"), record(session, "new")
+    await archive.write_batch(
+        [SessionGroup(session, (old, new), appended_at=(1.0, 3.0))]
+    )
+    await archive.write_batch([SessionGroup(session, (), True, 2.0)])
+    await archive.write_batch([SessionGroup(session, (), True, 1.5)])  # older: kept
+    await archive.delete_session(never)  # no records: only a mark
+    with closing(sqlite3.connect(archive_path)) as conn:
+        marks = dict(conn.execute("SELECT session, erased_at FROM erasure_marks"))
+        kept = conn.execute("SELECT content_md, appended_at FROM messages").fetchall()
+        counted = conn.execute("SELECT session, message_count FROM sessions")
+        assert dict(counted.fetchall()) == {str(session): 1}
+    assert marks[str(session)] == 2.0
+    assert str(never) in marks
+    assert kept == [("new", 3.0)]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "'3.0'",  # text, which SQLite orders after every number
+        "NULL",  # which compares as neither below nor above
+        "x'00'",  # a blob
+    ],
+)
+async def test_an_erasure_deletes_a_row_whose_journal_time_is_damaged(
+    archive: SqliteArchive, archive_path: Path, value: str
+) -> None:
+    session = uuid4()
+    damaged, later = record(session, "damaged"), record(session, "later")
+    await archive.write_batch(
+        [SessionGroup(session, (damaged, later), appended_at=(1.0, 3.0))]
+    )
+    await archive.aclose()
+    damage(archive_path, "messages", "appended_at", value, "content_md = 'damaged'")
+    await archive.write_batch([SessionGroup(session, (), True, 2.0)])
+    assert await archive.read_session(session) == [later]
+
+
 async def test_writes_commit_with_a_full_fsync(archive: SqliteArchive) -> None:
     # White box: what each write's commit runs under. (The power-loss torture
     # test is what proves it keeps its promise.)
@@ -530,34 +573,79 @@ async def test_a_failed_write_holds_no_large_value(
     assert archive._large._values == {}  # white box: the big one was never taken
 
 
-async def test_a_version_1_archive_reads_and_is_upgraded(
-    archive_path: Path,
-) -> None:
-    # Version 1 kept the content in the record's JSON too.
-    session = uuid4()
-    old = record(session, "from version 1")
-    async with SqliteArchive(archive_path) as archive:
-        await archive.append_messages(session, [record(session, "warm up")])
-    with closing(sqlite3.connect(archive_path)) as conn, conn:
-        conn.execute("DELETE FROM messages")
+#: The schema of versions 1 and 2, as those versions created it (version 1 differs
+#: only in the JSON it stores).
+VERSION_2_SCHEMA = (
+    """CREATE TABLE sessions (
+        session TEXT PRIMARY KEY, message_count INTEGER NOT NULL,
+        first_ts TEXT NOT NULL, last_ts TEXT NOT NULL
+    ) WITHOUT ROWID""",
+    """CREATE TABLE messages (
+        seq INTEGER PRIMARY KEY, message_id TEXT NOT NULL UNIQUE,
+        session TEXT NOT NULL, parent_id TEXT, ts TEXT NOT NULL,
+        role TEXT NOT NULL, author TEXT, content_md TEXT NOT NULL,
+        record TEXT NOT NULL
+    )""",
+    "CREATE INDEX messages_by_session ON messages (session)",
+    """CREATE TRIGGER messages_count_session AFTER INSERT ON messages BEGIN
+        INSERT INTO sessions (session, message_count, first_ts, last_ts)
+        VALUES (NEW.session, 1, NEW.ts, NEW.ts)
+        ON CONFLICT (session) DO UPDATE SET
+            message_count = message_count + 1,
+            first_ts = min(first_ts, excluded.first_ts),
+            last_ts = max(last_ts, excluded.last_ts);
+    END""",
+    f"PRAGMA application_id = {APPLICATION_ID}",
+)
+
+
+def old_archive(path: Path, version: int, old: MessageRecord) -> None:
+    """An archive file of schema ``version`` (1 or 2) holding ``old``."""
+    # Version 1 kept the content in the record's JSON too; version 2 left it out.
+    stored = old if version == 1 else msgspec.structs.replace(old, content_md="")
+    with closing(sqlite3.connect(path)) as conn, conn:
+        for statement in VERSION_2_SCHEMA:
+            conn.execute(statement)
         conn.execute(
             "INSERT INTO messages (message_id, session, ts, role, content_md, record)"
             " VALUES (?, ?, '2026-01-01T00:00:00.000000Z', 'user', ?, ?)",
             (
                 str(old.message_id),
-                str(session),
+                str(old.session),
                 old.content_md,
-                msgspec.json.encode(old).decode(),
+                msgspec.json.encode(stored).decode(),
             ),
         )
-        conn.execute("PRAGMA user_version = 1")
+        conn.execute(f"PRAGMA user_version = {version}")
+    path.chmod(0o600)
+
+
+# Each older schema version is upgraded in place, one version at a time.
+@pytest.mark.parametrize("version", [1, 2])
+async def test_an_older_archive_reads_and_is_upgraded_in_place(
+    archive_path: Path, version: int
+) -> None:
+    session = uuid4()
+    old = record(session, f"from version {version}")
+    old_archive(archive_path, version, old)
     async with SqliteArchive(archive_path) as archive:
         assert await archive.read_session(session) == [old]
-        new = record(session, "from version 2")
-        await archive.append_messages(session, [new])
+        new = record(session, "from version 3")
+        await archive.write_batch([SessionGroup(session, (new,), appended_at=(5.0,))])
         assert await archive.read_session(session) == [old, new]
+        assert await archive.count(session) == 2
     with closing(sqlite3.connect(archive_path)) as conn, conn:
         assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        # Rows from before marks existed predate every mark: appended_at 0.
+        times = conn.execute("SELECT appended_at FROM messages ORDER BY seq")
+        assert times.fetchall() == [(0.0,), (5.0,)]
+    async with SqliteArchive(archive_path) as archive:
+        # So any erasure deletes them, and only what was appended before it.
+        await archive.write_batch(
+            [SessionGroup(session, (), erase=True, erased_at=1.0)]
+        )
+        assert await archive.read_session(session) == [new]
+        assert await archive.count(session) == 1
 
 
 # -- damaged rows ----------------------------------------------------------------------

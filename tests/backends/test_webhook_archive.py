@@ -69,7 +69,10 @@ async def test_each_group_is_one_json_post_in_batch_order(
     server: WebhookServer,
 ) -> None:
     a, b = uuid4(), uuid4()
-    groups = [SessionGroup(a, tuple(records(a, 2))), SessionGroup(b, (record(b),))]
+    groups = [
+        SessionGroup(a, tuple(records(a, 2)), appended_at=(1.5, 2.0)),
+        SessionGroup(b, (record(b),), appended_at=(3.0,)),
+    ]
     async with WebhookArchive(server.url) as hook:
         await hook.write_batch(groups)
     posts = server.posts()
@@ -80,6 +83,8 @@ async def test_each_group_is_one_json_post_in_batch_order(
             "session": str(group.session),
             "erase": False,
             "records": [json.loads(encode_record(r)) for r in group.records],
+            "erased_at": None,
+            "appended_at": list(group.appended_at),
         }
     assert server.records(a) == list(groups[0].records)
     assert server.records(b) == list(groups[1].records)
@@ -114,14 +119,42 @@ async def test_delete_session_posts_an_erase_without_records(
 ) -> None:
     async with WebhookArchive(server.url) as hook:
         await hook.append_messages(session, records(session, 2))
+        before = time.time()
         await hook.delete_session(session)
-    assert server.posts()[-1].json() == {
+    body = server.posts()[-1].json()
+    # A direct call erases at now.
+    assert before <= body.pop("erased_at") <= time.time()
+    assert body == {
         "session": str(session),
         "erase": True,
         "records": [],
+        "appended_at": [],
     }
     assert server.records(session) == []
     assert server.erasures == [session]
+
+
+async def test_groups_carry_their_times_and_an_erasure_drops_earlier_records(
+    server: WebhookServer, session: UUID
+) -> None:
+    first, second, third = records(session, 3)
+    other = record(uuid4(), "other")
+    groups = [
+        SessionGroup(session, (first,), appended_at=(10.0,)),  # erased below
+        SessionGroup(other.session, (other,), appended_at=(11.0,)),
+        SessionGroup(session, (second,), True, 12.0, (13.0,)),
+        SessionGroup(session, (third,)),  # a direct call's: sent at now
+    ]
+    async with WebhookArchive(server.url, per_batch=True) as hook:
+        before = time.time()
+        await hook.write_batch(groups)
+    [sent] = [p.json()["groups"] for p in server.posts()]
+    *timed, untimed = sent
+    assert [
+        (g["session"], g["erase"], g["erased_at"], g["appended_at"]) for g in timed
+    ] == [(str(other.session), False, None, [11.0]), (str(session), True, 12.0, [13.0])]
+    assert before <= untimed["appended_at"][0] <= time.time()
+    assert contents(server, session) == [second.content_md, third.content_md]
 
 
 class TestIdempotencyKey:
@@ -220,11 +253,13 @@ class TestIdempotencyKey:
 
 
 def group_json(group: SessionGroup) -> dict[str, object]:
-    """A group as the wire format spells it."""
+    """A group that carries its times, as the wire format spells it."""
     return {
         "session": str(group.session),
         "erase": group.erase,
         "records": [json.loads(encode_record(r)) for r in group.records],
+        "erased_at": group.erased_at,
+        "appended_at": list(group.appended_at),
     }
 
 
@@ -233,10 +268,11 @@ class TestPerBatch:
         self, server: WebhookServer
     ) -> None:
         a, b, c = uuid4(), uuid4(), uuid4()
+        t = time.time() + 60  # after the direct append below
         groups = [
-            SessionGroup(a, tuple(records(a, 2))),
-            SessionGroup(b, (record(b, "new"),), erase=True),
-            SessionGroup(c, (record(c),)),
+            SessionGroup(a, tuple(records(a, 2)), appended_at=(t, t + 1)),
+            SessionGroup(b, (record(b, "new"),), True, t + 2, (t + 3,)),
+            SessionGroup(c, (record(c),), appended_at=(t + 4,)),
             SessionGroup(uuid4(), ()),  # neither erases nor holds records: left out
         ]
         async with WebhookArchive(server.url, per_batch=True) as hook:
@@ -259,12 +295,26 @@ class TestPerBatch:
             await hook.write_batch([SessionGroup(session, ())])
             await hook.write_batch([])
             assert server.requests == []
+            before = time.time()
             await hook.append_messages(session, sent)
             await hook.delete_session(session)
-        assert [p.json() for p in server.posts()] == [
-            {"groups": [group_json(SessionGroup(session, tuple(sent)))]},
-            {"groups": [{"session": str(session), "erase": True, "records": []}]},
-        ]
+        bodies = [p.json()["groups"] for p in server.posts()]
+        [[appended], [erased]] = bodies
+        # A direct call's records and erasure are at now, the erasure later.
+        times = appended.pop("appended_at")
+        assert before <= times[0] == times[1] <= erased.pop("erased_at")
+        assert appended == {
+            "session": str(session),
+            "erase": False,
+            "records": [json.loads(encode_record(r)) for r in sent],
+            "erased_at": None,
+        }
+        assert erased == {
+            "session": str(session),
+            "erase": True,
+            "records": [],
+            "appended_at": [],
+        }
         assert server.records(session) == []
         assert server.erasures == [session]
 

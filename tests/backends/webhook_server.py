@@ -6,7 +6,10 @@ by default behaves as the receiver the webhook wire format asks for: it accepts
 both body shapes (one group, or ``{"groups": [...]}`` with ``per_batch``), checked
 strictly, and applies every group of a POSTed body in order (erase first, then each
 record once per ``message_id``) before answering 200; ``records(session)`` reads
-what it archived. A body is applied whole or not at all.
+what it archived. A body is applied whole or not at all. It keeps erasure marks
+as the wire format asks: an erase at ``erased_at`` deletes only the records
+appended before it and raises the session's mark, and a record appended before
+the mark is dropped on arrival.
 
 Scripting: ``queue(Reply(...), ..., method="POST")`` answers the next requests of
 that method, one reply each, before the defaults resume. A ``Reply`` can set the
@@ -67,6 +70,14 @@ class WireGroup(msgspec.Struct, forbid_unknown_fields=True):
     session: UUID
     erase: bool
     records: list[MessageRecord]
+    erased_at: float | None
+    appended_at: list[float]
+
+    def __post_init__(self) -> None:
+        if len(self.appended_at) != len(self.records):
+            raise ValueError("appended_at must hold one time per record")
+        if (self.erased_at is None) is self.erase:
+            raise ValueError("erased_at must be given exactly when erase is true")
 
 
 class WireBatch(msgspec.Struct, forbid_unknown_fields=True):
@@ -151,7 +162,9 @@ class WebhookServer:
         self._queued: dict[str, list[Reply]] = {}
         self._rejected: dict[str, int] = {}
         self._gates: list[threading.Event] = []
-        self._archive: dict[str, dict[str, MessageRecord]] = {}
+        # session -> message id -> (record, appended_at)
+        self._archive: dict[str, dict[str, tuple[MessageRecord, float]]] = {}
+        self._marks: dict[str, float] = {}
         self.erasures: list[UUID] = []
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.owner = self
@@ -216,7 +229,7 @@ class WebhookServer:
     def records(self, session: UUID) -> list[MessageRecord]:
         """What the receiver archived for ``session``, each record once, in order."""
         with self._cond:
-            return list(self._archive.get(str(session), {}).values())
+            return [r for r, _ in self._archive.get(str(session), {}).values()]
 
     async def read_session(self, session: UUID) -> list[MessageRecord]:
         """``records(session)`` as the async reader ``check_backend`` takes."""
@@ -301,13 +314,19 @@ class WebhookServer:
 
     def _apply(self, group: WireGroup) -> None:
         session = str(group.session)
-        if group.erase:
-            self._archive.pop(session, None)
+        archive = self._archive.setdefault(session, {})
+        if group.erased_at is not None:
+            erased_at = group.erased_at
+            for key, (_, appended_at) in list(archive.items()):
+                if appended_at < erased_at:
+                    del archive[key]
+            self._marks[session] = max(erased_at, self._marks.get(session, erased_at))
             self.erasures.append(group.session)
             self._applied_keys -= self._keys_of.pop(session, set())
-        archive = self._archive.setdefault(session, {})
-        for record in group.records:
-            archive.setdefault(str(record.message_id), record)
+        mark = self._marks.get(session)
+        for record, appended_at in zip(group.records, group.appended_at, strict=True):
+            if mark is None or appended_at >= mark:
+                archive.setdefault(str(record.message_id), (record, appended_at))
 
 
 class _Server(ThreadingHTTPServer):
