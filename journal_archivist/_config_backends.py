@@ -64,6 +64,7 @@ BUILTIN_BACKENDS: Final = {
     "jsonl": BuiltinBackend("JsonlArchive", "directory", True, None),
     "postgres": BuiltinBackend("PostgresArchive", "dsn", False, "postgres"),
     "webhook": BuiltinBackend("WebhookArchive", "url", False, "webhook"),
+    "jetstream": BuiltinBackend("JetStreamArchive", "servers", False, "nats"),
 }
 
 _CUSTOM = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")

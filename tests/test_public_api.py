@@ -89,6 +89,7 @@ def test_version_is_a_string() -> None:
     [
         ("PostgresArchive", "asyncpg", "postgres"),
         ("WebhookArchive", "httpx", "webhook"),
+        ("JetStreamArchive", "nats", "nats"),
     ],
 )
 def test_a_backend_whose_extra_is_missing_names_the_extra(

@@ -28,12 +28,14 @@ backends End to end into each built-in backend (``--backends``): records/s from 
          of the machine's drift); beside it, the naive rate of
          the same backend taking one record per call, one call after another (one
          INSERT and COMMIT per record for SQLite and PostgreSQL, one fsync for
-         JSONL, one POST for the webhook; ``webhook-batch`` is the webhook with
-         ``per_batch=True``). PostgreSQL:
+         JSONL, one POST for the webhook, one publish (and its mark check) for
+         JetStream, each awaited before the next; ``webhook-batch`` is the
+         webhook with ``per_batch=True``). PostgreSQL:
          ``$JOURNAL_ARCHIVIST_BENCH_PG_DSN`` (default
          postgresql://postgres@127.0.0.1:5432/test), a fresh schema per run,
          dropped after. Webhook: a minimal HTTP sink answering 200 in a child
-         process on 127.0.0.1.
+         process on 127.0.0.1. JetStream: ``$JOURNAL_ARCHIVIST_BENCH_NATS_URL``
+         (default nats://127.0.0.1:4222), a fresh stream per run, deleted after.
 
 The reference (``Reference``): aiosqlite, WAL, synchronous=FULL. Appenders put
 ``(payload, future)`` on a queue and await it; one committer takes all that is
@@ -97,10 +99,11 @@ if TYPE_CHECKING:
     Append = Callable[[UUID, MessageRecord], Awaitable[None]]
 
 SECTIONS = ("appends", "e2e", "backlog", "naive", "backends")
-BACKENDS = ("sqlite", "jsonl", "postgres", "webhook", "webhook-batch")
+BACKENDS = ("sqlite", "jsonl", "postgres", "webhook", "webhook-batch", "jetstream")
 PG_DSN = os.environ.get(
     "JOURNAL_ARCHIVIST_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test"
 )
+NATS_URL = os.environ.get("JOURNAL_ARCHIVIST_BENCH_NATS_URL", "nats://127.0.0.1:4222")
 SESSIONS = 100
 BATCH = 512  # the reference's group and read size; the library's max_batch
 CAPACITY = 2_000_000  # large enough that no backlog here is refused
@@ -550,6 +553,25 @@ async def archive_of(
         finally:
             sink.terminate()
             await sink.wait()
+    elif kind == "jetstream":
+        import nats
+        import nats.js.errors
+
+        from journal_archivist.backends import JetStreamArchive
+
+        suffix = os.urandom(6).hex()
+        stream, prefix = f"bench_{suffix}", f"bench.{suffix}"
+        try:
+            yield lambda: JetStreamArchive(
+                NATS_URL, stream=stream, subject_prefix=prefix, create_stream=True
+            )
+        finally:
+            nc = await nats.connect(NATS_URL, allow_reconnect=False)
+            try:
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    await nc.jetstream().delete_stream(stream)
+            finally:
+                await nc.close()
     else:
         raise ValueError(f"unknown backend {kind!r}; choose from {BACKENDS}")
 

@@ -1,9 +1,10 @@
 """Archive backends: the protocol every backend implements, and the built-in ones.
 
 ``SqliteArchive`` (the embedded default) and ``JsonlArchive`` need nothing beyond
-the core install. ``PostgresArchive`` needs the ``postgres`` extra (asyncpg) and
-``WebhookArchive`` the ``webhook`` extra (httpx); each is imported on first use,
-so ``import journal_archivist`` never imports a server driver.
+the core install. ``PostgresArchive`` needs the ``postgres`` extra (asyncpg),
+``WebhookArchive`` the ``webhook`` extra (httpx) and ``JetStreamArchive`` the
+``nats`` extra (nats-py); each is imported on first use, so ``import
+journal_archivist`` never imports a server driver.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ from .jsonl import JsonlArchive
 from .sqlite import SqliteArchive
 
 if TYPE_CHECKING:
+    from .jetstream import JetStreamArchive
     from .postgres import PostgresArchive
     from .webhook import WebhookArchive
 
 __all__ = [
     "ArchiveBackend",
     "BackendError",
+    "JetStreamArchive",
     "JsonlArchive",
     "PostgresArchive",
     "SessionGroup",
@@ -35,7 +38,11 @@ __all__ = [
 for _cls in (ArchiveBackend, JsonlArchive, SqliteArchive):
     _cls.__module__ = __name__
 
-_OPTIONAL = {"PostgresArchive": ".postgres", "WebhookArchive": ".webhook"}
+_OPTIONAL = {
+    "JetStreamArchive": ".jetstream",
+    "PostgresArchive": ".postgres",
+    "WebhookArchive": ".webhook",
+}
 
 
 def __getattr__(name: str) -> Any:
