@@ -32,6 +32,7 @@ from ._errors import (
     JournalIncompatible,
     JournalLocked,
     JournalWriteFailed,
+    NoFreeSlot,
     QueueFull,
     ReadFailed,
     ValidationError,
@@ -39,6 +40,7 @@ from ._errors import (
     WrongProcess,
 )
 from ._health import BackendHealth, HealthReport, HealthStatus, JournalHealth
+from ._options import Slots
 from ._policies import (
     DEFAULT_BATCH_WINDOW_MS,
     DEFAULT_CAPACITY,
@@ -97,6 +99,7 @@ __all__ = [
     "JournalWriteFailed",
     "JsonValue",
     "MessageRecord",
+    "NoFreeSlot",
     "OpeningArchivist",
     "OverflowPolicy",
     "QueueFull",
@@ -104,6 +107,7 @@ __all__ = [
     "ReadFailed",
     "Registration",
     "RetryPolicy",
+    "Slots",
     "Stats",
     "Sync",
     "SyncArchivist",

@@ -23,6 +23,8 @@ import warnings
 from collections.abc import Sized
 from typing import TYPE_CHECKING, Any, final
 
+import msgspec
+
 from ._acknowledge import acknowledge
 from ._config import (
     DEFAULT_FREE_SPACE_RESERVE,
@@ -35,7 +37,12 @@ from ._errors import ArchivistClosed, ArchivistError, WrongEventLoop
 from ._intake import PendingAppend
 from ._lifecycle import bootstrap
 from ._operator_calls import OperatorCalls
-from ._options import DEFAULT_CLOSE_TIMEOUT, ArchivistOptions, check_registrations
+from ._options import (
+    DEFAULT_CLOSE_TIMEOUT,
+    ArchivistOptions,
+    Slots,
+    check_registrations,
+)
 from ._ownership import check_ownership
 from ._policies import Durability
 from ._reading import read_session
@@ -45,6 +52,7 @@ from ._records import (
     check_append_count,
     encode_append,
 )
+from ._slots import Adopter, check_slot_backends, claim, slot_journal
 from ._stats_live import collect_stats
 from .backends._base import checked_uuid
 
@@ -89,7 +97,7 @@ class Archivist(OperatorCalls):
     @staticmethod
     def open(
         journal_path: str | os.PathLike[str],
-        registrations: Sequence[Registration],
+        registrations: Sequence[Registration] | Callable[[], Sequence[Registration]],
         *,
         durability: Durability = Durability.FULL,
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
@@ -97,12 +105,16 @@ class Archivist(OperatorCalls):
         max_append_bytes: int | None = None,
         free_space_reserve: int = DEFAULT_FREE_SPACE_RESERVE,
         close_timeout: float | None = DEFAULT_CLOSE_TIMEOUT,
+        slots: Slots | None = None,
     ) -> OpeningArchivist:
         """Open (creating if needed) the journal at ``journal_path`` and start.
 
         Args:
             journal_path: the journal file; its directory is created if missing.
-            registrations: the backends to deliver to (at least one enabled).
+                With ``slots``, a journal directory (``docs/scaling.md``).
+            registrations: the backends to deliver to (at least one enabled), or
+                a function that makes them afresh (called once, and once per
+                orphan slot adopted; ``slots`` with ``adopt_orphans`` needs it).
             durability: ``FULL`` (default: survives power loss) or ``NORMAL``.
             max_record_bytes: the largest encoded record an append may carry.
             max_append_records: the most records one ``append_messages`` call
@@ -117,8 +129,12 @@ class Archivist(OperatorCalls):
                 space on the journal's filesystem is below this many bytes.
             close_timeout: seconds the writers may drain when an ``async with``
                 block exits (None: until drained).
+            slots: claim a slot of the journal directory ``journal_path`` and
+                drain its orphans (``Slots``); every backend must keep erasure
+                marks.
 
         Raises:
+            NoFreeSlot: every slot is held by another owner.
             JournalLocked, JournalCorrupt, JournalIncompatible, JournalError: see
                 each; nothing was changed.
             ValueError, TypeError: bad arguments, named in the message; among them
@@ -134,7 +150,9 @@ class Archivist(OperatorCalls):
             free_space_reserve=free_space_reserve,
             close_timeout=close_timeout,
         )
-        return _opening(options, registrations)
+        if slots is not None:
+            return _opening_slot(options, registrations, slots)
+        return _opening(options, _made(registrations))
 
     @staticmethod
     def from_config(
@@ -152,6 +170,8 @@ class Archivist(OperatorCalls):
         """
         if not isinstance(config, ArchivistConfig):
             config = load_config(config)
+        if config.slots is not None:
+            return _opening_slot(config.journal, config.registrations, config.slots)
         return _opening(config.journal, config.registrations())
 
     def __del__(self, _warn: Any = warnings.warn) -> None:
@@ -258,7 +278,9 @@ class Archivist(OperatorCalls):
             ReadFailed: no readable backend is registered, or none answered.
         """
         self._check_open()
-        return await read_session(self._writers, self._runtime.query, session)
+        return await read_session(
+            self._writers, self._runtime.query, checked_uuid(session)
+        )
 
     # -- introspection and waiting -------------------------------------------
 
@@ -271,6 +293,12 @@ class Archivist(OperatorCalls):
         commit counters and histograms since open (``docs/metrics.md``). Cheap:
         no journal query."""
         return collect_stats(self._runtime, self._runtime.metrics)
+
+    @property
+    def close_timeout(self) -> float | None:
+        """How long ``shutdown`` (and leaving ``async with``) waits for the backlog
+        by default, in seconds; None waits as long as it takes."""
+        return self._runtime.close_timeout
 
     @property
     def is_closed(self) -> bool:
@@ -345,6 +373,53 @@ def _opening(
 
     async def create() -> Archivist:
         return Archivist(await bootstrap(options, regs), options)
+
+    return OpeningArchivist(create)
+
+
+def _made(
+    registrations: Sequence[Registration] | Callable[[], Sequence[Registration]],
+) -> Sequence[Registration]:
+    return registrations() if callable(registrations) else registrations
+
+
+def _opening_slot(
+    options: ArchivistOptions,
+    registrations: Sequence[Registration] | Callable[[], Sequence[Registration]],
+    slots: Slots,
+) -> OpeningArchivist:
+    """Open the first free slot of the journal directory ``options.journal_path``
+    and, with ``slots.adopt_orphans``, adopt its orphans (``_slots``)."""
+    if not isinstance(slots, Slots):
+        raise TypeError(f"slots must be a Slots, got {type(slots).__name__}")
+    if slots.adopt_orphans and not callable(registrations):
+        raise TypeError(
+            "with Slots(adopt_orphans=True), registrations must be a function that"
+            " makes them: each orphan slot adopted is drained by backends of its own"
+        )
+    directory = options.journal_path
+    regs = check_registrations(_made(registrations))
+    check_slot_backends(regs)
+    check_ownership(directory, regs)
+
+    def at(journal: str) -> ArchivistOptions:
+        return msgspec.structs.replace(options, journal_path=journal)
+
+    def orphan(journal: str) -> OpeningArchivist:
+        return _opening(at(journal), _made(registrations))
+
+    async def open_slot(index: int) -> tuple[int, Runtime]:
+        return index, await bootstrap(at(slot_journal(directory, index)), regs)
+
+    async def create() -> Archivist:
+        index, runtime = await claim(directory, slots.max_slots, open_slot)
+        archivist = Archivist(runtime, options)
+        archivist._slot = index
+        if slots.adopt_orphans:
+            adopter = Adopter(directory, index, slots, orphan)
+            runtime.services.append(("the orphan adopter", adopter.run))
+            archivist._adopter = adopter
+        return archivist
 
     return OpeningArchivist(create)
 

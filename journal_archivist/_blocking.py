@@ -36,13 +36,14 @@ from ._policies import Durability
 
 if TYPE_CHECKING:
     import os
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Callable, Iterable, Sequence
     from types import TracebackType
     from uuid import UUID
 
     from ._config import Registration
     from ._config_file import ArchivistConfig
     from ._health import HealthReport
+    from ._options import Slots
     from ._records import MessageRecord
     from ._stats import Stats
 
@@ -83,7 +84,7 @@ class SyncArchivist:
     def open(
         cls,
         journal_path: str | os.PathLike[str],
-        registrations: Sequence[Registration],
+        registrations: Sequence[Registration] | Callable[[], Sequence[Registration]],
         *,
         durability: Durability = Durability.FULL,
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
@@ -91,6 +92,7 @@ class SyncArchivist:
         max_append_bytes: int | None = None,
         free_space_reserve: int = DEFAULT_FREE_SPACE_RESERVE,
         close_timeout: float | None = DEFAULT_CLOSE_TIMEOUT,
+        slots: Slots | None = None,
     ) -> SyncArchivist:
         """Open (creating if needed) the journal at ``journal_path`` and start.
 
@@ -112,6 +114,7 @@ class SyncArchivist:
             max_append_bytes=max_append_bytes,
             free_space_reserve=free_space_reserve,
             close_timeout=close_timeout,
+            slots=slots,
         )
         return cls(LoopThread(opening))
 
@@ -224,6 +227,11 @@ class SyncArchivist:
         (``Archivist.purge_dead_letters``)."""
         return self._loop_thread.call(self._archivist.purge_dead_letters, backend, ids)
 
+    def adopt_orphans(self) -> int:
+        """Drain the orphan slots of its journal directory now; how many
+        (``Archivist.adopt_orphans``)."""
+        return self._loop_thread.call(self._archivist.adopt_orphans)
+
     def purge_quarantine(self, backend: str, ids: Iterable[int] | None = None) -> int:
         """Delete ``backend``'s quarantined rows (``ids``, or all); returns how many
         (``Archivist.purge_quarantine``)."""
@@ -235,6 +243,11 @@ class SyncArchivist:
     def is_closed(self) -> bool:
         """Whether it takes no more calls: closing has begun, or it failed."""
         return self._loop_thread.is_closed
+
+    @property
+    def slot(self) -> int | None:
+        """The slot it holds of a journal directory (``Slots``), or None."""
+        return self._archivist.slot
 
     @property
     def journal_path(self) -> str:

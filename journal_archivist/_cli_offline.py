@@ -5,6 +5,9 @@ Rules and theory:
 - They read the journal file with ``_offline`` and never take its lock, so they
   work while the owning service runs (and change nothing). ``--journal PATH``
   names the file directly; without it, the config's ``journal_path`` is read.
+  ``status`` and ``check`` of a journal directory (every slot) are
+  ``_cli_slots``'s, built from the pieces here (``watch``, ``backend_table``,
+  ``show_check``).
 - ``check --salvage OUT`` is the one that writes, and only a new file at ``OUT``.
 """
 
@@ -12,7 +15,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from ._cli_common import (
     CliError,
@@ -39,20 +42,27 @@ from ._salvage import SalvageReport, salvage
 
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Callable, Sequence
 
     from ._records import MessageRecord
-    from ._stats import Stats
+    from ._stats import BackendStats, Stats
 
 __all__ = [
     "VERDICT_EXIT",
+    "backend_table",
     "cmd_check",
     "cmd_dead_letters_list",
     "cmd_dead_letters_show",
     "cmd_quarantine_list",
     "cmd_quarantine_show",
     "cmd_status",
+    "dash",
     "print_records",
+    "show_check",
+    "watch",
 ]
+
+_T = TypeVar("_T")
 
 #: The exit code of each ``check`` verdict.
 VERDICT_EXIT: Final = {
@@ -76,22 +86,32 @@ def cmd_status(args: argparse.Namespace) -> int:
         enabled = {
             backend.name: backend.enabled for backend in config_of(args).backends
         }
+    return watch(args, lambda: read_status(path, enabled=enabled), _show_status)
+
+
+def watch(
+    args: argparse.Namespace,
+    read: Callable[[], _T],
+    show: Callable[[_T, bool], None],
+) -> int:
+    """Show what ``read`` returns once, or every ``--watch`` seconds until Ctrl-C
+    (exit code ``OK``, the way to stop watching)."""
     if args.watch is None:
-        _show_status(read_status(path, enabled=enabled), args.json)
+        show(read(), args.json)
         return ExitCode.OK
     tty = sys.stdout.isatty()
     try:
         while True:
-            stats = read_status(path, enabled=enabled)
+            value = read()
             if tty and not args.json:
                 sys.stdout.write(_CLEAR)
-            _show_status(stats, args.json)
+            show(value, args.json)
             if not tty and not args.json:
                 out()
             sys.stdout.flush()
             time.sleep(args.watch)
     except KeyboardInterrupt:
-        return ExitCode.OK  # the way to stop watching
+        return ExitCode.OK
 
 
 def _show_status(stats: Stats, as_json: bool) -> None:
@@ -119,6 +139,11 @@ def _show_status(stats: Stats, as_json: bool) -> None:
         f" repaired, {journal.quarantined} entries quarantined"
     )
     out()
+    backend_table(stats.backends)
+
+
+def backend_table(backends: Sequence[BackendStats]) -> None:
+    """Print one line of numbers per backend, under a header."""
     table(
         ["backend", "enabled", "pending", "bytes", "oldest", "delivered",
          "dropped", "dead-lettered", "quarantined", "dead letters", "quarantine"],
@@ -126,13 +151,14 @@ def _show_status(stats: Stats, as_json: bool) -> None:
             [b.name, "yes" if b.enabled else "no", b.pending_entries,
              human_bytes(b.pending_bytes), human_age(b.oldest_pending_age),
              b.delivered_total, b.dropped_total, b.dead_lettered_total,
-             b.quarantined_total, _dash(b.dead_letters), _dash(b.quarantine)]
-            for b in stats.backends
+             b.quarantined_total, dash(b.dead_letters), dash(b.quarantine)]
+            for b in backends
         ],
     )  # fmt: skip
 
 
-def _dash(value: object) -> object:
+def dash(value: object) -> object:
+    """``value``, or ``-`` for None."""
     return "-" if value is None else value
 
 
@@ -153,19 +179,20 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(report if rescued is None else {"check": report, "salvage": rescued})
     else:
-        _show_check(report)
+        show_check(report)
         if rescued is not None:
             out()
             _show_salvage(rescued)
     return VERDICT_EXIT[report.verdict]
 
 
-def _show_check(report: CheckReport) -> None:
+def show_check(report: CheckReport) -> None:
+    """Print a ``check`` report: the verdict, the counts and the findings."""
     out(f"check of {report.path}: {report.verdict.name}")
     if report.schema_version is not None:
         out(
             f"schema {report.schema_version}, high-water seq"
-            f" {_dash(report.high_water_seq)};"
+            f" {dash(report.high_water_seq)};"
             f" {report.entries_checked} entries checked"
             f" ({report.entries_damaged} damaged),"
             f" {report.dead_letters_checked} dead letters checked"
@@ -178,7 +205,7 @@ def _show_check(report: CheckReport) -> None:
         out(f"findings ({report.findings_total}{f', {shown} shown' if more else ''}):")
         table(
             ["kind", "where", "detail"],
-            [[f.kind, _dash(f.where), f.detail] for f in report.findings],
+            [[f.kind, dash(f.where), f.detail] for f in report.findings],
         )
 
 
@@ -222,8 +249,8 @@ def cmd_dead_letters_list(args: argparse.Namespace) -> int:
         ["id", "backend", "seq", "session", "op", "bytes", "attempts", "failed at",
          "error"],
         [
-            [d.id, _dash(d.backend), d.seq, _dash(d.session), d.op,
-             human_bytes(d.payload_bytes), _dash(d.attempts), human_time(d.failed_at),
+            [d.id, dash(d.backend), d.seq, dash(d.session), d.op,
+             human_bytes(d.payload_bytes), dash(d.attempts), human_time(d.failed_at),
              _cut(f"damaged: {d.damage}" if d.damage else d.error)]
             for d in letters
         ],
@@ -267,7 +294,7 @@ def cmd_quarantine_list(args: argparse.Namespace) -> int:
     table(
         ["id", "backend", "seq", "session", "op", "bytes", "quarantined at", "reason"],
         [
-            [q.id, _dash(q.backend), _dash(q.seq), _dash(q.session), _dash(q.op),
+            [q.id, dash(q.backend), dash(q.seq), dash(q.session), dash(q.op),
              human_bytes(q.size), human_time(q.quarantined_at), _cut(q.reason)]
             for q in rows
         ],

@@ -9,6 +9,9 @@ Rules and theory:
   journal with the config's backends, as any open does: use the service's config.
 - Every archivist opened here is shut down before the command returns, with no
   drain window (``shutdown(0)``): what is left stays journaled for the service.
+- Of a journal directory they open one slot, ``--slot N`` (``config_of``), as a
+  plain journal; ``drain`` of every slot is ``_cli_slots``'s, over
+  ``drain_journal``.
 - ``probe`` opens no journal: it builds the backends and calls their
   ``health_check``, each under a timeout, all at once.
 - Progress goes to stderr, so stdout holds only the result (``--json``).
@@ -22,7 +25,7 @@ import os
 import sys
 import tempfile
 import time
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeVar
 
 import anyio
 import msgspec
@@ -53,6 +56,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_DRAIN_TIMEOUT",
     "DEFAULT_PROBE_TIMEOUT",
+    "DrainResult",
     "cmd_compact",
     "cmd_dead_letters_purge",
     "cmd_dead_letters_replay",
@@ -61,7 +65,12 @@ __all__ = [
     "cmd_export",
     "cmd_probe",
     "cmd_quarantine_purge",
+    "drain_journal",
+    "drain_lines",
+    "run_async",
 ]
+
+_T = TypeVar("_T")
 
 #: Seconds ``drain`` waits by default.
 DEFAULT_DRAIN_TIMEOUT: Final = 60.0
@@ -69,7 +78,8 @@ DEFAULT_DRAIN_TIMEOUT: Final = 60.0
 DEFAULT_PROBE_TIMEOUT: Final = 10.0
 
 
-def _run(func: Callable[[], Awaitable[int]]) -> int:
+def run_async(func: Callable[[], Awaitable[_T]]) -> _T:
+    """Run ``func`` in an event loop of its own (the command's)."""
     return anyio.run(func, backend="asyncio")
 
 
@@ -122,16 +132,35 @@ class DrainResult(msgspec.Struct, frozen=True, kw_only=True):
 
 def cmd_drain(args: argparse.Namespace) -> int:
     """``drain [--timeout S]``: deliver everything pending, or say what remains."""
-    return _run(functools.partial(_drain, args, config_of(args)))
+    return run_async(functools.partial(_drain, args, config_of(args)))
 
 
 async def _drain(args: argparse.Namespace, config: ArchivistConfig) -> int:
+    result = await drain_journal(config, args.timeout)
+    if args.json:
+        emit_json(result)
+    else:
+        for line in drain_lines(result):
+            out(line)
+    return ExitCode.OK if result.drained else ExitCode.NOT_OK
+
+
+async def drain_journal(
+    config: ArchivistConfig, limit: float, *, label: str = ""
+) -> DrainResult:
+    """Open ``config``'s journal, deliver for up to ``limit`` seconds, and say
+    what remains. ``label`` starts each progress line.
+
+    Raises:
+        CliError: the journal is held by another process (``LOCKED``, from the
+            ``JournalLocked``), or the config's registrations are refused.
+    """
     started = time.monotonic()
     instead = "let the service deliver (it drains on shutdown)"
     async with opened(config, instead) as archivist:
-        with anyio.move_on_after(args.timeout):
+        with anyio.move_on_after(limit):
             async with anyio.create_task_group() as tg:
-                tg.start_soon(_show_progress, archivist, started)
+                tg.start_soon(_show_progress, archivist, started, label)
                 await archivist.wait_drained()
                 tg.cancel_scope.cancel()
         report = archivist.health()
@@ -147,31 +176,35 @@ async def _drain(args: argparse.Namespace, config: ArchivistConfig) -> int:
         )
         for b in report.backends.values()
     )
-    remaining = [b for b in backends if b.enabled and b.pending_entries]
-    result = DrainResult(
-        drained=not remaining,
+    return DrainResult(
+        drained=not any(b.enabled and b.pending_entries for b in backends),
         seconds=round(time.monotonic() - started, 3),
         backends=backends,
     )
-    if args.json:
-        emit_json(result)
-    elif remaining:
-        out(f"not drained after {result.seconds:.1f}s:")
-        for b in remaining:
-            reason = printable(b.last_error) if b.last_error else "still delivering"
-            out(
-                f"  {b.name}: {b.pending_entries} entries"
-                f" ({human_bytes(b.pending_bytes)}) remain; {b.status}: {reason}"
-            )
+
+
+def drain_lines(result: DrainResult) -> list[str]:
+    """``result`` for a human: drained or not, what remains and why."""
+    remaining = [b for b in result.backends if b.enabled and b.pending_entries]
+    if not remaining:
+        lines = [f"drained in {result.seconds:.1f}s: nothing pending"]
     else:
-        out(f"drained in {result.seconds:.1f}s: nothing pending")
-    for b in backends:
-        if not b.enabled and b.pending_entries and not args.json:
-            out(f"  note: {b.name} is disabled; its {b.pending_entries} entries wait")
-    return ExitCode.OK if result.drained else ExitCode.NOT_OK
+        lines = [f"not drained after {result.seconds:.1f}s:"]
+    for b in remaining:
+        reason = printable(b.last_error) if b.last_error else "still delivering"
+        lines.append(
+            f"  {b.name}: {b.pending_entries} entries"
+            f" ({human_bytes(b.pending_bytes)}) remain; {b.status}: {reason}"
+        )
+    lines.extend(
+        f"  note: {b.name} is disabled; its {b.pending_entries} entries wait"
+        for b in result.backends
+        if not b.enabled and b.pending_entries
+    )
+    return lines
 
 
-async def _show_progress(archivist: Archivist, started: float) -> None:
+async def _show_progress(archivist: Archivist, started: float, label: str) -> None:
     """Pending per backend: one line rewritten in place on a terminal, else a
     line a second."""
     tty = sys.stderr.isatty()
@@ -181,7 +214,8 @@ async def _show_progress(archivist: Archivist, started: float) -> None:
             for b in archivist.health().backends.values()
             if b.enabled
         )
-        line = f"draining ({time.monotonic() - started:.0f}s): pending {pending}"
+        elapsed = time.monotonic() - started
+        line = f"{label}draining ({elapsed:.0f}s): pending {pending}"
         if tty:
             sys.stderr.write(f"\r\x1b[K{line}")
         else:
@@ -216,7 +250,7 @@ def cmd_quarantine_purge(args: argparse.Namespace) -> int:
 
 def _change(args: argparse.Namespace, method: str, done: str) -> int:
     config = config_of(args)
-    count = _run(functools.partial(_call, config, args.backend, args.id, method))
+    count = run_async(functools.partial(_call, config, args.backend, args.id, method))
     if args.json:
         emit_json({"backend": args.backend, done: count})
     else:
@@ -243,7 +277,7 @@ async def _call(
 
 def cmd_export(args: argparse.Namespace) -> int:
     """``export SESSION [--from BACKEND] [--format jsonl|markdown]``."""
-    return _run(functools.partial(_export, args, config_of(args)))
+    return run_async(functools.partial(_export, args, config_of(args)))
 
 
 async def _export(args: argparse.Namespace, config: ArchivistConfig) -> int:
@@ -302,8 +336,8 @@ class ProbeResult(msgspec.Struct, frozen=True, kw_only=True):
 
 def cmd_probe(args: argparse.Namespace) -> int:
     """``probe [--timeout S]``: each backend's health check."""
-    registrations = config_of(args).registrations()
-    return _run(functools.partial(_probe, args, registrations))
+    registrations = config_of(args, directory_ok=True).registrations()
+    return run_async(functools.partial(_probe, args, registrations))
 
 
 async def _probe(args: argparse.Namespace, registrations: list[Registration]) -> int:
@@ -370,7 +404,7 @@ def cmd_compact(args: argparse.Namespace) -> int:
     """``compact``: return the journal's free pages to the filesystem."""
     config = config_of(args)
     path = os.path.abspath(config.journal.journal_path)
-    return _run(functools.partial(_compact, args, config, path))
+    return run_async(functools.partial(_compact, args, config, path))
 
 
 async def _compact(args: argparse.Namespace, config: ArchivistConfig, path: str) -> int:
@@ -423,7 +457,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             directory = stack.enter_context(
                 tempfile.TemporaryDirectory(prefix="journal-archivist-demo-")
             )
-        return _run(
+        return run_async(
             functools.partial(
                 run_demo, directory, out=sys.stdout, json_output=args.json, **given
             )

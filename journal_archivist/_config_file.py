@@ -2,10 +2,11 @@
 
 Rules and theory:
 - One code path with the Python API. ``[journal]`` decodes into
-  ``ArchivistOptions`` (``Archivist.open``'s keywords), and each ``[[backends]]``
-  table into a ``BackendConfig`` whose ``__post_init__`` makes a ``Registration``
-  around a stand-in backend: every value passes the checks ``open`` and
-  ``Registration`` run, and ``ArchivistConfig.__post_init__`` runs
+  ``ArchivistOptions`` (``Archivist.open``'s keywords), an optional ``[slots]``
+  into ``Slots`` (``journal_path`` then names a journal directory), and each
+  ``[[backends]]`` table into a ``BackendConfig`` whose ``__post_init__`` makes a
+  ``Registration`` around a stand-in backend: every value passes the checks
+  ``open`` and ``Registration`` run, and ``ArchivistConfig.__post_init__`` runs
   ``check_registrations`` (unique names, one enabled).
 - Loading imports no backend. ``registrations()`` builds them, fresh each call, so
   a tool can read a config whose drivers are not installed.
@@ -48,7 +49,7 @@ from ._config_text import (
     text_now,
 )
 from ._errors import ConfigError
-from ._options import ArchivistOptions, check_registrations
+from ._options import ArchivistOptions, Slots, check_registrations
 from ._policies import (
     Durability,
     FailureMode,
@@ -192,6 +193,8 @@ class ArchivistConfig(msgspec.Struct, frozen=True, kw_only=True):
 
     journal: ArchivistOptions
     backends: tuple[BackendConfig, ...]
+    #: A ``[slots]`` table: ``journal_path`` is a journal directory of slots.
+    slots: Slots | None = None
     source: str | None = None
     secrets: frozenset[str] = frozenset()
 
@@ -304,7 +307,7 @@ class _Loader:
             data = substitute(data, environ, (), self.found)  # type: ignore[assignment]
         except Refused as refused:
             raise self.error(refused.problem, refused.place) from None
-        self.check_keys(data, ["journal", "backends"], ())
+        self.check_keys(data, ["journal", "backends", "slots"], ())
         journal = data.get("journal")
         if not isinstance(journal, dict):
             raise self.error(
@@ -315,6 +318,7 @@ class _Loader:
             ArchivistOptions,
             ("journal",),
         )
+        slots = self.slots(data)
         tables = data.get("backends")
         if not isinstance(tables, list) or not tables:
             raise self.error(
@@ -333,6 +337,7 @@ class _Loader:
             return ArchivistConfig(
                 journal=options,
                 backends=tuple(backends),
+                slots=slots,
                 source=self.source,
                 secrets=frozenset(self.found),
             )
@@ -343,6 +348,21 @@ class _Loader:
                 ("backends", repeated[0], "name") if repeated else ("backends",)
             )
             raise self.error(str(exc), where) from None
+
+    def slots(self, data: dict[str, Any]) -> Slots | None:
+        """The ``[slots]`` table, if there is one, as ``Slots``."""
+        if "slots" not in data:
+            return None
+        table = data["slots"]
+        if not isinstance(table, dict):
+            raise self.error(
+                "must be a [slots] table (max_slots, adopt_orphans, adopt_interval)",
+                ("slots",),
+            )
+        slots: Slots = self.convert(
+            self.prepare(table, Slots, ("slots",)), Slots, ("slots",)
+        )
+        return slots
 
     def check_keys(
         self, table: dict[str, Any], allowed: list[str], place: Place
@@ -430,6 +450,6 @@ class _Loader:
 
 _ALL_FIELDS: Final = frozenset(
     name
-    for struct in (ArchivistOptions, BackendConfig, Queued, Sync, RetryPolicy)
+    for struct in (ArchivistOptions, BackendConfig, Queued, Sync, RetryPolicy, Slots)
     for name in _fields(struct)
 )

@@ -29,6 +29,7 @@ import os
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from uuid import UUID
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "JournalIncompatible",
     "JournalLocked",
     "JournalWriteFailed",
+    "NoFreeSlot",
     "QueueFull",
     "ReadFailed",
     "ValidationError",
@@ -281,6 +283,33 @@ class JournalLocked(JournalError):
             holder = f"another process (pid {pid})"
         super().__init__(path, f"journal is locked by {holder}")
         self.pid = pid
+
+
+class NoFreeSlot(JournalLocked):
+    """Every slot of a journal directory is held by another owner.
+
+    Nothing was opened or changed. ``path`` is the directory, ``max_slots`` the
+    slots tried and ``pids`` their owners' process ids (None where unknown).
+    Raise ``Slots.max_slots``, or stop a process.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        max_slots: int,
+        pids: Sequence[int | None],
+    ) -> None:
+        known = sorted({pid for pid in pids if pid is not None})
+        owners = f" (by pids {', '.join(map(str, known))})" if known else ""
+        JournalError.__init__(
+            self,
+            path,
+            f"all {max_slots} slots of the journal directory are held{owners};"
+            " raise Slots.max_slots or stop a process",
+        )
+        self.pid = None
+        self.max_slots = max_slots
+        self.pids = tuple(pids)
 
 
 class JournalCorrupt(JournalError):

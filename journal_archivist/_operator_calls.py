@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from ._lifecycle import Runtime
+    from ._slots import Adopter
     from ._writer import Writer
 
 __all__ = ["OperatorCalls"]
@@ -35,9 +36,42 @@ class OperatorCalls:
 
     _runtime: Runtime
     _by_name: dict[str, Writer]
+    #: The slot of a journal directory it holds (``Slots``), and its adopter.
+    _slot: int | None = None
+    _adopter: Adopter | None = None
 
     def _check_open(self) -> None:  # pragma: no cover - Archivist's
         raise NotImplementedError
+
+    @property
+    def slot(self) -> int | None:
+        """The slot it holds of a journal directory (``Slots``); None if it was
+        opened on a journal file."""
+        return self._slot
+
+    @property
+    def orphans_adopted(self) -> int:
+        """Orphan slots it drained since it opened (``Slots``)."""
+        return 0 if self._adopter is None else self._adopter.adopted
+
+    async def adopt_orphans(self) -> int:
+        """Drain the orphan slots of its journal directory now, one at a time;
+        how many were drained.
+
+        Orphans are slots no process holds that still have a backlog; one that
+        cannot be drained (its archive down, its file damaged) is logged and
+        left for the next look (``Slots.adopt_interval``). Waits for a look
+        under way to finish first. Use under ``anyio.fail_after``.
+
+        Raises:
+            ValueError: it was not opened with ``Slots(adopt_orphans=True)``.
+        """
+        self._check_open()
+        if self._adopter is None:
+            raise ValueError(
+                "adopt_orphans needs an archivist opened with Slots(adopt_orphans=True)"
+            )
+        return await self._adopter.adopt_now()
 
     async def wait_drained(self, backend: str | None = None) -> None:
         """Wait until nothing is pending for ``backend`` (default: every enabled one).

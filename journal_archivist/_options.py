@@ -35,10 +35,21 @@ from ._policies import Durability
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["DEFAULT_CLOSE_TIMEOUT", "ArchivistOptions", "check_registrations"]
+__all__ = [
+    "DEFAULT_ADOPT_INTERVAL",
+    "DEFAULT_CLOSE_TIMEOUT",
+    "DEFAULT_MAX_SLOTS",
+    "ArchivistOptions",
+    "Slots",
+    "check_registrations",
+]
 
 #: Seconds ``async with`` gives the writers to drain when the block exits.
 DEFAULT_CLOSE_TIMEOUT: Final = 10.0
+#: Slots a journal directory has, at most, by default (``Slots``).
+DEFAULT_MAX_SLOTS: Final = 16
+#: Seconds between two looks for orphan slots, by default (``Slots``).
+DEFAULT_ADOPT_INTERVAL: Final = 30.0
 
 
 class ArchivistOptions(msgspec.Struct, frozen=True, kw_only=True):
@@ -114,6 +125,38 @@ class ArchivistOptions(msgspec.Struct, frozen=True, kw_only=True):
         """``max_append_bytes`` as resolved on construction (never None)."""
         assert self.max_append_bytes is not None  # resolved by __post_init__
         return self.max_append_bytes
+
+
+class Slots(msgspec.Struct, frozen=True, kw_only=True):
+    """Open a journal *directory* of slots, one per process (``docs/scaling.md``).
+
+    Pass to ``Archivist.open(directory, factory, slots=Slots(...))``. The process
+    claims the lowest-numbered slot (``slot-0``, ``slot-1``, ...) no other holds,
+    and drains orphans: slots whose owner is gone that still hold a backlog.
+
+    Attributes:
+        max_slots: the slots a process may claim; past it, ``NoFreeSlot``.
+        adopt_orphans: drain orphan slots in the background (at open, then every
+            ``adopt_interval`` seconds).
+        adopt_interval: seconds between two looks for orphans.
+    """
+
+    max_slots: int = DEFAULT_MAX_SLOTS
+    adopt_orphans: bool = True
+    adopt_interval: float = DEFAULT_ADOPT_INTERVAL
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_slots, bool) or not isinstance(self.max_slots, int):
+            raise TypeError(f"max_slots must be an int, got {self.max_slots!r}")
+        if not 1 <= self.max_slots <= 100_000:
+            raise ValueError(f"max_slots must be 1 to 100000, got {self.max_slots}")
+        if not isinstance(self.adopt_orphans, bool):
+            raise TypeError(f"adopt_orphans must be a bool, got {self.adopt_orphans!r}")
+        interval = self.adopt_interval
+        if isinstance(interval, bool) or not isinstance(interval, int | float):
+            raise TypeError(f"adopt_interval must be a number, got {interval!r}")
+        if not 0 < interval < float("inf"):
+            raise ValueError(f"adopt_interval must be > 0 and finite, got {interval}")
 
 
 def check_registrations(registrations: Sequence[Registration]) -> list[Registration]:

@@ -112,3 +112,46 @@ def archived(archive: Path) -> int:
         assert "messages" in tables, tables
         ((count,),) = db.execute("SELECT count(*) FROM messages").fetchall()
     return int(count)
+
+
+@dataclass
+class SlotsSetup:
+    """A config file with a ``[slots]`` table and the paths it names."""
+
+    config: Path
+    directory: Path
+    archive: Path
+    remote: Path
+
+
+def write_slots_config(tmp_path: Path, *, remote_up: bool = False) -> SlotsSetup:
+    """A config whose journal is the directory ``journals`` (``[slots]``, no
+    adopter), with two SQLite backends: ``archive`` (reachable) and ``remote``
+    (in a folder that does not exist: down, unless ``remote_up``)."""
+    folder = tmp_path / "data"
+    folder.mkdir(parents=True, exist_ok=True)
+    remote = "remote.db" if remote_up else "missing/remote.db"
+    config = folder / "archivist.toml"
+    config.write_text(
+        f"""
+[journal]
+journal_path = "journals"
+
+[slots]
+adopt_orphans = false
+
+[[backends]]
+name = "archive"
+type = "sqlite"
+settings = {{ path = "archive.db" }}
+
+[[backends]]
+name = "remote"
+type = "sqlite"
+settings = {{ path = "{remote}" }}
+retry = {{ initial_delay = 0.01, max_delay = 0.05 }}
+"""
+    )
+    return SlotsSetup(
+        config, folder / "journals", folder / "archive.db", folder / remote
+    )

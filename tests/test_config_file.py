@@ -18,10 +18,12 @@ from journal_archivist import (
     Archivist,
     Durability,
     FailureMode,
+    NoFreeSlot,
     OverflowPolicy,
     Queued,
     Registration,
     RetryPolicy,
+    Slots,
     Sync,
 )
 from journal_archivist._config_backends import BUILTIN_BACKENDS
@@ -33,6 +35,7 @@ from journal_archivist._config_file import (
 )
 from journal_archivist._errors import ConfigError
 from journal_archivist._options import ArchivistOptions
+from journal_archivist._slots import slot_indexes
 from journal_archivist.backends import (
     ArchiveBackend,
     JsonlArchive,
@@ -371,7 +374,7 @@ SQLITE = '[[backends]]\nname = "a"\ntype = "sqlite"\nsettings = { path = "a.db" 
         # An unknown backend type lists the valid ones.
         (JOURNAL + SQLITE.replace('"sqlite"', '"mongo"'), "backends[0]", "type", 5,
          "type 'mongo' is not a backend type; use one of 'sqlite', 'jsonl',"
-         " 'postgres', 'webhook', or 'module:Class'"),
+         " 'postgres', 'webhook', 'jetstream', or 'module:Class'"),
         # The registrations together: a repeated name, nothing enabled.
         (JOURNAL + SQLITE + SQLITE, "backends[1]", "name", 8,
          "registration names must be unique, repeated: ['a']"),
@@ -673,4 +676,111 @@ def _config_file_section() -> str:
     ),
 )
 def test_every_key_and_backend_type_is_documented(key: str) -> None:
+    assert f"`{key}`" in _config_file_section(), f"{key} is not in {DOCS.name}"
+
+
+# -- [slots]: a journal directory ---------------------------------------------------
+
+SLOTS = """
+[journal]
+journal_path = "journals"
+
+[slots]
+max_slots = 2
+adopt_interval = 3600.0   # no look of its own: the test calls adopt_orphans()
+
+[[backends]]
+name = "archive"
+type = "sqlite"
+settings = { path = "archive.db" }
+write_policy = { type = "queued", batch_window_ms = 0 }
+"""
+
+
+async def test_a_slots_table_opens_slots_of_a_journal_directory(
+    tmp_path: Path, session: UUID
+) -> None:
+    path = write(tmp_path, SLOTS)
+    config = load_config(path)
+    assert config.slots == Slots(max_slots=2, adopt_interval=3600.0)
+    directory = str(tmp_path / "journals")
+    assert config.journal.journal_path == directory
+    first = await Archivist.from_config(path)
+    try:
+        second = await Archivist.from_config(config)
+        try:
+            assert (first.slot, second.slot) == (0, 1)
+            with pytest.raises(NoFreeSlot, match="all 2 slots"):
+                await Archivist.from_config(path)
+        finally:
+            await second.shutdown()
+        # A worker dies with a backlog in slot 1 (its archive down); the live one
+        # drains it with backends ``config.registrations`` makes afresh.
+        down = SqliteArchive(tmp_path / "missing" / "archive.db")
+        orphan = await Archivist.open(
+            directory,
+            [Registration(name="archive", backend=down)],
+            slots=Slots(adopt_orphans=False),
+        )
+        await orphan.append_messages(session, [record(session, "orphaned")])
+        assert orphan.slot == 1
+        await orphan.shutdown(timeout=0)
+        with anyio.fail_after(10):
+            assert await first.adopt_orphans() == 1
+        [got] = await first.read_session(session)
+        assert got.content_md == "orphaned"
+    finally:
+        await first.shutdown()
+    assert slot_indexes(directory) == [0, 1]
+
+
+def test_without_a_slots_table_the_journal_is_one_file(tmp_path: Path) -> None:
+    path = write(tmp_path, JOURNAL + SQLITE)
+    assert load_config(path).slots is None
+    assert default_config().slots is None
+
+
+SLOTS_ONLY = JOURNAL + SQLITE + "[slots]\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "line", "problem"),
+    [
+        # A key Slots does not have, with the allowed ones listed.
+        (SLOTS_ONLY + "max_slot = 4\n", "max_slot", 8,
+         "unknown key 'max_slot'; allowed: max_slots, adopt_orphans, adopt_interval"),
+        # Wrong types, with the value shown.
+        (SLOTS_ONLY + "max_slots = 'four'\n", "max_slots", 8,
+         "Expected `int`, got `str`: 'four'"),
+        (SLOTS_ONLY + "adopt_orphans = 'yes'\n", "adopt_orphans", 8,
+         "Expected `bool`, got `str`: 'yes'"),
+        # Values Slots.__post_init__ refuses.
+        (SLOTS_ONLY + "max_slots = 0\n", "max_slots", 8,
+         "max_slots must be 1 to 100000, got 0"),
+        (SLOTS_ONLY + "adopt_orphans = false\nadopt_interval = 0\n",
+         "adopt_interval", 9, "adopt_interval must be > 0 and finite, got 0.0"),
+    ],
+)  # fmt: skip
+def test_bad_slots_values_name_table_key_and_line(
+    tmp_path: Path, text: str, key: str, line: int, problem: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=re.escape(problem)) as caught:
+        load_config(path)
+    error = caught.value
+    assert (error.table, error.key, error.line) == ("slots", key, line)
+    assert str(error) == f"{path}:{line}: slots.{key}: {error.problem}"
+
+
+def test_slots_must_be_a_table(tmp_path: Path) -> None:
+    path = write(tmp_path, "slots = 4\n" + JOURNAL + SQLITE)
+    with pytest.raises(ConfigError, match=r"must be a \[slots\] table") as caught:
+        load_config(path)
+    assert (caught.value.key, caught.value.line) == ("slots", 1)
+
+
+@pytest.mark.parametrize(
+    "key", ["[slots]", *(f.name for f in msgspec.structs.fields(Slots))]
+)
+def test_every_slots_key_is_documented(key: str) -> None:
     assert f"`{key}`" in _config_file_section(), f"{key} is not in {DOCS.name}"

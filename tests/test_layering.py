@@ -99,10 +99,15 @@ LAYERS: tuple[Layer, ...] = (
         frozenset(
             {
                 "backends",
+                "backends._jetstream_batch",
+                "backends._jetstream_conn",
+                "backends._jetstream_ops",
+                "backends._jetstream_wire",
                 "backends._jsonl_batch",
                 "backends._jsonl_directory",
                 "backends._jsonl_files",
                 "backends._jsonl_scan",
+                "backends._postgres_dsn",
                 "backends._postgres_pool",
                 "backends._postgres_sql",
                 "backends._sqlite_open",
@@ -111,6 +116,7 @@ LAYERS: tuple[Layer, ...] = (
                 "backends._webhook_http",
                 "backends._webhook_secrets",
                 "backends._webhook_wire",
+                "backends.jetstream",
                 "backends.jsonl",
                 "backends.postgres",
                 "backends.sqlite",
@@ -170,6 +176,7 @@ LAYERS: tuple[Layer, ...] = (
                 "_loop_thread",
                 "_operator_calls",
                 "_reading",
+                "_slots",
                 "_stats_live",
             }
         ),
@@ -177,12 +184,23 @@ LAYERS: tuple[Layer, ...] = (
     # What users import: the package and its testing helpers.
     Layer(
         "public surface",
-        frozenset({"__init__", "_contract", "prometheus", "testing"}),
+        frozenset(
+            {"__init__", "_contract", "_contract_marks", "prometheus", "testing"}
+        ),
     ),
     # What operators run: the command line, over the public API.
     Layer(
         "command line",
-        frozenset({"__main__", "_cli", "_cli_common", "_cli_offline", "_cli_online"}),
+        frozenset(
+            {
+                "__main__",
+                "_cli",
+                "_cli_common",
+                "_cli_offline",
+                "_cli_online",
+                "_cli_slots",
+            }
+        ),
     ),
 )
 

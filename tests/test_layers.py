@@ -36,10 +36,11 @@ PURE = (
     "_throttle",
     "backends/_base",
     "backends/_codec",
+    "backends/_jetstream_wire",
     "backends/_webhook_wire",
 )
 #: What a pure module never imports.
-IO_LIBRARIES = frozenset({"anyio", "aiosqlite", "sqlite3", "asyncpg", "httpx"})
+IO_LIBRARIES = frozenset({"anyio", "aiosqlite", "sqlite3", "asyncpg", "httpx", "nats"})
 #: The core modules that may speak to SQLite itself (the backends have their own):
 #: the journal and its parts.
 SQLITE_OWNERS = frozenset(

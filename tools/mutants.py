@@ -360,7 +360,9 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     Mutant(
         "erasure-keeps-unregistered-copies",
         _J + "_committer.py",
-        "await tx.purge_unregistered(numbered.erased, self._names)",
+        "await tx.journal_erasures(\n"
+        "                            numbered.erased, self._names, numbered.stamp\n"
+        "                        )",
         "pass  # each backend purges its copies when it settles the erasure",
         "an erasure leaves the dead letters and quarantined copies kept for"
         " backends no longer registered",
@@ -620,8 +622,8 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     Mutant(
         "coalesce-erasure-keeps-earlier",
         _J + "_batching.py",
-        "merged[entry.session] = []",
-        "merged.setdefault(entry.session, [])",
+        "merged[entry.session] = ([], [])",
+        "merged.setdefault(entry.session, ([], []))",
         "an erasure in a batch keeps its session's records coalesced before it,"
         " which the backend then archives after erasing",
         ("tests/test_batching.py", "tests/test_erasure.py"),
@@ -629,10 +631,56 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     Mutant(
         "coalesce-reorders-session",
         _J + "_batching.py",
-        "            group += records\n",
-        "            group[:0] = records\n",
+        "            group[0].extend(records)\n",
+        "            group[0][:0] = records\n",
         "coalescing puts a session's later records before its earlier ones",
         ("tests/test_batching.py",),
+    ),
+    Mutant(
+        "erasure-sent-without-its-time",
+        _J + "_batching.py",
+        "            erased_at.get(session),\n",
+        "            None,\n",
+        "an erasure reaches the archives without its journal time, so it erases"
+        " (and marks) as of its arrival: records appended after it in other"
+        " journals are lost",
+        ("tests/test_batching.py", "tests/torture/test_fanin.py"),
+    ),
+    Mutant(
+        "records-sent-without-their-times",
+        _J + "_batching.py",
+        "            tuple(times),\n",
+        "            (),\n",
+        "records reach the archives without their journal times, so a record"
+        " delayed in another journal passes an erasure mark and comes back",
+        ("tests/test_batching.py", "tests/torture/test_fanin.py"),
+    ),
+    Mutant(
+        "journal-times-follow-the-clock-back",
+        _J + "_intake.py",
+        "stamp = now if now > stamp else math.nextafter(stamp, math.inf)",
+        "stamp = now",
+        "journal times follow the clock back: a record appended after an"
+        " erasure can carry an earlier time and be refused by the erasure's mark",
+        ("tests/test_intake.py", "tests/test_erasure.py"),
+    ),
+    Mutant(
+        "erasure-time-forgotten-at-close",
+        _J + "_transaction.py",
+        "            RAISE_META, (LAST_ERASURE_US, math.ceil(stamp * 1_000_000))\n",
+        "            'SELECT ?, ?', (LAST_ERASURE_US, 0)\n",
+        "after a restart with the clock behind, appends get times before an"
+        " erasure already delivered, and the archives' marks refuse them",
+        ("tests/test_erasure.py",),
+    ),
+    Mutant(
+        "replay-gets-a-new-time",
+        _J + "_maintenance.py",
+        "append.enqueued_at = entry.enqueued_at",
+        "append.enqueued_at = 0.0",
+        "a replayed dead letter gets a new journal time, so it passes an erasure"
+        " mark set since it was first journaled",
+        ("tests/test_maintenance.py",),
     ),
     # -- records -------------------------------------------------------------------
     Mutant(
@@ -696,24 +744,22 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
         ("tests/backends/test_sqlite_archive.py",),
     ),
     Mutant(
-        "sqlite-erase-after-group-records",
+        "sqlite-batch-keeps-records-before-erasure",
         _B + "_sqlite_sql.py",
-        "        if group.erase:\n"
-        "            if pending:\n"
-        '                steps.append(("insert", pending))\n'
-        "                pending = []\n"
-        '            steps.append(("erase", str(group.session)))\n'
-        "            erases = True\n"
-        "        pending.extend(rows(group.session, group.records))\n",
-        "        pending.extend(rows(group.session, group.records))\n"
-        "        if group.erase:\n"
-        "            if pending:\n"
-        '                steps.append(("insert", pending))\n'
-        "                pending = []\n"
-        '            steps.append(("erase", str(group.session)))\n'
-        "            erases = True\n",
-        "the SQLite archive erases a session after inserting the records that"
-        " follow the erasure in its group",
+        "        if index >= last_erase.get(group.session, index):\n",
+        "        if True:\n",
+        "the SQLite archive keeps a batch's records that come before an erasing"
+        " group of their session (a direct call's records and erasure share one"
+        " time, so the erasure does not delete them)",
+        ("tests/backends/test_sqlite_archive.py",),
+    ),
+    Mutant(
+        "sqlite-insert-ignores-mark",
+        _B + "_sqlite_sql.py",
+        '" WHERE m.session = v.column2 AND m.erased_at > v.column9)"',
+        '" WHERE m.session = v.column2 AND 0)"',
+        "the SQLite archive stores a record appended before its session's"
+        " erasure mark: an erased record comes back from a lagging journal",
         ("tests/backends/test_sqlite_archive.py",),
     ),
     Mutant(
@@ -837,10 +883,20 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     Mutant(
         "postgres-erase-keeps-count",
         _B + "_postgres_sql.py",
-        "                message_count = CASE WHEN s.session = ANY($3::uuid[]) THEN 0\n"
-        "                                     ELSE s.message_count END,\n",
-        "                message_count = s.message_count,\n",
+        "SET (message_count, first_ts, last_ts) = (\n"
+        "                SELECT count(*), min(m.ts), max(m.ts)",
+        "SET (message_count, first_ts, last_ts) = (\n"
+        "                SELECT s.message_count, min(m.ts), max(m.ts)",
         "a PostgreSQL erasure deletes the messages but keeps the session's count",
+        ("tests/backends/test_postgres_archive.py",),
+    ),
+    Mutant(
+        "postgres-mark-lowered",
+        _B + "_postgres_sql.py",
+        "SET erased_at = greatest(k.erased_at, excluded.erased_at)",
+        "SET erased_at = excluded.erased_at",
+        "an older PostgreSQL erasure arriving after a newer one lowers the"
+        " session's mark: a lagging record erased by the newer one comes back",
         ("tests/backends/test_postgres_archive.py",),
     ),
     Mutant(
@@ -898,9 +954,9 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     ),
     Mutant(
         "webhook-drops-bare-erasure",
-        _B + "webhook.py",
-        "groups = [group for group in groups if group.erase or group.records]",
-        "groups = [group for group in groups if group.records]",
+        _B + "_webhook_wire.py",
+        "        if group.erase or records:\n",
+        "        if records:\n",
         "the webhook leaves out a batch's erasing groups that carry no records",
         ("tests/backends/test_webhook_archive.py",),
     ),
