@@ -9,6 +9,8 @@ from uuid import UUID, uuid4
 import pytest
 from hypothesis import HealthCheck, settings
 
+from tests import services
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -37,3 +39,16 @@ def journal_path(tmp_path: Path) -> Path:
 def session() -> UUID:
     """A fresh session id."""
     return uuid4()
+
+
+@pytest.fixture(scope="session")
+def pg_dsn() -> str:
+    """The PostgreSQL test server's DSN; skips (fails in CI) if it does not answer."""
+    return services.postgres_dsn()
+
+
+@pytest.fixture(scope="session")
+def nats_url() -> str:
+    """The NATS JetStream test server's URL; skips (fails in CI) if it does not
+    answer."""
+    return services.nats_url()

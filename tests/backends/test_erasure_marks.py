@@ -12,7 +12,6 @@ PostgreSQL tests skip without a server, except in CI, where they fail.
 
 from __future__ import annotations
 
-import os
 import random
 import tempfile
 import time
@@ -35,11 +34,7 @@ from journal_archivist.backends import (
 from journal_archivist.backends._base import append_times, erasure_time
 from journal_archivist.backends.postgres import PostgresArchive
 from journal_archivist.testing import check_backend
-from tests.backends.test_postgres_archive import (
-    DEFAULT_DSN,
-    _reachable,
-    _wait_for_lock_wait,
-)
+from tests.backends.test_postgres_archive import _wait_for_lock_wait
 from tests.helpers import record, records
 
 if TYPE_CHECKING:
@@ -231,18 +226,6 @@ def test_sqlite_any_interleaving_of_journals_gives_the_oracle(
 
 
 # -- PostgreSQL ------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def pg_dsn() -> str:
-    """The test server's DSN; skips (fails in CI) if it is unreachable."""
-    dsn = os.environ.get("JOURNAL_ARCHIVIST_TEST_PG_DSN", DEFAULT_DSN)
-    problem = _reachable(dsn)
-    if problem is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(problem)
-        pytest.skip(problem)
-    return dsn
 
 
 @pytest.fixture

@@ -9,12 +9,10 @@ run a private one (``tests/backends/nats_server.py``).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import json
 import logging
-import os
 import random
 import subprocess
 import sys
@@ -30,10 +28,11 @@ from journal_archivist import Archivist, BackendError, MessageRecord
 from journal_archivist._config_file import load_config
 from journal_archivist.backends import JetStreamArchive, SessionGroup
 from journal_archivist.backends._codec import decode_record, encode_record
-from journal_archivist.backends._jetstream_wire import covers, mask_servers
+from journal_archivist.backends._jetstream_wire import covers
 from journal_archivist.testing import check_backend
 from tests.backends.nats_server import NATS_SERVER, NatsServer, free_port
 from tests.helpers import record, records, registration, texts
+from tests.services import DEFAULT_NATS_URL, unavailable
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator
@@ -41,50 +40,14 @@ if TYPE_CHECKING:
 
     from nats.aio.client import Client
 
-DEFAULT_URL = "nats://127.0.0.1:4222"
 PASSWORD = "hunter2-Sekr3t-pw"
-
-
-def _reachable(url: str) -> str | None:
-    """Why the JetStream server at ``url`` cannot be used, or None if it can."""
-
-    async def probe() -> None:
-        nc = await nats.connect(
-            url, connect_timeout=5, allow_reconnect=False, max_reconnect_attempts=1
-        )
-        try:
-            await nc.jetstream().account_info()
-        finally:
-            await nc.close()
-
-    try:
-        asyncio.run(probe())
-    except Exception as exc:
-        detail = " ".join(f"{type(exc).__name__}: {exc}".split())
-        return f"no NATS JetStream server at {mask_servers(url)[1][0]}: {detail}"
-    return None
-
-
-@pytest.fixture(scope="module")
-def nats_url() -> str:
-    """The test server's URL; skips (fails in CI) if it is unreachable."""
-    url = os.environ.get("JOURNAL_ARCHIVIST_TEST_NATS_URL", DEFAULT_URL)
-    problem = _reachable(url)
-    if problem is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(problem)
-        pytest.skip(problem)
-    return url
 
 
 @pytest.fixture
 def nats_binary() -> str:
     """The nats-server binary, for a private server; skips (fails in CI) if none."""
     if NATS_SERVER is None:
-        problem = "nats-server is not installed (apt-get install nats-server)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(problem)
-        pytest.skip(problem)
+        unavailable("nats-server is not installed (apt-get install nats-server)")
     return NATS_SERVER
 
 
@@ -240,7 +203,7 @@ def test_bad_options_are_refused(
     options: dict[str, Any], error: type[Exception], complaint: str
 ) -> None:
     with pytest.raises(error, match=complaint):
-        JetStreamArchive(DEFAULT_URL, **options)
+        JetStreamArchive(DEFAULT_NATS_URL, **options)
 
 
 @pytest.mark.parametrize(

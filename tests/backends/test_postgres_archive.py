@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import re
 import socket
 import subprocess
@@ -43,41 +42,14 @@ from tests.helpers import (
     records,
     registration,
 )
+from tests.services import DEFAULT_DSN
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator
     from pathlib import Path
     from typing import Any
 
-DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 PASSWORD = "hunter2-Sekr3t-pw"
-
-
-def _reachable(dsn: str) -> str | None:
-    """Return why the server at ``dsn`` cannot be used, or None if it can."""
-
-    async def probe() -> None:
-        connection = await asyncpg.connect(dsn, timeout=5)
-        await connection.close()
-
-    try:
-        asyncio.run(probe())
-    except Exception as exc:
-        detail = " ".join(f"{type(exc).__name__}: {exc}".split())
-        return f"no PostgreSQL server at {mask_dsn(dsn)[0]}: {detail}"
-    return None
-
-
-@pytest.fixture(scope="module")
-def pg_dsn() -> str:
-    """The test server's DSN; skips (fails in CI) if it is unreachable."""
-    dsn = os.environ.get("JOURNAL_ARCHIVIST_TEST_PG_DSN", DEFAULT_DSN)
-    problem = _reachable(dsn)
-    if problem is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(problem)
-        pytest.skip(problem)
-    return dsn
 
 
 @pytest.fixture
