@@ -8,11 +8,13 @@ Rules and theory:
   that died; numbers are reused, so files do not pile up with pids.
 - An orphan is a slot whose lock nobody holds and whose journal still has
   entries. Each live process runs an ``Adopter``: at start and every
-  ``adopt_interval`` seconds it looks for orphans and drains them, one at a time,
-  each under its own lock (it opens the orphan as an archivist with registrations
-  made afresh by the factory, waits until it is drained, and closes it, which
-  releases the slot). A slot being adopted is locked, so a starting worker takes
-  another.
+  ``adopt_interval`` seconds it looks for orphans and drains those it found at
+  the look before too, one at a time, each under its own lock (it opens the
+  orphan as an archivist with registrations made afresh by the factory, waits
+  until it is drained, and closes it, which releases the slot). Waiting one look
+  lets a worker its supervisor restarts at once take its own slot back; a slot
+  being adopted is locked, so a worker starting meanwhile takes another (hence
+  ``max_slots`` above the number of workers).
 - Looking for orphans takes no lock: the lock file is peeked and the journal read
   read-only (``_offline``), so a scan never makes a starting worker skip a free
   slot. Between the peek and the open another process may take the slot: the
@@ -148,8 +150,10 @@ class Adopter:
         self.adopted = 0
         #: Why the last orphan that could not be adopted was not, if one was not.
         self.last_error: str | None = None
-        # One scan at a time: the background loop's or an ``adopt_now`` call's.
+        # One look at a time: the background loop's or an ``adopt_now`` call's.
         self._scanning = anyio.Lock()
+        # The orphans the last patient look found and left for the next one.
+        self._suspects: set[int] = set()
 
     def orphans(self) -> list[int]:
         """The slots that are orphans now (unlocked, with a backlog), in order.
@@ -174,21 +178,31 @@ class Adopter:
         return found
 
     async def run(self, *, task_status: TaskStatus[None]) -> None:
-        """Scan at once, then every ``adopt_interval`` seconds, until cancelled."""
+        """Look at once (the open waits for it), then every ``adopt_interval``
+        seconds, until cancelled; drain the orphans found at two looks in a row."""
+        await self.adopt_now(patient=True)  # the open waits for the first look
         task_status.started()
         while True:
-            await self.adopt_now()
             await anyio.sleep(self._slots.adopt_interval)
+            await self.adopt_now(patient=True)
 
-    async def adopt_now(self) -> int:
+    async def adopt_now(self, *, patient: bool = False) -> int:
         """Look for orphans now and drain each found; how many were drained.
 
-        Waits for a scan under way to finish first. An orphan that cannot be
+        ``patient``: drain only the orphans the last patient look found too, so
+        a worker that is restarting (its supervisor starts it again at once)
+        takes its own slot back, rather than finding it held by an adopter.
+        Waits for a look under way to finish first. An orphan that cannot be
         drained is logged (``last_error``) and not counted.
         """
         async with self._scanning:
+            found = await anyio.to_thread.run_sync(self.orphans)
+            chosen = found
+            if patient:
+                chosen = [index for index in found if index in self._suspects]
+                self._suspects = set(found) - set(chosen)
             drained = 0
-            for index in await anyio.to_thread.run_sync(self.orphans):
+            for index in chosen:
                 drained += await self._adopt(index)
             return drained
 

@@ -150,21 +150,36 @@ async def test_a_live_worker_adopts_an_orphan_and_releases_its_slot(
             assert await live.adopt_orphans() == 0  # nothing left to adopt
 
 
-async def test_orphans_are_adopted_at_open_in_the_background(
+async def test_the_background_look_waits_one_look_before_adopting(
     tmp_path: Path, session: UUID
 ) -> None:
-    async with Archivist.open(
-        tmp_path, Fleet(), slots=Slots(adopt_orphans=False)
-    ) as holder:
-        assert holder.slot == 0  # so the orphan below sits in slot 1
-        await leave_orphan(tmp_path, session, [record(session, "waiting")])
+    """An orphan is drained by the background only once two looks in a row found
+    it, so a worker restarted at once takes its own slot back."""
+    quiet = Slots(adopt_orphans=False)
+    first = await Archivist.open(tmp_path, Fleet(), slots=quiet)
+    second = await Archivist.open(tmp_path, Fleet(), slots=quiet)
+    assert (first.slot, second.slot) == (0, 1)
+    assert await leave_orphan(tmp_path, session, [record(session, "left")]) == 2
+    await second.shutdown()
+    assert await leave_orphan(tmp_path, session, [record(session, "back")]) == 1
+    await first.shutdown()
     fleet = Fleet()
-    async with Archivist.open(tmp_path, fleet, slots=Slots()) as live:
+    # Its first look (which the open waits for) finds slots 1 and 2 and drains
+    # neither; no other look of its own for an hour.
+    slots = Slots(adopt_interval=3600.0)
+    async with Archivist.open(tmp_path, fleet, slots=slots) as live:
         assert live.slot == 0
-        # The scan at open drained it; this call waits for that scan to end.
-        with anyio.fail_after(10):
-            await live.adopt_orphans()
-        assert fleet.archived(session) == ["waiting"]
+        assert fleet.archived(session) == []
+        # Slot 1's worker comes back before the next look and takes its slot.
+        async with Archivist.open(tmp_path, fleet, slots=quiet) as restarted:
+            assert restarted.slot == 1
+            with anyio.fail_after(10):
+                await restarted.wait_drained()
+                adopter = live._adopter  # the background's own look, called here
+                assert adopter is not None
+                assert await adopter.adopt_now(patient=True) == 1  # slot 2 only
+    assert fleet.archived(session) == ["back", "left"]
+    assert live.orphans_adopted == 1
 
 
 async def test_slots_past_max_slots_are_adopted_too(

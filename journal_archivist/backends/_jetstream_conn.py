@@ -63,6 +63,9 @@ STREAM_NAME_IN_USE: Final = 10058
 WRONG_LAST_SEQUENCE: Final = 10071
 NO_MESSAGE_FOUND: Final = 10037
 DELETE_FAILED: Final = 10057
+#: "sequence N not found": deleting a message that is gone (with "no message
+#: found" under DELETE_FAILED, the other answer to that).
+SEQUENCE_NOT_FOUND: Final = 10043
 MESSAGE_TOO_LARGE: Final = 10054
 
 _API: Final = "$JS.API"

@@ -40,7 +40,12 @@ import nats.js.errors
 
 from .._errors import BackendError
 from . import _jetstream_wire as wire
-from ._jetstream_conn import DELETE_FAILED, NO_MESSAGE_FOUND, WRONG_LAST_SEQUENCE
+from ._jetstream_conn import (
+    DELETE_FAILED,
+    NO_MESSAGE_FOUND,
+    SEQUENCE_NOT_FOUND,
+    WRONG_LAST_SEQUENCE,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable
@@ -187,9 +192,13 @@ async def delete(conn: Conn, seqs: Iterable[int], limit: int = 64) -> None:
         try:
             await conn.api(f"STREAM.MSG.DELETE.{conn.stream}", {"seq": seq})
         except nats.js.errors.APIError as exc:
-            if exc.err_code != DELETE_FAILED or "no message" not in str(
-                exc.description
-            ):
+            # Deleted already, by another writer's erasure or after-check: the
+            # server says "no message found" or, for one deleted after others
+            # near it, "sequence N not found".
+            gone = exc.err_code == SEQUENCE_NOT_FOUND or (
+                exc.err_code == DELETE_FAILED and "no message" in str(exc.description)
+            )
+            if not gone:
                 raise
 
     await gather(limit, [partial(one, seq) for seq in seqs])

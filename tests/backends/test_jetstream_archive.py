@@ -26,8 +26,13 @@ import pytest
 
 from journal_archivist import Archivist, BackendError, MessageRecord
 from journal_archivist._config_file import load_config
-from journal_archivist.backends import JetStreamArchive, SessionGroup
+from journal_archivist.backends import (
+    JetStreamArchive,
+    SessionGroup,
+    _jetstream_ops as ops,
+)
 from journal_archivist.backends._codec import decode_record, encode_record
+from journal_archivist.backends._jetstream_conn import Conn
 from journal_archivist.backends._jetstream_wire import covers
 from journal_archivist.testing import check_backend
 from tests.backends.nats_server import NATS_SERVER, NatsServer, free_port
@@ -458,6 +463,33 @@ async def test_a_record_stored_before_the_erasure_scan_is_deleted_by_the_eraser(
     await b.write_batch([_group(session, [stale], 12.0), _group(session, [kept], 20.0)])
     await a.write_batch([SessionGroup(session, (), erase=True, erased_at=15.0)])
     assert await b.read_session(session) == [kept]
+
+
+async def test_deleting_a_message_another_writer_deleted_first_is_no_error(
+    make_archive: Callable[..., JetStreamArchive], admin: Client, names: Names
+) -> None:
+    """Erasers and publishers' after-checks of several processes race to delete
+    the same messages: one already gone (the server says "sequence N not
+    found", or "no message found") counts as deleted."""
+    await make_archive().health_check()  # creates the stream
+    js = admin.jetstream()
+    seqs = [
+        (await js.publish(f"{names.prefix}.{uuid4()}.{uuid4()}", b"x")).seq
+        for _ in range(4)
+    ]
+    conn = Conn(
+        nc=admin,
+        js=js,
+        stream=names.stream,
+        prefix=names.prefix,
+        timeout=5.0,
+        max_message=1 << 20,
+    )
+    inside, first = seqs[1:3], seqs[:1]
+    for gone in (inside, first):  # "sequence N not found", "no message found"
+        await ops.delete(conn, gone)
+        await ops.delete(conn, gone)
+    assert (await _state(admin, names))["messages"] == 1
 
 
 async def test_the_mark_only_rises_under_concurrent_erasers(

@@ -2,7 +2,7 @@
 scaled down, all feeding shared PostgreSQL, JetStream and SQLite stores.
 
 A real run of ``python -m tools.torture.fanin`` (its ``main``): three workers on
-three slots, two of them killed and replaced, then all killed and one worker
+four slots, two of them killed and replaced, then all killed and one worker
 started with one slot, which must adopt the two orphans. Strict: any record lost,
 duplicated, resurrected after an erasure, torn or unknown, or anything left in a
 slot, fails.
@@ -29,7 +29,7 @@ def test_fan_in_loses_nothing_and_resurrects_nothing(
             "--workers",
             "3",
             "--max-slots",
-            "3",
+            "4",
             "--kills",
             "2",
             "--then-workers",

@@ -24,7 +24,7 @@ have happened elsewhere; see ``fanin_oracle.parse_log``)::
     S <run> <adopted>                       stopped cleanly (SIGTERM)
 
 On SIGTERM it stops its producers, drains every orphan it can see
-(``adopt_orphans``), shuts down within 60 s and exits 0. Exit 3 if the
+(``adopt_orphans``), shuts down (each within ``STOP_LIMIT``) and exits 0. Exit 3 if the
 archivist failed, 2 if the open raised.
 """
 
@@ -56,6 +56,8 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 EXIT_REFUSED = 2
+#: Seconds it may take on SIGTERM to drain orphans, then its own backlog.
+STOP_LIMIT = 280.0
 EXIT_FAILED = 3
 
 
@@ -133,14 +135,14 @@ async def run_worker(args: argparse.Namespace) -> int:
                 async for _ in signals:
                     group.cancel_scope.cancel()
                     break
-        with anyio.fail_after(60):
+        with anyio.fail_after(STOP_LIMIT):
             await archivist.adopt_orphans()
         adopted = archivist.orphans_adopted
     except ArchivistFailed as exc:
         print(f"FAILED {exc}", file=sys.stderr)
         await archivist.aclose()
         return EXIT_FAILED
-    await archivist.shutdown(timeout=60)
+    await archivist.shutdown(timeout=STOP_LIMIT)
     worker.log(f"S {args.run} {adopted}")
     return 0
 
