@@ -167,13 +167,15 @@ class Adopter:
                 continue
             journal = slot_journal(self._directory, index)
             try:
-                if (
-                    os.path.exists(journal)
-                    and not lock_held(journal)
-                    and has_backlog(journal)
-                ):
+                if not os.path.exists(journal) or lock_held(journal):
+                    continue
+                if has_backlog(journal):
                     found.append(index)
-            except (OSError, JournalError) as exc:
+            except JournalError:
+                # Unreadable as it is (an older schema, which open migrates; or
+                # damaged): let the open decide, and say why if it cannot.
+                found.append(index)
+            except OSError as exc:
                 self._failed(index, exc)
         return found
 

@@ -218,6 +218,7 @@ async def test_an_orphan_that_cannot_be_drained_never_fails_the_live_worker(
             with anyio.fail_after(10):
                 assert await live.adopt_orphans() == 0
         assert "cannot adopt orphan slot 1" in caplog.text
+        assert (damaged / "journal").read_bytes() == b"not a journal at all" * 100
         await live.append_messages(session, [record(session)])
         with anyio.fail_after(10):
             await live.wait_drained()
