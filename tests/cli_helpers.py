@@ -42,15 +42,22 @@ class Setup:
 def write_config(tmp_path: Path, *, remote_up: bool = False) -> Setup:
     """A config with two backends: ``archive`` (SQLite, reachable) and ``remote``
     (SQLite in a folder that does not exist: down, unless ``remote_up``)."""
+    journal = '[journal]\njournal_path = "journal.db"\n'
+    folder, _ = _write(tmp_path, journal, remote_up)
+    return Setup(
+        folder / "archivist.toml", folder / "journal.db", folder / "archive.db"
+    )
+
+
+def _write(tmp_path: Path, journal: str, remote_up: bool) -> tuple[Path, str]:
+    """Write ``data/archivist.toml``: ``journal`` (its tables before the
+    backends), then the two backends; the folder and the remote's path."""
     folder = tmp_path / "data"
     folder.mkdir(parents=True, exist_ok=True)
     remote = "remote.db" if remote_up else "missing/remote.db"
-    config = folder / "archivist.toml"
-    config.write_text(
-        f"""
-[journal]
-journal_path = "journal.db"
-
+    (folder / "archivist.toml").write_text(
+        journal
+        + f"""
 [[backends]]
 name = "archive"
 type = "sqlite"
@@ -63,7 +70,7 @@ settings = {{ path = "{remote}" }}
 retry = {{ initial_delay = 0.01, max_delay = 0.05 }}
 """
     )
-    return Setup(config, folder / "journal.db", folder / "archive.db")
+    return folder, remote
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
@@ -128,30 +135,11 @@ def write_slots_config(tmp_path: Path, *, remote_up: bool = False) -> SlotsSetup
     """A config whose journal is the directory ``journals`` (``[slots]``, no
     adopter), with two SQLite backends: ``archive`` (reachable) and ``remote``
     (in a folder that does not exist: down, unless ``remote_up``)."""
-    folder = tmp_path / "data"
-    folder.mkdir(parents=True, exist_ok=True)
-    remote = "remote.db" if remote_up else "missing/remote.db"
-    config = folder / "archivist.toml"
-    config.write_text(
-        f"""
-[journal]
-journal_path = "journals"
-
-[slots]
-adopt_orphans = false
-
-[[backends]]
-name = "archive"
-type = "sqlite"
-settings = {{ path = "archive.db" }}
-
-[[backends]]
-name = "remote"
-type = "sqlite"
-settings = {{ path = "{remote}" }}
-retry = {{ initial_delay = 0.01, max_delay = 0.05 }}
-"""
-    )
+    journal = '[journal]\njournal_path = "journals"\n\n[slots]\nadopt_orphans = false\n'
+    folder, remote = _write(tmp_path, journal, remote_up)
     return SlotsSetup(
-        config, folder / "journals", folder / "archive.db", folder / remote
+        folder / "archivist.toml",
+        folder / "journals",
+        folder / "archive.db",
+        folder / remote,
     )

@@ -108,6 +108,7 @@ LAYERS: tuple[Layer, ...] = (
                 "backends._jsonl_files",
                 "backends._jsonl_scan",
                 "backends._postgres_dsn",
+                "backends._redact",
                 "backends._postgres_pool",
                 "backends._postgres_sql",
                 "backends._sqlite_open",

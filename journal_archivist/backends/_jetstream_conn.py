@@ -46,6 +46,7 @@ from nats.aio.client import Client
 
 from .._errors import BackendError
 from . import _jetstream_wire as wire
+from ._redact import scrub, shows_secret
 
 if TYPE_CHECKING:
     import ssl
@@ -142,16 +143,6 @@ def describe(exc: BaseException) -> str:
         return "timed out"
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def error_chain(exc: BaseException) -> Iterable[BaseException]:
-    """``exc`` and every exception chained to it."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
 
 
 @final
@@ -384,16 +375,10 @@ class Link:
         raise error
 
     def _shows_secret(self, exc: BaseException) -> bool:
-        for link in error_chain(exc):
-            texts = (str(link), repr(link), *map(str, link.args))
-            if any(secret in text for secret in self._secrets for text in texts):
-                return True
-        return False
+        return shows_secret(exc, self._secrets)
 
     def _scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        return scrub(text, self._secrets)
 
     # -- closing ---------------------------------------------------------------------
 

@@ -18,12 +18,9 @@ from __future__ import annotations
 
 import re
 import urllib.parse
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
-if TYPE_CHECKING:
-    from collections.abc import Iterator
-
-__all__ = ["error_chain", "mask_dsn", "misread_dsn"]
+__all__ = ["mask_dsn", "misread_dsn"]
 
 #: ``password=`` (and ``sslpassword=``) in a URL's query: the value runs to the
 #: next ``&``, a ``#`` included.
@@ -99,16 +96,3 @@ def misread_dsn(dsn: str) -> bool:
         return False
     # asyncpg splits the netloc at its first "@", urlsplit at its last.
     return "@" in userinfo or _url_userinfo(dsn) != userinfo
-
-
-def error_chain(exc: BaseException) -> Iterator[BaseException]:
-    """``exc`` and every exception chained to it (cause or context)."""
-    seen: set[int] = set()
-    stack: list[BaseException] = [exc]
-    while stack:
-        current = stack.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        stack.extend(e for e in (current.__cause__, current.__context__) if e)

@@ -38,7 +38,7 @@ import asyncpg  # type: ignore[import-untyped]
 
 from .._errors import BackendError
 from . import _postgres_sql as _pgsql
-from ._postgres_dsn import error_chain
+from ._redact import scrub, shows_secret
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable
@@ -205,18 +205,10 @@ class PoolKeeper:
 
     def _shows_secret(self, exc: BaseException) -> bool:
         """Whether ``exc`` or anything chained to it may show a secret."""
-        if self._misread:
-            return True
-        for link in error_chain(exc):
-            texts = (str(link), repr(link), *map(str, link.args))
-            if any(secret in text for secret in self._secrets for text in texts):
-                return True
-        return False
+        return self._misread or shows_secret(exc, self._secrets)
 
     def _scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        return scrub(text, self._secrets)
 
     async def aclose(self) -> None:
         """Close the pool (idempotent), waiting for one being opened."""

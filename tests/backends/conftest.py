@@ -1,5 +1,5 @@
 """Fixtures of the backend tests: a file archive's directory, a loopback webhook
-receiver, and no proxies."""
+receiver, a plain PostgreSQL connection, and no proxies."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import pytest
 from tests.backends.webhook_server import WebhookServer
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import AsyncIterator, Iterator
     from pathlib import Path
+    from typing import Any
 
 
 @pytest.fixture
@@ -25,6 +26,18 @@ def server() -> Iterator[WebhookServer]:
     """A webhook receiver on 127.0.0.1, stopped after the test."""
     with WebhookServer() as server:
         yield server
+
+
+@pytest.fixture
+async def admin(pg_dsn: str) -> AsyncIterator[Any]:
+    """A plain asyncpg connection for looking behind the backend's back."""
+    import asyncpg
+
+    connection = await asyncpg.connect(pg_dsn)
+    try:
+        yield connection
+    finally:
+        await connection.close()
 
 
 @pytest.fixture(autouse=True)

@@ -229,16 +229,6 @@ def test_sqlite_any_interleaving_of_journals_gives_the_oracle(
 
 
 @pytest.fixture
-async def admin(pg_dsn: str) -> AsyncIterator[Any]:
-    """A plain connection; drops this test's schema afterwards."""
-    connection = await asyncpg.connect(pg_dsn)
-    try:
-        yield connection
-    finally:
-        await connection.close()
-
-
-@pytest.fixture
 async def pg_make(
     pg_dsn: str, admin: Any
 ) -> AsyncIterator[Callable[..., PostgresArchive]]:

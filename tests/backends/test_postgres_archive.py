@@ -53,16 +53,6 @@ PASSWORD = "hunter2-Sekr3t-pw"
 
 
 @pytest.fixture
-async def admin(pg_dsn: str) -> AsyncIterator[Any]:
-    """A plain asyncpg connection for looking behind the backend's back."""
-    connection = await asyncpg.connect(pg_dsn)
-    try:
-        yield connection
-    finally:
-        await connection.close()
-
-
-@pytest.fixture
 async def schema(admin: Any) -> AsyncIterator[str]:
     """A fresh schema name (not created), dropped with everything in it afterwards."""
     name = f"ja_test_{uuid4().hex[:12]}"
