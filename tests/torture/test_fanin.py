@@ -3,7 +3,8 @@ scaled down, all feeding shared PostgreSQL, JetStream and SQLite stores.
 
 A real run of ``python -m tools.torture.fanin`` (its ``main``): three workers on
 four slots, two of them killed and replaced, then all killed and one worker
-started with one slot, which must adopt the two orphans. Strict: any record lost,
+started with one slot, which must drain every other slot left with a backlog.
+Strict: any record lost,
 duplicated, resurrected after an erasure, torn or unknown, or anything left in a
 slot, fails.
 """
@@ -52,7 +53,10 @@ def test_fan_in_loses_nothing_and_resurrects_nothing(
     verdict = output.strip().splitlines()[-1]
     assert code == 0, output
     assert verdict.startswith("fanin: PASS"), output
-    # Something was proven: processes killed, orphans adopted, records judged.
+    # Something was proven: processes killed, records judged. (How many slots
+    # were orphans depends on what the killed workers had not delivered yet:
+    # usually some, never guaranteed; tests/test_slots.py proves adoption, and
+    # the verdict's "0 left in slots" that every orphan was drained.)
     counts = {
         name: int(value)
         for value, name in re.findall(
@@ -61,5 +65,4 @@ def test_fan_in_loses_nothing_and_resurrects_nothing(
     }
     assert counts["processes"] == 6
     assert counts["kills"] == 5
-    assert counts["orphans adopted"] >= 1
     assert re.search(r"had to be there and [1-9]\d* had to be erased", output)
