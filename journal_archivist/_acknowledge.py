@@ -5,7 +5,10 @@ Rules and theory:
   and return once it is committed (contract 1). Each waits on its own future,
   woken once a round has decided its entry (a caller behind a blocked append is
   not woken by rounds that do not decide it). A caller cancelled before its
-  entry is taken withdraws it: nothing of it is journaled.
+  entry is taken withdraws it: nothing of it is journaled. A SyncArchivist's
+  append takes the same steps without a task of its own: its call is the
+  waker (``hand_in``), and once it is decided the loop thread runs a task
+  only if ``decided`` leaves a ``Sync`` backend to wait for.
 - Then, for each ``Sync`` backend the entry targets, the call waits for the
   writer to settle it, within that policy's ``timeout`` counted from the commit
   (one clock for all of them). A ``REQUIRED`` backend that did not deliver raises
@@ -28,10 +31,12 @@ from ._intake import ACKED
 from ._policies import FailureMode, Sync
 
 if TYPE_CHECKING:
-    from ._intake import PendingAppend
+    from collections.abc import Awaitable
+
+    from ._intake import PendingAppend, Waker
     from ._lifecycle import Runtime
 
-__all__ = ["acknowledge"]
+__all__ = ["acknowledge", "decided", "hand_in"]
 
 
 async def acknowledge(runtime: Runtime, append: PendingAppend) -> None:
@@ -42,27 +47,57 @@ async def acknowledge(runtime: Runtime, append: PendingAppend) -> None:
         is journaled, ``DeliveryFailed`` or ``ArchivistFailed`` (see the module).
     """
     started = time.perf_counter()
-    committer = runtime.committer
     # Its own future: cancelling this caller cancels nothing another waits on.
-    append.caller = decided = asyncio.get_running_loop().create_future()
+    woken = asyncio.get_running_loop().create_future()
+    hand_in(runtime, append, woken)
     try:
-        committer.enqueue(append)
-    except ArchivistError as exc:  # closed or failed: nothing journaled
+        await woken
+    except BaseException:
+        runtime.committer.withdraw(append)
+        raise
+    then = decided(runtime, append, started)
+    if isinstance(then, BaseException):
+        raise then
+    if then is not None:
+        await then
+
+
+def hand_in(runtime: Runtime, append: PendingAppend, caller: Waker) -> None:
+    """Queue ``append`` with the committer, which wakes ``caller`` once a round
+    has decided it.
+
+    Raises:
+        ArchivistClosed, ArchivistFailed: the committer takes no appends
+            (counted as a refusal); nothing journaled.
+    """
+    append.caller = caller
+    try:
+        runtime.committer.enqueue(append)
+    except ArchivistError as exc:
         runtime.metrics.refused(exc)
         raise
-    try:
-        await decided
-    except BaseException:
-        committer.withdraw(append)
-        raise
+
+
+def decided(
+    runtime: Runtime, append: PendingAppend, started: float
+) -> BaseException | Awaitable[None] | None:
+    """What a decided ``append`` (handed in at ``started``) leaves its caller:
+    the error it was refused with, the wait for its ``Sync`` backends, or
+    nothing. Counted either way (its latency once nothing is left)."""
     outcome = append.outcome
     if outcome is not ACKED:
         assert outcome is not None  # woken only once decided
         runtime.metrics.refused(outcome)
-        raise outcome
+        return outcome
     runtime.metrics.appended(1)
     if append.waiters:
-        await _wait_synced(runtime, append)
+        return _synced(runtime, append, started)
+    runtime.metrics.append_latency(time.perf_counter() - started)
+    return None
+
+
+async def _synced(runtime: Runtime, append: PendingAppend, started: float) -> None:
+    await _wait_synced(runtime, append)
     runtime.metrics.append_latency(time.perf_counter() - started)
 
 

@@ -17,6 +17,7 @@ Rules and theory:
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import os
 import warnings
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any, final
 
 import msgspec
 
-from ._acknowledge import acknowledge
+from ._acknowledge import acknowledge, decided, hand_in
 from ._config import (
     DEFAULT_FREE_SPACE_RESERVE,
     DEFAULT_MAX_APPEND_RECORDS,
@@ -46,14 +47,8 @@ from ._options import (
 from ._ownership import check_ownership
 from ._policies import Durability
 from ._reading import read_session
-from ._records import (
-    MessageRecord,
-    Op,
-    check_append_count,
-    encode_append,
-)
+from ._records import MessageRecord, Op, check_append_count, encode_append
 from ._slots import Adopter, check_slot_backends, claim, slot_journal
-from ._stats_live import collect_stats
 from .backends._base import checked_uuid
 
 if TYPE_CHECKING:
@@ -61,9 +56,8 @@ if TYPE_CHECKING:
     from types import TracebackType
     from uuid import UUID
 
-    from ._health import HealthReport
+    from ._intake import Waker
     from ._lifecycle import Runtime
-    from ._stats import Stats
 
 __all__ = ["DEFAULT_CLOSE_TIMEOUT", "Archivist"]
 
@@ -209,20 +203,22 @@ class Archivist(OperatorCalls):
                 dropped or quarantined for that backend.
             ArchivistClosed, ArchivistFailed: the archivist is shut down or failed.
         """
+        append = self._checked_append(session, records)
+        if append is not None:
+            await acknowledge(self._runtime, append)
+
+    def _checked_append(
+        self, session: UUID, records: Iterable[MessageRecord]
+    ) -> PendingAppend | None:
+        """The entry ``append_messages`` journals (None: no records)."""
         runtime = self._runtime
         try:
             if runtime.shutdown_started or runtime.failure or not self._in_own_loop():
                 self._check_open()
             checked_uuid(session)
-            if not isinstance(records, Sized):
-                # An iterator: taken only as far as the limit allows.
-                limit = self._max_append_records + 1
-                records = list(itertools.islice(records, limit))
+            records = _taken_records(records, self._max_append_records)
             if not records:
-                return
-            # Counted before the copy and the encoding: refusing costs nothing.
-            check_append_count(len(records), self._max_append_records)
-            records = list(records)
+                return None
             payload = encode_append(
                 session,
                 records,
@@ -232,7 +228,19 @@ class Archivist(OperatorCalls):
         except ArchivistError as exc:
             runtime.metrics.refused(exc)
             raise
-        await acknowledge(runtime, PendingAppend(session, payload, records))
+        return PendingAppend(session, payload, records)
+
+    def _hand_in_append(
+        self, session: UUID, records: Iterable[MessageRecord], caller: Waker
+    ) -> Callable[[float], BaseException | Awaitable[None] | None] | None:
+        """SyncArchivist's ``append_messages`` without a task (``_acknowledge``):
+        queues the entry (None: no records) and returns what to call once
+        ``caller`` is woken, with when it was handed in."""
+        append = self._checked_append(session, records)
+        if append is None:
+            return None
+        hand_in(self._runtime, append, caller)
+        return functools.partial(decided, self._runtime, append)
 
     async def delete_session(self, session: UUID) -> None:
         """Erase ``session`` from every backend: a journaled privacy erasure.
@@ -283,16 +291,6 @@ class Archivist(OperatorCalls):
         )
 
     # -- introspection and waiting -------------------------------------------
-
-    def health(self) -> HealthReport:
-        """Frozen snapshots of the journal and of every backend (contract 7)."""
-        return self._runtime.health()
-
-    def stats(self) -> Stats:
-        """The numbers of the journal and of every backend, and the append and
-        commit counters and histograms since open (``docs/metrics.md``). Cheap:
-        no journal query."""
-        return collect_stats(self._runtime, self._runtime.metrics)
 
     @property
     def close_timeout(self) -> float | None:
@@ -363,6 +361,18 @@ class Archivist(OperatorCalls):
     async def aclose(self) -> None:
         """Shut down without waiting for delivery (``shutdown(timeout=0)``)."""
         await self.shutdown(timeout=0)
+
+
+def _taken_records(
+    records: Iterable[MessageRecord], max_append_records: int
+) -> list[MessageRecord]:
+    """The records of one call, as a list of its own: an iterator is read no
+    further than one past ``max_append_records``, and a call over it is
+    refused before anything is copied or encoded."""
+    if not isinstance(records, Sized):
+        records = list(itertools.islice(records, max_append_records + 1))
+    check_append_count(len(records), max_append_records)
+    return list(records)
 
 
 def _opening(

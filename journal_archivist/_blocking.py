@@ -31,8 +31,9 @@ from ._config import (
     DEFAULT_MAX_RECORD_BYTES,
 )
 from ._errors import ArchivistFailed
-from ._loop_thread import LoopThread, current_pid
+from ._loop_thread import LoopThread
 from ._policies import Durability
+from ._process import current_pid
 
 if TYPE_CHECKING:
     import os
@@ -179,7 +180,7 @@ class SyncArchivist:
         to each ``Sync`` backend). Raises what that call raises; nothing of a
         refused call was journaled.
         """
-        self._loop_thread.call(self._archivist.append_messages, session, records)
+        self._loop_thread.call_append(session, records)
 
     def delete_session(self, session: UUID) -> None:
         """Erase ``session`` from every backend: ``Archivist.delete_session``."""

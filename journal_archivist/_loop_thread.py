@@ -12,9 +12,14 @@ Rules and theory:
   cost the loop one wake-up per batch of calls, not one per call. While the
   callers of the last batch are still coming back, the loop waits
   ``GATHER_DELAY`` for them, so their appends join one commit. The loop hands
-  each call to an idle worker task (a new one only when all are busy) and wakes
-  the callers of finished calls together, once per round of callbacks; a
-  caller waits on a lock of its own.
+  each call to an idle worker task and wakes the callers of finished calls
+  together, once per round of callbacks (``_loop_calls``); a caller waits on a
+  lock of its own.
+- An append (``call_append``) needs no task: the loop hands its entry to the
+  committer with the call itself as the waker, and once a round decides it the
+  caller is woken, or, if it waits for ``Sync`` backends, a worker takes over
+  (``Archivist._hand_in_append``): no task switch and no
+  future per append in the thread every caller waits on (docs/performance.md).
 - Why so lean: the loop thread is the bottleneck every caller shares (it holds
   the GIL for the archivist's own work too), and each caller costs it context
   switches. anyio's ``BlockingPortal.call`` makes two thread round trips per
@@ -24,17 +29,18 @@ Rules and theory:
   inbox; the close is itself the last call in it, so every call before it has
   been started. It shuts the archivist down (which ends or refuses the calls in
   flight), lets the calls in flight finish, then stops the loop. When the thread
-  ends, any call still waiting is failed with ``ArchivistClosed``: no caller is
-  ever left waiting on a loop that is gone.
+  ends, any call still waiting is failed with ``ArchivistClosed`` (an append
+  handed in but never decided too): no caller is ever left waiting on a loop
+  that is gone.
 - Forked children: ``fork`` copies the calling thread only, so a child's copy
   has no loop thread and a call would wait forever. Every call compares the
-  process id (``_pid``, renewed in a child by ``os.register_at_fork``) with the
-  opener's first and raises ``WrongProcess``; a child's copy of the at-exit
-  registry is emptied at fork, so its exit never touches the parent's archivist.
+  process id (``_process.current_pid``) with the opener's first and raises
+  ``WrongProcess``; a child's copy of the at-exit registry is emptied at fork,
+  so its exit never touches the parent's archivist.
 - A caller running an event loop is refused (``RuntimeError``) before anything
   is queued: blocking it would stall its loop, and in the archivist's own loop
   thread it would wait for itself forever.
-- At interpreter exit every ``LoopThread`` still open is closed (``atexit``),
+- At interpreter exit every ``LoopThread`` still open is closed (``_process``),
   with its ``close_timeout``. The registry holds these, never the
   ``SyncArchivist`` objects (a ``LoopThread`` never refers to its own), so a
   dropped ``SyncArchivist`` is collected; ``close_soon`` then begins the close
@@ -44,23 +50,26 @@ Rules and theory:
 from __future__ import annotations
 
 import asyncio
-import atexit
 import concurrent.futures
 import contextlib
 import logging
-import os
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Final, TypeVar, TypeVarTuple, Unpack
 
 import anyio
 
 from ._errors import ArchivistClosed, WrongProcess
+from ._loop_calls import Call, Workers
 from ._options import DEFAULT_CLOSE_TIMEOUT
+from ._process import current_pid, register, unregister
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Iterable
+    from uuid import UUID
 
     from ._archivist import Archivist, OpeningArchivist
+    from ._records import MessageRecord
 
 __all__ = ["GATHER_DELAY", "JOIN_TIMEOUT", "LoopThread"]
 
@@ -80,48 +89,28 @@ GATHER_DELAY: Final = 0.0003
 _CALLS_GRACE: Final = 1.0
 
 
-class _Call:
-    """One call crossing into the loop, and its outcome crossing back."""
-
-    __slots__ = ("args", "done", "error", "fn", "result")
-
-    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
-        self.fn = fn
-        self.args = args
-        self.result: Any = None
-        self.error: BaseException | None = None
-        # Held until the outcome is set; the caller waits by acquiring it again.
-        self.done = threading.Lock()
-        self.done.acquire()
-
-    def fail(self, error: BaseException) -> None:
-        self.error = error
-        self.done.release()
+#: ``Call.fn`` of an append (``LoopThread.call_append``).
+_APPEND: Final[Any] = object()
 
 
 class LoopThread:
     """The loop thread of one SyncArchivist, and the way calls get into it."""
 
     def __init__(self, opening: OpeningArchivist) -> None:
-        self.pid = _pid
+        self.pid = current_pid()
         self.path = "(opening)"
         self.close_timeout: float | None = DEFAULT_CLOSE_TIMEOUT
         self._archivist: Archivist | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: anyio.Event | None = None
         self._lock = threading.Lock()  # guards the three fields below
-        self._inbox: list[_Call] = []
+        self._inbox: list[Call] = []
         self._wake_pending = False
         self._closing = False
-        # Loop side: the workers, which of them run which call, the idle ones.
-        self._workers: set[asyncio.Task[None]] = set()
-        self._busy: dict[asyncio.Task[Any], _Call] = {}
-        self._idle: list[asyncio.Future[tuple[_Call, Awaitable[Any]]]] = []
-        self._settled: list[_Call] = []  # finished, their callers not yet woken
+        self._workers = Workers()  # the loop side of calls
+        self._handed_in: set[Call] = set()  # appends not yet decided
         self._last_batch = 0
         self._deferred = False
-        self._quiet: anyio.Event | None = None  # set once only the close runs
-        self._closer: asyncio.Task[Any] | None = None  # the task running the close
         self._closing_task: asyncio.Task[None] | None = None  # asyncio holds it weakly
         self._close_lock = threading.Lock()  # one closer at a time
         self._ended = threading.Event()
@@ -169,10 +158,12 @@ class LoopThread:
             with self._lock:
                 self._closing = True
                 stranded, self._inbox = self._inbox, []
+            stranded += self._handed_in  # never decided: the committer is gone
+            self._handed_in.clear()
             for call in stranded:
                 call.fail(ArchivistClosed())
-            self._wake_settled()  # any the loop's end left waiting
-            _unregister(self)
+            self._workers.wake_all()  # any the loop's end left waiting
+            unregister(self)
             self._ended.set()
 
     async def _serve(
@@ -186,9 +177,9 @@ class LoopThread:
         self._archivist = archivist
         self.path = archivist.journal_path
         self.close_timeout = archivist.close_timeout
-        self._loop = asyncio.get_running_loop()
+        self._loop = self._workers.loop = asyncio.get_running_loop()
         self._stop = anyio.Event()
-        _register(self)
+        register(self)
         ready.set_result(None)
         await self._stop.wait()
 
@@ -211,6 +202,9 @@ class LoopThread:
             calls, self._inbox = self._inbox, []
         self._last_batch = len(calls)
         for call in calls:
+            if call.fn is _APPEND:
+                self._hand_in(call)
+                continue
             try:
                 outcome = call.fn(*call.args)
             except BaseException as exc:
@@ -218,74 +212,46 @@ class LoopThread:
                 continue
             if not asyncio.iscoroutine(outcome):
                 call.result = outcome
-                call.done.release()
+                call.gate.release()
                 continue
-            while self._idle:
-                waiter = self._idle.pop()
-                if not waiter.done():  # cancelled only as the loop ends
-                    waiter.set_result((call, outcome))
-                    break
-            else:
-                worker = loop.create_task(self._work(call, outcome))
-                self._workers.add(worker)
-                worker.add_done_callback(self._workers.discard)
+            self._workers.start(call, outcome)
 
-    async def _work(self, call: _Call, coro: Awaitable[Any]) -> None:
-        """Run calls, one at a time, then wait idle for the next (the loop's end
-        cancels it). Workers outlive their calls: a task per call cost the loop
-        thread, which every caller waits on, three times as much."""
-        task = asyncio.current_task()
-        assert task is not None
-        assert self._loop is not None
-        while True:
-            self._busy[task] = call
-            try:
-                call.result = await coro
-            except asyncio.CancelledError:
-                # Only closing cancels a call: the archivist is gone.
-                call.error = ArchivistClosed("the archivist closed during this call")
-                self._settle(task, call)
-                raise
-            except BaseException as exc:
-                call.error = exc
-            self._settle(task, call)
-            waiter: asyncio.Future[tuple[_Call, Awaitable[Any]]]
-            waiter = self._loop.create_future()
-            self._idle.append(waiter)
-            call, coro = await waiter
+    def _hand_in(self, call: Call) -> None:
+        """Queue an append with the committer; the call is its waker."""
+        call.on_decided = self._append_decided
+        call.started = time.perf_counter()
+        session, records = call.args
+        try:
+            # Decided only in the committer's own task, once this has returned.
+            call.decided = self.archivist._hand_in_append(session, records, call)
+        except BaseException as exc:
+            call.fail(exc)
+            return
+        if call.decided is None:  # no records: nothing to do
+            call.gate.release()
+            return
+        self._handed_in.add(call)
 
-    def _settle(self, task: asyncio.Task[Any], call: _Call) -> None:
-        """Wake the caller of a finished call, together with the others."""
-        del self._busy[task]
-        if self._quiet is not None and not self._busy.keys() - {self._closer}:
-            self._quiet.set()
-        # Callers are woken together, once this round of callbacks is done: a
-        # woken caller wants the GIL at once, and each one taken from the loop
-        # mid-round costs it a context switch.
-        self._settled.append(call)
-        if len(self._settled) == 1:
-            assert self._loop is not None
-            self._loop.call_soon(self._wake_settled)
-
-    def _wake_settled(self) -> None:
-        settled, self._settled = self._settled, []
-        for call in settled:
-            call.done.release()
+    def _append_decided(self, call: Call) -> None:
+        decided, call.decided = call.decided, None
+        assert decided is not None
+        self._handed_in.discard(call)
+        then = decided(call.started)
+        if isinstance(then, BaseException):
+            call.error = then
+        elif then is not None:
+            self._workers.start(call, then)  # a worker waits for its Sync backends
+            return
+        self._workers.wake_soon(call)
 
     async def _shut_down(self, timeout: float | None) -> None:  # noqa: ASYNC109
         """Shut the archivist down, let the calls in flight end, stop the loop."""
-        self._closer = asyncio.current_task()
         try:
             await self.archivist.shutdown(timeout)
         finally:
             # The archivist has refused or ended them; a read may still be
             # waiting on a backend, which gets a moment before it is cancelled.
-            if self._busy.keys() - {self._closer}:
-                self._quiet = anyio.Event()
-                with anyio.move_on_after(_CALLS_GRACE):
-                    await self._quiet.wait()
-                for task in self._busy.keys() - {self._closer}:
-                    task.cancel()  # settles its call with ArchivistClosed
+            await self._workers.end_calls(_CALLS_GRACE)
             assert self._stop is not None
             self._stop.set()
 
@@ -301,8 +267,9 @@ class LoopThread:
 
     def check_caller(self) -> None:
         """Raise if this thread must not wait on the loop (see the module)."""
-        if _pid != self.pid:
-            raise WrongProcess(self.path, opener_pid=self.pid, pid=_pid)
+        pid = current_pid()
+        if pid != self.pid:
+            raise WrongProcess(self.path, opener_pid=self.pid, pid=pid)
         if asyncio._get_running_loop() is not None:
             raise RuntimeError(
                 f"SyncArchivist of journal {self.path} was called from a thread"
@@ -326,6 +293,11 @@ class LoopThread:
         result: T = self._cross(fn, args, closing)
         return result
 
+    def call_append(self, session: UUID, records: Iterable[MessageRecord]) -> None:
+        """``Archivist.append_messages`` in the loop, without a task of its own
+        unless it waits for ``Sync`` backends (``_acknowledge`` says how)."""
+        self._cross(_APPEND, (session, records), False)
+
     def call_sync(self, fn: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
         """Call ``fn(*args)`` in the loop (it reads the loop's state) and wait."""
         result: T = self._cross(fn, args, False)
@@ -335,7 +307,7 @@ class LoopThread:
         self, fn: Callable[..., Any], args: tuple[Any, ...], closing: bool
     ) -> Any:
         self.check_caller()
-        call = _Call(fn, args)
+        call = Call(fn, args)
         with self._lock:
             if self._closing:
                 raise ArchivistClosed()
@@ -348,7 +320,7 @@ class LoopThread:
             # cannot end before this wake-up: the close call needs a drain too.
             assert self._loop is not None
             self._loop.call_soon_threadsafe(self._drain)
-        call.done.acquire()
+        call.gate.acquire()
         error = call.error
         if error is not None:
             try:
@@ -380,62 +352,7 @@ class LoopThread:
     def close_soon(self) -> None:
         """Begin closing in the loop without waiting (safe in ``__del__``)."""
         loop = self._loop
-        if _pid == self.pid and loop is not None and not loop.is_closed():
+        if current_pid() == self.pid and loop is not None and not loop.is_closed():
             # The loop may close meanwhile: then there is nothing left to do.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._begin_close_in_loop)
-
-
-# -- closing at exit ---------------------------------------------------------------
-
-_OPEN: set[LoopThread] = set()
-#: This process's id, kept current at fork: every call checks it, and
-#: ``os.getpid()`` is a system call.
-_pid = os.getpid()
-_OPEN_LOCK = threading.Lock()
-
-
-def _register(loop_thread: LoopThread) -> None:
-    with _OPEN_LOCK:
-        _OPEN.add(loop_thread)
-
-
-def _unregister(loop_thread: LoopThread) -> None:
-    with _OPEN_LOCK:
-        _OPEN.discard(loop_thread)
-
-
-def _forget_after_fork() -> None:
-    # The parent's loop threads are the parent's to close; the lock may have been
-    # held by another thread at the fork, so a fresh one replaces it.
-    global _OPEN_LOCK, _pid
-    _pid = os.getpid()
-    _OPEN_LOCK = threading.Lock()
-    _OPEN.clear()
-
-
-@atexit.register
-def _close_all_at_exit() -> None:
-    """Close every SyncArchivist still open, each with its ``close_timeout``."""
-    with _OPEN_LOCK:
-        loop_threads = list(_OPEN)
-    for loop_thread in loop_threads:
-        if loop_thread.pid != _pid:
-            continue
-        try:
-            loop_thread.close(loop_thread.close_timeout)
-        except Exception as exc:
-            logger.error(
-                "journal %s: closing at exit failed: %s",
-                loop_thread.path,
-                exc,
-                exc_info=exc,
-            )
-
-
-os.register_at_fork(after_in_child=_forget_after_fork)
-
-
-def current_pid() -> int:
-    """This process's id, without a system call (kept current at fork)."""
-    return _pid

@@ -1,5 +1,5 @@
-"""The calls an operator makes on a running archivist: waiting for drain,
-compacting, and handling dead letters and quarantined entries.
+"""The calls an operator makes on a running archivist: its health and numbers,
+waiting for drain, compacting, and handling dead letters and quarantined entries.
 
 Rules and theory:
 - ``Archivist`` inherits them (``OperatorCalls``); they are public methods of
@@ -20,12 +20,15 @@ from typing import TYPE_CHECKING
 
 from ._errors import ArchivistClosed
 from ._maintenance import Kind, Request
+from ._stats_live import collect_stats
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
+    from ._health import HealthReport
     from ._lifecycle import Runtime
     from ._slots import Adopter
+    from ._stats import Stats
     from ._writer import Writer
 
 __all__ = ["OperatorCalls"]
@@ -42,6 +45,16 @@ class OperatorCalls:
 
     def _check_open(self) -> None:  # pragma: no cover - Archivist's
         raise NotImplementedError
+
+    def health(self) -> HealthReport:
+        """Frozen snapshots of the journal and of every backend (contract 7)."""
+        return self._runtime.health()
+
+    def stats(self) -> Stats:
+        """The numbers of the journal and of every backend, and the append and
+        commit counters and histograms since open (``docs/metrics.md``). Cheap:
+        no journal query."""
+        return collect_stats(self._runtime, self._runtime.metrics)
 
     @property
     def slot(self) -> int | None:

@@ -10,13 +10,19 @@ import threading
 import uuid
 from typing import TYPE_CHECKING
 
+import anyio
 import pytest
 
 from journal_archivist import (
     ArchivistClosed,
+    DeliveryFailed,
     MessageRecord,
+    OverflowPolicy,
+    Queued,
+    QueueFull,
     Registration,
     RetryPolicy,
+    Sync,
     ValidationError,
 )
 from journal_archivist._blocking import SyncArchivist
@@ -331,3 +337,153 @@ def test_from_config_opens_what_the_file_says(
         archivist.append_messages(session, records(session, 1))
         archivist.wait_drained(timeout=WAIT)
         assert len(archivist.read_session(session)) == 1
+
+
+# -- appends: handed to the committer without a task of their own -------------
+
+
+def archived(path: Path, session: uuid.UUID) -> list[str]:
+    """What the SQLite archive at ``path`` holds of ``session``, read apart."""
+
+    async def read() -> list[str]:
+        async with SqliteArchive(path) as archive:
+            return [r.content_md for r in await archive.read_session(session)]
+
+    return anyio.run(read)
+
+
+def down_registration(tmp_path: Path, policy: Queued | Sync) -> Registration:
+    """A backend that cannot deliver: its folder does not exist."""
+    missing = tmp_path / "unmounted" / "archive.db"
+    return Registration(
+        name="archive", backend=SqliteArchive(missing), write_policy=policy
+    )
+
+
+def test_appends_are_counted_like_async_ones_and_empty_ones_do_nothing(
+    archivist: SyncArchivist, session: uuid.UUID
+) -> None:
+    archivist.append_messages(session, [])
+    archivist.append_messages(session, iter([]))
+    for _ in range(3):
+        archivist.append_messages(session, records(session, 2))
+    stats = archivist.stats()
+    assert stats.appends_total == 3
+    assert stats.append_latency_seconds is not None
+    assert stats.append_latency_seconds.count == 3
+    archivist.wait_drained(timeout=WAIT)
+    assert len(archivist.read_session(session)) == 6
+
+
+def test_a_sync_backend_is_waited_for_before_the_append_returns(
+    journal_path: Path, archive_path: Path, session: uuid.UUID
+) -> None:
+    registration = Registration(
+        name="archive",
+        backend=SqliteArchive(archive_path),
+        write_policy=Sync(timeout=WAIT),
+    )
+    with SyncArchivist.open(journal_path, [registration]) as archivist:
+        archivist.append_messages(session, records(session, 2))
+        # No wait_drained: returning means the archive has it.
+        assert archived(archive_path, session) == ["m0", "m1"]
+        latency = archivist.stats().append_latency_seconds
+        assert latency is not None
+        assert latency.count == 1
+
+
+def test_a_required_sync_backend_that_fails_raises_delivery_failed(
+    journal_path: Path, tmp_path: Path, session: uuid.UUID
+) -> None:
+    policy = Sync(timeout=WAIT)
+    with SyncArchivist.open(
+        journal_path, [down_registration(tmp_path, policy)], close_timeout=0
+    ) as archivist:
+        with pytest.raises(DeliveryFailed, match="archive") as info:
+            archivist.append_messages(session, records(session, 1))
+        assert "stays journaled" in str(info.value)
+        assert archivist.stats().appends_total == 1  # journaled all the same
+
+
+def test_a_refused_append_raises_queue_full_and_is_counted(
+    journal_path: Path, tmp_path: Path, session: uuid.UUID
+) -> None:
+    policy = Queued(capacity=1, overflow=OverflowPolicy.REJECT)
+    with SyncArchivist.open(
+        journal_path, [down_registration(tmp_path, policy)], close_timeout=0
+    ) as archivist:
+        archivist.append_messages(session, records(session, 1))
+        with pytest.raises(QueueFull):
+            archivist.append_messages(session, records(session, 1))
+        stats = archivist.stats()
+        assert stats.appends_total == 1
+        assert stats.append_rejections_total is not None
+        assert stats.append_rejections_total["queue_full"] == 1
+
+
+LOOP_DIES = """
+import sys, threading, time, uuid
+from journal_archivist import MessageRecord, OverflowPolicy, Queued, Registration
+from journal_archivist._blocking import SyncArchivist
+from journal_archivist.backends import SqliteArchive
+
+journal, missing, session = sys.argv[1], sys.argv[2], uuid.UUID(sys.argv[3])
+policy = Queued(capacity=1, overflow=OverflowPolicy.BLOCK)  # the backend is down
+reg = Registration(name="archive", backend=SqliteArchive(missing), write_policy=policy)
+archivist = SyncArchivist.open(journal, [reg], close_timeout=0)
+record = MessageRecord(session=session, role="user", content_md="x")
+archivist.append_messages(session, [record])  # fills the backlog
+outcome = []
+
+def blocked():
+    try:
+        archivist.append_messages(session, [record])
+        outcome.append("returned")
+    except BaseException as exc:
+        outcome.append(type(exc).__name__)
+
+thread = threading.Thread(target=blocked)
+thread.start()
+loop_thread = archivist._loop_thread
+deadline = time.monotonic() + 30
+while not loop_thread._handed_in and time.monotonic() < deadline:
+    time.sleep(0.001)  # polls a condition: the append is queued, undecided
+print("handed in:", len(loop_thread._handed_in))
+# The loop ends without a shutdown, as if it died.
+loop_thread._loop.call_soon_threadsafe(loop_thread._stop.set)
+thread.join(30)
+print("blocked caller:", outcome)
+try:
+    archivist.append_messages(session, [record])
+except BaseException as exc:
+    print("next call:", type(exc).__name__)
+"""
+
+
+def test_an_append_waiting_in_the_committer_when_the_loop_ends_is_not_left_hanging(
+    journal_path: Path, tmp_path: Path, session: uuid.UUID
+) -> None:
+    # In a child interpreter: the archivist is left never shut down (its loop
+    # is gone), which it says when it is collected, whenever that is.
+    missing = tmp_path / "unmounted" / "archive.db"
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            LOOP_DIES,
+            str(journal_path),
+            str(missing),
+            str(session),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=WAIT * 2,
+        cwd=ROOT,
+        check=False,
+    )
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.splitlines() == [
+        "handed in: 1",
+        "blocked caller: ['ArchivistClosed']",
+        "next call: ArchivistClosed",
+    ]

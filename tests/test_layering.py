@@ -71,7 +71,14 @@ LAYERS: tuple[Layer, ...] = (
     Layer(
         "shared helpers",
         frozenset(
-            {"_large_values", "_lockfile", "_ownership", "_private_files", "_space"}
+            {
+                "_large_values",
+                "_lockfile",
+                "_ownership",
+                "_private_files",
+                "_process",
+                "_space",
+            }
         ),
     ),
     # What a writer hands a backend, and how a record is encoded for one.
@@ -174,6 +181,7 @@ LAYERS: tuple[Layer, ...] = (
                 "_blocking",
                 "_demo",
                 "_lifecycle",
+                "_loop_calls",
                 "_loop_thread",
                 "_operator_calls",
                 "_reading",

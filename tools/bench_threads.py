@@ -11,9 +11,12 @@ async    64 asyncio tasks awaiting ``Archivist.append_messages`` (bench.py's
 threads  64 threads calling ``SyncArchivist.append_messages``.
 portal   64 threads calling ``portal.call(archivist.append_messages, ...)``
          through an anyio blocking portal: the plain way to do it, for scale.
+crossing 64 threads making a record and crossing into a SyncArchivist's loop
+         thread with a call that does nothing: what the hand-over alone costs,
+         with no append at all.
 ref      bench.py's raw-SQLite group-commit reference, 64 tasks.
 
-Each runs ``--duration`` seconds; the four alternate ``--repeat`` times. Rates
+Each runs ``--duration`` seconds; the five alternate ``--repeat`` times. Rates
 are medians; the ratio threads/async is the median of each threads run over the
 async run right before it (with their range), since a shared machine drifts.
 Target: threads/async >= 0.5x.
@@ -76,7 +79,7 @@ if TYPE_CHECKING:
     SyncAppend = Callable[[UUID, MessageRecord], None]
 
 PRODUCERS = 64
-KINDS = ("async", "threads", "portal", "ref")
+KINDS = ("async", "threads", "portal", "ref", "crossing")
 
 
 def registration(window: int) -> Registration:
@@ -173,6 +176,18 @@ class ThreadBench:
             finally:
                 portal.call(archivist.shutdown, 0.0)
 
+    def run_crossing(self) -> Run:
+        path = self.fresh("crossing")
+        reg = registration(self.args.window)
+        with SyncArchivist.open(path, [reg], durability=Durability.FULL) as sync:
+            cross = sync._loop_thread.call_sync
+            return drive_threads(
+                lambda _session, _record: cross(_nothing),
+                PRODUCERS,
+                self.sessions,
+                self.args.duration,
+            )
+
     def run_ref(self) -> Run:
         async def main() -> Run:
             async with open_reference(self.fresh("ref")) as ref:
@@ -181,6 +196,10 @@ class ThreadBench:
                 )
 
         return anyio.run(main, backend="asyncio")
+
+
+def _nothing() -> None:
+    """The call ``crossing`` makes in the loop."""
 
 
 def _spread(ratios: Sequence[float]) -> str:
@@ -197,6 +216,7 @@ def table(runs: dict[str, list[Run]]) -> str:
         "threads": "threads, `SyncArchivist`",
         "portal": "threads, anyio `BlockingPortal.call`",
         "ref": "asyncio tasks, raw-SQLite reference",
+        "crossing": "threads, crossing into the loop only (no append)",
     }
     base = runs.get("async")
     for kind in KINDS:

@@ -1080,9 +1080,17 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
         ("tests/test_private_files.py",),
     ),
     Mutant(
+        "thread-append-refusal-swallowed",
+        _J + "_loop_thread.py",
+        "        if isinstance(then, BaseException):\n            call.error = then\n",
+        "        if isinstance(then, BaseException):\n            pass\n",
+        "a SyncArchivist append the committer refused returns as if journaled",
+        ("tests/test_blocking.py",),
+    ),
+    Mutant(
         "append-count-unchecked",
         _J + "_archivist.py",
-        "        check_append_count(len(records), self._max_append_records)\n",
+        "    check_append_count(len(records), max_append_records)\n",
         "",
         "append_messages never checks max_append_records",
         ("tests/test_archivist.py", "tests/test_records.py"),
