@@ -422,7 +422,9 @@ def _opening_slot(
         return index, await bootstrap(at(slot_journal(directory, index)), regs)
 
     async def create() -> Archivist:
-        index, runtime = await claim(directory, slots.max_slots, open_slot)
+        index, runtime = await claim(
+            directory, slots.max_slots, open_slot, slots.claim_timeout
+        )
         archivist = Archivist(runtime, options)
         archivist._slot = index
         if slots.adopt_orphans:

@@ -289,8 +289,10 @@ class NoFreeSlot(JournalLocked):
     """Every slot of a journal directory is held by another owner.
 
     Nothing was opened or changed. ``path`` is the directory, ``max_slots`` the
-    slots tried and ``pids`` their owners' process ids (None where unknown).
-    Raise ``Slots.max_slots``, or stop a process.
+    slots tried, ``pids`` their owners' process ids (None where unknown) and
+    ``waited`` the seconds waited for one to come free. Raise
+    ``Slots.max_slots``, wait longer (``Slots.claim_timeout``), or stop a
+    process.
     """
 
     def __init__(
@@ -298,18 +300,23 @@ class NoFreeSlot(JournalLocked):
         path: str | os.PathLike[str],
         max_slots: int,
         pids: Sequence[int | None],
+        *,
+        waited: float = 0.0,
     ) -> None:
         known = sorted({pid for pid in pids if pid is not None})
         owners = f" (by pids {', '.join(map(str, known))})" if known else ""
+        after = f" after waiting {waited:g}s" if waited else ""
         JournalError.__init__(
             self,
             path,
-            f"all {max_slots} slots of the journal directory are held{owners};"
-            " raise Slots.max_slots or stop a process",
+            f"all {max_slots} slots of the journal directory are held{owners}"
+            f"{after}; raise Slots.max_slots, set Slots.claim_timeout to wait"
+            " for one, or stop a process",
         )
         self.pid = None
         self.max_slots = max_slots
         self.pids = tuple(pids)
+        self.waited = waited
 
 
 class JournalCorrupt(JournalError):

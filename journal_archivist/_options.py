@@ -139,11 +139,15 @@ class Slots(msgspec.Struct, frozen=True, kw_only=True):
         adopt_orphans: drain orphan slots in the background (at open, then every
             ``adopt_interval`` seconds).
         adopt_interval: seconds between two looks for orphans.
+        claim_timeout: seconds to wait for a slot to come free when every one
+            is held (an adopter drains one, a worker is shutting down); 0
+            raises ``NoFreeSlot`` at once.
     """
 
     max_slots: int = DEFAULT_MAX_SLOTS
     adopt_orphans: bool = True
     adopt_interval: float = DEFAULT_ADOPT_INTERVAL
+    claim_timeout: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.max_slots, bool) or not isinstance(self.max_slots, int):
@@ -157,6 +161,11 @@ class Slots(msgspec.Struct, frozen=True, kw_only=True):
             raise TypeError(f"adopt_interval must be a number, got {interval!r}")
         if not 0 < interval < float("inf"):
             raise ValueError(f"adopt_interval must be > 0 and finite, got {interval}")
+        wait = self.claim_timeout
+        if isinstance(wait, bool) or not isinstance(wait, int | float):
+            raise TypeError(f"claim_timeout must be a number, got {wait!r}")
+        if not 0 <= wait < float("inf"):
+            raise ValueError(f"claim_timeout must be >= 0 and finite, got {wait}")
 
 
 def check_registrations(registrations: Sequence[Registration]) -> list[Registration]:

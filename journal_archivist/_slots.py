@@ -14,7 +14,9 @@ Rules and theory:
   until it is drained, and closes it, which releases the slot). Waiting one look
   lets a worker its supervisor restarts at once take its own slot back; a slot
   being adopted is locked, so a worker starting meanwhile takes another (hence
-  ``max_slots`` above the number of workers).
+  ``max_slots`` above the number of workers). A process finding every slot
+  held may wait for one (``Slots.claim_timeout``): slots are tried again after
+  a growing pause, since another process's lock sends no word when let go.
 - Looking for orphans takes no lock: the lock file is peeked and the journal read
   read-only (``_offline``), so a scan never makes a starting worker skip a free
   slot. Between the peek and the open another process may take the slot: the
@@ -65,6 +67,10 @@ _T = TypeVar("_T")
 #: The journal file's name inside a slot's folder.
 JOURNAL_NAME: Final = "journal"
 _SLOT: Final = re.compile(r"slot-(0|[1-9][0-9]{0,5})")
+#: Seconds ``claim`` first waits before trying the slots again; the pause then
+#: doubles, up to ``CLAIM_POLL_MAX``.
+CLAIM_POLL: Final = 0.05
+CLAIM_POLL_MAX: Final = 1.0
 
 
 def slot_journal(directory: str, index: int) -> str:
@@ -95,23 +101,35 @@ def check_slot_backends(registrations: Sequence[Registration]) -> None:
 
 
 async def claim(
-    directory: str, max_slots: int, open_slot: Callable[[int], Awaitable[_T]]
+    directory: str,
+    max_slots: int,
+    open_slot: Callable[[int], Awaitable[_T]],
+    timeout: float = 0.0,  # noqa: ASYNC109
 ) -> _T:
-    """Open the lowest-numbered slot of ``directory`` no other owner holds.
+    """Open the lowest-numbered slot of ``directory`` no other owner holds,
+    waiting up to ``timeout`` seconds for one to come free.
 
     ``open_slot(index)`` opens slot ``index``'s journal and raises
     ``JournalLocked`` if another owner holds it.
 
     Raises:
-        NoFreeSlot: every one of the ``max_slots`` slots is held.
+        NoFreeSlot: every one of the ``max_slots`` slots is held, and stayed so
+            for ``timeout`` seconds.
     """
-    holders: list[int | None] = []
-    for index in range(max_slots):
-        try:
-            return await open_slot(index)
-        except JournalLocked as exc:
-            holders.append(exc.pid)
-    raise NoFreeSlot(directory, max_slots, holders)
+    deadline = anyio.current_time() + timeout
+    pause = CLAIM_POLL
+    while True:
+        holders: list[int | None] = []
+        for index in range(max_slots):
+            try:
+                return await open_slot(index)
+            except JournalLocked as exc:
+                holders.append(exc.pid)
+        left = deadline - anyio.current_time()
+        if left <= 0:
+            raise NoFreeSlot(directory, max_slots, holders, waited=timeout)
+        await anyio.sleep(min(pause, left))
+        pause = min(pause * 2, CLAIM_POLL_MAX)
 
 
 class DrainOnly(Protocol):

@@ -25,7 +25,7 @@ from journal_archivist import (
     Registration,
     Slots,
 )
-from journal_archivist._slots import slot_indexes, slot_journal
+from journal_archivist._slots import claim, slot_indexes, slot_journal
 from journal_archivist.backends import JsonlArchive
 from journal_archivist.testing import MockBackend
 from tests.helpers import record, records, registration
@@ -35,6 +35,10 @@ if TYPE_CHECKING:
     from uuid import UUID
 
     from journal_archivist import MessageRecord
+
+
+#: Safety net for waits; never the assertion.
+WAIT = 30.0
 
 
 class SharedMock(MockBackend):
@@ -267,6 +271,9 @@ async def test_an_archive_inside_the_journal_directory_is_refused(
         ({"adopt_interval": 0.0}, ValueError, "adopt_interval must be > 0"),
         ({"adopt_interval": float("nan")}, ValueError, "adopt_interval must be"),
         ({"adopt_orphans": 1}, TypeError, "adopt_orphans must be a bool"),
+        ({"claim_timeout": -1}, ValueError, "claim_timeout must be >= 0 and finite"),
+        ({"claim_timeout": float("inf")}, ValueError, "claim_timeout must be >= 0"),
+        ({"claim_timeout": "5"}, TypeError, "claim_timeout must be a number"),
     ],
 )
 def test_bad_slot_options_are_named(
@@ -282,3 +289,41 @@ def test_a_plain_journal_has_no_slot(journal_path: Path) -> None:
             assert archivist.slot is None
 
     anyio.run(main)
+
+
+async def test_a_claim_waits_for_a_slot_to_come_free() -> None:
+    tries: list[int] = []
+
+    async def open_slot(index: int) -> int:
+        tries.append(index)
+        if len(tries) <= 2:  # both slots held at the first look
+            raise JournalLocked("slot", pid=4321)
+        return index
+
+    assert await claim("journals", 2, open_slot, timeout=WAIT) == 0
+    assert tries == [0, 1, 0]
+
+
+async def test_a_claim_gives_up_after_its_timeout_naming_the_wait() -> None:
+    async def held(index: int) -> int:
+        raise JournalLocked("slot", pid=4321 + index)
+
+    with pytest.raises(NoFreeSlot, match=r"\(by pids 4321, 4322\) after waiting 0\.2s"):
+        await claim("journals", 2, held, timeout=0.2)
+
+
+async def test_open_waits_claim_timeout_before_no_free_slot(tmp_path: Path) -> None:
+    fleet = Fleet()
+    holder = await Archivist.open(
+        tmp_path, fleet, slots=Slots(max_slots=1, adopt_orphans=False)
+    )
+    try:
+        waiting = Slots(max_slots=1, adopt_orphans=False, claim_timeout=0.2)
+        with pytest.raises(NoFreeSlot, match=r"after waiting 0\.2s") as info:
+            await Archivist.open(tmp_path, fleet, slots=waiting)
+        assert info.value.waited == 0.2
+        assert "claim_timeout" in str(info.value)
+    finally:
+        await holder.shutdown()
+    async with Archivist.open(tmp_path, fleet, slots=waiting) as again:
+        assert again.slot == 0
