@@ -63,3 +63,12 @@ def test_every_exit_code_is_documented(code: ExitCode) -> None:
 def test_every_status_field_is_documented(struct: type[msgspec.Struct]) -> None:
     for field in msgspec.structs.fields(struct):
         assert f'"{field.name}"' in CLI_DOC, field.name
+
+
+@pytest.mark.parametrize(
+    "module",
+    sorted(path.stem for path in (ROOT / "journal_archivist").glob("*.py")),
+)
+def test_every_module_is_in_the_architecture_table(module: str) -> None:
+    table = (ROOT / "docs" / "architecture.md").read_text()
+    assert f"`{module}`" in table, f"docs/architecture.md does not name {module}"
