@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
 import uuid
+from contextlib import closing
 from typing import TYPE_CHECKING
 
 import anyio
@@ -352,6 +354,15 @@ def archived(path: Path, session: uuid.UUID) -> list[str]:
     return anyio.run(read)
 
 
+def archived_count(path: Path, session: uuid.UUID) -> int:
+    """How many records of ``session`` the SQLite archive at ``path`` holds."""
+    with closing(sqlite3.connect(path)) as db:
+        (count,) = db.execute(
+            "SELECT count(*) FROM messages WHERE session = ?", (str(session),)
+        ).fetchone()
+    return int(count)
+
+
 def down_registration(tmp_path: Path, policy: Queued | Sync) -> Registration:
     """A backend that cannot deliver: its folder does not exist."""
     missing = tmp_path / "unmounted" / "archive.db"
@@ -390,6 +401,44 @@ def test_a_sync_backend_is_waited_for_before_the_append_returns(
         latency = archivist.stats().append_latency_seconds
         assert latency is not None
         assert latency.count == 1
+
+
+def test_threads_appending_through_a_sync_backend_each_return_once_archived(
+    journal_path: Path, archive_path: Path
+) -> None:
+    registration = Registration(
+        name="archive",
+        backend=SqliteArchive(archive_path),
+        write_policy=Sync(timeout=WAIT),
+    )
+    threads, appends = 8, 20
+    sessions = [uuid.uuid4() for _ in range(threads)]
+    start = threading.Barrier(threads)
+    behind: list[str] = []  # an append that returned before it was archived
+
+    with SyncArchivist.open(journal_path, [registration]) as archivist:
+
+        def producer(session: uuid.UUID) -> None:
+            start.wait(WAIT)
+            for i in range(appends):
+                archivist.append_messages(session, records(session, 1, f"{i}-"))
+                # Sync: what returned is in the archive already.
+                if archived_count(archive_path, session) < i + 1:
+                    behind.append(f"{session} {i}")
+
+        workers = [threading.Thread(target=producer, args=(s,)) for s in sessions]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(WAIT)
+        assert not any(worker.is_alive() for worker in workers)
+        stats = archivist.stats()
+    assert behind == []
+    assert stats.appends_total == threads * appends
+    assert stats.append_latency_seconds is not None
+    assert stats.append_latency_seconds.count == threads * appends
+    for session in sessions:
+        assert archived(archive_path, session) == [f"{i}-0" for i in range(appends)]
 
 
 def test_a_required_sync_backend_that_fails_raises_delivery_failed(

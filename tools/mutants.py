@@ -1088,6 +1088,16 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
         ("tests/test_blocking.py",),
     ),
     Mutant(
+        "thread-append-skips-sync-wait",
+        _J + "_loop_thread.py",
+        "            self._workers.start(call, then)  # a worker waits for its Sync"
+        " backends\n            return\n",
+        "            then.close()  # type: ignore[attr-defined]\n",
+        "a SyncArchivist append returns at the commit, before its Sync backends"
+        " delivered it",
+        ("tests/test_blocking.py",),
+    ),
+    Mutant(
         "append-count-unchecked",
         _J + "_archivist.py",
         "    check_append_count(len(records), max_append_records)\n",
