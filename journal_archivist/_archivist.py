@@ -20,6 +20,7 @@ import asyncio
 import functools
 import itertools
 import os
+import time
 import warnings
 from collections.abc import Sized
 from typing import TYPE_CHECKING, Any, final
@@ -232,15 +233,16 @@ class Archivist(OperatorCalls):
 
     def _hand_in_append(
         self, session: UUID, records: Iterable[MessageRecord], caller: Waker
-    ) -> Callable[[float], BaseException | Awaitable[None] | None] | None:
+    ) -> Callable[[], BaseException | Awaitable[None] | None] | None:
         """SyncArchivist's ``append_messages`` without a task (``_acknowledge``):
         queues the entry (None: no records) and returns what to call once
-        ``caller`` is woken, with when it was handed in."""
+        ``caller`` is woken."""
         append = self._checked_append(session, records)
         if append is None:
             return None
+        started = time.perf_counter()
         hand_in(self._runtime, append, caller)
-        return functools.partial(decided, self._runtime, append)
+        return functools.partial(decided, self._runtime, append, started)
 
     async def delete_session(self, session: UUID) -> None:
         """Erase ``session`` from every backend: a journaled privacy erasure.

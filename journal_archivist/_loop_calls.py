@@ -45,7 +45,6 @@ class Call:
         "gate",
         "on_decided",
         "result",
-        "started",
     )
 
     def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
@@ -57,10 +56,9 @@ class Call:
         self.gate = threading.Lock()
         self.gate.acquire()
         # An append handed in and not yet decided: what to call once it is.
-        self.decided: Callable[[float], BaseException | Awaitable[Any] | None] | None
+        self.decided: Callable[[], BaseException | Awaitable[Any] | None] | None
         self.decided = None
         self.on_decided: Callable[[Call], None] | None = None
-        self.started = 0.0  # when the append was handed in
 
     def fail(self, error: BaseException) -> None:
         self.error = error

@@ -54,7 +54,6 @@ import concurrent.futures
 import contextlib
 import logging
 import threading
-import time
 from typing import TYPE_CHECKING, Any, Final, TypeVar, TypeVarTuple, Unpack
 
 import anyio
@@ -219,7 +218,6 @@ class LoopThread:
     def _hand_in(self, call: Call) -> None:
         """Queue an append with the committer; the call is its waker."""
         call.on_decided = self._append_decided
-        call.started = time.perf_counter()
         session, records = call.args
         try:
             # Decided only in the committer's own task, once this has returned.
@@ -236,7 +234,7 @@ class LoopThread:
         decided, call.decided = call.decided, None
         assert decided is not None
         self._handed_in.discard(call)
-        then = decided(call.started)
+        then = decided()
         if isinstance(then, BaseException):
             call.error = then
         elif then is not None:

@@ -12,7 +12,6 @@ import uuid
 from contextlib import closing
 from typing import TYPE_CHECKING
 
-import anyio
 import pytest
 
 from journal_archivist import (
@@ -345,22 +344,14 @@ def test_from_config_opens_what_the_file_says(
 
 
 def archived(path: Path, session: uuid.UUID) -> list[str]:
-    """What the SQLite archive at ``path`` holds of ``session``, read apart."""
-
-    async def read() -> list[str]:
-        async with SqliteArchive(path) as archive:
-            return [r.content_md for r in await archive.read_session(session)]
-
-    return anyio.run(read)
-
-
-def archived_count(path: Path, session: uuid.UUID) -> int:
-    """How many records of ``session`` the SQLite archive at ``path`` holds."""
+    """What the SQLite archive at ``path`` holds of ``session``, in order, read
+    apart from the archivist."""
     with closing(sqlite3.connect(path)) as db:
-        (count,) = db.execute(
-            "SELECT count(*) FROM messages WHERE session = ?", (str(session),)
-        ).fetchone()
-    return int(count)
+        rows = db.execute(
+            "SELECT content_md FROM messages WHERE session = ? ORDER BY seq",
+            (str(session),),
+        ).fetchall()
+    return [content for (content,) in rows]
 
 
 def down_registration(tmp_path: Path, policy: Queued | Sync) -> Registration:
@@ -423,7 +414,7 @@ def test_threads_appending_through_a_sync_backend_each_return_once_archived(
             for i in range(appends):
                 archivist.append_messages(session, records(session, 1, f"{i}-"))
                 # Sync: what returned is in the archive already.
-                if archived_count(archive_path, session) < i + 1:
+                if len(archived(archive_path, session)) < i + 1:
                     behind.append(f"{session} {i}")
 
         workers = [threading.Thread(target=producer, args=(s,)) for s in sessions]
