@@ -149,6 +149,16 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
         ("tests/test_journal_file.py", "tests/torture/test_powerloss.py"),
     ),
     Mutant(
+        "journal-secure-delete-build-default",
+        _J + "_journal_file.py",
+        '                await conn.execute("PRAGMA secure_delete = FAST")\n',
+        "",
+        "the journal deletes with SQLite's build default (SECURE_DELETE on Debian):"
+        " a done-mark writes its entry's whole size again and no longer fits in"
+        " what is left of the reserve",
+        ("tests/torture/test_diskfull.py",),
+    ),
+    Mutant(
         "entry-crc-ignores-header",
         _J + "_schema.py",
         "return zlib.crc32(payload, zlib.crc32(_CRC_HEADER.pack(seq, session, op,"
