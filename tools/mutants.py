@@ -159,6 +159,16 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
         ("tests/torture/test_diskfull.py",),
     ),
     Mutant(
+        "sqlite-wal-switch-not-retried",
+        _B + "_sqlite_open.py",
+        "            if code is None or code & 0xFF != sqlite3.SQLITE_BUSY"
+        " or left <= 0:\n",
+        "            if True:\n",
+        "a new archive's switch to WAL is not tried again while another connection"
+        " creates the same file: the open fails at once despite busy_timeout",
+        ("tests/backends/test_sqlite_archive.py",),
+    ),
+    Mutant(
         "entry-crc-ignores-header",
         _J + "_schema.py",
         "return zlib.crc32(payload, zlib.crc32(_CRC_HEADER.pack(seq, session, op,"

@@ -11,6 +11,9 @@ Rules and theory:
   have created it since).
 - Every connection is set to WAL, ``synchronous=FULL`` and ``secure_delete``
   before its first write: the archive's durability and erasure rest on them.
+  Several processes may create one archive at once: each waits for the others'
+  locks up to the busy timeout, also where SQLite itself would not wait (the
+  switch of a new file to WAL).
 - An archive of an older schema is upgraded in one transaction, one version at a
   time (``_sqlite_sql.UPGRADES``).
 - Opening is shielded from cancellation, and a connection that fails to open is
@@ -23,7 +26,8 @@ from __future__ import annotations
 import contextlib
 import math
 import sqlite3
-from typing import TYPE_CHECKING
+import time
+from typing import TYPE_CHECKING, Final
 
 import aiosqlite
 import anyio
@@ -33,6 +37,11 @@ from . import _sqlite_sql as _sql
 
 if TYPE_CHECKING:
     from .._large_values import LargeValues
+
+
+#: Pauses between tries of the switch to WAL (``_switch_to_wal``), in seconds.
+WAL_SWITCH_FIRST_PAUSE: Final = 0.002
+WAL_SWITCH_MAX_PAUSE: Final = 0.05
 
 
 def busy_timeout_ms(busy_timeout: float) -> int:
@@ -89,8 +98,8 @@ async def _prepare(
         await conn.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
         app_id, version, tables = await _identity(conn)
         _sql.check_identity(path, app_id, version, tables)
-        (mode,) = next(iter(await conn.execute_fetchall("PRAGMA journal_mode=WAL")))
-        if str(mode).lower() != "wal":
+        mode = await _switch_to_wal(conn, busy_timeout_ms)
+        if mode.lower() != "wal":
             raise BackendError(
                 f"{path}: cannot switch the archive to WAL (got {mode})",
                 retryable=False,
@@ -121,6 +130,32 @@ async def _prepare(
             with contextlib.suppress(sqlite3.Error):
                 await conn.rollback()
         raise _sql.backend_error(path, "open", exc) from exc
+
+
+async def _switch_to_wal(conn: aiosqlite.Connection, busy_timeout_ms: int) -> str:
+    """``PRAGMA journal_mode=WAL``, tried again while another connection holds
+    the write lock, for up to the busy timeout; the mode it reports.
+
+    Switching a new file to WAL turns the statement's read lock into a write
+    lock, and SQLite answers SQLITE_BUSY at once rather than wait there (two
+    connections waiting to upgrade would wait for each other): two processes
+    creating the same archive at the same moment would see one refused. Between
+    tries the statement holds no lock, so trying again cannot deadlock; there is
+    no signal when the lock goes, so it polls.
+    """
+    deadline = time.monotonic() + busy_timeout_ms / 1000
+    pause = WAL_SWITCH_FIRST_PAUSE
+    while True:
+        try:
+            (mode,) = next(iter(await conn.execute_fetchall("PRAGMA journal_mode=WAL")))
+            return str(mode)
+        except sqlite3.OperationalError as exc:
+            code = getattr(exc, "sqlite_errorcode", None)
+            left = deadline - time.monotonic()
+            if code is None or code & 0xFF != sqlite3.SQLITE_BUSY or left <= 0:
+                raise
+        await anyio.sleep(min(pause, left))
+        pause = min(pause * 2, WAL_SWITCH_MAX_PAUSE)
 
 
 async def _identity(conn: aiosqlite.Connection) -> tuple[int, int, list[str]]:

@@ -9,6 +9,8 @@ import os
 import re
 import sqlite3
 import stat
+import threading
+import time
 from contextlib import closing
 from datetime import UTC, datetime, timedelta, timezone
 from typing import TYPE_CHECKING
@@ -295,6 +297,70 @@ async def test_a_locked_archive_fails_retryably_and_the_retry_succeeds(
         recs = records(session, 2)
         await backend.append_messages(session, recs)
         assert await backend.read_session(session) == recs
+
+
+async def test_a_new_archive_waits_for_another_connection_creating_it(
+    archive_path: Path,
+) -> None:
+    """Switching a new file to WAL is where SQLite would not wait for a lock: the
+    open waits there too, up to ``busy_timeout``."""
+    session = uuid4()
+    os.close(os.open(archive_path, os.O_CREAT | os.O_WRONLY, 0o600))
+    with closing(
+        sqlite3.connect(archive_path, isolation_level=None, check_same_thread=False)
+    ) as holder:
+        holder.execute("BEGIN IMMEDIATE")  # another process creating the archive
+        release = threading.Timer(0.3, holder.execute, ["ROLLBACK"])
+        release.start()
+        try:
+            started = time.monotonic()
+            async with SqliteArchive(archive_path, busy_timeout=30) as backend:
+                recs = records(session, 2)
+                await backend.append_messages(session, recs)
+                waited = time.monotonic() - started
+                assert await backend.read_session(session) == recs
+        finally:
+            release.cancel()
+            release.join()
+    assert waited >= 0.25  # it waited for the lock instead of failing
+
+
+async def test_many_instances_creating_one_archive_at_once_all_open(
+    tmp_path: Path,
+) -> None:
+    for attempt in range(10):
+        path = tmp_path / f"archive{attempt}.db"
+        backends = [SqliteArchive(path) for _ in range(4)]
+        sessions = [uuid4() for _ in backends]
+        try:
+            async with anyio.create_task_group() as group:
+                for backend, session in zip(backends, sessions, strict=True):
+                    group.start_soon(
+                        backend.append_messages, session, records(session, 1)
+                    )
+            for session in sessions:
+                assert await backends[0].count(session) == 1
+        finally:
+            for backend in backends:
+                await backend.aclose()
+
+
+async def test_a_new_archive_still_locked_after_busy_timeout_fails_retryably(
+    archive_path: Path,
+) -> None:
+    session = uuid4()
+    os.close(os.open(archive_path, os.O_CREAT | os.O_WRONLY, 0o600))
+    with closing(sqlite3.connect(archive_path, isolation_level=None)) as holder:
+        holder.execute("BEGIN IMMEDIATE")
+        async with SqliteArchive(archive_path, busy_timeout=0.05) as backend:
+            with pytest.raises(
+                BackendError, match="open failed: database is locked"
+            ) as info:
+                await backend.append_messages(session, records(session, 1))
+            assert info.value.retryable is True
+            holder.execute("ROLLBACK")
+            await backend.append_messages(session, records(session, 1))
+            assert await backend.count(session) == 1
 
 
 async def test_a_write_cancelled_in_flight_leaves_no_open_transaction(
