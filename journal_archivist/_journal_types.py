@@ -13,7 +13,11 @@ Nothing here does I/O.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import itertools
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 __all__ = [
     "Damaged",
@@ -23,6 +27,7 @@ __all__ = [
     "Erasure",
     "SettledRange",
     "StoredEntry",
+    "overlaid",
 ]
 
 
@@ -68,6 +73,22 @@ class SettledRange(NamedTuple):
     mask: int
     after: int
     upto: int
+
+
+def overlaid(ranges: Iterable[SettledRange]) -> list[SettledRange]:
+    """The seqs ``ranges`` cover, cut where they overlap: each piece with the
+    union of the masks settling it, in seq order, none empty or overlapping."""
+    ranges = [r for r in ranges if r.upto > r.after]
+    cuts = sorted({seq for r in ranges for seq in (r.after, r.upto)})
+    pieces: list[SettledRange] = []
+    for after, upto in itertools.pairwise(cuts):
+        mask = 0
+        for r in ranges:
+            if r.after <= after and upto <= r.upto:
+                mask |= r.mask
+        if mask:
+            pieces.append(SettledRange(mask, after, upto))
+    return pieces
 
 
 class DeadLettered(NamedTuple):

@@ -25,7 +25,7 @@ import sqlite3
 from typing import TYPE_CHECKING, Final
 
 from ._journal_file import write_failed
-from ._journal_types import Dropped, EntryRow
+from ._journal_types import Dropped, EntryRow, overlaid
 from ._large_values import LargeValues
 from ._rows import typed
 
@@ -70,6 +70,12 @@ DELETE_ORPHAN_PAYLOADS: Final = (
 #: The ``meta`` key of the newest erasure's journal time, in whole microseconds
 #: rounded up: journal times never go back past it, even if the clock does.
 LAST_ERASURE_US: Final = "last_erasure_us"
+# Entries in (?, ?] owed to no one but the backends of mask ?. "Owes no one
+# else", not "targets = mask": a row whose targets were damaged (NULL) is deleted
+# all the same once settled.
+_DELETE_SETTLED: Final = (
+    "DELETE FROM entries WHERE seq > ? AND seq <= ? AND coalesce(targets, 0) & ~? = 0"
+)
 # Raise the journal-wide (key, value) to at least value.
 RAISE_META: Final = (
     "INSERT INTO meta (key, value) VALUES (?, ?)"
@@ -329,30 +335,29 @@ class Transaction:
         entries with ``after < seq <= upto`` and delete those owed to no one.
 
         ``shared`` says whether any entry may have another target; without it, a
-        single range delete is all it takes. With it, bits are cleared first and
-        what is left owed to no one is deleted after, since several backends may
-        settle the same entries in one transaction.
+        single range delete is all it takes. With it, what these ranges leave
+        owed to no one is deleted first (several backends may settle the same
+        entries in one transaction, so per piece of ``overlaid`` ranges), and
+        the bits are cleared from the rest after. The other order would rewrite
+        each of those rows whole just before deleting it: a ``targets`` of 0 or
+        1 is stored in fewer bytes, and SQLite rewrites a row that changes size,
+        overflow pages and all.
         """
         await self._flush()
         if not shared:
-            # "owes no one else", not "targets = mask": a row whose targets were
-            # damaged is deleted all the same once settled.
             await self._conn.executemany(
-                "DELETE FROM entries WHERE seq > ? AND seq <= ?"
-                " AND coalesce(targets, 0) & ~? = 0",
-                [(after, upto, mask) for mask, after, upto in ranges],
+                _DELETE_SETTLED, [(after, upto, mask) for mask, after, upto in ranges]
             )
             await self._delete_orphan_payloads(ranges)
             return
         await self._conn.executemany(
+            _DELETE_SETTLED,
+            [(after, upto, mask) for mask, after, upto in overlaid(ranges)],
+        )
+        await self._conn.executemany(
             "UPDATE entries SET targets = targets & ~? WHERE seq > ? AND seq <= ?"
             " AND targets & ?",
             [(mask, after, upto, mask) for mask, after, upto in ranges],
-        )
-        await self._conn.executemany(
-            "DELETE FROM entries WHERE seq > ? AND seq <= ?"
-            " AND coalesce(targets, 0) = 0",
-            [(after, upto) for _, after, upto in ranges],
         )
         await self._delete_orphan_payloads(ranges)
 

@@ -169,6 +169,15 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
         ("tests/backends/test_sqlite_archive.py",),
     ),
     Mutant(
+        "settle-deletes-per-range-not-per-piece",
+        _J + "_transaction.py",
+        "for mask, after, upto in overlaid(ranges)],",
+        "for mask, after, upto in ranges],",
+        "rows two backends settle in one transaction are checked against each"
+        " backend's range alone: neither deletes them, and they stay with targets 0",
+        ("tests/test_settle.py",),
+    ),
+    Mutant(
         "entry-crc-ignores-header",
         _J + "_schema.py",
         "return zlib.crc32(payload, zlib.crc32(_CRC_HEADER.pack(seq, session, op,"
@@ -180,10 +189,8 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     Mutant(
         "journal-settle-off-by-one",
         _J + "_transaction.py",
-        '"DELETE FROM entries WHERE seq > ? AND seq <= ?"\n'
-        '                " AND coalesce(targets, 0) & ~? = 0"',
-        '"DELETE FROM entries WHERE seq > ? AND seq < ?"\n'
-        '                " AND coalesce(targets, 0) & ~? = 0"',
+        '"DELETE FROM entries WHERE seq > ? AND seq <= ? AND coalesce(targets, 0)',
+        '"DELETE FROM entries WHERE seq > ? AND seq < ? AND coalesce(targets, 0)',
         "a done-mark deletes the settled range but its last entry (seq < upto)",
         ("tests/test_journal.py", "tests/test_archivist.py"),
     ),

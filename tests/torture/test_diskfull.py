@@ -36,16 +36,18 @@ def test_a_full_then_read_only_disk_loses_nothing_acknowledged(
     assert verdict.startswith("diskfull: PASS 1 cycles"), output
 
 
-async def test_done_marks_of_large_records_fit_in_half_the_reserve(
+async def test_done_marks_of_large_entries_fit_in_half_the_reserve(
     tmp_path: Path, session: UUID
 ) -> None:
-    """Deleting a delivered entry costs the WAL a few pages, not its size.
+    """Marking an entry done costs the WAL a few pages, not the entry's size.
 
-    SQLite built with ``SECURE_DELETE`` (Debian's is) zeroes every page a delete
-    frees, so marking a 4 MiB entry done would write 4 MiB to the WAL, more than
-    is left of the reserve once something else took half of it: ``wait_drained``
-    would wait until the disk had room again. The journal deletes with
-    ``secure_delete=FAST``, which costs no I/O of its own.
+    Half-MiB entries for two backends, delivered while the disk is full; then
+    something gives back half of the reserve, and the done-marks must fit in it.
+    Two things once made them cost the entries' size again, more than was left,
+    so ``wait_drained`` waited until the disk had room: SQLite built with
+    ``SECURE_DELETE`` (Debian's is) zeroes every page a delete frees (the journal
+    deletes with ``secure_delete=FAST``), and clearing a row's last ``targets``
+    bit before deleting it rewrote the row whole (settled rows are deleted first).
     """
     fs = diskfull.Filesystem("ext4", 48, str(tmp_path))
     try:
@@ -55,33 +57,44 @@ async def test_done_marks_of_large_records_fit_in_half_the_reserve(
     journal = os.path.join(fs.mountpoint, "journal.db")
     filler = os.path.join(fs.mountpoint, "filler")
     reserve = 4 * diskfull.MIB
-    big = [record(session, f"{i}" * 500_000) for i in range(8)]  # one 4 MiB entry
+    entries = [[record(session, f"{i}" * 500_000)] for i in range(8)]  # 4 MiB
+
+    async def open_held() -> tuple[Archivist, list[MockBackend]]:
+        mocks = [MockBackend(), MockBackend()]
+        for mock in mocks:
+            mock.hold()
+        regs = [registration(m, name=f"b{i}") for i, m in enumerate(mocks)]
+        archivist = await Archivist.open(journal, regs, free_space_reserve=reserve)
+        return archivist, mocks
+
     try:
-        # The entry is journaled, undelivered, and checkpointed into the file at
-        # close: the next open starts with an empty WAL.
-        held = MockBackend()
-        held.hold()
-        async with Archivist.open(
-            journal, [registration(held)], free_space_reserve=reserve
-        ) as archivist:
-            await archivist.append_messages(session, big)
-            await held.wait_held()
+        # Journaled, undelivered, and checkpointed into the file at close: the
+        # next open starts with an empty WAL.
+        archivist, mocks = await open_held()
+        try:
+            for records in entries:
+                await archivist.append_messages(session, records)
+            for mock in mocks:
+                await mock.wait_held()
+        finally:
             await archivist.shutdown(timeout=0)
 
-        mock = MockBackend()
-        mock.hold()
-        async with Archivist.open(
-            journal, [registration(mock)], free_space_reserve=reserve
-        ) as archivist:
-            await mock.wait_held()
+        archivist, mocks = await open_held()
+        try:
+            for mock in mocks:
+                await mock.wait_held()
             await anyio.to_thread.run_sync(diskfull.fill, filler)
-            mock.release()
+            for mock in mocks:
+                mock.release()
             with anyio.fail_after(10):
-                await mock.wait_for_records(session, len(big))
+                for mock in mocks:
+                    await mock.wait_for_records(session, len(entries))
             await anyio.to_thread.run_sync(diskfull.shrink, filler, reserve // 2)
             assert diskfull.free_bytes(fs.mountpoint) < reserve
             with anyio.fail_after(10):
                 await archivist.wait_drained()
+        finally:
+            await archivist.shutdown(timeout=5)
         assert query(Path(journal), "SELECT count(*) FROM entries") == [(0,)]
     finally:
         fs.unmount()
