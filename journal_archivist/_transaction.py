@@ -71,8 +71,9 @@ DELETE_ORPHAN_PAYLOADS: Final = (
 #: rounded up: journal times never go back past it, even if the clock does.
 LAST_ERASURE_US: Final = "last_erasure_us"
 # Entries in (?, ?] owed to no one but the backends of mask ?. "Owes no one
-# else", not "targets = mask": a row whose targets were damaged (NULL) is deleted
-# all the same once settled.
+# else", not "targets = mask": a row whose targets were damaged (NULL or text,
+# which count as 0) is deleted all the same once settled; origin, not targets,
+# says who was owed it, so a backend that was still owed it counts it as lost.
 _DELETE_SETTLED: Final = (
     "DELETE FROM entries WHERE seq > ? AND seq <= ? AND coalesce(targets, 0) & ~? = 0"
 )
