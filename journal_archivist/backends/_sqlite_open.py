@@ -159,15 +159,27 @@ async def _switch_to_wal(conn: aiosqlite.Connection, busy_timeout_ms: int) -> st
 
 
 async def _identity(conn: aiosqlite.Connection) -> tuple[int, int, list[str]]:
-    """``(application_id, user_version, table names)`` of the open file."""
-    (app_id,) = next(iter(await conn.execute_fetchall("PRAGMA application_id")))
-    (version,) = next(iter(await conn.execute_fetchall("PRAGMA user_version")))
-    # As bytes: the names only go into a message, and a damaged name that is not
-    # UTF-8 would raise in the driver.
-    tables = [
-        bytes(row[0] or b"").decode(errors="replace")
-        for row in await conn.execute_fetchall(
-            "SELECT CAST(name AS BLOB) FROM sqlite_schema WHERE type = 'table'"
-        )
-    ]
+    """``(application_id, user_version, table names)`` of the open file.
+
+    Read in one transaction: another process may be creating the archive, and
+    reads on either side of its commit would see its tables without its
+    ``application_id`` (a file of something else, refused).
+    """
+    own = not conn.in_transaction
+    if own:
+        await conn.execute("BEGIN")
+    try:
+        (app_id,) = next(iter(await conn.execute_fetchall("PRAGMA application_id")))
+        (version,) = next(iter(await conn.execute_fetchall("PRAGMA user_version")))
+        # As bytes: the names only go into a message, and a damaged name that is
+        # not UTF-8 would raise in the driver.
+        tables = [
+            bytes(row[0] or b"").decode(errors="replace")
+            for row in await conn.execute_fetchall(
+                "SELECT CAST(name AS BLOB) FROM sqlite_schema WHERE type = 'table'"
+            )
+        ]
+    finally:
+        if own and conn.in_transaction:
+            await conn.execute("ROLLBACK")
     return int(app_id), int(version), tables
