@@ -37,6 +37,7 @@ from ._transaction import (
     ADD_TO_META,
     DELETE_ORPHAN_PAYLOADS,
     LAST_ERASURE_US,
+    from_micros,
     store_backend_rows,
 )
 
@@ -146,7 +147,7 @@ def read_state(recorded: int | None) -> Generator[Query, Rows, State]:
     )
     last_stamp = max(
         max_stamp if type(max_stamp) is float else 0.0,
-        meta.get(LAST_ERASURE_US, 0) / 1e6,
+        from_micros(meta.get(LAST_ERASURE_US, 0)),
     )
     counted = [row.counted_through for row in rows if row.exact]
     last_seq = max([_int(max_seq), *counted])

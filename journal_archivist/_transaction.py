@@ -22,6 +22,7 @@ import functools
 import logging
 import math
 import sqlite3
+from fractions import Fraction
 from typing import TYPE_CHECKING, Final
 
 from ._journal_file import write_failed
@@ -45,7 +46,9 @@ __all__ = [
     "INSERT_CHUNK",
     "LAST_ERASURE_US",
     "Transaction",
+    "from_micros",
     "store_backend_rows",
+    "to_micros",
     "update_backend_rows",
 ]
 
@@ -68,8 +71,23 @@ DELETE_ORPHAN_PAYLOADS: Final = (
     " AND NOT EXISTS (SELECT 1 FROM entries WHERE entries.seq = payloads.seq)"
 )
 #: The ``meta`` key of the newest erasure's journal time, in whole microseconds
-#: rounded up: journal times never go back past it, even if the clock does.
+#: rounded up (``to_micros``): journal times never go back past it, even if the
+#: clock does.
 LAST_ERASURE_US: Final = "last_erasure_us"
+
+
+def to_micros(stamp: float) -> int:
+    """``stamp`` in whole microseconds, rounded up exactly: ``from_micros`` of it
+    is never before ``stamp``. (``math.ceil(stamp * 1e6)`` is not: the product
+    may round down to a whole number first.)"""
+    return math.ceil(Fraction(stamp) * 1_000_000)
+
+
+def from_micros(micros: int) -> float:
+    """The time (seconds) of ``micros`` microseconds."""
+    return micros / 1_000_000
+
+
 # Entries in (?, ?] owed to no one but the backends of mask ?. "Owes no one
 # else", not "targets = mask": a row whose targets were damaged (NULL or text,
 # which count as 0) is deleted all the same once settled; origin, not targets,
@@ -321,9 +339,7 @@ class Transaction:
         kept for backends that are no longer registered (none will settle an
         erasure)."""
         await self._flush()
-        await self._conn.execute(
-            RAISE_META, (LAST_ERASURE_US, math.ceil(stamp * 1_000_000))
-        )
+        await self._conn.execute(RAISE_META, (LAST_ERASURE_US, to_micros(stamp)))
         names = ", ".join("?" * len(registered))
         for table in ("dead_letters", "quarantine"):
             await self._conn.executemany(

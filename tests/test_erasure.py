@@ -11,12 +11,14 @@ import math
 import sqlite3
 import time
 from contextlib import closing
+from fractions import Fraction
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
 from uuid import UUID, uuid4
 
 import anyio
 import pytest
+from hypothesis import example, given, strategies as st
 
 from journal_archivist import (
     Archivist,
@@ -28,6 +30,7 @@ from journal_archivist import (
     RetryPolicy,
     _intake,
 )
+from journal_archivist._transaction import from_micros, to_micros
 from journal_archivist.testing import MockBackend
 from tests.helpers import GroupLog, contents, record, records, registration
 
@@ -489,6 +492,16 @@ async def test_a_quarantined_erasure_purges_nothing(
     # The backend never erased: the dead letter is the operator's only copy.
     assert mock.erasures == []
     assert journal_rows(journal_path, session)["dead_letters"] == 1
+
+
+@example(
+    stamp=1796278796.3904011
+)  # the time a CI run met: ceil(stamp * 1e6) fell short
+@given(stamp=st.floats(min_value=0.0, max_value=4e9))
+def test_an_erasure_time_kept_in_microseconds_is_never_before_it(stamp: float) -> None:
+    micros = to_micros(stamp)
+    assert from_micros(micros) >= stamp
+    assert micros - 1 < Fraction(stamp) * 1_000_000  # rounded up by under 1 us
 
 
 async def test_journal_times_order_an_erasure_even_when_the_clock_steps_back(

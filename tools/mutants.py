@@ -178,6 +178,16 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
         ("tests/test_settle.py",),
     ),
     Mutant(
+        "erasure-time-rounded-in-floats",
+        _J + "_transaction.py",
+        "return math.ceil(Fraction(stamp) * 1_000_000)",
+        "return math.ceil(stamp * 1_000_000)",
+        "the erasure time kept in microseconds is rounded up in floating point: the"
+        " product may round down first, and after a restart with the clock behind"
+        " a record after the erasure gets the erasure's own time",
+        ("tests/test_erasure.py",),
+    ),
+    Mutant(
         "entry-crc-ignores-header",
         _J + "_schema.py",
         "return zlib.crc32(payload, zlib.crc32(_CRC_HEADER.pack(seq, session, op,"
@@ -694,8 +704,8 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     Mutant(
         "erasure-time-forgotten-at-close",
         _J + "_transaction.py",
-        "            RAISE_META, (LAST_ERASURE_US, math.ceil(stamp * 1_000_000))\n",
-        "            'SELECT ?, ?', (LAST_ERASURE_US, 0)\n",
+        "execute(RAISE_META, (LAST_ERASURE_US, to_micros(stamp)))",
+        "execute('SELECT ?, ?', (LAST_ERASURE_US, 0))",
         "after a restart with the clock behind, appends get times before an"
         " erasure already delivered, and the archives' marks refuse them",
         ("tests/test_erasure.py",),
