@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
 import anyio
 
+from ._backoff import Backoff
 from ._errors import JournalError, JournalLocked, NoFreeSlot
 from ._lockfile import peek
 from ._offline import read_only
@@ -116,8 +117,7 @@ async def claim(
         NoFreeSlot: every one of the ``max_slots`` slots is held, and stayed so
             for ``timeout`` seconds.
     """
-    deadline = anyio.current_time() + timeout
-    pause = CLAIM_POLL
+    backoff = Backoff(timeout, CLAIM_POLL, CLAIM_POLL_MAX)
     while True:
         holders: list[int | None] = []
         for index in range(max_slots):
@@ -125,11 +125,8 @@ async def claim(
                 return await open_slot(index)
             except JournalLocked as exc:
                 holders.append(exc.pid)
-        left = deadline - anyio.current_time()
-        if left <= 0:
+        if not await backoff.pause():
             raise NoFreeSlot(directory, max_slots, holders, waited=timeout)
-        await anyio.sleep(min(pause, left))
-        pause = min(pause * 2, CLAIM_POLL_MAX)
 
 
 class DrainOnly(Protocol):

@@ -72,6 +72,7 @@ LAYERS: tuple[Layer, ...] = (
         "shared helpers",
         frozenset(
             {
+                "_backoff",
                 "_large_values",
                 "_lockfile",
                 "_ownership",

@@ -161,8 +161,7 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
     Mutant(
         "sqlite-wal-switch-not-retried",
         _B + "_sqlite_open.py",
-        "            if code is None or code & 0xFF != sqlite3.SQLITE_BUSY"
-        " or left <= 0:\n",
+        "            if not await backoff.pause():\n",
         "            if True:\n",
         "a new archive's switch to WAL is not tried again while another connection"
         " creates the same file: the open fails at once despite busy_timeout",

@@ -83,10 +83,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", default=None, help="where the files go (a temp dir)")
     args = parser.parse_args()
-    default = sqlite3.connect(":memory:").execute("PRAGMA secure_delete").fetchone()
+    with closing(sqlite3.connect(":memory:")) as db:
+        (default,) = db.execute("PRAGMA secure_delete").fetchone()
     print(
         "| entries | library: deliver + mark done |"
-        f" raw SQLite DELETE (build default, secure_delete={default[0]}) |"
+        f" raw SQLite DELETE (build default, secure_delete={default}) |"
         " raw SQLite DELETE (secure_delete=FAST) |"
     )
     print("|---|---|---|---|")

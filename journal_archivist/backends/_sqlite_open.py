@@ -26,12 +26,12 @@ from __future__ import annotations
 import contextlib
 import math
 import sqlite3
-import time
 from typing import TYPE_CHECKING, Final
 
 import aiosqlite
 import anyio
 
+from .._backoff import Backoff
 from .._errors import BackendError
 from . import _sqlite_sql as _sql
 
@@ -143,19 +143,19 @@ async def _switch_to_wal(conn: aiosqlite.Connection, busy_timeout_ms: int) -> st
     tries the statement holds no lock, so trying again cannot deadlock; there is
     no signal when the lock goes, so it polls.
     """
-    deadline = time.monotonic() + busy_timeout_ms / 1000
-    pause = WAL_SWITCH_FIRST_PAUSE
+    backoff = Backoff(
+        busy_timeout_ms / 1000, WAL_SWITCH_FIRST_PAUSE, WAL_SWITCH_MAX_PAUSE
+    )
     while True:
         try:
             (mode,) = next(iter(await conn.execute_fetchall("PRAGMA journal_mode=WAL")))
             return str(mode)
         except sqlite3.OperationalError as exc:
             code = getattr(exc, "sqlite_errorcode", None)
-            left = deadline - time.monotonic()
-            if code is None or code & 0xFF != sqlite3.SQLITE_BUSY or left <= 0:
+            if code is None or code & 0xFF != sqlite3.SQLITE_BUSY:
                 raise
-        await anyio.sleep(min(pause, left))
-        pause = min(pause * 2, WAL_SWITCH_MAX_PAUSE)
+            if not await backoff.pause():
+                raise
 
 
 async def _identity(conn: aiosqlite.Connection) -> tuple[int, int, list[str]]:
